@@ -1,0 +1,64 @@
+"""Op layer: one Python entry per op. It picks the backend, validates inputs and calls the kernel.
+
+The optimizers call only these entries; they know nothing about backends.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from . import reference
+from ._ext import extension_available, load_extension
+
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+IMPLEMENTED_BACKENDS = ("reference",)
+
+
+def resolve_backend(backend: str) -> str:
+    """Map a user's ``backend=`` choice to the backend that will run, or raise a clear error."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "reference"
+    if backend not in IMPLEMENTED_BACKENDS:
+        raise NotImplementedError(
+            f"backend={backend!r} is not implemented yet in this version of hyperfused; "
+            f"use backend='reference' (or 'auto')")
+    return backend
+
+
+def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tensor:
+    """Deterministic per-pair dot products ``sum(a[i] * b[i])`` in float64, one value per pair.
+
+    Runs the C++ op ``torch.ops.hyperfused.multi_tensor_dot`` when the extension is built (CPU tensors),
+    the pure-PyTorch reference otherwise.
+    """
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError(f"multi_tensor_dot: got {len(a)} tensors in a and {len(b)} in b")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x.shape != y.shape:
+            raise ValueError(f"multi_tensor_dot: pair {i} has shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    if extension_available() and all(t.device.type == "cpu" for t in a + b):
+        load_extension()
+        return torch.ops.hyperfused.multi_tensor_dot(a, b)
+    return reference.multi_tensor_dot(a, b)
+
+
+__all__ = ["BACKENDS", "resolve_backend", "multi_tensor_dot", "hyper_reduce", "hyper_update", "reference",
+           "extension_available"]
+
+
+def hyper_reduce(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, grads, states, valid, hp, raw):
+    """Pass A of a hypergradient step (see ``reference.hyper_reduce``) on the chosen backend."""
+    if backend == "reference":
+        return reference.hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw)
+    raise NotImplementedError(f"hyper_reduce has no {backend!r} backend yet")
+
+
+def hyper_update(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, params, grads, states, hp, ok):
+    """Pass B of a hypergradient step (see ``reference.hyper_update``) on the chosen backend."""
+    if backend == "reference":
+        return reference.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok)
+    raise NotImplementedError(f"hyper_update has no {backend!r} backend yet")

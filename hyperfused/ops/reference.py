@@ -1,0 +1,300 @@
+"""Pure-PyTorch reference versions of every hypergradient op: the oracle the kernels are tested against.
+
+Each optimizer *kind* ("sgd", "adam", "rmsprop", "adagrad") is described by three element-wise functions
+(SPEC.md part 1, the paper package's conventions):
+
+``init_state(x, cfg, learned)``
+    the per-element state a tensor starts with;
+``update(x, g, st, hp, cfg, learned) -> (x_new, st_new)``
+    one step of the optimizer with hyperparameter *values* ``hp`` (0-dim tensors or tensors that broadcast
+    against ``x``); ``st_new`` also holds whatever the next step needs to rebuild the Jacobian;
+``jac(st, hp, raw, cfg, learned) -> {name: J}``
+    the one-step-deep Jacobian d x'/d r of the *last* update with respect to each learned raw
+    hyperparameter r, rebuilt from the state that update left behind (SPEC.md 1.3) and the values it used.
+
+The same functions serve level 0 (model tensors) and the levels above (the small vector of the raw
+hyperparameters of the level below), so the tower's scalar steps and the model-sized passes share one
+formula. Values are computed in ``x``'s (math) dtype; callers upcast reduced-precision tensors.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+State = Dict[str, Tensor]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parametrisations (raw r -> value c = phi(r)) used for learned hyperparameters.
+# --------------------------------------------------------------------------------------------------------
+def sigma(r: Tensor) -> Tensor:
+    """(tanh r + 1) / 2: the package's ``clamp`` for betas and RMSprop's gamma."""
+    return (r.tanh() + 1.0) / 2.0
+
+
+def dsigma(r: Tensor) -> Tensor:
+    """d sigma / d r = (1 - tanh^2 r) / 2."""
+    t = r.tanh()
+    return (1.0 - t * t) / 2.0
+
+
+def sigma_inv(c: Tensor) -> Tensor:
+    """The package's ``unclamp``: atanh(2c - 1) written as log((1+z)/(1-z))/2."""
+    z = c * 2.0 - 1.0
+    return ((1.0 + z) / (1.0 - z)).log() / 2.0
+
+
+# name -> (raw -> value, value -> raw) for the hyperparameters whose raw form is not the value itself
+PARAMETRISATIONS = {
+    ("adam", "beta1"): (sigma, sigma_inv),
+    ("adam", "beta2"): (sigma, sigma_inv),
+    ("rmsprop", "alpha"): (sigma, sigma_inv),
+    ("rmsprop", "lr"): (lambda a: a * a, lambda c: c.sqrt()),
+}
+
+
+def to_value(kind: str, name: str, raw: Tensor) -> Tensor:
+    fwd = PARAMETRISATIONS.get((kind, name))
+    return raw if fwd is None else fwd[0](raw)
+
+
+def to_raw(kind: str, name: str, value: Tensor) -> Tensor:
+    fwd = PARAMETRISATIONS.get((kind, name))
+    return value if fwd is None else fwd[1](value)
+
+
+# --------------------------------------------------------------------------------------------------------
+# SGD (with or without momentum).  cfg: {"momentum": bool}
+# --------------------------------------------------------------------------------------------------------
+def sgd_init_state(x: Tensor, cfg: dict, learned: Sequence[str]) -> State:
+    st: State = {}
+    if cfg["momentum"]:
+        st["momentum_buffer"] = torch.zeros_like(x)
+        if "momentum" in learned:
+            st["prev_momentum_buffer"] = torch.zeros_like(x)
+    elif "lr" in learned:
+        st["prev_grad"] = torch.zeros_like(x)
+    return st
+
+
+def sgd_update(x: Tensor, g: Tensor, st: State, hp: Dict[str, Tensor], cfg: dict,
+               learned: Sequence[str]) -> Tuple[Tensor, State]:
+    new: State = {}
+    if cfg["momentum"]:
+        buf = st["momentum_buffer"]
+        nbuf = buf * hp["momentum"] + g          # buf_1 = g exactly, since buf_0 = 0
+        new["momentum_buffer"] = nbuf
+        if "momentum" in learned:
+            new["prev_momentum_buffer"] = buf
+        return x - nbuf * hp["lr"], new
+    if "lr" in learned:
+        new["prev_grad"] = g
+    return x - g * hp["lr"], new
+
+
+def sgd_jac(st: State, hp: Dict[str, Tensor], raw: Dict[str, Tensor], cfg: dict,
+            learned: Sequence[str]) -> Dict[str, Tensor]:
+    J: Dict[str, Tensor] = {}
+    if cfg["momentum"]:
+        if "lr" in learned:
+            J["lr"] = -st["momentum_buffer"]
+        if "momentum" in learned:
+            J["momentum"] = -hp["lr"] * st["prev_momentum_buffer"]
+    elif "lr" in learned:
+        J["lr"] = -st["prev_grad"]
+    return J
+
+
+# --------------------------------------------------------------------------------------------------------
+# Adagrad.  cfg: {"eps": 1e-10, "initial_accumulator_value": 0.1}
+# --------------------------------------------------------------------------------------------------------
+def adagrad_init_state(x: Tensor, cfg: dict, learned: Sequence[str]) -> State:
+    st: State = {"sum": torch.zeros_like(x) + cfg["initial_accumulator_value"]}
+    if learned:
+        st["prev_grad"] = torch.zeros_like(x)
+    return st
+
+
+def adagrad_update(x, g, st, hp, cfg, learned):
+    G = st["sum"] + g * g
+    new: State = {"sum": G}
+    if learned:
+        new["prev_grad"] = g
+    return x - hp["lr"] * g / (G + cfg["eps"]).sqrt(), new
+
+
+def adagrad_jac(st, hp, raw, cfg, learned):
+    if "lr" not in learned:
+        return {}
+    return {"lr": -st["prev_grad"] / (st["sum"] + cfg["eps"]).sqrt()}
+
+
+# --------------------------------------------------------------------------------------------------------
+# RMSprop.  lr = a^2 (raw a), alpha (the paper's gamma) = sigma(q).  cfg: {"eps": 1e-8}
+# --------------------------------------------------------------------------------------------------------
+def rmsprop_init_state(x, cfg, learned):
+    st: State = {"square_avg": torch.zeros_like(x)}
+    if learned:
+        st["prev_grad"] = torch.zeros_like(x)
+    return st
+
+
+def rmsprop_update(x, g, st, hp, cfg, learned):
+    gamma = hp["alpha"]
+    s = gamma * st["square_avg"] + (1.0 - gamma) * (g * g)
+    new: State = {"square_avg": s}
+    if learned:
+        new["prev_grad"] = g
+    return x - hp["lr"] * g / (s + cfg["eps"]).sqrt(), new
+
+
+def rmsprop_jac(st, hp, raw, cfg, learned):
+    J: Dict[str, Tensor] = {}
+    g = st["prev_grad"]
+    s = st["square_avg"]
+    D = (s + cfg["eps"]).sqrt()
+    if "lr" in learned:
+        J["lr"] = -2.0 * raw["lr"] * g / D
+    if "alpha" in learned:
+        gamma = hp["alpha"]
+        s_prev_minus_g2 = (s - g * g) / gamma          # s_{t-2} - g_{t-1}^2
+        J["alpha"] = hp["lr"] * g * s_prev_minus_g2 / (2.0 * D * D * D) * dsigma(raw["alpha"])
+    return J
+
+
+# --------------------------------------------------------------------------------------------------------
+# Adam.  beta_i = sigma(b_i) when learned.  cfg: {"eps": 1e-8}
+# --------------------------------------------------------------------------------------------------------
+def adam_init_state(x, cfg, learned):
+    st: State = {
+        "step": torch.zeros((), dtype=x.dtype, device=x.device),
+        "exp_avg": torch.zeros_like(x),
+        "exp_avg_sq": torch.zeros_like(x) + cfg["eps"],   # the package's guard against sqrt at 0
+    }
+    if "beta1" in learned or "beta2" in learned:
+        st["prev_grad"] = torch.zeros_like(x)
+    return st
+
+
+def adam_update(x, g, st, hp, cfg, learned):
+    b1, b2, eps = hp["beta1"], hp["beta2"], cfg["eps"]
+    t = st["step"] + 1
+    m = b1 * st["exp_avg"] + (1.0 - b1) * g
+    v = b2 * st["exp_avg_sq"] + (1.0 - b2) * g * g
+    mh = m / (1.0 - b1 ** t)
+    vh = v / (1.0 - b2 ** t)
+    u = mh / (vh ** 0.5 + eps)
+    new: State = {"step": t, "exp_avg": m, "exp_avg_sq": v}
+    if "prev_grad" in st:
+        new["prev_grad"] = g
+    return x - hp["lr"] * u, new
+
+
+def adam_jac(st, hp, raw, cfg, learned):
+    b1, b2, lr, eps = hp["beta1"], hp["beta2"], hp["lr"], cfg["eps"]
+    t = st["step"]
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    c1 = 1.0 - b1 ** t
+    c2 = 1.0 - b2 ** t
+    mh = m / c1
+    S = (v / c2).sqrt()
+    den = S + eps
+    J: Dict[str, Tensor] = {}
+    if "lr" in learned:
+        J["lr"] = -(mh / den)
+    if "beta1" in learned:
+        g = st["prev_grad"]
+        dmh = (m - g) / b1 / c1 + m * t * b1 ** (t - 1) / (c1 * c1)
+        J["beta1"] = -lr * dmh / den * dsigma(raw["beta1"])
+    if "beta2" in learned:
+        g = st["prev_grad"]
+        dvh = (v - g * g) / b2 / c2 + v * t * b2 ** (t - 1) / (c2 * c2)
+        term = lr * mh / (den * den) / (2.0 * S) * dvh * dsigma(raw["beta2"])
+        J["beta2"] = torch.where(S > 0, term, torch.zeros_like(term))
+    return J
+
+
+KINDS = {
+    "sgd": (sgd_init_state, sgd_update, sgd_jac),
+    "adam": (adam_init_state, adam_update, adam_jac),
+    "rmsprop": (rmsprop_init_state, rmsprop_update, rmsprop_jac),
+    "adagrad": (adagrad_init_state, adagrad_update, adagrad_jac),
+}
+
+
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 parameters do their math in float64; everything else in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------------------
+# The two level-0 passes as ops (multi-tensor, one param group).
+# --------------------------------------------------------------------------------------------------------
+def hyper_reduce(kind: str, cfg: dict, learned: Sequence[str], per_tensor_lr: bool,
+                 grads: List[Tensor], states: List[State], valid: List[Tensor],
+                 hp: Dict[str, Tensor], raw: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Tensor]:
+    """Pass A: level-0 hypergradients and the non-finite flag.
+
+    Returns ``(delta, finite)`` where ``delta[name]`` is sum(g_t * J_name) over the group (a vector with one
+    entry per tensor for "lr" when ``per_tensor_lr``), J rebuilt from each tensor's state (``valid[i]``, a
+    0-dim bool tensor, False: the tensor did not move at its last step, so J is zero), and ``finite`` a
+    0-dim bool tensor that
+    is False when any gradient holds NaN or Inf.
+    """
+    jac = KINDS[kind][2]
+    dt = hp["lr"].dtype
+    dev = hp["lr"].device
+    n = len(grads)
+    per = {name: torch.zeros(n, dtype=dt, device=dev) for name in learned}
+    finite = torch.ones((), dtype=torch.bool, device=dev)
+    for i, g in enumerate(grads):
+        finite = finite & torch.isfinite(g).all()
+        if not learned:
+            continue
+        gm = g.to(dt)
+        hpi = _tensor_hp(hp, i, per_tensor_lr)
+        rawi = _tensor_hp(raw, i, per_tensor_lr)
+        for name, J in jac(states[i], hpi, rawi, cfg, learned).items():
+            d = (gm * J).sum()
+            per[name][i] = torch.where(valid[i], d, torch.zeros_like(d))
+    delta = {name: (v if (name == "lr" and per_tensor_lr) else v.sum()) for name, v in per.items()}
+    return delta, finite
+
+
+def hyper_update(kind: str, cfg: dict, learned: Sequence[str], per_tensor_lr: bool,
+                 params: List[Tensor], grads: List[Tensor], states: List[State],
+                 hp: Dict[str, Tensor], ok: Tensor) -> None:
+    """Pass B: apply the update with the new hyperparameters, in place, only where ``ok`` (0-dim bool)."""
+    update = KINDS[kind][1]
+    dt = hp["lr"].dtype
+    for i, (p, g) in enumerate(zip(params, grads)):
+        x = p.detach().to(dt)
+        xn, new = update(x, g.to(dt), states[i], _tensor_hp(hp, i, per_tensor_lr), cfg, learned)
+        p.detach().copy_(torch.where(ok, xn, x).to(p.dtype))
+        _commit_state(states[i], new, ok)
+
+
+def _commit_state(st: State, new: State, ok: Tensor) -> None:
+    """``st[k] = where(ok, new[k], st[k])`` for every key; all values are computed before any is written,
+    because a new value may alias an old state tensor (e.g. SGD's previous momentum buffer)."""
+    vals = {key: torch.where(ok, val.to(st[key].dtype), st[key]) for key, val in new.items()}
+    for key, val in vals.items():
+        st[key].copy_(val)
+
+
+def _tensor_hp(hp: Dict[str, Tensor], i: int, per_tensor_lr: bool) -> Dict[str, Tensor]:
+    if not per_tensor_lr or "lr" not in hp:
+        return hp
+    out = dict(hp)
+    out["lr"] = hp["lr"][i]
+    return out
+
+
+def multi_tensor_dot(a: Iterable[Tensor], b: Iterable[Tensor]) -> Tensor:
+    """Per-pair dot products sum(a_i * b_i), accumulated in float64 (reference for the C++ op)."""
+    out = [(x.double() * y.double()).sum() for x, y in zip(a, b)]
+    if not out:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.stack(out)

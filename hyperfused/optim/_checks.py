@@ -1,0 +1,30 @@
+"""Validation of hyperparameter values, shared by the optimizer kinds."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def _num(value, name: str, where: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{where}: {name} must be finite, got {value!r}")
+    return v
+
+
+def check_nonneg(value, name: str, where: str) -> None:
+    if _num(value, name, where) < 0:
+        raise ValueError(f"{where}: {name} must be >= 0, got {value!r}")
+
+
+def check_unit(value, name: str, learned: Sequence[str], where: str, key: str) -> None:
+    """A decay in [0, 1); strictly inside (0, 1) when learned (its raw form is atanh(2c - 1))."""
+    v = _num(value, name, where)
+    if key in learned:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"{where}: a learned {name} must lie strictly inside (0, 1), got {value!r}")
+    elif not 0.0 <= v < 1.0:
+        raise ValueError(f"{where}: {name} must lie in [0, 1), got {value!r}")

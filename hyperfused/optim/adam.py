@@ -1,0 +1,51 @@
+"""Adam as a level of a hypergradient tower (the paper's ``Adam`` and ``AdamBaydin``)."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from ._checks import check_nonneg, check_unit
+from .base import HyperOptimizer, ParamsT
+
+
+class Adam(HyperOptimizer):
+    """Hypergradient Adam, with the paper package's conventions.
+
+    ``m_0 = 0``, ``v_0 = eps`` (every element), bias corrections ``1 - beta^t`` with ``t`` counted per tensor,
+    ``x' = x - lr * mh / (sqrt(vh) + eps)``. With a level above it learns ``lr`` (raw, unconstrained) and the
+    betas (raw ``atanh(2 beta - 1)``); ``learn=("lr",)`` is the paper's Adam^alpha (AdamBaydin).
+
+    Args:
+        params: the model's parameters (level 0), or None for a level of a tower.
+        lr: learning rate (>= 0). betas: (beta1, beta2) in [0, 1), strictly inside (0, 1) when learned.
+        eps: term added to the denominator, also the initial value of v.
+        hyper, learn ("lr", "beta1", "beta2"), per_tensor, backend: as for :class:`hyperfused.SGD`.
+    """
+
+    kind = "adam"
+    hyper_names = ("lr", "beta1", "beta2")
+
+    def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
+                 hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
+                 per_tensor: bool = False, backend: str = "auto") -> None:
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, learn=None if learn is None else tuple(
+            [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
+        self._setup(params, defaults, hyper, learn, per_tensor, backend)
+
+    @classmethod
+    def _values_from(cls, d: Dict[str, Any]) -> Dict[str, float]:
+        b1, b2 = d["betas"]
+        return {"lr": d["lr"], "beta1": b1, "beta2": b2}
+
+    @classmethod
+    def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:
+        check_nonneg(d["eps"], "eps", "Adam")
+        return {"eps": float(d["eps"])}
+
+    @classmethod
+    def _check_values(cls, values, learned, where) -> None:
+        check_nonneg(values["lr"], "lr", where)
+        check_unit(values["beta1"], "beta1 (betas[0])", learned, where, "beta1")
+        check_unit(values["beta2"], "beta2 (betas[1])", learned, where, "beta2")

@@ -1,0 +1,517 @@
+"""The tower logic, written once for every optimizer kind.
+
+A tower has levels 0..K. Level 0 is a ``torch.optim.Optimizer`` over the model's parameters; level k >= 1
+optimizes the learned *raw* hyperparameters of level k-1 (a small vector per param group), and the top
+level's hyperparameters are fixed. One ``step()`` (SPEC.md 1.1):
+
+1. bottom-up hypergradients: ``delta_0`` is the big reduction sum(g_t * J_0) over the group's tensors
+   (J_0 rebuilt from the optimizer state, never stored), ``delta_k`` the same contraction on the tiny
+   vectors of level k;
+2. top-down updates: level K updates level K-1's raw hyperparameters, ..., level 1 updates level 0's;
+3. level 0 updates the parameters with its new hyperparameters.
+
+Everything is computed on the parameters' device with no host synchronisation: whether a step is skipped
+(a non-finite gradient, hypergradient or hyperparameter) is a device-side boolean, and every write is
+``where(ok, new, old)``, so a skipped step leaves every level bitwise as it was.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .. import ops
+from ..ops import reference as ref
+
+Tensor = torch.Tensor
+ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
+
+_TOWER_KEY = "hyperfused"     # the key of the tower's state in ``self.state`` (a string: not a parameter)
+
+
+class HyperOptimizer(torch.optim.Optimizer):
+    """Base class of the hypergradient optimizers. Subclasses describe one kind of optimizer.
+
+    Constructed with ``params`` it is level 0 of a tower and an ordinary ``torch.optim.Optimizer``;
+    constructed without, it is a level to pass as another optimizer's ``hyper=``.
+    """
+
+    kind: str = ""
+    #: hyperparameter names in canonical order (the order of the flattened vector the level above sees)
+    hyper_names: Tuple[str, ...] = ()
+
+    # ---------------------------------------------------------------- subclass hooks
+    @classmethod
+    def _values_from(cls, d: Dict[str, Any]) -> Dict[str, float]:
+        """Hyperparameter values (name -> float) from a param group or constructor dict."""
+        return {name: d[name] for name in cls.hyper_names}
+
+    @classmethod
+    def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:
+        """The static configuration of the element-wise math (eps, momentum on/off...)."""
+        return {}
+
+    @classmethod
+    def _default_learn(cls, values: Dict[str, float]) -> Tuple[str, ...]:
+        return cls.hyper_names
+
+    @classmethod
+    def _check_values(cls, values: Dict[str, float], learned: Sequence[str], where: str) -> None:
+        pass
+
+    # ---------------------------------------------------------------- construction
+    def _setup(self, params: Optional[ParamsT], defaults: Dict[str, Any], hyper: Optional["HyperOptimizer"],
+               learn: Optional[Sequence[str]], per_tensor: bool, backend: str) -> None:
+        if isinstance(params, (int, float)) or isinstance(params, Tensor) and params.dim() == 0:
+            raise TypeError(f"{type(self).__name__}: the first argument is params (an iterable of tensors or "
+                            f"param-group dicts), got the number {params!r}; for a level of a tower pass the "
+                            f"learning rate by keyword, e.g. hf.{type(self).__name__}(lr={params!r})")
+        if hyper is not None:
+            if not isinstance(hyper, HyperOptimizer):
+                raise TypeError(f"hyper= must be a hyperfused optimizer (hf.SGD, hf.Adam, hf.RMSprop, "
+                                f"hf.Adagrad) constructed without params, got {type(hyper).__name__}")
+            if hyper._is_root:
+                raise ValueError("hyper= got an optimizer constructed with params; a level of a tower is "
+                                 "constructed without them, e.g. hyper=hf.SGD(lr=1e-5)")
+            if hyper._owner is not None:
+                raise ValueError("this hyper= level already belongs to another tower; construct a new one")
+        self.hyper: Optional[HyperOptimizer] = hyper
+        self._learn_request = None if learn is None else self._normalize_learn(learn)
+        self._per_tensor = bool(per_tensor)
+        self._backend_request = backend
+        self._backend = ops.resolve_backend(backend)
+        self._owner: Optional[HyperOptimizer] = None      # the root optimizer this level belongs to
+        self._depth = 0
+        self._is_root = params is not None
+        self._level_values = {k: v for k, v in defaults.items()}
+        if hyper is None and self._learn_request:
+            raise ValueError(f"{type(self).__name__}: learn={tuple(self._learn_request)} needs a level above "
+                             f"to learn them (hyper=...); a level with no level above learns nothing")
+        if params is None:
+            # a level of a tower: check its own values now, with the learned set it would have
+            vals = self._values_from(defaults)
+            self._check_values(vals, self._learned_for(vals), f"{type(self).__name__} level")
+            self._cfg_from(defaults, vals)
+            return
+        self._owner = self
+        level, depth = hyper, 1
+        while level is not None:
+            level._owner, level._depth = self, depth
+            lv = level._values_from(level._level_values)
+            level._check_values(lv, level._learned_for(lv), f"level {depth} ({type(level).__name__})")
+            level, depth = level.hyper, depth + 1
+        self._lr_alias: Dict[int, Tensor] = {}
+        super().__init__(params, defaults)
+
+    def _normalize_learn(self, learn: Sequence[str]) -> Tuple[str, ...]:
+        if isinstance(learn, str):
+            learn = (learn,)
+        names = tuple(learn)
+        for n in names:
+            if n not in self.hyper_names:
+                raise ValueError(f"{type(self).__name__}: unknown name {n!r} in learn=; "
+                                 f"it can learn {', '.join(repr(h) for h in self.hyper_names)}")
+        if not names:
+            raise ValueError(f"{type(self).__name__}: learn=() learns nothing; leave out hyper= instead")
+        return tuple(h for h in self.hyper_names if h in names)
+
+    def _learned_for(self, values: Dict[str, float], request: Optional[Tuple[str, ...]] = None) -> Tuple[str, ...]:
+        if self.hyper is None:
+            return ()
+        req = self._learn_request if request is None else request
+        if req is None:
+            return self._default_learn(values)
+        return req
+
+    @property
+    def levels(self) -> List["HyperOptimizer"]:
+        """This level and every level above it, bottom to top."""
+        out, lv = [], self
+        while lv is not None:
+            out.append(lv)
+            lv = lv.hyper
+        return out
+
+    @property
+    def height(self) -> int:
+        """Tower height: the number of levels above this one."""
+        return len(self.levels) - 1
+
+    # ---------------------------------------------------------------- param groups
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        gi = len(self.param_groups) - 1
+        params = group["params"]
+        devices = {p.device for p in params}
+        for p in params:
+            if p.is_complex():
+                raise ValueError(f"{type(self).__name__} does not support complex parameters "
+                                 f"(got one of dtype {p.dtype} and shape {tuple(p.shape)})")
+            if not p.is_floating_point():
+                raise TypeError(f"{type(self).__name__} optimizes floating-point parameters only "
+                                f"(got dtype {p.dtype})")
+        if len(devices) > 1:
+            raise ValueError(f"param group {gi} holds parameters on different devices "
+                             f"({', '.join(sorted(str(d) for d in devices))}); put each device in its own group")
+        if group.get("learn") is not None:
+            group["learn"] = self._normalize_learn(group["learn"])
+        if self.hyper is None and group.get("learn"):
+            raise ValueError(f"param group {gi}: learn={group['learn']} needs a level above (hyper=...)")
+        vals = self._values_from(group)
+        self._check_values(vals, self._group_learned(group), f"param group {gi}")
+        self._cfg_from(group, vals)
+        if params:
+            self._publish_lr(gi)
+
+    def _group_learned(self, group: Dict[str, Any]) -> Tuple[str, ...]:
+        vals = self._values_from(group)
+        return self._learned_for(vals, group.get("learn"))
+
+    # ---------------------------------------------------------------- tower state
+    def _hyper_dtype(self, group) -> torch.dtype:
+        return torch.float64 if any(p.dtype == torch.float64 for p in group["params"]) else torch.float32
+
+    def _tower(self) -> Dict[str, Any]:
+        t = self.state.get(_TOWER_KEY)
+        if t is None:
+            dev = self.param_groups[0]["params"][0].device if self.param_groups[0]["params"] else "cpu"
+            t = {"skipped_steps": torch.zeros((), dtype=torch.int64, device=dev), "groups": {}}
+            self.state[_TOWER_KEY] = t
+        return t
+
+    def _group_tower(self, gi: int) -> Dict[str, Any]:
+        """Per-group levels: [{"hp": {name: tensor}, "state": {...}}, ...] (hp raw when learned)."""
+        tower = self._tower()
+        gt = tower["groups"].get(gi)
+        if gt is not None:
+            return gt
+        group = self.param_groups[gi]
+        dt = self._hyper_dtype(group)
+        dev = group["params"][0].device
+        n = len(group["params"])
+        levels = []
+        specs = self._level_specs(gi)
+        units = n          # how many "tensors" level k sees: model tensors, then entries of the vector below
+        for k, (lv, vals, learned, per_tensor, cfg) in enumerate(specs):
+            hp = {}
+            for name in lv.hyper_names:
+                val = torch.tensor(float(vals[name]), dtype=dt, device=dev)
+                if name in learned:
+                    val = ref.to_raw(lv.kind, name, val)
+                if name == "lr" and per_tensor:
+                    val = val.repeat(units)
+                hp[name] = val
+            rec: Dict[str, Any] = {"hp": hp}
+            if k >= 1:
+                x0 = torch.zeros(units, dtype=dt, device=dev)
+                rec["state"] = ref.KINDS[lv.kind][0](x0, cfg, learned)
+                rec["state"]["valid"] = torch.zeros((), dtype=torch.bool, device=dev)
+            levels.append(rec)
+            units = sum(hp[name].numel() for name in learned)
+        gt = {"levels": levels}
+        tower["groups"][gi] = gt
+        return gt
+
+    def _level_specs(self, gi: int) -> List[Tuple["HyperOptimizer", Dict[str, float], Tuple[str, ...], bool, dict]]:
+        """(level, initial values, learned names, per_tensor, cfg) for every level of group ``gi``."""
+        group = self.param_groups[gi]
+        vals0 = self._values_from(group)
+        specs = [(self, vals0, self._group_learned(group), bool(group.get("per_tensor", False)),
+                  self._cfg_from(group, vals0))]
+        for lv in self.levels[1:]:
+            v = lv._values_from(lv._level_values)
+            specs.append((lv, v, lv._learned_for(v), lv._per_tensor, lv._cfg_from(lv._level_values, v)))
+        # the flat size of a per-tensor level above level 0 counts entries, and level k's "tensors" are the
+        # entries of level k-1's vector: one lr per entry
+        return specs
+
+    @staticmethod
+    def _values_of(spec, hp: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        lv, _, learned, _, _ = spec
+        return {name: (ref.to_value(lv.kind, name, t) if name in learned else t) for name, t in hp.items()}
+
+    # ---------------------------------------------------------------- learning-rate alias for loggers
+    def _publish_lr(self, gi: int) -> None:
+        group = self.param_groups[gi]
+        gt = self._group_tower(gi)
+        spec = self._level_specs(gi)[0]
+        lr = self._values_of(spec, gt["levels"][0]["hp"])["lr"]
+        lr = lr.mean() if lr.dim() else lr
+        alias = self._lr_alias.get(gi)
+        if alias is None or alias.dtype != lr.dtype or alias.device != lr.device:
+            alias = lr.detach().clone()
+            self._lr_alias[gi] = alias
+        else:
+            alias.copy_(lr)
+        group["lr"] = alias
+
+    def _adopt_user_lr(self, gi: int) -> None:
+        """A user (or an LR scheduler) replaced ``param_groups[gi]["lr"]``: start level 0 from that value."""
+        group = self.param_groups[gi]
+        alias = self._lr_alias.get(gi)
+        if alias is None or group["lr"] is alias:
+            return
+        new = group["lr"]
+        new_t = torch.as_tensor(new, dtype=alias.dtype, device=alias.device).detach().clone()
+        if not isinstance(new, Tensor) and (not math.isfinite(float(new)) or float(new) < 0):
+            raise ValueError(f"param group {gi}: lr must be a finite number >= 0, got {new!r}")
+        gt = self._group_tower(gi)
+        spec = self._level_specs(gi)[0]
+        lv, _, learned, _, _ = spec
+        hp = gt["levels"][0]["hp"]
+        raw = ref.to_raw(lv.kind, "lr", new_t) if "lr" in learned else new_t
+        hp["lr"].copy_(raw.expand_as(hp["lr"]))
+        self._publish_lr(gi)
+
+    # ---------------------------------------------------------------- public read-out
+    def hyperparameters(self, group: int = 0) -> Dict[str, Union[float, List[float]]]:
+        """Current values of this level's hyperparameters for param group ``group`` (floats).
+
+        ``"lr"`` is a list (one value per tensor, or per entry of the vector below) with ``per_tensor=True``.
+        Reading them synchronises with the device; ``step()`` itself never does.
+        """
+        root = self._owner
+        if root is None:
+            vals = self._values_from(self._level_values)
+            return {k: float(v) for k, v in vals.items()}
+        if group >= len(root.param_groups):
+            raise IndexError(f"no param group {group} (the optimizer has {len(root.param_groups)})")
+        root._adopt_user_lr(group)
+        gt = root._group_tower(group)
+        spec = root._level_specs(group)[self._depth]
+        vals = root._values_of(spec, gt["levels"][self._depth]["hp"])
+        out: Dict[str, Union[float, List[float]]] = {}
+        for name, t in vals.items():
+            out[name] = t.tolist() if t.dim() else float(t)
+        return out
+
+    @property
+    def skipped_steps(self) -> int:
+        """How many steps were skipped because of a non-finite gradient, hypergradient or hyperparameter."""
+        root = self._owner
+        if root is None or not root._is_root:
+            return 0
+        return int(root._tower()["skipped_steps"])
+
+    def __repr__(self) -> str:
+        head = f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self._values_from(self._level_values).items())}"
+        if getattr(self, "_learn_request", None):
+            head += f", learn={self._learn_request}"
+        head += ")"
+        if self.hyper is not None:
+            head += " / " + repr(self.hyper)
+        return head
+
+    # ---------------------------------------------------------------- the step
+    def _require_root(self, what: str) -> None:
+        if not self._is_root:
+            raise RuntimeError(f"{type(self).__name__}.{what}() is for the optimizer at level 0 of a tower "
+                               f"(constructed with params); this one is a level of a tower")
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """One step of every level of the tower (see the module docstring). Returns the closure's loss."""
+        self._require_root("step")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        plans = []
+        oks = []
+        for gi, group in enumerate(self.param_groups):
+            if not group["params"]:
+                continue
+            self._adopt_user_lr(gi)
+            plan = self._plan_group(gi, group)
+            plans.append(plan)
+            oks.append(plan["ok"])
+        if not plans:
+            return loss
+        ok = oks[0]
+        for o in oks[1:]:
+            ok = ok & o
+        for plan in plans:
+            self._commit_group(plan, ok)
+        tower = self._tower()
+        tower["skipped_steps"].add_((~ok).to(torch.int64))
+        return loss
+
+    def _plan_group(self, gi: int, group: Dict[str, Any]) -> Dict[str, Any]:
+        """Everything of a step that is decided before writing: hypergradients, new hyperparameters, ok."""
+        specs = self._level_specs(gi)
+        gt = self._group_tower(gi)
+        levels = gt["levels"]
+        dt = self._hyper_dtype(group)
+        params, grads, states = [], [], []
+        spec0 = specs[0]
+        _, _, learned0, per0, cfg0 = spec0
+        idle = []
+        for p in group["params"]:
+            st = self.state[p]
+            if p.grad is None:
+                if st:
+                    idle.append(st)
+                continue
+            if p.grad.is_sparse:
+                raise ValueError(f"{type(self).__name__} does not support sparse gradients "
+                                 f"(parameter of shape {tuple(p.shape)}); use dense gradients")
+            if not st:
+                st.update(ref.KINDS[self.kind][0](p.detach().to(dt), cfg0, learned0))
+                st["moved"] = torch.zeros((), dtype=torch.bool, device=p.device)
+            params.append(p)
+            grads.append(p.grad)
+            states.append(st)
+        n = len(group["params"])
+        # per-tensor lrs are indexed by position in the group; take the rows of the tensors with a gradient
+        index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
+        hp0 = levels[0]["hp"]
+        hp0_rows = self._rows(hp0, index, per0)
+        vals0_rows = self._values_of(spec0, hp0_rows)
+
+        # 1. hypergradients, bottom-up
+        deltas: List[Dict[str, Tensor]] = []
+        finite = torch.ones((), dtype=torch.bool, device=group["params"][0].device)
+        if params:
+            d0, finite = ops.hyper_reduce(self._backend, self.kind, cfg0, learned0, per0, grads, states,
+                                          [st["moved"] for st in states], vals0_rows, hp0_rows)
+        else:
+            d0 = {name: torch.zeros(len(index), dtype=dt, device=finite.device) if (name == "lr" and per0)
+                  else torch.zeros((), dtype=dt, device=finite.device) for name in learned0}
+        if per0 and "lr" in d0:   # scatter back to the group's full per-tensor vector
+            full = torch.zeros(n, dtype=dt, device=finite.device)
+            if index:
+                full[index] = d0["lr"]
+            d0["lr"] = full
+        deltas.append(d0)
+        for k in range(1, len(specs) - 1):
+            lv, _, learned, per, cfg = specs[k]
+            rec = levels[k]
+            g = self._flatten(deltas[k - 1], specs[k - 1][2])
+            vals = self._values_of(specs[k], rec["hp"])
+            J = ref.KINDS[lv.kind][2](rec["state"], vals, rec["hp"], cfg, learned)
+            dk = {}
+            for name in learned:
+                contrib = g * J[name]
+                d = contrib if (name == "lr" and per) else contrib.sum()
+                dk[name] = torch.where(rec["state"]["valid"], d, torch.zeros_like(d))
+            deltas.append(dk)
+        ok = finite
+        for d in deltas:
+            for t in d.values():
+                ok = ok & torch.isfinite(t).all()
+
+        # 2. updates of the hyperparameters, top-down (tentative until committed)
+        new_hp = [dict(rec["hp"]) for rec in levels]
+        new_state: List[Optional[Dict[str, Tensor]]] = [None] * len(specs)
+        for k in range(len(specs) - 1, 0, -1):
+            lv, _, learned, per, cfg = specs[k]
+            below_learned = specs[k - 1][2]
+            if not below_learned:
+                continue
+            x = self._flatten(levels[k - 1]["hp"], below_learned)
+            g = self._flatten(deltas[k - 1], below_learned)
+            vals = self._values_of(specs[k], new_hp[k])
+            st = {key: v for key, v in levels[k]["state"].items() if key != "valid"}
+            xn, stn = ref.KINDS[lv.kind][1](x, g, st, vals, cfg, learned)
+            new_state[k] = stn
+            for name, t in self._unflatten(xn, levels[k - 1]["hp"], below_learned).items():
+                new_hp[k - 1][name] = t
+                ok = ok & torch.isfinite(t).all()
+        return {"gi": gi, "specs": specs, "levels": levels, "new_hp": new_hp, "new_state": new_state,
+                "params": params, "grads": grads, "states": states, "idle": idle, "index": index, "ok": ok}
+
+    def _commit_group(self, plan: Dict[str, Any], ok: Tensor) -> None:
+        specs, levels, new_hp = plan["specs"], plan["levels"], plan["new_hp"]
+        # the levels above: their states, and every level's hyperparameters
+        for k in range(len(specs)):
+            for name, t in new_hp[k].items():
+                old = levels[k]["hp"][name]
+                if t is not old:
+                    old.copy_(torch.where(ok, t, old))
+            stn = plan["new_state"][k]
+            if stn is not None:
+                st = levels[k]["state"]
+                ref._commit_state(st, stn, ok)
+                st["valid"].copy_(st["valid"] | ok)
+        # level 0: the parameters, with the new hyperparameters
+        spec0 = specs[0]
+        _, _, learned0, per0, cfg0 = spec0
+        if plan["params"]:
+            rows = self._rows(levels[0]["hp"], plan["index"], per0)
+            vals = self._values_of(spec0, rows)
+            ops.hyper_update(self._backend, self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
+                             plan["states"], vals, ok)
+            for st in plan["states"]:
+                st["moved"].copy_(st["moved"] | ok)
+        for st in plan["idle"]:       # no gradient this step: did not move, so no Jacobian next step
+            st["moved"].copy_(st["moved"] & ~ok)
+        self._publish_lr(plan["gi"])
+
+    # ---------------------------------------------------------------- small helpers
+    @staticmethod
+    def _rows(hp: Dict[str, Tensor], index: List[int], per_tensor: bool) -> Dict[str, Tensor]:
+        if not per_tensor or "lr" not in hp:
+            return hp
+        out = dict(hp)
+        if len(index) != hp["lr"].numel():
+            out["lr"] = hp["lr"][index]
+        return out
+
+    @staticmethod
+    def _flatten(d: Dict[str, Tensor], names: Sequence[str]) -> Tensor:
+        return torch.cat([d[name].reshape(-1) for name in names])
+
+    @staticmethod
+    def _unflatten(x: Tensor, like: Dict[str, Tensor], names: Sequence[str]) -> Dict[str, Tensor]:
+        out, pos = {}, 0
+        for name in names:
+            n = like[name].numel()
+            out[name] = x[pos:pos + n].reshape(like[name].shape)
+            pos += n
+        return out
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        """torch's optimizer state dict; every level's hyperparameters and state ride in ``state``."""
+        self._require_root("state_dict")
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore every level. The given dict is copied, never aliased, and state keeps its saved dtypes."""
+        self._require_root("load_state_dict")
+        state_dict = copy.deepcopy(state_dict)
+        saved_state = state_dict.get("state", {})
+        super().load_state_dict(state_dict)
+        # torch casts float state to the parameter's dtype; ours keeps float32 state for reduced precision
+        index_to_param = [p for g in self.param_groups for p in g["params"]]
+        for key, saved in saved_state.items():
+            if isinstance(key, int) and key < len(index_to_param):
+                p = index_to_param[key]
+                for name, val in saved.items():
+                    if isinstance(val, Tensor):
+                        self.state[p][name] = val.to(device=p.device)
+        tower = self.state.get(_TOWER_KEY)
+        if tower is not None:
+            dev = self.param_groups[0]["params"][0].device
+            self.state[_TOWER_KEY] = _to_device(tower, dev)
+            # checkpoints written by torch.save may turn int keys into ints already; normalise
+            tower = self.state[_TOWER_KEY]
+            tower["groups"] = {int(k): v for k, v in tower["groups"].items()}
+        self._lr_alias = {}
+        for gi in range(len(self.param_groups)):
+            if self.param_groups[gi]["params"]:
+                self._publish_lr(gi)
+
+
+def _to_device(obj, dev):
+    if isinstance(obj, Tensor):
+        return obj.to(device=dev)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, dev) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, dev) for v in obj]
+    return obj

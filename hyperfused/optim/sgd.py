@@ -1,0 +1,50 @@
+"""SGD (with momentum, and with one learning rate per tensor) as a level of a hypergradient tower."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from ._checks import check_nonneg
+from .base import HyperOptimizer, ParamsT
+
+
+class SGD(HyperOptimizer):
+    """Hypergradient SGD: the paper's ``SGD`` (and ``SGDPerParam`` with ``per_tensor=True``).
+
+    Update: ``x' = x - lr * g``; with momentum ``buf = momentum * buf + g`` (``buf_1 = g``), ``x' = x - lr * buf``.
+    With a level above (``hyper=``) it learns ``lr``, and ``momentum`` when it starts non-zero.
+
+    Args:
+        params: the model's parameters (level 0 of a tower), or None for a level of a tower.
+        lr: learning rate (>= 0). momentum: momentum factor (>= 0; learned raw, unconstrained).
+        hyper: the level above, an optimizer constructed without params, or None.
+        learn: names this level learns ("lr", "momentum"); default: the paper's.
+        per_tensor: one learned lr per tensor (level 0) or per entry of the vector below (levels above).
+            ``param_groups[i]["lr"]`` then holds the mean of the tensors' lrs.
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+    """
+
+    kind = "sgd"
+    hyper_names = ("lr", "momentum")
+
+    def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, momentum: float = 0.0, *,
+                 hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
+                 per_tensor: bool = False, backend: str = "auto") -> None:
+        defaults = dict(lr=lr, momentum=momentum, learn=None if learn is None else tuple(
+            [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
+        self._setup(params, defaults, hyper, learn, per_tensor, backend)
+
+    @classmethod
+    def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:
+        return {"momentum": float(d["momentum"]) != 0.0}
+
+    @classmethod
+    def _default_learn(cls, values: Dict[str, float]) -> Tuple[str, ...]:
+        return ("lr", "momentum") if float(values["momentum"]) != 0.0 else ("lr",)
+
+    @classmethod
+    def _check_values(cls, values, learned, where) -> None:
+        check_nonneg(values["lr"], "lr", where)
+        check_nonneg(values["momentum"], "momentum", where)
+        if "momentum" in learned and float(values["momentum"]) == 0.0:
+            raise ValueError(f"{where}: cannot learn momentum that starts at 0 (SGD without momentum has no "
+                             f"momentum buffer); give momentum > 0 or drop 'momentum' from learn=")
