@@ -1,0 +1,20 @@
+// Shared definitions for hyperfused's kernels. Per-element math lives in headers like this one, written as
+// HF_HOST_DEVICE inline functions, so the CPU kernels (and the CPU tests) exercise the same code the CUDA
+// kernels compile. No torch headers here: .cu files include this directly.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define HF_HOST_DEVICE __host__ __device__
+#else
+#define HF_HOST_DEVICE
+#endif
+
+namespace hyperfused {
+
+// Fixed reduction block: partial sums are taken over blocks of this many elements and combined in block
+// order, so a reduction gives bitwise the same result at any thread count.
+constexpr long kReduceBlock = 4096;
+
+HF_HOST_DEVICE inline double fma_acc(double acc, double a, double b) { return acc + a * b; }
+
+}  // namespace hyperfused
