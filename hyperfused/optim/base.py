@@ -16,6 +16,7 @@ Everything is computed on the parameters' device with no host synchronisation: w
 """
 from __future__ import annotations
 
+import collections
 import copy
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -90,6 +91,9 @@ class HyperOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{type(self).__name__}: learn={tuple(self._learn_request)} needs a level above "
                              f"to learn them (hyper=...); a level with no level above learns nothing")
         if params is None:
+            # torch's step() wrapper runs the step hooks before our check; give it empty ones
+            self._optimizer_step_pre_hooks = collections.OrderedDict()
+            self._optimizer_step_post_hooks = collections.OrderedDict()
             # a level of a tower: check its own values now, with the learned set it would have
             vals = self._values_from(defaults)
             self._check_values(vals, self._learned_for(vals), f"{type(self).__name__} level")
@@ -473,6 +477,10 @@ class HyperOptimizer(torch.optim.Optimizer):
             out[name] = x[pos:pos + n].reshape(like[name].shape)
             pos += n
         return out
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._require_root("zero_grad")
+        super().zero_grad(set_to_none)
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> Dict[str, Any]:
