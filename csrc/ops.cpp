@@ -7,6 +7,17 @@ TORCH_LIBRARY(hyperfused, m) {
   // Per-pair dot products sum(a[i] * b[i]) accumulated in float64, deterministic (fixed blocks, fixed
   // combination order). Returns a float64 tensor with one entry per pair.
   m.def("multi_tensor_dot(Tensor[] a, Tensor[] b) -> Tensor");
+  // Hypergradient passes over one param group (SPEC.md 1.3). kind: 0 SGD, 1 Adagrad, 2 RMSprop, 3 Adam;
+  // learn: bits 1 lr, 2 momentum/alpha/beta1, 4 beta2. State lists by kind: SGD (momentum_buffer,
+  // prev_momentum_buffer) or (prev_grad); Adagrad (sum, prev_grad); RMSprop (square_avg, prev_grad); Adam
+  // (exp_avg, exp_avg_sq, prev_grad); absent ones are empty lists. scal: float64 [n, 8] per-tensor scalars
+  // (lr, h1, h2, raw_lr, dsigma1, dsigma2, step, valid). Both return float64 [n, 4]: per tensor
+  // sum(g*J_lr), sum(g*J_h1), sum(g*J_h2) and the number of non-finite gradient elements.
+  m.def("hyper_reduce(int kind, int learn, bool momentum, float eps, Tensor[] grads, Tensor[] s0, "
+        "Tensor[] s1, Tensor[] s2, Tensor scal) -> Tensor");
+  m.def("hyper_update(int kind, int learn, bool momentum, float eps, Tensor(a!)[] params, Tensor[] grads, "
+        "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor? scal_jac, Tensor ok) -> Tensor");
+  m.def("nonfinite_count(Tensor[] grads) -> Tensor");
 }
 
 // A Python module so that `import hyperfused._C` loads the library and runs the registrations above.

@@ -48,6 +48,7 @@ def test_multi_tensor_dot_refuses_mismatched_inputs():
 
 
 def test_resolve_backend():
-    assert ops.resolve_backend("auto") == "reference"
+    assert ops.resolve_backend("auto") == "auto"        # decided per param group, by device
+    assert ops.resolve_backend("cpu") == "cpu"
     with pytest.raises(ValueError, match="unknown backend"):
         ops.resolve_backend("tpu")

@@ -212,11 +212,17 @@ def test_hyper_must_be_a_level_without_params():
 
 
 def test_unimplemented_backends_say_so():
-    for b in ("cpu", "cuda", "triton"):
+    for b in ("cuda", "triton"):
         with pytest.raises(NotImplementedError, match=f"backend='{b}' is not implemented"):
             hf.Adam(_model().parameters(), backend=b)
-    assert hf.Adam(_model().parameters(), backend="reference")._backend == "reference"
-    assert hf.Adam(_model().parameters(), backend="auto")._backend == "reference"
+
+
+def test_auto_picks_the_cpu_kernels_for_cpu_tensors():
+    m = _model()
+    opt = hf.Adam(m.parameters(), backend="auto", hyper=hf.SGD())
+    assert opt._group_backend(opt.param_groups[0]) == "cpu"
+    opt = hf.Adam(m.parameters(), backend="reference", hyper=hf.SGD())
+    assert opt._group_backend(opt.param_groups[0]) == "reference"
 
 
 def test_complex_and_integer_parameters_are_refused():

@@ -38,8 +38,8 @@ TALL = {
 }
 
 
-def _compare(tower, model_kind, dtype, tol):
-    rw, ow, rl, ol, opt = towers.run_both(tower, model_kind, steps=20, dtype=dtype)
+def _compare(tower, model_kind, dtype, tol, backend="auto"):
+    rw, ow, rl, ol, opt = towers.run_both(tower, model_kind, steps=20, dtype=dtype, backend=backend)
     for i, (o, r) in enumerate(zip(ow, rw)):
         assert o.dtype == dtype
         assert rel_err(o, r) <= tol, f"weight {i}: relative error {rel_err(o, r):.3e}"
@@ -58,24 +58,31 @@ def _compare(tower, model_kind, dtype, tol):
     assert moved, "no learning rate moved: the test would not notice a broken hypergradient"
 
 
+BACKENDS = ["reference", "cpu"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("model_kind", ["mlp", "cnn"])
 @pytest.mark.parametrize("name", list(HEIGHT1))
-def test_height1_float64(name, model_kind):
-    _compare(HEIGHT1[name], model_kind, torch.float64, 1e-9)
+def test_height1_float64(name, model_kind, backend):
+    _compare(HEIGHT1[name], model_kind, torch.float64, 1e-9, backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("model_kind", ["mlp", "cnn"])
 @pytest.mark.parametrize("name", list(TALL))
-def test_tall_towers_float64(name, model_kind):
-    _compare(TALL[name], model_kind, torch.float64, 1e-9)
+def test_tall_towers_float64(name, model_kind, backend):
+    _compare(TALL[name], model_kind, torch.float64, 1e-9, backend)
 
 
-@pytest.mark.parametrize("name", ["sgd/sgd", "sgd(momentum)/sgd", "adagrad/sgd", "rmsprop/sgd", "adam/sgd",
-                                  "adambaydin/sgd"])
-def test_height1_float32(name):
-    _compare(HEIGHT1[name], "mlp", torch.float32, 1e-4)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["sgd/sgd", "sgd(momentum)/sgd", "sgdperparam/sgd", "adagrad/sgd", "rmsprop/sgd",
+                                  "rmspropalpha/sgd", "adam/sgd", "adambaydin/sgd"])
+def test_height1_float32(name, backend):
+    _compare(HEIGHT1[name], "mlp", torch.float32, 1e-4, backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["adam/adam", "adam/rmsprop/sgdperparam/adagrad/sgd"])
-def test_tall_float32(name):
-    _compare(TALL[name], "cnn", torch.float32, 1e-4)
+def test_tall_float32(name, backend):
+    _compare(TALL[name], "cnn", torch.float32, 1e-4, backend)

@@ -122,7 +122,7 @@ def gdtuo_values(kind, level):
     raise ValueError(kind)
 
 
-def run_both(tower, model_kind="mlp", steps=20, dtype=torch.float64):
+def run_both(tower, model_kind="mlp", steps=20, dtype=torch.float64, backend="auto"):
     """Train the same model from the same weights on the same batches with both; return what to compare."""
     model = mlp(dtype) if model_kind == "mlp" else cnn(dtype)
     ours = copy.deepcopy(model)
@@ -148,7 +148,7 @@ def run_both(tower, model_kind="mlp", steps=20, dtype=torch.float64):
         ref_levels.append(gdtuo_values(kind, lv))
         lv = lv.optimizer
 
-    opt = build_hf(tower, ours.parameters())
+    opt = build_hf(tower, ours.parameters(), backend=backend)
     for x, y in data:
         opt.zero_grad()
         loss_fn(ours(x), y).backward()

@@ -8,11 +8,11 @@ from typing import List
 
 import torch
 
-from . import reference
+from . import _ext, reference
 from ._ext import extension_available, load_extension
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
-IMPLEMENTED_BACKENDS = ("reference",)
+IMPLEMENTED_BACKENDS = ("reference", "cpu")
 
 
 def resolve_backend(backend: str) -> str:
@@ -20,11 +20,14 @@ def resolve_backend(backend: str) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "reference"
+        return "auto"        # chosen per param group: the C++ kernels for CPU tensors when built
+    if backend == "cpu" and not extension_available():
+        raise RuntimeError(f"backend='cpu' needs the compiled extension hyperfused._C, which did not load "
+                           f"({_ext.extension_error()}); build it with `pip install --no-build-isolation -e .`")
     if backend not in IMPLEMENTED_BACKENDS:
         raise NotImplementedError(
             f"backend={backend!r} is not implemented yet in this version of hyperfused; "
-            f"use backend='reference' (or 'auto')")
+            f"use backend='auto', 'cpu' or 'reference'")
     return backend
 
 
@@ -46,19 +49,37 @@ def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tens
     return reference.multi_tensor_dot(a, b)
 
 
-__all__ = ["BACKENDS", "resolve_backend", "multi_tensor_dot", "hyper_reduce", "hyper_update", "reference",
-           "extension_available"]
+__all__ = ["BACKENDS", "resolve_backend", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
+           "reference", "extension_available"]
+
+
+def _module(backend: str):
+    if backend == "reference":
+        return reference
+    if backend == "cpu":
+        from . import cpu
+        return cpu
+    raise NotImplementedError(f"no {backend!r} backend for the hypergradient ops yet")
 
 
 def hyper_reduce(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, grads, states, valid, hp, raw):
     """Pass A of a hypergradient step (see ``reference.hyper_reduce``) on the chosen backend."""
-    if backend == "reference":
-        return reference.hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw)
-    raise NotImplementedError(f"hyper_reduce has no {backend!r} backend yet")
+    return _module(backend).hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw)
 
 
-def hyper_update(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, params, grads, states, hp, ok):
+def hyper_update(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, params, grads, states, hp, ok,
+                 raw=None, jac=None):
     """Pass B of a hypergradient step (see ``reference.hyper_update``) on the chosen backend."""
-    if backend == "reference":
-        return reference.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok)
-    raise NotImplementedError(f"hyper_update has no {backend!r} backend yet")
+    return _module(backend).hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok,
+                                         raw=raw, jac=jac)
+
+
+def grads_finite(backend: str, grads) -> torch.Tensor:
+    """0-dim bool tensor: every element of every gradient is finite (one read of the gradients)."""
+    if backend == "cpu":
+        from . import cpu
+        return cpu.nonfinite(grads)
+    ok = torch.ones((), dtype=torch.bool, device=grads[0].device)
+    for g in grads:
+        ok = ok & torch.isfinite(g).all()
+    return ok

@@ -18,7 +18,7 @@ formula. Values are computed in ``x``'s (math) dtype; callers upcast reduced-pre
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -265,8 +265,17 @@ def hyper_reduce(kind: str, cfg: dict, learned: Sequence[str], per_tensor_lr: bo
 
 def hyper_update(kind: str, cfg: dict, learned: Sequence[str], per_tensor_lr: bool,
                  params: List[Tensor], grads: List[Tensor], states: List[State],
-                 hp: Dict[str, Tensor], ok: Tensor) -> None:
-    """Pass B: apply the update with the new hyperparameters, in place, only where ``ok`` (0-dim bool)."""
+                 hp: Dict[str, Tensor], ok: Tensor, raw: Optional[Dict[str, Tensor]] = None,
+                 jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None):
+    """Pass B: apply the update with the new hyperparameters, in place, only where ``ok`` (0-dim bool).
+
+    One-pass mode passes ``jac = (values, raw values, valid flags)`` of the last update: pass A's result
+    from the state before this update is then returned as ``(delta, finite)``.
+    """
+    result = None
+    if jac is not None:
+        jhp, jraw, jvalid = jac
+        result = hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, list(jvalid), jhp, jraw)
     update = KINDS[kind][1]
     dt = hp["lr"].dtype
     for i, (p, g) in enumerate(zip(params, grads)):
@@ -274,6 +283,7 @@ def hyper_update(kind: str, cfg: dict, learned: Sequence[str], per_tensor_lr: bo
         xn, new = update(x, g.to(dt), states[i], _tensor_hp(hp, i, per_tensor_lr), cfg, learned)
         p.detach().copy_(torch.where(ok, xn, x).to(p.dtype))
         _commit_state(states[i], new, ok)
+    return result
 
 
 def _commit_state(st: State, new: State, ok: Tensor) -> None:

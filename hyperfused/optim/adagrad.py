@@ -21,11 +21,12 @@ class Adagrad(HyperOptimizer):
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, eps: float = 1e-10,
                  initial_accumulator_value: float = 0.1, *, hyper: Optional[HyperOptimizer] = None,
-                 learn: Optional[Sequence[str]] = None, per_tensor: bool = False, backend: str = "auto") -> None:
+                 learn: Optional[Sequence[str]] = None, per_tensor: bool = False, backend: str = "auto",
+                 one_pass: bool = False) -> None:
         defaults = dict(lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value,
                         learn=None if learn is None else tuple([learn] if isinstance(learn, str) else learn),
                         per_tensor=per_tensor)
-        self._setup(params, defaults, hyper, learn, per_tensor, backend)
+        self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
     @classmethod
     def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:

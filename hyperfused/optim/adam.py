@@ -27,12 +27,13 @@ class Adam(HyperOptimizer):
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
                  hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
-                 per_tensor: bool = False, backend: str = "auto") -> None:
+                 per_tensor: bool = False, backend: str = "auto",
+                 one_pass: bool = False) -> None:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, learn=None if learn is None else tuple(
             [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
-        self._setup(params, defaults, hyper, learn, per_tensor, backend)
+        self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
     @classmethod
     def _values_from(cls, d: Dict[str, Any]) -> Dict[str, float]:

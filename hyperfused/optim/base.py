@@ -64,7 +64,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- construction
     def _setup(self, params: Optional[ParamsT], defaults: Dict[str, Any], hyper: Optional["HyperOptimizer"],
-               learn: Optional[Sequence[str]], per_tensor: bool, backend: str) -> None:
+               learn: Optional[Sequence[str]], per_tensor: bool, backend: str, one_pass: bool = False) -> None:
         if isinstance(params, (int, float)) or isinstance(params, Tensor) and params.dim() == 0:
             raise TypeError(f"{type(self).__name__}: the first argument is params (an iterable of tensors or "
                             f"param-group dicts), got the number {params!r}; for a level of a tower pass the "
@@ -82,6 +82,10 @@ class HyperOptimizer(torch.optim.Optimizer):
         self._learn_request = None if learn is None else self._normalize_learn(learn)
         self._per_tensor = bool(per_tensor)
         self._backend_request = backend
+        self._one_pass = bool(one_pass)
+        if one_pass and params is None:
+            raise ValueError(f"{type(self).__name__}: one_pass=True is an option of the optimizer at level 0 "
+                             f"(the one constructed with params)")
         self._backend = ops.resolve_backend(backend)
         self._owner: Optional[HyperOptimizer] = None      # the root optimizer this level belongs to
         self._depth = 0
@@ -323,37 +327,55 @@ class HyperOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
         plans = []
-        oks = []
         for gi, group in enumerate(self.param_groups):
-            if not group["params"]:
-                continue
-            self._adopt_user_lr(gi)
-            plan = self._plan_group(gi, group)
-            plans.append(plan)
-            oks.append(plan["ok"])
+            if group["params"]:
+                self._adopt_user_lr(gi)
+                plans.append(self._collect(gi, group))
         if not plans:
             return loss
-        ok = oks[0]
-        for o in oks[1:]:
-            ok = ok & o
+        if not self._one_pass:
+            # exact: pass A, the tower on scalars, then pass B with the new hyperparameters
+            for plan in plans:
+                d0, finite = self._pass_a(plan)
+                self._plan_tower(plan, d0, finite)
+            ok = _all([plan["ok"] for plan in plans])
+            for plan in plans:
+                self._commit_tower(plan, ok)
+                self._pass_b(plan, ok)
+        else:
+            # one pass: the gradients are read once for the skip decision; pass B updates with the current
+            # hyperparameters and sums the hypergradient from the old state; the tower steps after it
+            ok_g = _all([self._grads_finite(plan) for plan in plans])
+            for plan in plans:
+                d0, finite = self._pass_b(plan, ok_g)
+                self._plan_tower(plan, d0, finite)
+            ok = ok_g & _all([plan["ok"] for plan in plans])
+            for plan in plans:
+                used = plan["levels"][0]["used"]
+                for name, t in plan["levels"][0]["hp"].items():
+                    used[name].copy_(torch.where(ok_g, t, used[name]))
+                self._commit_tower(plan, ok)
         for plan in plans:
-            self._commit_group(plan, ok)
-        tower = self._tower()
-        tower["skipped_steps"].add_((~ok).to(torch.int64))
+            self._publish_lr(plan["gi"])
+        self._tower()["skipped_steps"].add_((~ok).to(torch.int64))
         return loss
 
-    def _plan_group(self, gi: int, group: Dict[str, Any]) -> Dict[str, Any]:
-        """Everything of a step that is decided before writing: hypergradients, new hyperparameters, ok."""
+    def _group_backend(self, group: Dict[str, Any]) -> str:
+        dev = group["params"][0].device
+        if self._backend == "auto":
+            return "cpu" if (dev.type == "cpu" and ops.extension_available()) else "reference"
+        if self._backend == "cpu" and dev.type != "cpu":
+            raise ValueError(f"backend='cpu' runs on CPU tensors; this param group is on {dev}")
+        return self._backend
+
+    def _collect(self, gi: int, group: Dict[str, Any]) -> Dict[str, Any]:
+        """The tensors of this step (those with a gradient), their state (created on first use), the specs."""
         specs = self._level_specs(gi)
         gt = self._group_tower(gi)
-        levels = gt["levels"]
         dt = self._hyper_dtype(group)
-        params, grads, states = [], [], []
-        spec0 = specs[0]
-        _, _, learned0, per0, cfg0 = spec0
-        idle = []
+        _, _, learned0, per0, cfg0 = specs[0]
+        params, grads, states, idle = [], [], [], []
         for p in group["params"]:
             st = self.state[p]
             if p.grad is None:
@@ -369,28 +391,77 @@ class HyperOptimizer(torch.optim.Optimizer):
             params.append(p)
             grads.append(p.grad)
             states.append(st)
-        n = len(group["params"])
-        # per-tensor lrs are indexed by position in the group; take the rows of the tensors with a gradient
+        if self._one_pass and "used" not in gt["levels"][0]:
+            gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
+        # per-tensor lrs are indexed by position in the group; the rows of the tensors with a gradient
         index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
-        hp0 = levels[0]["hp"]
-        hp0_rows = self._rows(hp0, index, per0)
-        vals0_rows = self._values_of(spec0, hp0_rows)
+        return {"gi": gi, "specs": specs, "levels": gt["levels"], "params": params, "grads": grads,
+                "states": states, "idle": idle, "index": index, "n": len(group["params"]), "dtype": dt,
+                "device": group["params"][0].device, "backend": self._group_backend(group)}
 
-        # 1. hypergradients, bottom-up
-        deltas: List[Dict[str, Tensor]] = []
-        finite = torch.ones((), dtype=torch.bool, device=group["params"][0].device)
-        if params:
-            d0, finite = ops.hyper_reduce(self._backend, self.kind, cfg0, learned0, per0, grads, states,
-                                          [st["moved"] for st in states], vals0_rows, hp0_rows)
-        else:
-            d0 = {name: torch.zeros(len(index), dtype=dt, device=finite.device) if (name == "lr" and per0)
-                  else torch.zeros((), dtype=dt, device=finite.device) for name in learned0}
-        if per0 and "lr" in d0:   # scatter back to the group's full per-tensor vector
-            full = torch.zeros(n, dtype=dt, device=finite.device)
-            if index:
-                full[index] = d0["lr"]
+    def _pass_a(self, plan) -> Tuple[Dict[str, Tensor], Tensor]:
+        spec0 = plan["specs"][0]
+        _, _, learned0, per0, cfg0 = spec0
+        if not plan["params"]:
+            return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
+        hp_rows = self._rows(plan["levels"][0]["hp"], plan["index"], per0)
+        d0, finite = ops.hyper_reduce(plan["backend"], self.kind, cfg0, learned0, per0, plan["grads"],
+                                      plan["states"], [st["moved"] for st in plan["states"]],
+                                      self._values_of(spec0, hp_rows), hp_rows)
+        return self._scatter(plan, d0, per0), finite
+
+    def _pass_b(self, plan, ok: Tensor):
+        """Level 0's update with its current hyperparameters (exact mode: already the new ones). In one-pass
+        mode also returns this step's level-0 hypergradients, from the Jacobian of the last update."""
+        spec0 = plan["specs"][0]
+        _, _, learned0, per0, cfg0 = spec0
+        rec = plan["levels"][0]
+        result = None
+        if plan["params"]:
+            rows = self._rows(rec["hp"], plan["index"], per0)
+            jac = None
+            if self._one_pass:
+                used = self._rows(rec["used"], plan["index"], per0)
+                jac = (self._values_of(spec0, used), used, [st["moved"] for st in plan["states"]])
+            result = ops.hyper_update(plan["backend"], self.kind, cfg0, learned0, per0, plan["params"],
+                                      plan["grads"], plan["states"], self._values_of(spec0, rows), ok,
+                                      raw=rows, jac=jac)
+            for st in plan["states"]:
+                st["moved"].copy_(st["moved"] | ok)
+        for st in plan["idle"]:       # no gradient this step: did not move, so no Jacobian next step
+            st["moved"].copy_(st["moved"] & ~ok)
+        if not self._one_pass:
+            return None
+        if result is None:
+            return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
+        d0, finite = result
+        return self._scatter(plan, d0, per0), finite
+
+    def _grads_finite(self, plan) -> Tensor:
+        if not plan["grads"]:
+            return torch.ones((), dtype=torch.bool, device=plan["device"])
+        return ops.grads_finite(plan["backend"], plan["grads"])
+
+    def _zero_deltas(self, plan, learned, per):
+        dt, dev = plan["dtype"], plan["device"]
+        return {name: torch.zeros(plan["n"], dtype=dt, device=dev) if (name == "lr" and per)
+                else torch.zeros((), dtype=dt, device=dev) for name in learned}
+
+    @staticmethod
+    def _scatter(plan, d0: Dict[str, Tensor], per: bool) -> Dict[str, Tensor]:
+        """Per-tensor lr hypergradients of the tensors with a gradient, back into the group's full vector."""
+        if per and "lr" in d0 and len(plan["index"]) != plan["n"]:
+            full = torch.zeros(plan["n"], dtype=plan["dtype"], device=plan["device"])
+            if plan["index"]:
+                full[plan["index"]] = d0["lr"]
+            d0 = dict(d0)
             d0["lr"] = full
-        deltas.append(d0)
+        return d0
+
+    def _plan_tower(self, plan, d0: Dict[str, Tensor], finite: Tensor) -> None:
+        """Hypergradients of the levels above (bottom-up) and their tentative updates (top-down)."""
+        specs, levels = plan["specs"], plan["levels"]
+        deltas: List[Dict[str, Tensor]] = [d0]
         for k in range(1, len(specs) - 1):
             lv, _, learned, per, cfg = specs[k]
             rec = levels[k]
@@ -407,15 +478,11 @@ class HyperOptimizer(torch.optim.Optimizer):
         for d in deltas:
             for t in d.values():
                 ok = ok & torch.isfinite(t).all()
-
-        # 2. updates of the hyperparameters, top-down (tentative until committed)
         new_hp = [dict(rec["hp"]) for rec in levels]
         new_state: List[Optional[Dict[str, Tensor]]] = [None] * len(specs)
         for k in range(len(specs) - 1, 0, -1):
             lv, _, learned, per, cfg = specs[k]
             below_learned = specs[k - 1][2]
-            if not below_learned:
-                continue
             x = self._flatten(levels[k - 1]["hp"], below_learned)
             g = self._flatten(deltas[k - 1], below_learned)
             vals = self._values_of(specs[k], new_hp[k])
@@ -425,13 +492,11 @@ class HyperOptimizer(torch.optim.Optimizer):
             for name, t in self._unflatten(xn, levels[k - 1]["hp"], below_learned).items():
                 new_hp[k - 1][name] = t
                 ok = ok & torch.isfinite(t).all()
-        return {"gi": gi, "specs": specs, "levels": levels, "new_hp": new_hp, "new_state": new_state,
-                "params": params, "grads": grads, "states": states, "idle": idle, "index": index, "ok": ok}
+        plan.update(new_hp=new_hp, new_state=new_state, ok=ok)
 
-    def _commit_group(self, plan: Dict[str, Any], ok: Tensor) -> None:
-        specs, levels, new_hp = plan["specs"], plan["levels"], plan["new_hp"]
-        # the levels above: their states, and every level's hyperparameters
-        for k in range(len(specs)):
+    def _commit_tower(self, plan: Dict[str, Any], ok: Tensor) -> None:
+        levels, new_hp = plan["levels"], plan["new_hp"]
+        for k in range(len(levels)):
             for name, t in new_hp[k].items():
                 old = levels[k]["hp"][name]
                 if t is not old:
@@ -441,19 +506,6 @@ class HyperOptimizer(torch.optim.Optimizer):
                 st = levels[k]["state"]
                 ref._commit_state(st, stn, ok)
                 st["valid"].copy_(st["valid"] | ok)
-        # level 0: the parameters, with the new hyperparameters
-        spec0 = specs[0]
-        _, _, learned0, per0, cfg0 = spec0
-        if plan["params"]:
-            rows = self._rows(levels[0]["hp"], plan["index"], per0)
-            vals = self._values_of(spec0, rows)
-            ops.hyper_update(self._backend, self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
-                             plan["states"], vals, ok)
-            for st in plan["states"]:
-                st["moved"].copy_(st["moved"] | ok)
-        for st in plan["idle"]:       # no gradient this step: did not move, so no Jacobian next step
-            st["moved"].copy_(st["moved"] & ~ok)
-        self._publish_lr(plan["gi"])
 
     # ---------------------------------------------------------------- small helpers
     @staticmethod
@@ -513,6 +565,13 @@ class HyperOptimizer(torch.optim.Optimizer):
         for gi in range(len(self.param_groups)):
             if self.param_groups[gi]["params"]:
                 self._publish_lr(gi)
+
+
+def _all(flags: List[Tensor]) -> Tensor:
+    out = flags[0]
+    for f in flags[1:]:
+        out = out & f
+    return out
 
 
 def _to_device(obj, dev):

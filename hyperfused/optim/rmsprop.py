@@ -24,10 +24,11 @@ class RMSprop(HyperOptimizer):
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, alpha: float = 0.99,
                  eps: float = 1e-8, *, hyper: Optional[HyperOptimizer] = None,
-                 learn: Optional[Sequence[str]] = None, per_tensor: bool = False, backend: str = "auto") -> None:
+                 learn: Optional[Sequence[str]] = None, per_tensor: bool = False, backend: str = "auto",
+                 one_pass: bool = False) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, learn=None if learn is None else tuple(
             [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
-        self._setup(params, defaults, hyper, learn, per_tensor, backend)
+        self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
     @classmethod
     def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:

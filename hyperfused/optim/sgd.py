@@ -20,7 +20,15 @@ class SGD(HyperOptimizer):
         learn: names this level learns ("lr", "momentum"); default: the paper's.
         per_tensor: one learned lr per tensor (level 0) or per entry of the vector below (levels above).
             ``param_groups[i]["lr"]`` then holds the mean of the tensors' lrs.
-        backend: "auto", "reference", "cpu", "cuda" or "triton".
+        backend: "auto" (the C++ kernels for CPU tensors when built, else the reference), "reference",
+            "cpu", "cuda" or "triton".
+        one_pass: level 0 only. False (default): the paper's algorithm, two passes over memory per step
+            (the hypergradient reduction, then the update with the new hyperparameters). True: one pass that
+            updates with the current hyperparameters and sums the hypergradient at the same time, so the
+            learned hyperparameters act one step late (a different algorithm, cheaper in memory traffic).
+            In one-pass mode a non-finite gradient still skips the whole step; a non-finite hypergradient
+            (with finite gradients) leaves every hyperparameter and level above as it was and counts as
+            skipped, but that step's weight update, made with the previous finite hyperparameters, stands.
     """
 
     kind = "sgd"
@@ -28,10 +36,11 @@ class SGD(HyperOptimizer):
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, momentum: float = 0.0, *,
                  hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
-                 per_tensor: bool = False, backend: str = "auto") -> None:
+                 per_tensor: bool = False, backend: str = "auto",
+                 one_pass: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, learn=None if learn is None else tuple(
             [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
-        self._setup(params, defaults, hyper, learn, per_tensor, backend)
+        self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
     @classmethod
     def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:

@@ -1,0 +1,346 @@
+// CPU kernels of the hypergradient passes (SPEC.md 1.3-1.4), multi-tensor and deterministic.
+//
+//   hyper_reduce  pass A: per tensor, sum(g * J) for every learned hyperparameter, J rebuilt from the state
+//                 the last update left behind; also counts non-finite gradient elements.
+//   hyper_update  pass B: the update with the new hyperparameters, in place on params and state, skipped
+//                 entirely when `ok` is false. In one-pass mode it also returns pass A's sums, taken from the
+//                 old state it reads anyway, for the next step.
+//   nonfinite_count  one read of the gradients (one-pass mode's guard when no found_inf is supplied).
+//
+// Work is split into fixed chunks of kReduceBlock elements of one tensor each (a tensor of 1 element is one
+// chunk), spread over threads with at::parallel_for. Each chunk's sums are taken in fixed lanes and
+// combined in a fixed order, and chunk sums are combined in chunk order: the result is bitwise the same at
+// any thread count. Inner loops run over fixed-width lane blocks of branch-free code from hyper_math.h,
+// which the compiler vectorises.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../hyperfused/hyper_math.h"
+
+namespace hyperfused {
+namespace {
+
+constexpr int kLanes = 8;
+constexpr int kScalCols = 8;  // lr, h1, h2, raw_lr, dsig1, dsig2, t, valid
+constexpr int kOutCols = 4;   // sum g*J_lr, g*J_h1, g*J_h2, non-finite count
+
+struct Chunk {
+  int64_t tensor, begin, end;
+};
+
+std::vector<Chunk> make_chunks(at::TensorList ts) {
+  std::vector<Chunk> out;
+  for (int64_t i = 0; i < static_cast<int64_t>(ts.size()); ++i) {
+    const int64_t n = ts[i].numel();
+    for (int64_t b = 0; b < n; b += kReduceBlock) out.push_back({i, b, std::min(n, b + kReduceBlock)});
+  }
+  return out;
+}
+
+template <typename T>
+Scalars<T> scalars_row(const double* row, double eps) {
+  return make_scalars<T>(T(row[0]), T(row[1]), T(row[2]), T(eps), T(row[3]), T(row[4]), T(row[5]), T(row[6]));
+}
+
+template <typename T>
+inline T load(const T* p, int64_t i) { return p[i]; }
+
+template <typename S>
+inline float load_f(const S* p, int64_t i) { return static_cast<float>(p[i]); }
+
+// Per-element view of one tensor's arrays; state is in the math type T, params/grads in scalar_t.
+template <typename scalar_t, typename T>
+struct Arrays {
+  scalar_t* x = nullptr;
+  const scalar_t* g = nullptr;
+  T* s0 = nullptr;
+  T* s1 = nullptr;
+  T* s2 = nullptr;
+};
+
+// The Jacobian contributions of one element: j[0..2] for lr, h1, h2.
+template <typename scalar_t, typename T>
+inline void element_jac(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
+                        const Scalars<T>& c, T j[3]) {
+  j[0] = j[1] = j[2] = T(0);
+  switch (kind) {
+    case kSGD:
+      if (momentum) {
+        j[0] = -a.s0[i];                        // -buf
+        if (learn & kLearnH1) j[1] = -c.lr * a.s1[i];  // -lr buf_prev
+      } else {
+        j[0] = -a.s0[i];                        // -g_prev
+      }
+      break;
+    case kAdagrad:
+      j[0] = adagrad_jac_lr(a.s1[i], a.s0[i], c.eps);
+      break;
+    case kRMSprop:
+      rmsprop_jac(a.s1[i], a.s0[i], c, j[0], j[1]);
+      break;
+    case kAdam:
+      if (learn & (kLearnH1 | kLearnH2)) {
+        adam_jac(a.s0[i], a.s1[i], a.s2[i], c, j[0], j[1], j[2]);
+      } else {
+        j[0] = adam_jac_lr(a.s0[i], a.s1[i], c);
+      }
+      break;
+  }
+}
+
+// One element of the update; writes x and state.
+template <typename scalar_t, typename T>
+inline void element_update(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
+                           const Scalars<T>& c, T g) {
+  const T x = static_cast<T>(a.x[i]);
+  T xn;
+  switch (kind) {
+    case kSGD:
+      if (momentum) {
+        T buf = a.s0[i];
+        if (learn & kLearnH1) a.s1[i] = buf;    // previous buffer, for J_momentum
+        xn = sgd_momentum_step(x, g, buf, c.lr, c.h1);
+        a.s0[i] = buf;
+      } else {
+        xn = sgd_step(x, g, c.lr);
+        if (learn & kLearnLr) a.s0[i] = g;      // previous gradient
+      }
+      break;
+    case kAdagrad: {
+      T G = a.s0[i];
+      xn = adagrad_step(x, g, G, c.lr, c.eps);
+      a.s0[i] = G;
+      if (learn) a.s1[i] = g;
+      break;
+    }
+    case kRMSprop: {
+      T s = a.s0[i];
+      xn = rmsprop_step(x, g, s, c.lr, c.h1, c.eps);
+      a.s0[i] = s;
+      if (learn) a.s1[i] = g;
+      break;
+    }
+    default: {  // kAdam
+      T m = a.s0[i], v = a.s1[i];
+      xn = adam_step(x, g, m, v, c);
+      a.s0[i] = m;
+      a.s1[i] = v;
+      if (learn & (kLearnH1 | kLearnH2)) a.s2[i] = g;
+      break;
+    }
+  }
+  a.x[i] = static_cast<scalar_t>(xn);
+}
+
+// Sums of one chunk in fixed lanes: out[0..2] += g * J, out[3] += number of non-finite g.
+template <typename scalar_t, typename T, int KIND, bool WITH_JAC>
+void chunk_sums(int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t begin, int64_t end,
+                const Scalars<T>& c, double out[kOutCols]) {
+  T acc[3][kLanes] = {};
+  T bad[kLanes] = {};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const T g = static_cast<T>(a.g[i + l]);
+      bad[l] += (g - g == T(0)) ? T(0) : T(1);
+      if (WITH_JAC) {
+        T j[3];
+        element_jac<scalar_t, T>(KIND, learn, momentum, a, i + l, c, j);
+        acc[0][l] += g * j[0];
+        acc[1][l] += g * j[1];
+        acc[2][l] += g * j[2];
+      }
+    }
+  }
+  for (int l = 0; i < end; ++i, ++l) {
+    const T g = static_cast<T>(a.g[i]);
+    bad[l] += (g - g == T(0)) ? T(0) : T(1);
+    if (WITH_JAC) {
+      T j[3];
+      element_jac<scalar_t, T>(KIND, learn, momentum, a, i, c, j);
+      acc[0][l] += g * j[0];
+      acc[1][l] += g * j[1];
+      acc[2][l] += g * j[2];
+    }
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    out[0] += static_cast<double>(acc[0][l]);
+    out[1] += static_cast<double>(acc[1][l]);
+    out[2] += static_cast<double>(acc[2][l]);
+    out[3] += static_cast<double>(bad[l]);
+  }
+}
+
+template <typename scalar_t, typename T>
+Arrays<scalar_t, T> arrays_of(int64_t t, at::TensorList params, at::TensorList grads, at::TensorList s0,
+                              at::TensorList s1, at::TensorList s2) {
+  Arrays<scalar_t, T> a;
+  if (!params.empty()) a.x = params[t].data_ptr<scalar_t>();
+  a.g = grads[t].const_data_ptr<scalar_t>();
+  if (!s0.empty()) a.s0 = s0[t].data_ptr<T>();
+  if (!s1.empty()) a.s1 = s1[t].data_ptr<T>();
+  if (!s2.empty()) a.s2 = s2[t].data_ptr<T>();
+  return a;
+}
+
+template <typename scalar_t, typename T, int KIND>
+void chunk_dispatch_sums(int learn, bool momentum, const Arrays<scalar_t, T>& a, const Chunk& ch,
+                         const Scalars<T>& c, bool with_jac, double* out) {
+  if (with_jac) {
+    chunk_sums<scalar_t, T, KIND, true>(learn, momentum, a, ch.begin, ch.end, c, out);
+  } else {
+    chunk_sums<scalar_t, T, KIND, false>(learn, momentum, a, ch.begin, ch.end, c, out);
+  }
+}
+
+template <typename scalar_t, typename T>
+void sums_for_chunk(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, const Chunk& ch,
+                    const Scalars<T>& c, bool with_jac, double* out) {
+  switch (kind) {
+    case kSGD: chunk_dispatch_sums<scalar_t, T, kSGD>(learn, momentum, a, ch, c, with_jac, out); break;
+    case kAdagrad: chunk_dispatch_sums<scalar_t, T, kAdagrad>(learn, momentum, a, ch, c, with_jac, out); break;
+    case kRMSprop: chunk_dispatch_sums<scalar_t, T, kRMSprop>(learn, momentum, a, ch, c, with_jac, out); break;
+    default: chunk_dispatch_sums<scalar_t, T, kAdam>(learn, momentum, a, ch, c, with_jac, out); break;
+  }
+}
+
+template <typename scalar_t, typename T, int KIND>
+void update_chunk(int learn, bool momentum, const Arrays<scalar_t, T>& a, const Chunk& ch, const Scalars<T>& c) {
+  for (int64_t i = ch.begin; i < ch.end; ++i)
+    element_update<scalar_t, T>(KIND, learn, momentum, a, i, c, static_cast<T>(a.g[i]));
+}
+
+template <typename scalar_t, typename T>
+void update_for_chunk(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, const Chunk& ch,
+                      const Scalars<T>& c) {
+  switch (kind) {
+    case kSGD: update_chunk<scalar_t, T, kSGD>(learn, momentum, a, ch, c); break;
+    case kAdagrad: update_chunk<scalar_t, T, kAdagrad>(learn, momentum, a, ch, c); break;
+    case kRMSprop: update_chunk<scalar_t, T, kRMSprop>(learn, momentum, a, ch, c); break;
+    default: update_chunk<scalar_t, T, kAdam>(learn, momentum, a, ch, c); break;
+  }
+}
+
+// Combine chunk sums into per-tensor rows, in chunk order.
+at::Tensor combine(const std::vector<Chunk>& chunks, const std::vector<double>& part, int64_t n) {
+  auto out = at::zeros({n, kOutCols}, at::TensorOptions().dtype(at::kDouble));
+  double* po = out.data_ptr<double>();
+  for (size_t k = 0; k < chunks.size(); ++k)
+    for (int c = 0; c < kOutCols; ++c) po[chunks[k].tensor * kOutCols + c] += part[k * kOutCols + c];
+  return out;
+}
+
+void check_lists(const char* op, at::TensorList grads, at::TensorList params, at::TensorList s0,
+                 at::TensorList s1, at::TensorList s2, const at::Tensor& scal) {
+  const size_t n = grads.size();
+  TORCH_CHECK(params.empty() || params.size() == n, op, ": ", params.size(), " params for ", n, " grads");
+  for (auto* lst : {&s0, &s1, &s2})
+    TORCH_CHECK(lst->empty() || lst->size() == n, op, ": a state list has ", lst->size(), " tensors for ", n,
+                " grads");
+  TORCH_CHECK(scal.scalar_type() == at::kDouble && scal.dim() == 2 && scal.size(0) == (int64_t)n &&
+                  scal.size(1) == kScalCols && scal.is_contiguous(),
+              op, ": scalars must be a contiguous float64 tensor of shape [", n, ", ", kScalCols, "]");
+  for (size_t i = 0; i < n; ++i) {
+    const auto& g = grads[i];
+    // Every tensor of element i is walked in memory order, so they must be dense and share one layout.
+    TORCH_CHECK(g.device().is_cpu() && g.is_non_overlapping_and_dense(), op, ": gradient ", i,
+                " must be a dense CPU tensor");
+    if (!params.empty())
+      TORCH_CHECK(params[i].sizes() == g.sizes() && params[i].strides() == g.strides() &&
+                      params[i].scalar_type() == g.scalar_type(),
+                  op, ": parameter ", i, " must have the gradient's shape, strides and dtype");
+    for (auto* lst : {&s0, &s1, &s2})
+      if (!lst->empty())
+        TORCH_CHECK((*lst)[i].sizes() == g.sizes() && (*lst)[i].strides() == g.strides(), op,
+                    ": state tensor ", i, " must have the gradient's shape and strides");
+    TORCH_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
+  }
+}
+
+template <typename scalar_t>
+using math_t = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
+
+// Pass A.
+at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads,
+                            at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal) {
+  check_lists("hyper_reduce", grads, {}, s0, s1, s2, scal);
+  const int64_t n = grads.size();
+  const auto chunks = make_chunks(grads);
+  std::vector<double> part(chunks.size() * kOutCols, 0.0);
+  if (n == 0) return at::zeros({0, kOutCols}, at::TensorOptions().dtype(at::kDouble));
+  const double* ps = scal.const_data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "hyper_reduce", [&] {
+    using T = math_t<scalar_t>;
+    at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        const Chunk& ch = chunks[k];
+        const double* row = ps + ch.tensor * kScalCols;
+        const bool valid = row[7] != 0.0 && learn != 0;
+        const auto a = arrays_of<scalar_t, T>(ch.tensor, {}, grads, s0, s1, s2);
+        const auto c = scalars_row<T>(row, eps);
+        sums_for_chunk<scalar_t, T>(kind, learn, momentum, a, ch, c, valid, &part[k * kOutCols]);
+      }
+    });
+  });
+  return combine(chunks, part, n);
+}
+
+// Pass B (and, with scal_jac given, one-pass mode's sums from the old state).
+at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
+                            at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
+                            const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
+                            const at::Tensor& ok) {
+  check_lists("hyper_update", grads, params, s0, s1, s2, scal);
+  TORCH_CHECK(!params.empty() || grads.empty(), "hyper_update: params are required");
+  const bool one_pass = scal_jac.has_value();
+  if (one_pass) check_lists("hyper_update", grads, params, s0, s1, s2, *scal_jac);
+  const int64_t n = grads.size();
+  if (n == 0 || !ok.item<bool>()) return at::zeros({n, kOutCols}, at::TensorOptions().dtype(at::kDouble));
+  const auto chunks = make_chunks(grads);
+  std::vector<double> part(one_pass ? chunks.size() * kOutCols : 0, 0.0);
+  const double* ps = scal.const_data_ptr<double>();
+  const double* pj = one_pass ? scal_jac->const_data_ptr<double>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "hyper_update", [&] {
+    using T = math_t<scalar_t>;
+    at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        const Chunk& ch = chunks[k];
+        const auto a = arrays_of<scalar_t, T>(ch.tensor, params, grads, s0, s1, s2);
+        if (one_pass) {  // sums from the old state, before this chunk is written
+          const double* rj = pj + ch.tensor * kScalCols;
+          const bool valid = rj[7] != 0.0 && learn != 0;
+          sums_for_chunk<scalar_t, T>(kind, learn, momentum, a, ch, scalars_row<T>(rj, eps), valid,
+                                      &part[k * kOutCols]);
+        }
+        const auto c = scalars_row<T>(ps + ch.tensor * kScalCols, eps);
+        update_for_chunk<scalar_t, T>(kind, learn, momentum, a, ch, c);
+      }
+    });
+  });
+  if (!one_pass) return at::zeros({n, kOutCols}, at::TensorOptions().dtype(at::kDouble));
+  return combine(chunks, part, n);
+}
+
+// One read of the gradients: the number of non-finite elements per tensor (float64, shape [n]).
+at::Tensor nonfinite_count_cpu(at::TensorList grads) {
+  const int64_t n = grads.size();
+  auto scal = at::zeros({n, kScalCols}, at::TensorOptions().dtype(at::kDouble));
+  auto rows = hyper_reduce_cpu(kSGD, 0, false, 0.0, grads, {}, {}, {}, scal);
+  return rows.select(1, kOutCols - 1).contiguous();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hyperfused, CPU, m) {
+  m.impl("hyper_reduce", &hyper_reduce_cpu);
+  m.impl("hyper_update", &hyper_update_cpu);
+  m.impl("nonfinite_count", &nonfinite_count_cpu);
+}
+
+}  // namespace hyperfused

@@ -1,0 +1,123 @@
+// Per-element math of the hypergradient optimizers (SPEC.md 1.2-1.3): the single source of every update and
+// Jacobian formula for the compiled kernels. HF_HOST_DEVICE inline templates over the math type T (float or
+// double), branch-free so that loops over them vectorise; the CPU kernels include this header and the CUDA
+// kernels will include the same one, so the CPU tests check the math the GPU runs.
+//
+// Conventions follow the paper's package (and hyperfused/ops/reference.py, the oracle):
+//   SGD      x' = x - lr g,  or with momentum buf' = mu buf + g, x' = x - lr buf'
+//   Adagrad  G' = G + g^2,  x' = x - lr g / sqrt(G' + eps)
+//   RMSprop  s' = gamma s + (1 - gamma) g^2,  x' = x - lr g / sqrt(s' + eps)       (lr = a^2, gamma = sigma(q))
+//   Adam     m' = b1 m + (1-b1) g,  v' = b2 v + (1-b2) g^2,  x' = x - lr mh / (sqrt(vh) + eps)
+// A Jacobian J_name = d x' / d raw(name) of the *last* update is rebuilt from the state that update left
+// behind and the scalars it used; a hypergradient is the sum over elements of g_next * J.
+#pragma once
+
+#include <cmath>
+
+#include "common.h"
+
+namespace hyperfused {
+
+enum Kind : int { kSGD = 0, kAdagrad = 1, kRMSprop = 2, kAdam = 3 };
+
+// Bits of the "learned" mask: lr, the first other hyperparameter (momentum, beta1, alpha), beta2.
+enum LearnBit : int { kLearnLr = 1, kLearnH1 = 2, kLearnH2 = 4 };
+
+// Per-tensor scalars of one update (or of the last update, to rebuild its Jacobian), with everything that
+// does not depend on the element precomputed once per tensor.
+template <typename T>
+struct Scalars {
+  T lr;     // learning rate value
+  T h1;     // momentum / alpha (gamma) / beta1
+  T h2;     // beta2
+  T eps;
+  T raw_lr;  // RMSprop: a with lr = a^2
+  T dsig1;   // sigma'(raw h1) for Adam's beta1 and RMSprop's gamma
+  T dsig2;   // sigma'(raw beta2)
+  // Adam: bias corrections and their derivatives at step t
+  T c1, c2;        // 1 - b^t
+  T dc1, dc2;      // t b^(t-1) / c^2
+  T om1, om2;      // 1 - b1, 1 - b2
+};
+
+template <typename T>
+HF_HOST_DEVICE inline Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T raw_lr, T dsig1, T dsig2, T t) {
+  Scalars<T> s;
+  s.lr = lr; s.h1 = h1; s.h2 = h2; s.eps = eps; s.raw_lr = raw_lr; s.dsig1 = dsig1; s.dsig2 = dsig2;
+  s.c1 = T(1) - std::pow(h1, t);
+  s.c2 = T(1) - std::pow(h2, t);
+  s.dc1 = t * std::pow(h1, t - T(1)) / (s.c1 * s.c1);
+  s.dc2 = t * std::pow(h2, t - T(1)) / (s.c2 * s.c2);
+  s.om1 = T(1) - h1;
+  s.om2 = T(1) - h2;
+  return s;
+}
+
+// ------------------------------------------------------------------------------------------------ SGD
+template <typename T>
+HF_HOST_DEVICE inline T sgd_step(T x, T g, T lr) { return x - g * lr; }
+
+template <typename T>
+HF_HOST_DEVICE inline T sgd_momentum_step(T x, T g, T& buf, T lr, T mu) {
+  buf = buf * mu + g;
+  return x - buf * lr;
+}
+
+// ------------------------------------------------------------------------------------------------ Adagrad
+template <typename T>
+HF_HOST_DEVICE inline T adagrad_step(T x, T g, T& G, T lr, T eps) {
+  G = G + g * g;
+  return x - lr * g / std::sqrt(G + eps);
+}
+
+// J_lr = -g_prev / sqrt(G + eps)
+template <typename T>
+HF_HOST_DEVICE inline T adagrad_jac_lr(T g_prev, T G, T eps) { return -g_prev / std::sqrt(G + eps); }
+
+// ------------------------------------------------------------------------------------------------ RMSprop
+template <typename T>
+HF_HOST_DEVICE inline T rmsprop_step(T x, T g, T& s, T lr, T gamma, T eps) {
+  s = gamma * s + (T(1) - gamma) * (g * g);
+  return x - lr * g / std::sqrt(s + eps);
+}
+
+// J_a = -2 a g / D and J_q = lr g (s_{t-2} - g^2) / (2 D^3) sigma'(q), with s_{t-2} - g^2 = (s - g^2) / gamma
+template <typename T>
+HF_HOST_DEVICE inline void rmsprop_jac(T g_prev, T s, const Scalars<T>& c, T& j_lr, T& j_alpha) {
+  const T D = std::sqrt(s + c.eps);
+  j_lr = T(-2) * c.raw_lr * g_prev / D;
+  j_alpha = c.lr * g_prev * ((s - g_prev * g_prev) / c.h1) / (T(2) * D * D * D) * c.dsig1;
+}
+
+// ------------------------------------------------------------------------------------------------ Adam
+template <typename T>
+HF_HOST_DEVICE inline T adam_step(T x, T g, T& m, T& v, const Scalars<T>& c) {
+  m = c.h1 * m + c.om1 * g;
+  v = c.h2 * v + c.om2 * g * g;
+  const T mh = m / c.c1;
+  const T vh = v / c.c2;
+  return x - c.lr * (mh / (std::sqrt(vh) + c.eps));
+}
+
+// J_lr = -u
+template <typename T>
+HF_HOST_DEVICE inline T adam_jac_lr(T m, T v, const Scalars<T>& c) {
+  return -((m / c.c1) / (std::sqrt(v / c.c2) + c.eps));
+}
+
+// J_b1 = -lr [(m_prev - g)/c1 + m t b1^(t-1)/c1^2] / (S + eps) sigma'(b1),  m_prev - g = (m - g) / b1
+// J_b2 = lr mh / (S + eps)^2 / (2 S) [(v_prev - g^2)/c2 + v t b2^(t-1)/c2^2] sigma'(b2), 0 where S = 0
+template <typename T>
+HF_HOST_DEVICE inline void adam_jac(T m, T v, T g_prev, const Scalars<T>& c, T& j_lr, T& j_b1, T& j_b2) {
+  const T mh = m / c.c1;
+  const T S = std::sqrt(v / c.c2);
+  const T den = S + c.eps;
+  j_lr = -(mh / den);
+  const T dmh = (m - g_prev) / c.h1 / c.c1 + m * c.dc1;
+  j_b1 = -c.lr * dmh / den * c.dsig1;
+  const T dvh = (v - g_prev * g_prev) / c.h2 / c.c2 + v * c.dc2;
+  const T term = c.lr * mh / (den * den) / (T(2) * S) * dvh * c.dsig2;
+  j_b2 = S > T(0) ? term : T(0);
+}
+
+}  // namespace hyperfused

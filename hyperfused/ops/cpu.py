@@ -1,0 +1,160 @@
+"""The "cpu" backend: the hypergradient passes as the C++ ops ``torch.ops.hyperfused.hyper_reduce`` and
+``hyper_update`` (csrc/cpu/hyper_kernels.cpp), one call per param group (and per gradient dtype).
+
+This module turns the optimizer's per-tensor state dicts and hyperparameter values into the ops' arguments:
+state lists in the kernel's order and a float64 table of per-tensor scalars.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import reference as ref
+
+Tensor = torch.Tensor
+
+KIND_ID = {"sgd": 0, "adagrad": 1, "rmsprop": 2, "adam": 3}
+# hyperparameter name -> column of the kernel's sums (0: lr, 1: the first other one, 2: beta2)
+COLUMN = {("sgd", "lr"): 0, ("sgd", "momentum"): 1, ("adagrad", "lr"): 0, ("rmsprop", "lr"): 0,
+          ("rmsprop", "alpha"): 1, ("adam", "lr"): 0, ("adam", "beta1"): 1, ("adam", "beta2"): 2}
+H1 = {"sgd": "momentum", "rmsprop": "alpha", "adam": "beta1"}
+
+
+def state_keys(kind: str, cfg: dict, learned: Sequence[str]) -> List[str]:
+    """The state tensors the kernels read and write, in the kernel's order (s0, s1, s2)."""
+    x = torch.zeros(1)
+    return [k for k in ref.KINDS[kind][0](x, cfg, learned) if k != "step"]
+
+
+def learn_mask(kind: str, learned: Sequence[str]) -> int:
+    return sum(1 << COLUMN[(kind, n)] for n in learned)
+
+
+def _eps(kind: str, cfg: dict) -> float:
+    return float(cfg.get("eps", 0.0))
+
+
+def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], raw: Dict[str, Tensor],
+            steps: Optional[Tensor], valid: Optional[Tensor], device) -> Tensor:
+    """The float64 [n, 8] table: lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2), step, valid."""
+    def col(v):
+        if v is None:
+            return torch.zeros(n, dtype=torch.float64, device=device)
+        return v.to(torch.float64).expand(n) if v.dim() == 0 else v.to(torch.float64)
+
+    h1 = H1.get(kind)
+    cols = [
+        col(hp["lr"]),
+        col(hp.get(h1)) if h1 else col(None),
+        col(hp.get("beta2")) if kind == "adam" else col(None),
+        col(raw["lr"]) if (kind == "rmsprop" and "lr" in learned) else col(None),
+        col(ref.dsigma(raw[h1])) if (h1 in learned and kind in ("adam", "rmsprop")) else col(None),
+        col(ref.dsigma(raw["beta2"])) if "beta2" in learned else col(None),
+        col(steps),
+        col(valid),
+    ]
+    return torch.stack(cols, dim=1).contiguous()
+
+
+def _lists(kind, cfg, learned, states):
+    keys = state_keys(kind, cfg, learned)
+    lists = [[st[k] for st in states] for k in keys]
+    while len(lists) < 3:
+        lists.append([])
+    return lists
+
+
+def _deltas(kind, learned, per_tensor_lr, rows: Tensor, dt) -> Dict[str, Tensor]:
+    out = {}
+    for name in learned:
+        v = rows[:, COLUMN[(kind, name)]].to(dt)
+        out[name] = v if (name == "lr" and per_tensor_lr) else v.sum()
+    return out
+
+
+def _dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill a block of memory in some dimension order."""
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
+    expect = 1
+    for st, sz in dims:
+        if st != expect:
+            return False
+        expect *= sz
+    return True
+
+
+def _dense_like(g: Tensor, p: Tensor) -> Tensor:
+    return g if (g.stride() == p.stride() and _dense(g)) else torch.empty_like(p).copy_(g)
+
+
+def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw):
+    """Pass A on the C++ kernel; same contract as ``reference.hyper_reduce``."""
+    dt = hp["lr"].dtype
+    n = len(grads)
+    s0, s1, s2 = _lists(kind, cfg, learned, states)
+    steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
+    scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), "cpu")
+    g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
+    rows = _by_dtype(g, lambda idx: torch.ops.hyperfused.hyper_reduce(
+        KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
+        [g[i] for i in idx], [s0[i] for i in idx] if s0 else [], [s1[i] for i in idx] if s1 else [],
+        [s2[i] for i in idx] if s2 else [], scal[idx].contiguous()), n)
+    finite = rows[:, 3].sum() == 0
+    return _deltas(kind, learned, per_tensor_lr, rows, dt), finite
+
+
+def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None,
+                 jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None):
+    """Pass B on the C++ kernel; same contract as ``reference.hyper_update``. With ``jac`` (one-pass mode:
+    the values and raw values the last update used, and the valid flags) it also returns pass A's deltas,
+    computed from the old state before it is overwritten."""
+    dt = hp["lr"].dtype
+    n = len(params)
+    s0, s1, s2 = _lists(kind, cfg, learned, states)
+    steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
+    scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, None, "cpu")
+    scal_jac = None
+    if jac is not None:
+        jhp, jraw, jvalid = jac
+        scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), "cpu")
+    work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
+    g = [_dense_like(x, w) for x, w in zip(grads, work)]
+    rows = _by_dtype(g, lambda idx: torch.ops.hyperfused.hyper_update(
+        KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
+        [work[i] for i in idx], [g[i] for i in idx], [s0[i] for i in idx] if s0 else [],
+        [s1[i] for i in idx] if s1 else [], [s2[i] for i in idx] if s2 else [], scal[idx].contiguous(),
+        None if scal_jac is None else scal_jac[idx].contiguous(), ok), n)
+    for p, w in zip(params, work):
+        if w is not p.detach() and w.data_ptr() != p.data_ptr():
+            p.detach().copy_(w)
+    if kind == "adam":
+        for st in states:
+            st["step"].add_(ok.to(st["step"].dtype))
+    if jac is None:
+        return None
+    return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, 3].sum() == 0
+
+
+def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
+    """Run ``call(indices)`` once per gradient dtype and put the [k, 4] rows back in tensor order."""
+    dtypes = []
+    for t in grads:
+        if t.dtype not in dtypes:
+            dtypes.append(t.dtype)
+    if len(dtypes) == 1:
+        return call(list(range(n)))
+    out = torch.zeros(n, 4, dtype=torch.float64)
+    for d in dtypes:
+        idx = [i for i, t in enumerate(grads) if t.dtype == d]
+        out[idx] = call(idx)
+    return out
+
+
+def nonfinite(grads: List[Tensor]) -> Tensor:
+    """0-dim bool: True when every gradient element is finite (one read of the gradients)."""
+    g = [x if _dense(x) else x.contiguous() for x in grads]
+    total = torch.zeros((), dtype=torch.float64)
+    for d in {t.dtype for t in g}:
+        total = total + torch.ops.hyperfused.nonfinite_count([t for t in g if t.dtype == d]).sum()
+    return total == 0

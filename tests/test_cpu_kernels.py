@@ -1,0 +1,239 @@
+"""The "cpu" backend (C++ kernels) against the "reference" backend, in both modes, every dtype.
+
+Every optimizer kind, every learned subset, per-tensor learning rates, towers of height 1 to 3, odd tensor
+sizes (1, 7, 278011 elements), float64 to 1e-12 and reduced precision to per-dtype tolerances; plus the
+deterministic reductions and the skipped-step contract on this backend.
+"""
+import copy
+import itertools
+
+import pytest
+import torch
+
+import hyperfused as hf
+from hyperfused import ops
+
+pytestmark = pytest.mark.skipif(not ops.extension_available(), reason="the C++ extension is not built")
+
+SIZES = [(1,), (7,), (13, 11), (278011,), (3, 1, 5, 5)]
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def _params(dtype, seed=0, sizes=SIZES):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.5).to(dtype)) for s in sizes]
+
+
+def _grads(params, step, scale=1.0):
+    g = torch.Generator().manual_seed(1000 + step)
+    # gradients depend on the weights, like a real loss would (so trajectories diverge if updates do)
+    return [((torch.randn(p.shape, generator=g) + 0.3 * p.detach().float()) * scale).to(p.dtype) for p in params]
+
+
+def _run(make, dtype, backend, steps=6, one_pass=False, sizes=SIZES):
+    params = _params(dtype, sizes=sizes)
+    opt = make(params, backend, one_pass)
+    for t in range(steps):
+        for p, g in zip(params, _grads(params, t)):
+            p.grad = g
+        opt.step()
+    return params, opt
+
+
+LEVEL0 = {
+    "sgd": [dict(), dict(momentum=0.9), dict(momentum=0.9, learn=("lr",)), dict(momentum=0.9, learn=("momentum",)),
+            dict(per_tensor=True)],
+    "adam": [dict(), dict(learn=("lr",)), dict(learn=("beta1",)), dict(learn=("beta2",)), dict(learn=("lr", "beta2")),
+             dict(per_tensor=True)],
+    "rmsprop": [dict(), dict(learn=("lr",)), dict(learn=("alpha",)), dict(per_tensor=True)],
+    "adagrad": [dict(), dict(per_tensor=True)],
+}
+CLS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
+LR0 = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.05}
+TOWERS = {   # levels above level 0
+    1: lambda: hf.SGD(lr=1e-7),
+    2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7)),
+    3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8))),
+}
+
+
+def _cases():
+    for kind, variants in LEVEL0.items():
+        for i, kw in enumerate(variants):
+            for height in (1, 2, 3):
+                if height > 1 and i > 1:
+                    continue        # all variants at height 1; the first two at every height
+                yield kind, i, height
+
+
+def _maker(kind, kw, height):
+    def make(params, backend, one_pass):
+        return CLS[kind](params, lr=LR0[kind], hyper=TOWERS[height](), backend=backend, one_pass=one_pass,
+                         **kw)
+    return make
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _compare(make, dtype, one_pass, steps=6):
+    p_ref, o_ref = _run(make, dtype, "reference", steps, one_pass)
+    p_cpu, o_cpu = _run(make, dtype, "cpu", steps, one_pass)
+    tol = TOL[dtype]
+    for i, (a, b) in enumerate(zip(p_cpu, p_ref)):
+        assert a.dtype == dtype
+        assert _rel(a, b) <= tol, f"tensor {i}: relative error {_rel(a, b):.2e} > {tol}"
+    for k, (la, lb) in enumerate(zip(o_cpu.levels, o_ref.levels)):
+        ha, hb = la.hyperparameters(), lb.hyperparameters()
+        for name in hb:
+            a, b = torch.tensor(ha[name], dtype=torch.float64), torch.tensor(hb[name], dtype=torch.float64)
+            assert torch.isfinite(b).all(), f"level {k} {name} diverged: the test setup is too aggressive"
+            assert _rel(a, b) <= tol, f"level {k} {name}: cpu {ha[name]} reference {hb[name]}"
+    # the states agree too (what the next step's hypergradient is rebuilt from)
+    for p, q in zip(p_cpu, p_ref):
+        for key, v in o_ref.state[q].items():
+            w = o_cpu.state[p][key]
+            assert w.dtype == v.dtype, key
+            if v.is_floating_point() and v.numel() > 1:
+                assert _rel(w, v) <= tol, key
+    return o_cpu
+
+
+@pytest.mark.parametrize("kind,variant,height", list(_cases()))
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_cpu_matches_reference_float64(kind, variant, height, one_pass):
+    opt = _compare(_maker(kind, LEVEL0[kind][variant], height), torch.float64, one_pass)
+    assert opt._group_backend(opt.param_groups[0]) == "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", list(LEVEL0))
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_cpu_matches_reference_reduced_precision(kind, dtype, one_pass):
+    _compare(_maker(kind, LEVEL0[kind][0], 1), dtype, one_pass)
+
+
+def test_mixed_dtypes_in_one_group():
+    def make(params, backend, one_pass):
+        return hf.Adam(params, lr=0.01, hyper=hf.SGD(lr=1e-3), backend=backend)
+    sizes = [(5,), (300,)]
+    out = {}
+    for backend in ("reference", "cpu"):
+        params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(300).bfloat16())]
+        torch.manual_seed(0)
+        params[0].data.normal_()
+        params[1].data.normal_()
+        opt = make(params, backend, False)
+        for t in range(4):
+            for p, g in zip(params, _grads(params, t)):
+                p.grad = g
+            opt.step()
+        out[backend] = (params, opt.hyperparameters())
+    for a, b in zip(out["cpu"][0], out["reference"][0]):
+        assert _rel(a, b) <= 2e-2
+    assert out["cpu"][1]["lr"] == pytest.approx(out["reference"][1]["lr"], rel=1e-4)
+
+
+def test_non_contiguous_and_channels_last_parameters():
+    def build():
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last))
+        v = torch.nn.Parameter(torch.randn(6, 8).t())          # a transposed (non-contiguous) view
+        return [w, v]
+    res = {}
+    for backend in ("reference", "cpu"):
+        params = build()
+        opt = hf.Adam(params, lr=0.01, hyper=hf.SGD(lr=1e-3), backend=backend)
+        for t in range(4):
+            for p, g in zip(params, _grads(params, t)):
+                p.grad = g.contiguous()                           # a layout different from channels_last
+            opt.step()
+        res[backend] = params
+    for a, b in zip(res["cpu"], res["reference"]):
+        assert a.stride() == b.stride()
+        assert _rel(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_bitwise_deterministic_across_thread_counts(one_pass):
+    make = _maker("adam", {}, 2)
+    sizes = [(1,), (7,), (1_000_003,), (4097,)]
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        p1, o1 = _run(make, torch.float32, "cpu", 4, one_pass, sizes)
+        torch.set_num_threads(2)
+        p2, o2 = _run(make, torch.float32, "cpu", 4, one_pass, sizes)
+        p3, o3 = _run(make, torch.float32, "cpu", 4, one_pass, sizes)
+    finally:
+        torch.set_num_threads(old)
+    for a, b, c in zip(p1, p2, p3):
+        assert torch.equal(a, b) and torch.equal(b, c)
+    assert o1.hyperparameters() == o2.hyperparameters() == o3.hyperparameters()
+
+
+def test_many_tensors_in_one_call():
+    sizes = [((i * 37) % 301 + 1,) for i in range(230)]
+    make = _maker("sgd", {"momentum": 0.9}, 1)
+    p_ref, o_ref = _run(make, torch.float32, "reference", 3, False, sizes)
+    p_cpu, o_cpu = _run(make, torch.float32, "cpu", 3, False, sizes)
+    for a, b in zip(p_cpu, p_ref):
+        assert _rel(a, b) <= 1e-5
+    assert o_cpu.hyperparameters()["lr"] == pytest.approx(o_ref.hyperparameters()["lr"], rel=1e-5)
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_non_finite_gradient_skips_the_step_on_cpu(one_pass, dtype):
+    params = _params(dtype)
+    opt = hf.Adam(params, lr=0.01, hyper=hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-4)), backend="cpu",
+                  one_pass=one_pass)
+    for t in range(3):
+        for p, g in zip(params, _grads(params, t)):
+            p.grad = g
+        opt.step()
+    before = ([p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()["state"]),
+              [lv.hyperparameters() for lv in opt.levels])
+    for p, g in zip(params, _grads(params, 3)):
+        p.grad = g
+    params[3].grad[12345] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1
+    for a, b in zip(params, before[0]):
+        assert torch.equal(a, b)
+    after = copy.deepcopy(opt.state_dict()["state"])
+    after["hyperfused"].pop("skipped_steps")
+    before[1]["hyperfused"].pop("skipped_steps")
+    for key in before[1]:
+        for name, v in before[1][key].items() if isinstance(before[1][key], dict) else []:
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, after[key][name]), (key, name)
+    assert [lv.hyperparameters() for lv in opt.levels] == before[2]
+
+
+def test_one_pass_uses_the_hyperparameters_one_step_late():
+    """SGD/SGD by hand: exact mode updates lr before using it, one-pass mode after."""
+    g1, g2, g3 = (torch.tensor(v, dtype=torch.float64) for v in ([1.0, 2.0], [0.5, -1.0], [2.0, 1.0]))
+    a0, kappa = 0.1, 0.01
+    for one_pass in (False, True):
+        for backend in ("reference", "cpu"):
+            x = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+            opt = hf.SGD([x], lr=a0, hyper=hf.SGD(lr=kappa), backend=backend, one_pass=one_pass)
+            xs, lrs = [], []
+            for g in (g1, g2, g3):
+                x.grad = g.double()
+                opt.step()
+                xs.append(x.detach().clone())
+                lrs.append(opt.hyperparameters()["lr"])
+            d2, d3 = float(g2 @ g1), float(g3 @ g2)      # delta = g_t . J, J = -g_{t-1}; lr -= kappa delta
+            a2 = a0 + kappa * d2
+            a3 = a2 + kappa * d3
+            if not one_pass:
+                exp_x = [-a0 * g1, -a0 * g1 - a2 * g2, -a0 * g1 - a2 * g2 - a3 * g3]
+            else:
+                exp_x = [-a0 * g1, -a0 * g1 - a0 * g2, -a0 * g1 - a0 * g2 - a2 * g3]
+            for got, exp in zip(xs, exp_x):
+                torch.testing.assert_close(got, exp.double(), rtol=1e-12, atol=1e-14)
+            assert lrs == pytest.approx([a0, a2, a3], rel=1e-12)
