@@ -3,6 +3,12 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+namespace hyperfused {
+std::string cpu_isa();
+}
+
 TORCH_LIBRARY(hyperfused, m) {
   // Per-pair dot products sum(a[i] * b[i]) accumulated in float64, deterministic (fixed blocks, fixed
   // combination order). Returns a float64 tensor with one entry per pair.
@@ -11,13 +17,16 @@ TORCH_LIBRARY(hyperfused, m) {
   // learn: bits 1 lr, 2 momentum/alpha/beta1, 4 beta2. State lists by kind: SGD (momentum_buffer,
   // prev_momentum_buffer) or (prev_grad); Adagrad (sum, prev_grad); RMSprop (square_avg, prev_grad); Adam
   // (exp_avg, exp_avg_sq, prev_grad); absent ones are empty lists. scal: float64 [n, 8] per-tensor scalars
-  // (lr, h1, h2, raw_lr, dsigma1, dsigma2, step, valid). Both return float64 [n, 4]: per tensor
+  // (lr, h1, h2, raw_lr, dsigma1, dsigma2, step, valid); in hyper_update's table column 7 says instead whether
+  // to write the gradient into the previous-gradient state. Both return float64 [n, 4]: per tensor
   // sum(g*J_lr), sum(g*J_h1), sum(g*J_h2) and the number of non-finite gradient elements.
   m.def("hyper_reduce(int kind, int learn, bool momentum, float eps, Tensor[] grads, Tensor[] s0, "
         "Tensor[] s1, Tensor[] s2, Tensor scal) -> Tensor");
   m.def("hyper_update(int kind, int learn, bool momentum, float eps, Tensor(a!)[] params, Tensor[] grads, "
         "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor? scal_jac, Tensor ok) -> Tensor");
   m.def("nonfinite_count(Tensor[] grads) -> Tensor");
+  // The instruction set the CPU loops run with (default, avx2, avx512).
+  m.def("cpu_isa() -> str", &hyperfused::cpu_isa);
 }
 
 // A Python module so that `import hyperfused._C` loads the library and runs the registrations above.

@@ -5,6 +5,7 @@ sizes (1, 7, 278011 elements), float64 to 1e-12 and reduced precision to per-dty
 deterministic reductions and the skipped-step contract on this backend.
 """
 import copy
+import math
 import itertools
 
 import pytest
@@ -237,3 +238,49 @@ def test_one_pass_uses_the_hyperparameters_one_step_late():
             for got, exp in zip(xs, exp_x):
                 torch.testing.assert_close(got, exp.double(), rtol=1e-12, atol=1e-14)
             assert lrs == pytest.approx([a0, a2, a3], rel=1e-12)
+
+
+def _train_loop(backend, zero, steps=6):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    opt = hf.Adam(model.parameters(), lr=0.01, hyper=hf.SGD(lr=1e-3), backend=backend)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+        zero(opt, model)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("zero", [
+    lambda opt, model: opt.zero_grad(),
+    lambda opt, model: opt.zero_grad(set_to_none=False),
+], ids=["set_to_none", "zero_in_place"])
+def test_previous_gradient_kept_without_a_copy_stays_exact(zero):
+    m_ref, o_ref = _train_loop("reference", zero)
+    m_cpu, o_cpu = _train_loop("cpu", zero)
+    for a, b in zip(m_cpu.parameters(), m_ref.parameters()):
+        assert _rel(a.detach(), b.detach()) <= 1e-5
+    assert o_cpu.hyperparameters()["lr"] == pytest.approx(o_ref.hyperparameters()["lr"], rel=1e-5)
+
+
+def test_default_loop_keeps_the_gradient_tensor_itself():
+    model, opt = _train_loop("cpu", lambda opt, model: opt.zero_grad())
+    for p in model.parameters():
+        assert opt.state[p]["prev_grad"] is p.grad         # no copy of the gradient was made
+        assert not opt.state[p].get("prev_grad_copy", False)
+
+
+def test_gradient_changed_in_place_behind_the_optimizer_is_detected():
+    """model.zero_grad(set_to_none=False) zeroes the kept gradient in place: detected by its version counter,
+    one step's term of that tensor is dropped (with a warning), and the gradient is copied from then on."""
+    from hyperfused.ops import cpu as cpu_backend
+    cpu_backend._warned[0] = False
+    with pytest.warns(UserWarning, match="modified in place after the optimizer step"):
+        model, opt = _train_loop("cpu", lambda opt, model: model.zero_grad(set_to_none=False))
+    for p in model.parameters():
+        assert opt.state[p]["prev_grad_copy"] is True
+        assert opt.state[p]["prev_grad"] is not p.grad
+        assert torch.equal(opt.state[p]["prev_grad"], p.grad)   # a faithful copy of the last gradient
+    assert math.isfinite(opt.hyperparameters()["lr"])

@@ -19,9 +19,12 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
-#include "../hyperfused/hyper_math.h"
+#include "hyper_loops_api.h"
 
 namespace hyperfused {
 namespace {
@@ -219,11 +222,37 @@ void update_chunk(int learn, bool momentum, const Arrays<scalar_t, T>& a, const 
 template <typename scalar_t, typename T>
 void update_for_chunk(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, const Chunk& ch,
                       const Scalars<T>& c) {
+  // the generic (half, bfloat16) path always writes the previous gradient: its state is float32, so the
+  // gradient tensor itself cannot stand in for it
   switch (kind) {
     case kSGD: update_chunk<scalar_t, T, kSGD>(learn, momentum, a, ch, c); break;
     case kAdagrad: update_chunk<scalar_t, T, kAdagrad>(learn, momentum, a, ch, c); break;
     case kRMSprop: update_chunk<scalar_t, T, kRMSprop>(learn, momentum, a, ch, c); break;
     default: update_chunk<scalar_t, T, kAdam>(learn, momentum, a, ch, c); break;
+  }
+}
+
+// One chunk of pass A: the per-ISA loops for float and double, the generic loops for half and bfloat16.
+template <typename scalar_t, typename T>
+void chunk_reduce(const LoopFlags& f, const Arrays<scalar_t, T>& a, const Chunk& ch, const Scalars<T>& c,
+                  bool with_jac, double* out) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    loop_table().reduce_f32(f, with_jac, a.g, a.s0, a.s1, a.s2, ch.begin, ch.end, c, out);
+  } else if constexpr (std::is_same<scalar_t, double>::value) {
+    loop_table().reduce_f64(f, with_jac, a.g, a.s0, a.s1, a.s2, ch.begin, ch.end, c, out);
+  } else {
+    sums_for_chunk<scalar_t, T>(f.kind, f.learn, f.momentum, a, ch, c, with_jac, out);
+  }
+}
+
+template <typename scalar_t, typename T>
+void chunk_update(const LoopFlags& f, const Arrays<scalar_t, T>& a, const Chunk& ch, const Scalars<T>& c) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    loop_table().update_f32(f, a.x, a.g, a.s0, a.s1, a.s2, ch.begin, ch.end, c);
+  } else if constexpr (std::is_same<scalar_t, double>::value) {
+    loop_table().update_f64(f, a.x, a.g, a.s0, a.s1, a.s2, ch.begin, ch.end, c);
+  } else {
+    update_for_chunk<scalar_t, T>(f.kind, f.learn, f.momentum, a, ch, c);
   }
 }
 
@@ -275,6 +304,7 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double e
   std::vector<double> part(chunks.size() * kOutCols, 0.0);
   if (n == 0) return at::zeros({0, kOutCols}, at::TensorOptions().dtype(at::kDouble));
   const double* ps = scal.const_data_ptr<double>();
+  const LoopFlags flags{static_cast<int>(kind), static_cast<int>(learn), momentum};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "hyper_reduce", [&] {
     using T = math_t<scalar_t>;
     at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
@@ -284,7 +314,7 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double e
         const bool valid = row[7] != 0.0 && learn != 0;
         const auto a = arrays_of<scalar_t, T>(ch.tensor, {}, grads, s0, s1, s2);
         const auto c = scalars_row<T>(row, eps);
-        sums_for_chunk<scalar_t, T>(kind, learn, momentum, a, ch, c, valid, &part[k * kOutCols]);
+        chunk_reduce<scalar_t, T>(flags, a, ch, c, valid, &part[k * kOutCols]);
       }
     });
   });
@@ -306,6 +336,7 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
   std::vector<double> part(one_pass ? chunks.size() * kOutCols : 0, 0.0);
   const double* ps = scal.const_data_ptr<double>();
   const double* pj = one_pass ? scal_jac->const_data_ptr<double>() : nullptr;
+  const LoopFlags flags{static_cast<int>(kind), static_cast<int>(learn), momentum};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "hyper_update", [&] {
     using T = math_t<scalar_t>;
     at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
@@ -315,11 +346,12 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
         if (one_pass) {  // sums from the old state, before this chunk is written
           const double* rj = pj + ch.tensor * kScalCols;
           const bool valid = rj[7] != 0.0 && learn != 0;
-          sums_for_chunk<scalar_t, T>(kind, learn, momentum, a, ch, scalars_row<T>(rj, eps), valid,
-                                      &part[k * kOutCols]);
+          chunk_reduce<scalar_t, T>(flags, a, ch, scalars_row<T>(rj, eps), valid, &part[k * kOutCols]);
         }
-        const auto c = scalars_row<T>(ps + ch.tensor * kScalCols, eps);
-        update_for_chunk<scalar_t, T>(kind, learn, momentum, a, ch, c);
+        const double* row = ps + ch.tensor * kScalCols;
+        LoopFlags fl = flags;
+        fl.store_prev = row[7] != 0.0;  // in the update's table, column 7 says "write the previous gradient"
+        chunk_update<scalar_t, T>(fl, a, ch, scalars_row<T>(row, eps));
       }
     });
   });
@@ -336,6 +368,25 @@ at::Tensor nonfinite_count_cpu(at::TensorList grads) {
 }
 
 }  // namespace
+
+#define HF_TABLE(NS, NAME) LoopTable{NAME, &NS::reduce_f32, &NS::reduce_f64, &NS::update_f32, &NS::update_f64}
+
+const LoopTable& loop_table() {
+  static const LoopTable table = [] {
+    const char* cap = std::getenv("HYPERFUSED_CPU_ISA");
+    const bool allow512 = !cap || std::strcmp(cap, "avx512") == 0;
+    const bool allow2 = allow512 || (cap && std::strcmp(cap, "avx2") == 0);
+    __builtin_cpu_init();
+    if (allow512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      return HF_TABLE(isa_avx512, "avx512");
+    if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return HF_TABLE(isa_avx2, "avx2");
+    return HF_TABLE(isa_default, "default");
+  }();
+  return table;
+}
+
+std::string cpu_isa() { return loop_table().isa; }
 
 TORCH_LIBRARY_IMPL(hyperfused, CPU, m) {
   m.impl("hyper_reduce", &hyper_reduce_cpu);

@@ -3,10 +3,12 @@
 // kernels compile. No torch headers here: .cu files include this directly.
 #pragma once
 
+// Per-element functions are always inlined: the CPU loops are compiled once per ISA (default, AVX2,
+// AVX-512), and an out-of-line copy shared between those translation units could carry another ISA's code.
 #if defined(__CUDACC__) || defined(__HIPCC__)
-#define HF_HOST_DEVICE __host__ __device__
+#define HF_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define HF_HOST_DEVICE
+#define HF_HOST_DEVICE inline __attribute__((always_inline))
 #endif
 
 namespace hyperfused {
@@ -15,6 +17,6 @@ namespace hyperfused {
 // order, so a reduction gives bitwise the same result at any thread count.
 constexpr long kReduceBlock = 4096;
 
-HF_HOST_DEVICE inline double fma_acc(double acc, double a, double b) { return acc + a * b; }
+HF_HOST_DEVICE double fma_acc(double acc, double a, double b) { return acc + a * b; }
 
 }  // namespace hyperfused

@@ -1,5 +1,5 @@
 // Per-element math of the hypergradient optimizers (SPEC.md 1.2-1.3): the single source of every update and
-// Jacobian formula for the compiled kernels. HF_HOST_DEVICE inline templates over the math type T (float or
+// Jacobian formula for the compiled kernels. HF_HOST_DEVICE templates over the math type T (float or
 // double), branch-free so that loops over them vectorise; the CPU kernels include this header and the CUDA
 // kernels will include the same one, so the CPU tests check the math the GPU runs.
 //
@@ -20,6 +20,15 @@ namespace hyperfused {
 
 enum Kind : int { kSGD = 0, kAdagrad = 1, kRMSprop = 2, kAdam = 3 };
 
+// The two operations the formulas need beyond + - * /: square root and "v where s > 0, else 0". Scalar
+// versions here; the CPU loops specialise MathOps for at::vec::Vectorized so the same formulas run on
+// vectors.
+template <typename T>
+struct MathOps {
+  HF_HOST_DEVICE static T sqrt(T x) { return std::sqrt(x); }
+  HF_HOST_DEVICE static T where_pos(T s, T v) { return s > T(0) ? v : T(0); }
+};
+
 // Bits of the "learned" mask: lr, the first other hyperparameter (momentum, beta1, alpha), beta2.
 enum LearnBit : int { kLearnLr = 1, kLearnH1 = 2, kLearnH2 = 4 };
 
@@ -38,10 +47,15 @@ struct Scalars {
   T c1, c2;        // 1 - b^t
   T dc1, dc2;      // t b^(t-1) / c^2
   T om1, om2;      // 1 - b1, 1 - b2
+  // reciprocals, so that the per-element formulas multiply instead of divide (divisions are what bounds
+  // these loops on CPUs: one vector division costs as much as a dozen multiplications)
+  T ic1, ic2;      // 1 / c1, 1 / c2
+  T ih1c1, ih2c2;  // 1 / (h1 c1), 1 / (h2 c2): Adam's (m - g) / b1 / c1 and (v - g^2) / b2 / c2
+  T ih1;           // 1 / h1: RMSprop's 1 / gamma
 };
 
 template <typename T>
-HF_HOST_DEVICE inline Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T raw_lr, T dsig1, T dsig2, T t) {
+HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T raw_lr, T dsig1, T dsig2, T t) {
   Scalars<T> s;
   s.lr = lr; s.h1 = h1; s.h2 = h2; s.eps = eps; s.raw_lr = raw_lr; s.dsig1 = dsig1; s.dsig2 = dsig2;
   s.c1 = T(1) - std::pow(h1, t);
@@ -50,74 +64,90 @@ HF_HOST_DEVICE inline Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T raw_lr,
   s.dc2 = t * std::pow(h2, t - T(1)) / (s.c2 * s.c2);
   s.om1 = T(1) - h1;
   s.om2 = T(1) - h2;
+  s.ic1 = T(1) / s.c1;
+  s.ic2 = T(1) / s.c2;
+  s.ih1c1 = T(1) / (h1 * s.c1);
+  s.ih2c2 = T(1) / (h2 * s.c2);
+  s.ih1 = T(1) / h1;
   return s;
+}
+
+// The same scalars as another type (e.g. broadcast into vectors): V must be constructible from T.
+template <typename V, typename T>
+HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
+  Scalars<V> o;
+  o.lr = V(c.lr); o.h1 = V(c.h1); o.h2 = V(c.h2); o.eps = V(c.eps); o.raw_lr = V(c.raw_lr);
+  o.dsig1 = V(c.dsig1); o.dsig2 = V(c.dsig2); o.c1 = V(c.c1); o.c2 = V(c.c2); o.dc1 = V(c.dc1);
+  o.dc2 = V(c.dc2); o.om1 = V(c.om1); o.om2 = V(c.om2); o.ic1 = V(c.ic1); o.ic2 = V(c.ic2);
+  o.ih1c1 = V(c.ih1c1); o.ih2c2 = V(c.ih2c2); o.ih1 = V(c.ih1);
+  return o;
 }
 
 // ------------------------------------------------------------------------------------------------ SGD
 template <typename T>
-HF_HOST_DEVICE inline T sgd_step(T x, T g, T lr) { return x - g * lr; }
+HF_HOST_DEVICE T sgd_step(T x, T g, T lr) { return x - g * lr; }
 
 template <typename T>
-HF_HOST_DEVICE inline T sgd_momentum_step(T x, T g, T& buf, T lr, T mu) {
+HF_HOST_DEVICE T sgd_momentum_step(T x, T g, T& buf, T lr, T mu) {
   buf = buf * mu + g;
   return x - buf * lr;
 }
 
 // ------------------------------------------------------------------------------------------------ Adagrad
 template <typename T>
-HF_HOST_DEVICE inline T adagrad_step(T x, T g, T& G, T lr, T eps) {
+HF_HOST_DEVICE T adagrad_step(T x, T g, T& G, T lr, T eps) {
   G = G + g * g;
-  return x - lr * g / std::sqrt(G + eps);
+  return x - lr * g / MathOps<T>::sqrt(G + eps);
 }
 
 // J_lr = -g_prev / sqrt(G + eps)
 template <typename T>
-HF_HOST_DEVICE inline T adagrad_jac_lr(T g_prev, T G, T eps) { return -g_prev / std::sqrt(G + eps); }
+HF_HOST_DEVICE T adagrad_jac_lr(T g_prev, T G, T eps) { return -g_prev / MathOps<T>::sqrt(G + eps); }
 
 // ------------------------------------------------------------------------------------------------ RMSprop
 template <typename T>
-HF_HOST_DEVICE inline T rmsprop_step(T x, T g, T& s, T lr, T gamma, T eps) {
+HF_HOST_DEVICE T rmsprop_step(T x, T g, T& s, T lr, T gamma, T eps) {
   s = gamma * s + (T(1) - gamma) * (g * g);
-  return x - lr * g / std::sqrt(s + eps);
+  return x - lr * g / MathOps<T>::sqrt(s + eps);
 }
 
 // J_a = -2 a g / D and J_q = lr g (s_{t-2} - g^2) / (2 D^3) sigma'(q), with s_{t-2} - g^2 = (s - g^2) / gamma
 template <typename T>
-HF_HOST_DEVICE inline void rmsprop_jac(T g_prev, T s, const Scalars<T>& c, T& j_lr, T& j_alpha) {
-  const T D = std::sqrt(s + c.eps);
-  j_lr = T(-2) * c.raw_lr * g_prev / D;
-  j_alpha = c.lr * g_prev * ((s - g_prev * g_prev) / c.h1) / (T(2) * D * D * D) * c.dsig1;
+HF_HOST_DEVICE void rmsprop_jac(T g_prev, T s, const Scalars<T>& c, T& j_lr, T& j_alpha) {
+  const T rD = T(1) / MathOps<T>::sqrt(s + c.eps);
+  j_lr = T(-2) * c.raw_lr * g_prev * rD;
+  j_alpha = c.lr * g_prev * ((s - g_prev * g_prev) * c.ih1) * (T(0.5) * rD * rD * rD) * c.dsig1;
 }
 
 // ------------------------------------------------------------------------------------------------ Adam
 template <typename T>
-HF_HOST_DEVICE inline T adam_step(T x, T g, T& m, T& v, const Scalars<T>& c) {
+HF_HOST_DEVICE T adam_step(T x, T g, T& m, T& v, const Scalars<T>& c) {
   m = c.h1 * m + c.om1 * g;
   v = c.h2 * v + c.om2 * g * g;
-  const T mh = m / c.c1;
-  const T vh = v / c.c2;
-  return x - c.lr * (mh / (std::sqrt(vh) + c.eps));
+  const T mh = m * c.ic1;
+  const T vh = v * c.ic2;
+  return x - c.lr * (mh / (MathOps<T>::sqrt(vh) + c.eps));
 }
 
 // J_lr = -u
 template <typename T>
-HF_HOST_DEVICE inline T adam_jac_lr(T m, T v, const Scalars<T>& c) {
-  return -((m / c.c1) / (std::sqrt(v / c.c2) + c.eps));
+HF_HOST_DEVICE T adam_jac_lr(T m, T v, const Scalars<T>& c) {
+  return -((m * c.ic1) / (MathOps<T>::sqrt(v * c.ic2) + c.eps));
 }
 
 // J_b1 = -lr [(m_prev - g)/c1 + m t b1^(t-1)/c1^2] / (S + eps) sigma'(b1),  m_prev - g = (m - g) / b1
 // J_b2 = lr mh / (S + eps)^2 / (2 S) [(v_prev - g^2)/c2 + v t b2^(t-1)/c2^2] sigma'(b2), 0 where S = 0
 template <typename T>
-HF_HOST_DEVICE inline void adam_jac(T m, T v, T g_prev, const Scalars<T>& c, T& j_lr, T& j_b1, T& j_b2) {
-  const T mh = m / c.c1;
-  const T S = std::sqrt(v / c.c2);
-  const T den = S + c.eps;
-  j_lr = -(mh / den);
-  const T dmh = (m - g_prev) / c.h1 / c.c1 + m * c.dc1;
-  j_b1 = -c.lr * dmh / den * c.dsig1;
-  const T dvh = (v - g_prev * g_prev) / c.h2 / c.c2 + v * c.dc2;
-  const T term = c.lr * mh / (den * den) / (T(2) * S) * dvh * c.dsig2;
-  j_b2 = S > T(0) ? term : T(0);
+HF_HOST_DEVICE void adam_jac(T m, T v, T g_prev, const Scalars<T>& c, T& j_lr, T& j_b1, T& j_b2) {
+  const T mh = m * c.ic1;
+  const T S = MathOps<T>::sqrt(v * c.ic2);
+  const T rden = T(1) / (S + c.eps);
+  j_lr = -(mh * rden);
+  const T dmh = (m - g_prev) * c.ih1c1 + m * c.dc1;
+  j_b1 = -c.lr * dmh * rden * c.dsig1;
+  const T dvh = (v - g_prev * g_prev) * c.ih2c2 + v * c.dc2;
+  const T term = c.lr * mh * (rden * rden) / (T(2) * S) * dvh * c.dsig2;
+  j_b2 = MathOps<T>::where_pos(S, term);
 }
 
 }  // namespace hyperfused

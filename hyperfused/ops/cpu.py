@@ -6,6 +6,8 @@ state lists in the kernel's order and a float64 table of per-tensor scalars.
 """
 from __future__ import annotations
 
+import warnings
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -88,10 +90,63 @@ def _dense_like(g: Tensor, p: Tensor) -> Tensor:
     return g if (g.stride() == p.stride() and _dense(g)) else torch.empty_like(p).copy_(g)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# The previous gradient without a copy. Where the state needs g_{t-1} (SPEC.md 1.3), pass B does not copy the
+# gradient into a buffer (a whole extra write stream): the state keeps a reference to the gradient tensor
+# itself, which the usual loop (zero_grad(set_to_none=True), torch's default) replaces by a fresh tensor at the
+# next backward. If the tensor was changed in place after the step instead (zero_grad(set_to_none=False),
+# gradients accumulated without zeroing, gradient-bucket views under DDP), its version counter says so: that
+# tensor's hypergradient term is dropped for that one step (its Jacobian counts as zero, as for a tensor that
+# did not move), a warning is given once, and from then on it is copied into a buffer of its own.
+_STOLEN: Dict[int, Tuple["weakref.ref[Tensor]", int]] = {}   # id(gradient) -> (weak ref, version when kept)
+
+
+def _keep(t: Tensor) -> None:
+    key = id(t)
+    _STOLEN[key] = (weakref.ref(t, lambda _r, key=key: _STOLEN.pop(key, None)), t._version)
+
+
+def _kept_version(t: Tensor) -> Optional[int]:
+    entry = _STOLEN.get(id(t))
+    if entry is None or entry[0]() is not t:
+        return None
+    return entry[1]
+_warned = [False]
+
+
+def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
+    out = list(valid)
+    for i, st in enumerate(states):
+        prev = st.get("prev_grad")
+        if prev is None:
+            continue
+        ver = _kept_version(prev)
+        if ver is not None and prev._version != ver:
+            out[i] = torch.zeros_like(valid[i])
+            st["prev_grad"] = torch.zeros_like(prev)      # our own buffer from now on
+            st["prev_grad_copy"] = True
+            _STOLEN.pop(id(prev), None)
+            if not _warned[0]:
+                _warned[0] = True
+                warnings.warn(
+                    "hyperfused: a gradient tensor was modified in place after the optimizer step (for example by "
+                    "zero_grad(set_to_none=False) or by accumulating gradients without zeroing them); the "
+                    "hypergradient term of that tensor is skipped for this step and its gradient is copied "
+                    "from now on. zero_grad(set_to_none=True), the default, avoids the copy.", stacklevel=4)
+    return out
+
+
+def _may_keep_reference(st: dict, g: Tensor, work: Tensor) -> bool:
+    prev = st.get("prev_grad")
+    return (prev is not None and not st.get("prev_grad_copy", False) and g.dtype == prev.dtype
+            and g.stride() == work.stride() and g.device == prev.device)
+
+
 def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw):
     """Pass A on the C++ kernel; same contract as ``reference.hyper_reduce``."""
     dt = hp["lr"].dtype
     n = len(grads)
+    valid = _check_prev_grads(states, list(valid))
     s0, s1, s2 = _lists(kind, cfg, learned, states)
     steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
     scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), "cpu")
@@ -113,13 +168,16 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     n = len(params)
     s0, s1, s2 = _lists(kind, cfg, learned, states)
     steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
-    scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, None, "cpu")
+    work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
+    g = [_dense_like(x, w) for x, w in zip(grads, work)]
+    keep = [_may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
+    store = torch.tensor([0.0 if k else 1.0 for k in keep], dtype=torch.float64)
+    scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, store, "cpu")
     scal_jac = None
     if jac is not None:
         jhp, jraw, jvalid = jac
+        jvalid = _check_prev_grads(states, list(jvalid))
         scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), "cpu")
-    work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
-    g = [_dense_like(x, w) for x, w in zip(grads, work)]
     rows = _by_dtype(g, lambda idx: torch.ops.hyperfused.hyper_update(
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
         [work[i] for i in idx], [g[i] for i in idx], [s0[i] for i in idx] if s0 else [],
@@ -128,6 +186,11 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     for p, w in zip(params, work):
         if w is not p.detach() and w.data_ptr() != p.data_ptr():
             p.detach().copy_(w)
+    if bool(ok):                       # a CPU tensor: no device synchronisation
+        for st, gi, k in zip(states, g, keep):
+            if k:
+                st["prev_grad"] = gi
+                _keep(gi)
     if kind == "adam":
         for st in states:
             st["step"].add_(ok.to(st["step"].dtype))

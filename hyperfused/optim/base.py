@@ -531,7 +531,17 @@ class HyperOptimizer(torch.optim.Optimizer):
         return out
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's. With ``set_to_none=False`` a gradient tensor that the state still holds as the previous
+        gradient (the "cpu" backend keeps it instead of copying it) is copied first, so zeroing it in place
+        loses nothing; that tensor's gradient is copied at every step from then on."""
         self._require_root("zero_grad")
+        if not set_to_none:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    st = self.state.get(p)
+                    if st and p.grad is not None and st.get("prev_grad") is p.grad:
+                        st["prev_grad"] = p.grad.detach().clone()
+                        st["prev_grad_copy"] = True
         super().zero_grad(set_to_none)
 
     # ---------------------------------------------------------------- checkpoints

@@ -1,0 +1,118 @@
+"""Optimizer step time on CPU: hyperfused's fused kernels against torch's fused optimizers, side by side.
+
+    python bench/bench_cpu_step.py --threads 2 --elements 16M 64M --reps 30
+
+8 float32 tensors totalling N elements (sizes uneven, like a model's). Every configuration is timed in the
+same run, round-robin (one step of each in turn, so machine noise hits all alike), and reported as the
+median step time, the ratio to torch's fused optimizer and the effective bandwidth: bytes moved per
+parameter (SPEC.md 1.4's model) x N / time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+import hyperfused as hf
+
+# bytes per parameter moved by each pass, fp32 (SPEC.md 1.4)
+CONFIGS = {
+    # name: (builder, bytes model, baseline name)
+    "torch Adam fused": (lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), 28, None),
+    "hf Adam (lr, betas) exact": (lambda p: hf.Adam(p, lr=1e-3, hyper=hf.SGD(lr=1e-8), backend="cpu"), 48,
+                                  "torch Adam fused"),
+    "hf Adam (lr) exact": (lambda p: hf.Adam(p, lr=1e-3, learn=("lr",), hyper=hf.SGD(lr=1e-8), backend="cpu"), 40,
+                           "torch Adam fused"),
+    "hf Adam (lr) one-pass": (lambda p: hf.Adam(p, lr=1e-3, learn=("lr",), hyper=hf.SGD(lr=1e-8), backend="cpu",
+                                                one_pass=True), 32, "torch Adam fused"),
+    "hf Adam (lr, betas) one-pass": (lambda p: hf.Adam(p, lr=1e-3, hyper=hf.SGD(lr=1e-8), backend="cpu",
+                                                       one_pass=True), 40, "torch Adam fused"),
+    "hf Adam plain (no tower)": (lambda p: hf.Adam(p, lr=1e-3, backend="cpu"), 28, "torch Adam fused"),
+    "torch SGD momentum fused": (lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, fused=True), 20, None),
+    "hf SGD (lr) exact": (lambda p: hf.SGD(p, lr=1e-3, hyper=hf.SGD(lr=1e-8), backend="cpu"), 24,
+                          "torch SGD momentum fused"),
+}
+
+
+def parse_n(text: str) -> int:
+    text = text.upper()
+    mult = {"K": 10 ** 3, "M": 2 ** 20}.get(text[-1], 1)
+    return int(float(text.rstrip("KM")) * mult)
+
+
+def make_params(n: int, count: int = 8):
+    weights = [1 + (i % 3) for i in range(count)]         # uneven sizes
+    sizes = [n * w // sum(weights) for w in weights]
+    sizes[-1] += n - sum(sizes)
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.1) for s in sizes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 1e-3
+    return params
+
+
+def run(n: int, reps: int, warmup: int, names):
+    opts = {}
+    for name in names:
+        build = CONFIGS[name][0]
+        params = make_params(n)
+        opts[name] = (build(params), params)
+    times = {name: [] for name in names}
+    for _ in range(warmup):
+        for name in names:
+            opts[name][0].step()
+    for _ in range(reps):
+        for name in names:
+            t0 = time.perf_counter()
+            opts[name][0].step()
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name in names:
+        med = statistics.median(times[name])
+        bytes_model, base = CONFIGS[name][1], CONFIGS[name][2]
+        out[name] = {"median_ms": 1e3 * med, "gbps": bytes_model * n / med / 1e9, "bytes_per_param": bytes_model,
+                     "baseline": base}
+    for name in names:
+        base = out[name]["baseline"]
+        if base in out:
+            out[name]["ratio"] = out[name]["median_ms"] / out[base]["median_ms"]
+            out[name]["bw_vs_baseline"] = out[name]["gbps"] / out[base]["gbps"]
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--elements", nargs="+", default=["16M", "64M"])
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--only", nargs="*", help="subset of configurations")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = args.only or list(CONFIGS)
+    results = {}
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.reps} reps (median), round-robin")
+    for text in args.elements:
+        n = parse_n(text)
+        res = run(n, args.reps, args.warmup, names)
+        results[text] = res
+        print(f"\n{text} float32 elements in 8 tensors")
+        print(f"{'configuration':<32} {'B/param':>7} {'median ms':>10} {'GB/s':>7} {'ratio':>6} {'BW vs base':>10}")
+        for name, r in res.items():
+            ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+            bw = f"{100 * r['bw_vs_baseline']:.0f}%" if "bw_vs_baseline" in r else ""
+            print(f"{name:<32} {r['bytes_per_param']:>7} {r['median_ms']:>10.2f} {r['gbps']:>7.2f} {ratio:>6} {bw:>10}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "reps": args.reps, "torch": torch.__version__, "results": results},
+                      f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

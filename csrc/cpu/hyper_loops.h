@@ -1,0 +1,240 @@
+// Inner loops of the CPU hypergradient passes for float and double, vectorised with at::vec and compiled
+// once per instruction set.
+//
+// hyper_loops_{default,avx2,avx512}.cpp each define CPU_CAPABILITY (torch's convention: at::vec then lives
+// in an ISA-specific inline namespace) and a `#pragma GCC target` before including this header;
+// hyper_kernels.cpp picks one table of entry points at run time (hyper_loops_api.h).
+//
+// Every loop works on one chunk [begin, end) of one tensor: full vectors through the formulas of
+// hyper_math.h instantiated for at::vec::Vectorized<T>, the tail through the same formulas on scalars.
+// Reductions keep one vector accumulator per quantity and combine its lanes, then the tail, in a fixed
+// order: the result depends on the chunk only, never on the thread count. -ffp-contract=off keeps a*b+c
+// unfused, as in the reference.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "hyper_loops_api.h"
+
+namespace hyperfused {
+
+template <typename V>
+struct VecMathOps {
+  static inline V sqrt(V x) { return x.sqrt(); }
+  static inline V where_pos(V s, V v) { return V::blendv(V(0), v, s > V(0)); }
+};
+template <>
+struct MathOps<at::vec::Vectorized<float>> : VecMathOps<at::vec::Vectorized<float>> {};
+template <>
+struct MathOps<at::vec::Vectorized<double>> : VecMathOps<at::vec::Vectorized<double>> {};
+
+namespace HF_ISA_NS {
+
+template <typename V, typename T>
+inline V ld(const T* p, int64_t k) {
+  if constexpr (std::is_same<V, T>::value) {
+    return p[k];
+  } else {
+    return V::loadu(p + k);
+  }
+}
+
+template <typename V, typename T>
+inline void st(T* p, int64_t k, const V& v) {
+  if constexpr (std::is_same<V, T>::value) {
+    p[k] = v;
+  } else {
+    v.store(p + k);
+  }
+}
+
+// Both forms of the per-tensor scalars; `get<V>()` gives the one a body is instantiated with.
+template <typename T>
+struct BothScalars {
+  using Vec = at::vec::Vectorized<T>;
+  Scalars<T> s;
+  Scalars<Vec> v;
+  explicit BothScalars(const Scalars<T>& c) : s(c), v(cast_scalars<Vec>(c)) {}
+  template <typename V>
+  const Scalars<V>& get() const {
+    if constexpr (std::is_same<V, T>::value) {
+      return s;
+    } else {
+      return v;
+    }
+  }
+};
+
+// out[0..2] += sum over [begin, end) of g * J_{lr, h1, h2}; out[3] += the number of non-finite g.
+// body(V zero, k, j0, j1, j2) fills the Jacobians of the element(s) at k, as V (vector or scalar).
+template <typename T, bool JAC, typename Body>
+inline void reduce_loop(const T* g, int64_t begin, int64_t end, double* out, Body&& body) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  Vec a0(0), a1(0), a2(0), bad(0);
+  int64_t k = begin;
+  for (; k + W <= end; k += W) {
+    const Vec gv = Vec::loadu(g + k);
+    bad = bad + (Vec(1) - (gv - gv).eq(Vec(0)));
+    if (JAC) {
+      Vec j0(0), j1(0), j2(0);
+      body(Vec(0), k, j0, j1, j2);
+      a0 = a0 + gv * j0;
+      a1 = a1 + gv * j1;
+      a2 = a2 + gv * j2;
+    }
+  }
+  T t0 = 0, t1 = 0, t2 = 0, tb = 0;
+  for (; k < end; ++k) {
+    const T gk = g[k];
+    tb += (gk - gk == T(0)) ? T(0) : T(1);
+    if (JAC) {
+      T j0 = 0, j1 = 0, j2 = 0;
+      body(T(0), k, j0, j1, j2);
+      t0 += gk * j0;
+      t1 += gk * j1;
+      t2 += gk * j2;
+    }
+  }
+  __at_align__ T l0[W], l1[W], l2[W], lb[W];
+  a0.store(l0);
+  a1.store(l1);
+  a2.store(l2);
+  bad.store(lb);
+  double s0 = 0, s1 = 0, s2 = 0, sb = 0;
+  for (int64_t l = 0; l < W; ++l) {
+    s0 += double(l0[l]);
+    s1 += double(l1[l]);
+    s2 += double(l2[l]);
+    sb += double(lb[l]);
+  }
+  out[0] += s0 + double(t0);
+  out[1] += s1 + double(t1);
+  out[2] += s2 + double(t2);
+  out[3] += sb + double(tb);
+}
+
+// body(V zero, k) updates the element(s) at k in place.
+template <typename T, typename Body>
+inline void update_loop(int64_t begin, int64_t end, Body&& body) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t W = Vec::size();
+  int64_t k = begin;
+  for (; k + W <= end; k += W) body(Vec(0), k);
+  for (; k < end; ++k) body(T(0), k);
+}
+
+// ------------------------------------------------------------------------------------------ reductions
+template <typename T>
+void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, const T* s1, const T* s2,
+                 int64_t begin, int64_t end, const Scalars<T>& c, double* out) {
+  const BothScalars<T> sc(c);
+  const bool h1 = (f.learn & kLearnH1) != 0, h12 = (f.learn & (kLearnH1 | kLearnH2)) != 0;
+  if (!with_jac) {
+    return reduce_loop<T, false>(g, begin, end, out, [](auto, int64_t, auto&, auto&, auto&) {});
+  }
+  switch (f.kind) {
+    case kSGD:
+      if (f.momentum && h1) {  // J_lr = -buf, J_mu = -lr buf_prev
+        return reduce_loop<T, true>(g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
+          using V = decltype(z);
+          j0 = -ld<V>(s0, k);
+          j1 = -sc.template get<V>().lr * ld<V>(s1, k);
+        });
+      }
+      // J_lr = -buf (momentum) or -g_prev (no momentum): both are s0
+      return reduce_loop<T, true>(g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
+        using V = decltype(z);
+        j0 = -ld<V>(s0, k);
+      });
+    case kAdagrad:
+      return reduce_loop<T, true>(g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
+        using V = decltype(z);
+        j0 = adagrad_jac_lr(ld<V>(s1, k), ld<V>(s0, k), sc.template get<V>().eps);
+      });
+    case kRMSprop:
+      return reduce_loop<T, true>(g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
+        using V = decltype(z);
+        rmsprop_jac(ld<V>(s1, k), ld<V>(s0, k), sc.template get<V>(), j0, j1);
+        if (!h1) j1 = V(0);
+      });
+    default:
+      if (h12) {
+        return reduce_loop<T, true>(g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto& j2) {
+          using V = decltype(z);
+          adam_jac(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.template get<V>(), j0, j1, j2);
+        });
+      }
+      return reduce_loop<T, true>(g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
+        using V = decltype(z);
+        j0 = adam_jac_lr(ld<V>(s0, k), ld<V>(s1, k), sc.template get<V>());
+      });
+  }
+}
+
+// ------------------------------------------------------------------------------------------ updates
+template <typename T>
+void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int64_t begin, int64_t end,
+                 const Scalars<T>& c) {
+  const BothScalars<T> sc(c);
+  const bool h1 = (f.learn & kLearnH1) != 0;
+  // which kinds write the previous gradient (SPEC.md 1.3), unless the caller keeps the gradient itself
+  const bool lr = (f.learn & kLearnLr) != 0 && f.store_prev;
+  const bool h12 = (f.learn & (kLearnH1 | kLearnH2)) != 0 && f.store_prev;
+  const bool any = f.learn != 0 && f.store_prev;
+  switch (f.kind) {
+    case kSGD:
+      if (f.momentum) {
+        return update_loop<T>(begin, end, [&](auto z, int64_t k) {
+          using V = decltype(z);
+          const auto& cc = sc.template get<V>();
+          V buf = ld<V>(s0, k);
+          if (h1) st<V>(s1, k, buf);                  // the buffer before the update, for J_momentum
+          st<V>(x, k, sgd_momentum_step(ld<V>(x, k), ld<V>(g, k), buf, cc.lr, cc.h1));
+          st<V>(s0, k, buf);
+        });
+      }
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
+        using V = decltype(z);
+        const V gk = ld<V>(g, k);
+        st<V>(x, k, sgd_step(ld<V>(x, k), gk, sc.template get<V>().lr));
+        if (lr) st<V>(s0, k, gk);                       // the previous gradient, for J_lr
+      });
+    case kAdagrad:
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
+        using V = decltype(z);
+        const auto& cc = sc.template get<V>();
+        const V gk = ld<V>(g, k);
+        V G = ld<V>(s0, k);
+        st<V>(x, k, adagrad_step(ld<V>(x, k), gk, G, cc.lr, cc.eps));
+        st<V>(s0, k, G);
+        if (any) st<V>(s1, k, gk);
+      });
+    case kRMSprop:
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
+        using V = decltype(z);
+        const auto& cc = sc.template get<V>();
+        const V gk = ld<V>(g, k);
+        V s = ld<V>(s0, k);
+        st<V>(x, k, rmsprop_step(ld<V>(x, k), gk, s, cc.lr, cc.h1, cc.eps));
+        st<V>(s0, k, s);
+        if (any) st<V>(s1, k, gk);
+      });
+    default:
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
+        using V = decltype(z);
+        const V gk = ld<V>(g, k);
+        V m = ld<V>(s0, k), v = ld<V>(s1, k);
+        st<V>(x, k, adam_step(ld<V>(x, k), gk, m, v, sc.template get<V>()));
+        st<V>(s0, k, m);
+        st<V>(s1, k, v);
+        if (h12) st<V>(s2, k, gk);                      // the previous gradient, for J_beta
+      });
+  }
+}
+
+}  // namespace HF_ISA_NS
+}  // namespace hyperfused
