@@ -51,6 +51,15 @@ Scalars<T> scalars_row(const double* row, double eps) {
   return make_scalars<T>(T(row[0]), T(row[1]), T(row[2]), T(eps), T(row[3]), T(row[4]), T(row[5]), T(row[6]));
 }
 
+// The scalars of every tensor, computed once per call (not once per chunk).
+template <typename T>
+std::vector<Scalars<T>> scalars_table(const double* rows, int64_t n, double eps) {
+  std::vector<Scalars<T>> out;
+  out.reserve(n);
+  for (int64_t i = 0; i < n; ++i) out.push_back(scalars_row<T>(rows + i * kScalCols, eps));
+  return out;
+}
+
 template <typename T>
 inline T load(const T* p, int64_t i) { return p[i]; }
 
@@ -307,14 +316,14 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double e
   const LoopFlags flags{static_cast<int>(kind), static_cast<int>(learn), momentum};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "hyper_reduce", [&] {
     using T = math_t<scalar_t>;
+    const auto sc = scalars_table<T>(ps, n, eps);
     at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) {
         const Chunk& ch = chunks[k];
         const double* row = ps + ch.tensor * kScalCols;
         const bool valid = row[7] != 0.0 && learn != 0;
         const auto a = arrays_of<scalar_t, T>(ch.tensor, {}, grads, s0, s1, s2);
-        const auto c = scalars_row<T>(row, eps);
-        chunk_reduce<scalar_t, T>(flags, a, ch, c, valid, &part[k * kOutCols]);
+        chunk_reduce<scalar_t, T>(flags, a, ch, sc[ch.tensor], valid, &part[k * kOutCols]);
       }
     });
   });
@@ -339,6 +348,8 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
   const LoopFlags flags{static_cast<int>(kind), static_cast<int>(learn), momentum};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "hyper_update", [&] {
     using T = math_t<scalar_t>;
+    const auto sc = scalars_table<T>(ps, n, eps);
+    const auto sj = one_pass ? scalars_table<T>(pj, n, eps) : std::vector<Scalars<T>>();
     at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) {
         const Chunk& ch = chunks[k];
@@ -346,12 +357,12 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
         if (one_pass) {  // sums from the old state, before this chunk is written
           const double* rj = pj + ch.tensor * kScalCols;
           const bool valid = rj[7] != 0.0 && learn != 0;
-          chunk_reduce<scalar_t, T>(flags, a, ch, scalars_row<T>(rj, eps), valid, &part[k * kOutCols]);
+          chunk_reduce<scalar_t, T>(flags, a, ch, sj[ch.tensor], valid, &part[k * kOutCols]);
         }
         const double* row = ps + ch.tensor * kScalCols;
         LoopFlags fl = flags;
         fl.store_prev = row[7] != 0.0;  // in the update's table, column 7 says "write the previous gradient"
-        chunk_update<scalar_t, T>(fl, a, ch, scalars_row<T>(row, eps));
+        chunk_update<scalar_t, T>(fl, a, ch, sc[ch.tensor]);
       }
     });
   });
