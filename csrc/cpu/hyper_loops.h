@@ -14,7 +14,6 @@
 
 #include <ATen/cpu/vec/vec.h>
 
-#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -27,45 +26,12 @@ template <typename V>
 struct VecMathOps {
   static inline V sqrt(V x) { return x.sqrt(); }
   static inline V where_pos(V s, V v) { return V::blendv(V(0), v, s > V(0)); }
-  static inline V sqrt_j(V x) { return x.sqrt(); }
-  static inline V rsqrt_j(V x) { return V(1) / x.sqrt(); }
-  static inline V recip_j(V x) { return V(1) / x; }
 };
 template <>
 struct MathOps<at::vec::Vectorized<double>> : VecMathOps<at::vec::Vectorized<double>> {};
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// float32 Jacobian terms from the hardware estimates (14 bits on AVX-512, 12 on AVX2) refined by one Newton
-// step (to about 1 ulp): cheap instructions instead of the divider. Inputs are clamped to [FLT_MIN, FLT_MAX]
-// first, so sqrt_j(0) = 0, sqrt_j(inf) = inf and recip_j(inf) = 0 as exactly; rsqrt_j(0) is large, not inf.
-template <>
-struct MathOps<at::vec::Vectorized<float>> : VecMathOps<at::vec::Vectorized<float>> {
-  using V = at::vec::Vectorized<float>;
-#if defined(CPU_CAPABILITY_AVX512)
-  static inline V clamp(V x) { return V(_mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(FLT_MIN)), _mm512_set1_ps(FLT_MAX))); }
-  static inline V rsqrt0(V x) { return V(_mm512_rsqrt14_ps(x)); }
-  static inline V rcp0(V x) { return V(_mm512_rcp14_ps(x)); }
-#else
-  static inline V clamp(V x) { return V(_mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(FLT_MIN)), _mm256_set1_ps(FLT_MAX))); }
-  static inline V rsqrt0(V x) { return V(_mm256_rsqrt_ps(x)); }
-  static inline V rcp0(V x) { return V(_mm256_rcp_ps(x)); }
-#endif
-  static inline V rsqrt_j(V x) {
-    const V c = clamp(x);
-    const V r = rsqrt0(c);
-    return r * (V(1.5f) - V(0.5f) * c * r * r);
-  }
-  static inline V sqrt_j(V x) { return x * rsqrt_j(x); }
-  static inline V recip_j(V x) {
-    const V c = clamp(x);
-    const V r = rcp0(c);
-    return r * (V(2.0f) - c * r);
-  }
-};
-#else
 template <>
 struct MathOps<at::vec::Vectorized<float>> : VecMathOps<at::vec::Vectorized<float>> {};
-#endif
 
 namespace HF_ISA_NS {
 

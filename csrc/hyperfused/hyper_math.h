@@ -23,18 +23,12 @@ enum Kind : int { kSGD = 0, kAdagrad = 1, kRMSprop = 2, kAdam = 3 };
 // The two operations the formulas need beyond + - * /: square root and "v where s > 0, else 0". Scalar
 // versions here; the CPU loops specialise MathOps for at::vec::Vectorized so the same formulas run on
 // vectors.
-//
-// The *_j functions serve the Jacobians only, i.e. terms that are summed over millions of elements into a
-// hypergradient, never written to a parameter: a specialisation may compute them to a few ulp instead of
-// correctly rounded (the CPU loops use the hardware reciprocal estimates plus a Newton step for float32
-// vectors), which frees the divider, the bottleneck of these passes. Updates use sqrt and / only.
+// (Hardware reciprocal estimates for the Jacobian terms were tried and measured slower than these exact
+// operations on the AVX-512 machine of bench/RESULTS.md: the passes are bound by memory, not the divider.)
 template <typename T>
 struct MathOps {
   HF_HOST_DEVICE static T sqrt(T x) { return std::sqrt(x); }
   HF_HOST_DEVICE static T where_pos(T s, T v) { return s > T(0) ? v : T(0); }
-  HF_HOST_DEVICE static T sqrt_j(T x) { return std::sqrt(x); }
-  HF_HOST_DEVICE static T rsqrt_j(T x) { return T(1) / std::sqrt(x); }
-  HF_HOST_DEVICE static T recip_j(T x) { return T(1) / x; }
 };
 
 // Bits of the "learned" mask: lr, the first other hyperparameter (momentum, beta1, alpha), beta2.
@@ -110,7 +104,7 @@ HF_HOST_DEVICE T adagrad_step(T x, T g, T& G, T lr, T eps) {
 
 // J_lr = -g_prev / sqrt(G + eps)
 template <typename T>
-HF_HOST_DEVICE T adagrad_jac_lr(T g_prev, T G, T eps) { return -g_prev * MathOps<T>::rsqrt_j(G + eps); }
+HF_HOST_DEVICE T adagrad_jac_lr(T g_prev, T G, T eps) { return -g_prev / MathOps<T>::sqrt(G + eps); }
 
 // ------------------------------------------------------------------------------------------------ RMSprop
 template <typename T>
@@ -122,7 +116,7 @@ HF_HOST_DEVICE T rmsprop_step(T x, T g, T& s, T lr, T gamma, T eps) {
 // J_a = -2 a g / D and J_q = lr g (s_{t-2} - g^2) / (2 D^3) sigma'(q), with s_{t-2} - g^2 = (s - g^2) / gamma
 template <typename T>
 HF_HOST_DEVICE void rmsprop_jac(T g_prev, T s, const Scalars<T>& c, T& j_lr, T& j_alpha) {
-  const T rD = MathOps<T>::rsqrt_j(s + c.eps);
+  const T rD = T(1) / MathOps<T>::sqrt(s + c.eps);
   j_lr = T(-2) * c.raw_lr * g_prev * rD;
   j_alpha = c.lr * g_prev * ((s - g_prev * g_prev) * c.ih1) * (T(0.5) * rD * rD * rD) * c.dsig1;
 }
@@ -140,7 +134,7 @@ HF_HOST_DEVICE T adam_step(T x, T g, T& m, T& v, const Scalars<T>& c) {
 // J_lr = -u
 template <typename T>
 HF_HOST_DEVICE T adam_jac_lr(T m, T v, const Scalars<T>& c) {
-  return -(m * c.ic1) * MathOps<T>::recip_j(MathOps<T>::sqrt_j(v * c.ic2) + c.eps);
+  return -((m * c.ic1) / (MathOps<T>::sqrt(v * c.ic2) + c.eps));
 }
 
 // J_b1 = -lr [(m_prev - g)/c1 + m t b1^(t-1)/c1^2] / (S + eps) sigma'(b1),  m_prev - g = (m - g) / b1
@@ -148,13 +142,13 @@ HF_HOST_DEVICE T adam_jac_lr(T m, T v, const Scalars<T>& c) {
 template <typename T>
 HF_HOST_DEVICE void adam_jac(T m, T v, T g_prev, const Scalars<T>& c, T& j_lr, T& j_b1, T& j_b2) {
   const T mh = m * c.ic1;
-  const T S = MathOps<T>::sqrt_j(v * c.ic2);
-  const T rden = MathOps<T>::recip_j(S + c.eps);
+  const T S = MathOps<T>::sqrt(v * c.ic2);
+  const T rden = T(1) / (S + c.eps);
   j_lr = -(mh * rden);
   const T dmh = (m - g_prev) * c.ih1c1 + m * c.dc1;
   j_b1 = -c.lr * dmh * rden * c.dsig1;
   const T dvh = (v - g_prev * g_prev) * c.ih2c2 + v * c.dc2;
-  const T term = c.lr * mh * (rden * rden) * MathOps<T>::recip_j(T(2) * S) * dvh * c.dsig2;
+  const T term = c.lr * mh * (rden * rden) / (T(2) * S) * dvh * c.dsig2;
   j_b2 = MathOps<T>::where_pos(S, term);
 }
 
