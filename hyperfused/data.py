@@ -107,6 +107,9 @@ class _NumpyOnly(pickle.Unpickler):
         allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                    ("numpy._core.multiarray", "scalar")}
+        if (module, name) == ("_codecs", "encode"):       # how protocol-2 pickles store bytes
+            import codecs
+            return codecs.encode
         if (module, name) not in allowed:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
         if name == "_reconstruct":
