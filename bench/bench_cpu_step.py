@@ -2,7 +2,8 @@
 
     python bench/bench_cpu_step.py --threads 2 --elements 16M 64M --reps 30
 
-8 float32 tensors totalling N elements (sizes uneven, like a model's). Every configuration is timed in the
+8 float32 tensors totalling N elements (sizes uneven, like a model's), the gradients alternating between two
+tensors per parameter as a new one comes from every backward. Every configuration is timed in the
 same run, round-robin (one step of each in turn, so machine noise hits all alike), and reported as the
 median step time, the ratio to torch's fused optimizer and the effective bandwidth: bytes moved per
 parameter (SPEC.md 1.4's model) x N / time.
@@ -45,30 +46,41 @@ def parse_n(text: str) -> int:
 
 
 def make_params(n: int, count: int = 8):
+    """8 parameters totalling n elements, each with two gradient tensors used on alternate steps: as in
+    training, where backward makes a new gradient tensor every step (a previous gradient the optimizer keeps
+    then lives in other memory than the current one)."""
     weights = [1 + (i % 3) for i in range(count)]         # uneven sizes
     sizes = [n * w // sum(weights) for w in weights]
     sizes[-1] += n - sum(sizes)
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=g) * 0.1) for s in sizes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=g) * 1e-3
-    return params
+    grads = [(torch.randn(p.shape, generator=g) * 1e-3, torch.randn(p.shape, generator=g) * 1e-3) for p in params]
+    return params, grads
+
+
+def set_grads(params, grads, step: int) -> None:
+    for p, pair in zip(params, grads):
+        p.grad = pair[step % 2]
 
 
 def run(n: int, reps: int, warmup: int, names):
     opts = {}
     for name in names:
         build = CONFIGS[name][0]
-        params = make_params(n)
-        opts[name] = (build(params), params)
+        params, grads = make_params(n)
+        opts[name] = (build(params), params, grads)
     times = {name: [] for name in names}
-    for _ in range(warmup):
+    for i in range(warmup):
         for name in names:
-            opts[name][0].step()
-    for _ in range(reps):
+            opt, params, grads = opts[name]
+            set_grads(params, grads, i)
+            opt.step()
+    for i in range(reps):
         for name in names:
+            opt, params, grads = opts[name]
+            set_grads(params, grads, warmup + i)
             t0 = time.perf_counter()
-            opts[name][0].step()
+            opt.step()
             times[name].append(time.perf_counter() - t0)
     out = {}
     for name in names:
