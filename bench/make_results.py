@@ -1,7 +1,7 @@
 """Regenerate bench/RESULTS.md: runs every CPU benchmark of bench/ and writes their numbers with the machine
 and the exact commands.
 
-    python bench/make_results.py            # about 5 minutes on 2 cores
+    python bench/make_results.py            # about 10 minutes on 2 cores
     python bench/make_results.py --quick    # fewer repetitions (a smoke run)
 """
 import argparse
@@ -22,6 +22,7 @@ import torch  # noqa: E402
 import bench_cpu_step  # noqa: E402
 import bench_mlp_step  # noqa: E402
 import bench_onepass_mnist  # noqa: E402
+import paper_experiments  # noqa: E402
 from hyperfused import ops  # noqa: E402
 
 
@@ -46,6 +47,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--skip-paper", action="store_true", help="leave out the paper's experiments (several minutes)")
     args = ap.parse_args(argv)
     reps = 5 if args.quick else 30
     epochs = 1 if args.quick else 5
@@ -96,6 +98,15 @@ def main(argv=None):
         for r in mnist["rows"]:
             L.append(f"| {r['spec']} | {r['mode']} | {100 * r['test_error']:.2f}% | {r['final_loss']:.4f} | {r['lr']:.4g} |")
         L.append("")
+    if not args.skip_paper:
+        with tempfile.TemporaryDirectory() as tmp:
+            pe = ["--out", f"{tmp}/paper.md"] + (["--epochs", "1", "--sweep-epochs", "1", "--text-epochs", "1"]
+                                                 if args.quick else [])
+            try:
+                paper_experiments.main(pe)
+                L += open(f"{tmp}/paper.md").read().splitlines()
+            except Exception as exc:          # data missing: say so in the results
+                L += ["## The paper's experiments", "", f"Not run: {exc}", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(L) + "\n")
     print(f"wrote {args.out}")

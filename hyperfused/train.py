@@ -6,8 +6,9 @@
 A tower spec is levels separated by "/", bottom first. A level is ``KIND``, ``KIND(LR)``,
 ``KIND[NAMES](LR)`` or ``KIND(LR)[NAMES]`` with KIND one of sgd, adam, rmsprop, adagrad and NAMES the
 hyperparameters that level learns (e.g. ``adam[lr]/sgd(1e-5)``). ``torch.adam(LR)`` and ``torch.sgd(LR)``
-are torch's own optimizers, for comparison. Every optimizer starts from the same weights and sees the same
-batches in the same order.
+are torch's own optimizers, and ``prodigy``, ``dadapt.adam``, ``schedulefree.adamw`` other learning-rate-free
+optimizers when their packages are installed, for comparison. Every optimizer starts from the same weights and
+sees the same batches in the same order.
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ from hyperfused.models import MODELS, default_model, make_model
 
 KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
 TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.sgd": torch.optim.SGD}
+# other learning-rate-free / schedule-free optimizers, compared in the same harness when installed
+PEERS = {"prodigy": ("prodigyopt", "Prodigy", 1.0), "dadapt.adam": ("dadaptation", "DAdaptAdam", 1.0),
+         "schedulefree.adamw": ("schedulefree", "AdamWScheduleFree", 1e-3)}
 _LEVEL = re.compile(r"^(?P<kind>[a-z.]+)(?:\[(?P<l1>[a-z0-9_, ]*)\])?(?:\((?P<lr>[^()]*)\))?"
                     r"(?:\[(?P<l2>[a-z0-9_, ]*)\])?$")
 
@@ -55,6 +59,10 @@ class Spec:
     def is_torch(self) -> bool:
         return self.levels[0].kind in TORCH_KINDS
 
+    @property
+    def is_peer(self) -> bool:
+        return self.levels[0].kind in PEERS
+
 
 def _point(text: str, start: int, length: int, why: str) -> SpecError:
     return SpecError(f"bad optimizer spec {text!r}: {why}\n  {text}\n  {' ' * start}{'^' * max(1, length)}")
@@ -75,11 +83,11 @@ def parse_spec(text: str) -> Spec:
         if not m:
             raise _point(text, start, len(part), "expected KIND, KIND(LR) or KIND[NAMES](LR)")
         kind = m.group("kind")
-        if kind not in KINDS and kind not in TORCH_KINDS:
+        if kind not in KINDS and kind not in TORCH_KINDS and kind not in PEERS:
             raise _point(text, start, len(part), f"unknown optimizer {kind!r}; choose one of "
-                         f"{', '.join(list(KINDS) + list(TORCH_KINDS))}")
-        if kind in TORCH_KINDS and len(parts) > 1:
-            raise _point(text, start, len(part), f"{kind} is torch's own optimizer and cannot be part of a tower")
+                         f"{', '.join(list(KINDS) + list(TORCH_KINDS) + list(PEERS))}")
+        if (kind in TORCH_KINDS or kind in PEERS) and len(parts) > 1:
+            raise _point(text, start, len(part), f"{kind} is not a hyperfused optimizer and cannot be part of a tower")
         lr = None
         if m.group("lr") is not None:
             try:
@@ -106,6 +114,15 @@ def parse_spec(text: str) -> Spec:
 
 
 def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = False) -> torch.optim.Optimizer:
+    if spec.is_peer:
+        import importlib
+        module, cls, default_lr = PEERS[spec.levels[0].kind]
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            raise SpecError(f"{spec.text}: the optional package {module} is not installed (pip install {module})") from None
+        lr = spec.levels[0].lr if spec.levels[0].lr is not None else default_lr
+        return getattr(mod, cls)(params, lr=lr)
     if spec.is_torch:
         lv = spec.levels[0]
         return TORCH_KINDS[lv.kind](params, lr=lv.lr if lv.lr is not None else 1e-3)
@@ -239,7 +256,10 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
     n_steps = 0
     with _PeakMemory(device) as mem:
         opt = build_optimizer(spec, model.parameters(), backend, one_pass)
+        modes = hasattr(opt, "train") and hasattr(opt, "eval")      # schedule-free optimizers
         for epoch in range(1, epochs + 1):
+            if modes:
+                opt.train()
             perm = torch.randperm(len(x_tr), generator=g).to(device)
             t_epoch = time.perf_counter()
             epoch_losses = []
@@ -261,6 +281,8 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
                 if bar is not None:
                     bar.set_postfix(loss=f"{lv:.4f}", lr=f"{float(opt.param_groups[0]['lr']):.3g}")
                     bar.update(1)
+            if modes:
+                opt.eval()
             test_loss, test_err = evaluate(model, data.x_test, data.y_test, device)
             epoch_rows.append({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
                                "test_loss": test_loss, "test_error": test_err,
@@ -320,7 +342,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     xb, yb = data.x_train[:args.batch_size].to(args.device), data.y_train[:args.batch_size].to(args.device)
     for spec in specs:                 # one step of every optimizer on a throwaway copy
         warm = copy.deepcopy(base).to(args.device)
-        opt = build_optimizer(spec, warm.parameters(), args.backend, args.one_pass)
+        try:
+            opt = build_optimizer(spec, warm.parameters(), args.backend, args.one_pass)
+        except SpecError as exc:
+            ap.error(str(exc))
+        if hasattr(opt, "train") and hasattr(opt, "eval"):
+            opt.train()
         for _ in range(2):
             opt.zero_grad()
             _loss(warm, xb, yb).backward()

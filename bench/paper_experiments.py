@@ -1,0 +1,217 @@
+"""The paper's experiments at this machine's scale (Chandra et al., "Gradient Descent: The Ultimate Optimizer").
+
+    python bench/paper_experiments.py --epochs 10        # writes bench/paper_experiments.md and bench/figures/
+
+1. MNIST, MLP 784-128-10 tanh, batch 256: test error next to the paper's Table 1.
+2. Sensitivity to the initial learning rate: SGD towers of height 0 to 3, initial lr from 1e-6 to 1 (one plot).
+3. Exact vs one-pass hypergradients: bench/bench_onepass_mnist.py (run by make_results.py).
+4. Character LSTM on the Shakespeare plays: Adam vs Adam/SGD, loss curves.
+5. Peers in the same harness when installed (prodigyopt, dadaptation, schedulefree), and the paper's own package
+   (its tower through its own loop) for time and memory per step.
+Needs MNIST and the Shakespeare text in the cache (python -m hyperfused.data fetch mnist|shakespeare).
+"""
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from hyperfused import data as datasets  # noqa: E402
+from hyperfused import train  # noqa: E402
+
+FIG = os.path.join(HERE, "figures")
+
+TABLE1 = [  # (our spec, the paper's name, the paper's test error %)
+    ("sgd(0.01)", "SGD", 8.99),
+    ("sgd(0.01)/sgd(0.01)", "SGD / SGD", 4.81),
+    ("adam(1e-3)", "Adam", 4.67),
+    ("adam(1e-3)/sgd(1e-5)", "Adam / SGD(1e-5)", 3.03),
+    ("adam[lr](1e-3)/sgd(1e-5)", "Adam^alpha / SGD(1e-5)", 3.12),
+    ("adam(1e-3)/adam(1e-3)", "Adam / Adam", 3.05),
+    ("adagrad(0.01)", "AdaGrad", 7.40),
+    ("adagrad(0.01)/sgd(0.01)", "AdaGrad / SGD", 6.90),
+    ("rmsprop(0.01)", "RMSprop", 4.19),
+    ("rmsprop[lr,alpha](0.01)/sgd(1e-4)", "RMSprop^{alpha,gamma} / SGD(1e-4)", 3.33),
+]
+
+
+def _run(data, specs, epochs, batch, model="mlp", hidden=128, seed=0, one_pass=False):
+    torch.manual_seed(seed)
+    inputs = data.inputs if data.x_train.is_floating_point() else data.classes
+    base = train.make_model(model, inputs, data.classes, hidden)
+    out = []
+    for text in specs:
+        out.append(train.train_one(train.parse_spec(text), copy.deepcopy(base), data, epochs, batch, seed,
+                                   progress=False, one_pass=one_pass))
+    return out
+
+
+def exp1(mnist, epochs):
+    res = _run(mnist, [s for s, _, _ in TABLE1], epochs, 256)
+    lines = ["### 1. MNIST MLP 784-128-10 tanh, batch 256, vs the paper's Table 1", "",
+             f"{epochs} epochs here (the paper trains 30); same initial weights and batch order for every row.", "",
+             "| optimizer (spec) | paper's name | test error here | paper (30 epochs) | learned lr |",
+             "|---|---|---|---|---|"]
+    for (spec, name, paper), r in zip(TABLE1, res):
+        lr = r.levels[0]["lr"]
+        lines.append(f"| `{spec}` | {name} | {100 * r.test_error:.2f}% | {paper:.2f}% | {lr:.4g} |")
+    return lines, res
+
+
+def exp2(mnist, epochs):
+    lrs = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    heights = [0, 1, 2, 3]
+    grid = {}
+    for h in heights:
+        specs = ["/".join([f"sgd({lr:g})"] + ["sgd(0.01)"] * h) for lr in lrs]
+        res = _run(mnist, specs, epochs, 256)
+        grid[h] = [r.test_error for r in res]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(FIG, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for h in heights:
+        ax.plot(lrs, [100 * e for e in grid[h]], marker="o", label=f"height {h}" + (" (plain SGD)" if h == 0 else ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("initial learning rate of level 0")
+    ax.set_ylabel(f"test error after {epochs} epochs (%)")
+    ax.set_title("SGD towers (each level above: SGD(0.01)) on MNIST")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(FIG, "lr_sensitivity.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    lines = ["### 2. Sensitivity to the initial learning rate (SGD towers, MNIST MLP)", "",
+             f"{epochs} epochs, batch 256; every level above level 0 is SGD(0.01). Plot: "
+             "[figures/lr_sensitivity.png](figures/lr_sensitivity.png)", "",
+             "| height | " + " | ".join(f"lr0={lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+    for h in heights:
+        lines.append(f"| {h} | " + " | ".join(f"{100 * e:.1f}%" for e in grid[h]) + " |")
+    return lines, grid
+
+
+def exp4(shakespeare, epochs):
+    specs = ["adam(2e-3)", "adam(2e-3)/sgd(1e-5)"]
+    res = _run(shakespeare, specs, epochs, 64, model="charrnn", hidden=128)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from hyperfused.report import _smooth
+    os.makedirs(FIG, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for r in res:
+        losses = [s["loss"] for s in r.steps]
+        ax.plot(range(1, len(losses) + 1), _smooth(losses, 25), label=r.spec)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats/char, moving average)")
+    ax.set_title("character LSTM on Shakespeare")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(FIG, "shakespeare_loss.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    lines = ["### 4. Character LSTM on the Shakespeare plays", "",
+             f"Embedding 64, LSTM 128, first 1M characters of the plays in sequences of 64, batch 64, {epochs} "
+             "epochs (the paper uses Tolstoy's War and Peace, not available here). Loss curves: "
+             "[figures/shakespeare_loss.png](figures/shakespeare_loss.png)", "",
+             "| optimizer | final train loss | test loss | test char error | learned lr |", "|---|---|---|---|---|"]
+    for r in res:
+        lines.append(f"| `{r.spec}` | {r.final_loss:.3f} | {r.test_loss:.3f} | {100 * r.test_error:.1f}% | "
+                     f"{r.levels[0]['lr']:.4g} |")
+    return lines, res
+
+
+def _paper_package_run(mnist, steps):
+    """The paper's package, Adam/SGD(1e-5), through its own loop on the MNIST MLP: ms/step and memory."""
+    from gradient_descent_the_ultimate_optimizer import gdtuo
+    torch.manual_seed(0)
+    model = train.make_model("mlp", 784, 10, 128)
+    mw = gdtuo.ModuleWrapper(model, optimizer=gdtuo.Adam(optimizer=gdtuo.SGD(1e-5)))
+    mw.initialize()
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(mnist.x_train), generator=g)
+    times = []
+    with train._PeakMemory("cpu") as mem:
+        for i in range(steps):
+            idx = perm[(i * 256) % 59904:(i * 256) % 59904 + 256]
+            t0 = time.perf_counter()
+            mw.begin()
+            mw.zero_grad()
+            loss = nn.functional.cross_entropy(mw.forward(mnist.x_train[idx]), mnist.y_train[idx])
+            loss.backward(create_graph=True)
+            mw.step()
+            times.append(time.perf_counter() - t0)
+        peak = mem.growth_mb()
+    return 1e3 * statistics.median(times), peak
+
+
+def exp5(mnist, epochs):
+    peers = [("prodigy", "prodigyopt"), ("dadapt.adam", "dadaptation"), ("schedulefree.adamw(1e-3)", "schedulefree")]
+    specs = ["adam(1e-3)", "adam(1e-3)/sgd(1e-5)", "torch.adam(1e-3)"]
+    missing = []
+    for spec, module in peers:
+        if importlib.util.find_spec(module) is not None:
+            specs.append(spec)
+        else:
+            missing.append(module)
+    res = _run(mnist, specs, epochs, 256)
+    lines = ["### 5. Peers in the same harness (MNIST MLP 784-128-10, batch 256)", "",
+             f"{epochs} epochs, no tuning (each at its package's default or documented lr)."
+             + (f" Not installed, so not run: {', '.join(missing)}." if missing else ""), "",
+             "| optimizer | test error | final loss | ms/step |", "|---|---|---|---|"]
+    for r in res:
+        lines.append(f"| `{r.spec}` | {100 * r.test_error:.2f}% | {r.final_loss:.4f} | {r.ms_per_step:.2f} |")
+    if importlib.util.find_spec("gradient_descent_the_ultimate_optimizer") is not None:
+        ms, peak = _paper_package_run(mnist, 200)
+        ours = res[1]
+        lines += ["", f"The paper's package, Adam / SGD(1e-5) through its own loop (`create_graph=True`), 200 steps "
+                  f"of the same model and batch size: {ms:.2f} ms/step ({ms / ours.ms_per_step:.1f}x "
+                  f"hyperfused's `adam(1e-3)/sgd(1e-5)` above). This model is too small for a memory comparison "
+                  f"(its optimizer state is under 1 MB); the 784-2048-2048-10 benchmark above compares memory."]
+    return lines, res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=10, help="MNIST epochs for experiments 1 and 5")
+    ap.add_argument("--sweep-epochs", type=int, default=3, help="epochs per run of experiment 2")
+    ap.add_argument("--text-epochs", type=int, default=2, help="epochs of experiment 4")
+    ap.add_argument("--fetch", action="store_true")
+    ap.add_argument("--only", nargs="*", type=int, choices=[1, 2, 4, 5])
+    ap.add_argument("--out", default=os.path.join(HERE, "paper_experiments.md"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    which = args.only or [1, 2, 4, 5]
+    lines = ["## The paper's experiments at this machine's scale", "",
+             f"Command: `python bench/paper_experiments.py --epochs {args.epochs} --sweep-epochs {args.sweep_epochs} "
+             f"--text-epochs {args.text_epochs}` (CPU, 2 threads). Experiment 3 (exact vs one-pass) is in the "
+             "section above.", ""]
+    mnist = datasets.load("mnist", fetch=args.fetch)
+    if 1 in which:
+        lines += exp1(mnist, args.epochs)[0] + [""]
+    if 2 in which:
+        lines += exp2(mnist, args.sweep_epochs)[0] + [""]
+    if 4 in which:
+        lines += exp4(datasets.load("shakespeare", fetch=args.fetch), args.text_epochs)[0] + [""]
+    if 5 in which:
+        lines += exp5(mnist, args.epochs)[0] + [""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
