@@ -1,7 +1,10 @@
 """Build of hyperfused: the Python package plus the C++ extension ``hyperfused._C`` (torch ops, CPU kernels).
 
 Environment:
-    HYPERFUSED_BUILD_EXT=0   skip the C++ extension (the pure-PyTorch reference backend still works).
+    HYPERFUSED_BUILD_EXT=0   skip the C++ extensions (the pure-PyTorch reference backend still works).
+    HYPERFUSED_CUDA=1 / 0    force / skip the CUDA extension ``hyperfused._C_cuda``; by default it is built when
+                             torch is a CUDA build and a CUDA toolkit is found (set CUDA_HOME=/usr/local/cuda).
+    TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0": A100 and H100).
 Build with torch already installed: ``pip install --no-build-isolation -e .``
 """
 import glob
@@ -33,6 +36,29 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
         )
     )
     cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
+
+    import torch
+    from torch.utils import cpp_extension
+
+    want = os.environ.get("HYPERFUSED_CUDA", "auto")
+    have = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if want == "1" and not have:
+        raise RuntimeError("HYPERFUSED_CUDA=1 but torch is not a CUDA build or no CUDA toolkit was found "
+                           f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME}); "
+                           "install a CUDA build of torch and set CUDA_HOME")
+    if want == "1" or (want == "auto" and have):
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # headers of the CUDA libraries torch ships (cusparse.h and friends) live in its nvidia/cu* folders
+        extra_inc = sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include")))
+        ext_modules.append(
+            cpp_extension.CUDAExtension(
+                name="hyperfused._C_cuda",
+                sources=["csrc/cuda/ops_cuda.cpp", "csrc/cuda/hyper_kernels.cu"],
+                include_dirs=[os.path.join(here, "csrc")] + extra_inc,
+                extra_compile_args={"cxx": ["-O3", "-std=c++17"],
+                                    "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-v"]},
+            )
+        )
 
 setup(
     packages=find_packages(include=["hyperfused", "hyperfused.*"]),

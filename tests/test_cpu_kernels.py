@@ -275,7 +275,7 @@ def test_default_loop_keeps_the_gradient_tensor_itself():
 def test_gradient_changed_in_place_behind_the_optimizer_is_detected():
     """model.zero_grad(set_to_none=False) zeroes the kept gradient in place: detected by its version counter,
     one step's term of that tensor is dropped (with a warning), and the gradient is copied from then on."""
-    from hyperfused.ops import cpu as cpu_backend
+    from hyperfused.ops import fused as cpu_backend
     cpu_backend._warned[0] = False
     with pytest.warns(UserWarning, match="modified in place after the optimizer step"):
         model, opt = _train_loop("cpu", lambda opt, model: model.zero_grad(set_to_none=False))

@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../hyperfused/hyper_elem.h"
 #include "hyper_loops_api.h"
 
 namespace hyperfused {
@@ -66,90 +67,6 @@ inline T load(const T* p, int64_t i) { return p[i]; }
 template <typename S>
 inline float load_f(const S* p, int64_t i) { return static_cast<float>(p[i]); }
 
-// Per-element view of one tensor's arrays; state is in the math type T, params/grads in scalar_t.
-template <typename scalar_t, typename T>
-struct Arrays {
-  scalar_t* x = nullptr;
-  const scalar_t* g = nullptr;
-  T* s0 = nullptr;
-  T* s1 = nullptr;
-  T* s2 = nullptr;
-};
-
-// The Jacobian contributions of one element: j[0..2] for lr, h1, h2.
-template <typename scalar_t, typename T>
-inline void element_jac(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
-                        const Scalars<T>& c, T j[3]) {
-  j[0] = j[1] = j[2] = T(0);
-  switch (kind) {
-    case kSGD:
-      if (momentum) {
-        j[0] = -a.s0[i];                        // -buf
-        if (learn & kLearnH1) j[1] = -c.lr * a.s1[i];  // -lr buf_prev
-      } else {
-        j[0] = -a.s0[i];                        // -g_prev
-      }
-      break;
-    case kAdagrad:
-      j[0] = adagrad_jac_lr(a.s1[i], a.s0[i], c.eps);
-      break;
-    case kRMSprop:
-      rmsprop_jac(a.s1[i], a.s0[i], c, j[0], j[1]);
-      break;
-    case kAdam:
-      if (learn & (kLearnH1 | kLearnH2)) {
-        adam_jac(a.s0[i], a.s1[i], a.s2[i], c, j[0], j[1], j[2]);
-      } else {
-        j[0] = adam_jac_lr(a.s0[i], a.s1[i], c);
-      }
-      break;
-  }
-}
-
-// One element of the update; writes x and state.
-template <typename scalar_t, typename T>
-inline void element_update(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
-                           const Scalars<T>& c, T g) {
-  const T x = static_cast<T>(a.x[i]);
-  T xn;
-  switch (kind) {
-    case kSGD:
-      if (momentum) {
-        T buf = a.s0[i];
-        if (learn & kLearnH1) a.s1[i] = buf;    // previous buffer, for J_momentum
-        xn = sgd_momentum_step(x, g, buf, c.lr, c.h1);
-        a.s0[i] = buf;
-      } else {
-        xn = sgd_step(x, g, c.lr);
-        if (learn & kLearnLr) a.s0[i] = g;      // previous gradient
-      }
-      break;
-    case kAdagrad: {
-      T G = a.s0[i];
-      xn = adagrad_step(x, g, G, c.lr, c.eps);
-      a.s0[i] = G;
-      if (learn) a.s1[i] = g;
-      break;
-    }
-    case kRMSprop: {
-      T s = a.s0[i];
-      xn = rmsprop_step(x, g, s, c.lr, c.h1, c.eps);
-      a.s0[i] = s;
-      if (learn) a.s1[i] = g;
-      break;
-    }
-    default: {  // kAdam
-      T m = a.s0[i], v = a.s1[i];
-      xn = adam_step(x, g, m, v, c);
-      a.s0[i] = m;
-      a.s1[i] = v;
-      if (learn & (kLearnH1 | kLearnH2)) a.s2[i] = g;
-      break;
-    }
-  }
-  a.x[i] = static_cast<scalar_t>(xn);
-}
-
 // Sums of one chunk in fixed lanes: out[0..2] += g * J, out[3] += number of non-finite g.
 template <typename scalar_t, typename T, int KIND, bool WITH_JAC>
 void chunk_sums(int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t begin, int64_t end,
@@ -163,7 +80,7 @@ void chunk_sums(int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t 
       bad[l] += (g - g == T(0)) ? T(0) : T(1);
       if (WITH_JAC) {
         T j[3];
-        element_jac<scalar_t, T>(KIND, learn, momentum, a, i + l, c, j);
+        element_jac<scalar_t, T>(KIND, learn, momentum, a, i + l, c, j[0], j[1], j[2]);
         acc[0][l] += g * j[0];
         acc[1][l] += g * j[1];
         acc[2][l] += g * j[2];
@@ -175,7 +92,7 @@ void chunk_sums(int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t 
     bad[l] += (g - g == T(0)) ? T(0) : T(1);
     if (WITH_JAC) {
       T j[3];
-      element_jac<scalar_t, T>(KIND, learn, momentum, a, i, c, j);
+      element_jac<scalar_t, T>(KIND, learn, momentum, a, i, c, j[0], j[1], j[2]);
       acc[0][l] += g * j[0];
       acc[1][l] += g * j[1];
       acc[2][l] += g * j[2];

@@ -9,10 +9,10 @@ from typing import List
 import torch
 
 from . import _ext, reference
-from ._ext import extension_available, load_extension
+from ._ext import cuda_extension_available, extension_available, load_extension
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
-IMPLEMENTED_BACKENDS = ("reference", "cpu")
+IMPLEMENTED_BACKENDS = ("reference", "cpu", "cuda")
 
 
 def resolve_backend(backend: str) -> str:
@@ -24,6 +24,11 @@ def resolve_backend(backend: str) -> str:
     if backend == "cpu" and not extension_available():
         raise RuntimeError(f"backend='cpu' needs the compiled extension hyperfused._C, which did not load "
                            f"({_ext.extension_error()}); build it with `pip install --no-build-isolation -e .`")
+    if backend == "cuda" and not cuda_extension_available():
+        raise NotImplementedError(
+            "backend='cuda' needs the CUDA extension hyperfused._C_cuda, which is not built here "
+            f"({_ext.cuda_extension_error()}); build with a CUDA build of torch and CUDA_HOME set "
+            "(HYPERFUSED_CUDA=1 pip install --no-build-isolation -e .)")
     if backend not in IMPLEMENTED_BACKENDS:
         raise NotImplementedError(
             f"backend={backend!r} is not implemented yet in this version of hyperfused; "
@@ -34,8 +39,8 @@ def resolve_backend(backend: str) -> str:
 def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tensor:
     """Deterministic per-pair dot products ``sum(a[i] * b[i])`` in float64, one value per pair.
 
-    Runs the C++ op ``torch.ops.hyperfused.multi_tensor_dot`` when the extension is built (CPU tensors),
-    the pure-PyTorch reference otherwise.
+    Runs the op ``torch.ops.hyperfused.multi_tensor_dot`` when its kernel is built for the tensors' device
+    (the C++ extension for CPU, the CUDA extension for CUDA), the pure-PyTorch reference otherwise.
     """
     a, b = list(a), list(b)
     if len(a) != len(b):
@@ -43,22 +48,24 @@ def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tens
     for i, (x, y) in enumerate(zip(a, b)):
         if x.shape != y.shape:
             raise ValueError(f"multi_tensor_dot: pair {i} has shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    if extension_available() and all(t.device.type == "cpu" for t in a + b):
+    on_cpu = all(t.device.type == "cpu" for t in a + b)
+    on_cuda = all(t.device.type == "cuda" for t in a + b)
+    if (on_cpu and extension_available()) or (on_cuda and cuda_extension_available()):
         load_extension()
         return torch.ops.hyperfused.multi_tensor_dot(a, b)
     return reference.multi_tensor_dot(a, b)
 
 
 __all__ = ["BACKENDS", "resolve_backend", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
-           "reference", "extension_available"]
+           "reference", "extension_available", "cuda_extension_available"]
 
 
 def _module(backend: str):
     if backend == "reference":
         return reference
-    if backend == "cpu":
-        from . import cpu
-        return cpu
+    if backend in ("cpu", "cuda"):        # the compiled kernels: one op layer, dispatched by device
+        from . import fused
+        return fused
     raise NotImplementedError(f"no {backend!r} backend for the hypergradient ops yet")
 
 
@@ -76,9 +83,9 @@ def hyper_update(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: boo
 
 def grads_finite(backend: str, grads) -> torch.Tensor:
     """0-dim bool tensor: every element of every gradient is finite (one read of the gradients)."""
-    if backend == "cpu":
-        from . import cpu
-        return cpu.nonfinite(grads)
+    if backend in ("cpu", "cuda"):
+        from . import fused
+        return fused.nonfinite(grads)
     ok = torch.ones((), dtype=torch.bool, device=grads[0].device)
     for g in grads:
         ok = ok & torch.isfinite(g).all()

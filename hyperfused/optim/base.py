@@ -364,9 +364,14 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _group_backend(self, group: Dict[str, Any]) -> str:
         dev = group["params"][0].device
         if self._backend == "auto":
-            return "cpu" if (dev.type == "cpu" and ops.extension_available()) else "reference"
-        if self._backend == "cpu" and dev.type != "cpu":
-            raise ValueError(f"backend='cpu' runs on CPU tensors; this param group is on {dev}")
+            if dev.type == "cpu" and ops.extension_available():
+                return "cpu"
+            if dev.type == "cuda" and ops.cuda_extension_available():
+                return "cuda"
+            return "reference"
+        if self._backend in ("cpu", "cuda") and dev.type != self._backend:
+            raise ValueError(f"backend={self._backend!r} runs on {self._backend.upper()} tensors; this param group "
+                             f"is on {dev}")
         return self._backend
 
     def _collect(self, gi: int, group: Dict[str, Any]) -> Dict[str, Any]:

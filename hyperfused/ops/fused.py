@@ -1,8 +1,10 @@
-"""The "cpu" backend: the hypergradient passes as the C++ ops ``torch.ops.hyperfused.hyper_reduce`` and
-``hyper_update`` (csrc/cpu/hyper_kernels.cpp), one call per param group (and per gradient dtype).
+"""The "cpu" and "cuda" backends: the hypergradient passes as the compiled ops
+``torch.ops.hyperfused.hyper_reduce`` and ``hyper_update`` (csrc/cpu, csrc/cuda; torch dispatches by device),
+one call per param group (and per gradient dtype).
 
 This module turns the optimizer's per-tensor state dicts and hyperparameter values into the ops' arguments:
-state lists in the kernel's order and a float64 table of per-tensor scalars.
+state lists in the kernel's order and a float64 table of per-tensor scalars, built on the tensors' device. On
+CUDA nothing here reads a device value on the host, so a step can be captured in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -149,7 +151,8 @@ def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, ra
     valid = _check_prev_grads(states, list(valid))
     s0, s1, s2 = _lists(kind, cfg, learned, states)
     steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
-    scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), "cpu")
+    dev = grads[0].device
+    scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), dev)
     g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
     rows = _by_dtype(g, lambda idx: torch.ops.hyperfused.hyper_reduce(
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
@@ -170,14 +173,17 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
     work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
     g = [_dense_like(x, w) for x, w in zip(grads, work)]
-    keep = [_may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
-    store = torch.tensor([0.0 if k else 1.0 for k in keep], dtype=torch.float64)
-    scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, store, "cpu")
+    dev = grads[0].device
+    # keeping the gradient itself needs to know whether the step was taken: on the host for CPU tensors only
+    on_cpu = dev.type == "cpu"
+    keep = [on_cpu and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
+    store = torch.tensor([0.0 if k else 1.0 for k in keep], dtype=torch.float64, device=dev)
+    scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, store, dev)
     scal_jac = None
     if jac is not None:
         jhp, jraw, jvalid = jac
         jvalid = _check_prev_grads(states, list(jvalid))
-        scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), "cpu")
+        scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), dev)
     rows = _by_dtype(g, lambda idx: torch.ops.hyperfused.hyper_update(
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
         [work[i] for i in idx], [g[i] for i in idx], [s0[i] for i in idx] if s0 else [],
@@ -186,7 +192,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     for p, w in zip(params, work):
         if w is not p.detach() and w.data_ptr() != p.data_ptr():
             p.detach().copy_(w)
-    if bool(ok):                       # a CPU tensor: no device synchronisation
+    if any(keep) and bool(ok):         # only CPU tensors are kept: no device synchronisation
         for st, gi, k in zip(states, g, keep):
             if k:
                 st["prev_grad"] = gi
@@ -207,7 +213,7 @@ def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
             dtypes.append(t.dtype)
     if len(dtypes) == 1:
         return call(list(range(n)))
-    out = torch.zeros(n, 4, dtype=torch.float64)
+    out = torch.zeros(n, 4, dtype=torch.float64, device=grads[0].device)
     for d in dtypes:
         idx = [i for i, t in enumerate(grads) if t.dtype == d]
         out[idx] = call(idx)
@@ -217,7 +223,7 @@ def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
 def nonfinite(grads: List[Tensor]) -> Tensor:
     """0-dim bool: True when every gradient element is finite (one read of the gradients)."""
     g = [x if _dense(x) else x.contiguous() for x in grads]
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=g[0].device)
     for d in {t.dtype for t in g}:
         total = total + torch.ops.hyperfused.nonfinite_count([t for t in g if t.dtype == d]).sum()
     return total == 0

@@ -1,0 +1,247 @@
+// CUDA kernels of the hypergradient passes (SPEC.md 1.3-1.4). No torch headers here (see hyper_cuda.h).
+//
+// Multi-tensor scheme: the host cuts every tensor into chunks of kChunk elements and fills a TensorTable
+// (pointers, sizes, block -> (tensor, chunk)) passed to the kernel by value; one block per chunk, as many
+// launches as the table needs. Reductions: each block reduces its chunk in shared memory in a fixed tree
+// order and writes its partial sums (and its tensor's index) to a workspace row; launch_finish then adds the
+// rows of each tensor in block order. No floating-point atomics: results repeat bit for bit. Scalars (per
+// tensor: hyperparameter values, step) and the skip flag are read from device memory, so nothing in a step
+// needs the host and the step can be captured in a CUDA graph. Indices are 64-bit.
+//
+// Bytes per parameter of each pass (fp32, SPEC.md 1.4): pass A reads g and the state the Jacobian needs
+// (Adam lr only 12, with betas 16); pass B reads w, g, state and writes w, state (Adam 28, +4 when it also
+// stores the previous gradient); one-pass mode adds nothing to pass B but the partial sums.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "../hyperfused/hyper_elem.h"
+#include "hyper_cuda.h"
+
+namespace hyperfused {
+namespace cuda {
+namespace {
+
+template <typename S>
+struct Math {
+  using T = float;
+};
+template <>
+struct Math<double> {
+  using T = double;
+};
+
+__device__ __forceinline__ Scalars<float> row_scalars(const double* row, double eps, float) {
+  return make_scalars<float>(float(row[0]), float(row[1]), float(row[2]), float(eps), float(row[3]),
+                             float(row[4]), float(row[5]), float(row[6]));
+}
+__device__ __forceinline__ Scalars<double> row_scalars(const double* row, double eps, double) {
+  return make_scalars<double>(row[0], row[1], row[2], eps, row[3], row[4], row[5], row[6]);
+}
+
+template <typename S, typename T>
+__device__ __forceinline__ Arrays<S, T> arrays(const TensorTable& tab, int t) {
+  Arrays<S, T> a;
+  a.x = static_cast<S*>(tab.x[t]);
+  a.g = static_cast<const S*>(tab.g[t]);
+  a.s0 = static_cast<T*>(tab.s[0][t]);
+  a.s1 = static_cast<T*>(tab.s[1][t]);
+  a.s2 = static_cast<T*>(tab.s[2][t]);
+  return a;
+}
+
+// Sum acc[0..3] over the block in a fixed order; thread 0 writes the row.
+struct Sums {
+  double v[4];
+};
+
+__device__ __forceinline__ void block_sums(const Sums acc, double* partials, int* block_ids, int row, int tensor) {
+  __shared__ double sh[4][kThreads];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) sh[q][threadIdx.x] = acc.v[q];
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) sh[q][threadIdx.x] += sh[q][threadIdx.x + s];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) partials[int64_t(row) * 4 + q] = sh[q][0];
+    block_ids[row] = tensor;
+  }
+}
+
+template <typename S, typename T, int KIND>
+__device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFlags& f, bool valid,
+                                           const Scalars<T>& c, int64_t begin, int64_t end) {
+  T s0 = 0, s1 = 0, s2 = 0, bad = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+    const T g = static_cast<T>(a.g[i]);
+    bad += (g - g == T(0)) ? T(0) : T(1);
+    if (valid) {
+      T j0, j1, j2;
+      element_jac<S, T>(KIND, f.learn, f.momentum, a, i, c, j0, j1, j2);
+      s0 += g * j0;
+      s1 += g * j1;
+      s2 += g * j2;
+    }
+  }
+  return Sums{{double(s0), double(s1), double(s2), double(bad)}};
+}
+
+template <typename S, int KIND>
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(TensorTable tab, LaunchFlags f, bool with_jac, const double* scal, double* partials,
+                  int* block_ids, int block_offset) {
+  using T = typename Math<S>::T;
+  const int t = tab.block_tensor[blockIdx.x];
+  const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
+  const int64_t end = min(tab.numel[t], begin + kChunk);
+  const double* row = scal + int64_t(tab.global_index[t]) * 8;
+  const bool valid = with_jac && row[7] != 0.0 && f.learn != 0;
+  const Scalars<T> c = row_scalars(row, f.eps, T(0));
+  const Sums acc = chunk_sums<S, T, KIND>(arrays<S, T>(tab, t), f, valid, c, begin, end);
+  block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
+}
+
+template <typename S, int KIND>
+__global__ void __launch_bounds__(kThreads)
+    update_kernel(TensorTable tab, LaunchFlags f, const double* scal, const double* scal_jac, const bool* ok,
+                  double* partials, int* block_ids, int block_offset) {
+  using T = typename Math<S>::T;
+  const int t = tab.block_tensor[blockIdx.x];
+  const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
+  const int64_t end = min(tab.numel[t], begin + kChunk);
+  const Arrays<S, T> a = arrays<S, T>(tab, t);
+  const bool go = *ok;
+  if (scal_jac != nullptr) {  // one-pass mode: sums from the old state, before it is written
+    const double* rj = scal_jac + int64_t(tab.global_index[t]) * 8;
+    const bool valid = rj[7] != 0.0 && f.learn != 0;
+    // each thread reads the old state of exactly the elements it then updates: no race with the writes below
+    const Sums acc = chunk_sums<S, T, KIND>(a, f, valid, row_scalars(rj, f.eps, T(0)), begin, end);
+    block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
+  }
+  if (!go) return;
+  const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * 8, f.eps, T(0));
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+    element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, static_cast<T>(a.g[i]));
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    dot_kernel(TensorTable tab, double* partials, int* block_ids, int block_offset) {
+  const int t = tab.block_tensor[blockIdx.x];
+  const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
+  const int64_t end = min(tab.numel[t], begin + kChunk);
+  const S* x = static_cast<const S*>(tab.g[t]);
+  const S* y = static_cast<const S*>(tab.s[0][t]);
+  double acc = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+    acc += static_cast<double>(static_cast<float>(x[i])) * static_cast<double>(static_cast<float>(y[i]));
+  block_sums(Sums{{acc, 0, 0, 0}}, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
+}
+
+template <>
+__global__ void __launch_bounds__(kThreads)
+    dot_kernel<double>(TensorTable tab, double* partials, int* block_ids, int block_offset) {
+  const int t = tab.block_tensor[blockIdx.x];
+  const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
+  const int64_t end = min(tab.numel[t], begin + kChunk);
+  const double* x = static_cast<const double*>(tab.g[t]);
+  const double* y = static_cast<const double*>(tab.s[0][t]);
+  double acc = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) acc += x[i] * y[i];
+  block_sums(Sums{{acc, 0, 0, 0}}, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
+}
+
+// One thread per tensor adds that tensor's rows in block order.
+__global__ void finish_kernel(const double* partials, const int* block_ids, int total_blocks, double* out,
+                              int n_tensors) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= n_tensors) return;
+  double acc[4] = {0, 0, 0, 0};
+  for (int b = 0; b < total_blocks; ++b) {
+    if (block_ids[b] != t) continue;
+    for (int q = 0; q < 4; ++q) acc[q] += partials[int64_t(b) * 4 + q];
+  }
+  for (int q = 0; q < 4; ++q) out[int64_t(t) * 4 + q] = acc[q];
+}
+
+template <template <typename, int> class Launch, typename... Args>
+void by_kind(DType dtype, int kind, Args&&... args) {
+#define HF_KIND(S)                                                  \
+  switch (kind) {                                                   \
+    case kSGD: Launch<S, kSGD>::run(args...); break;                \
+    case kAdagrad: Launch<S, kAdagrad>::run(args...); break;        \
+    case kRMSprop: Launch<S, kRMSprop>::run(args...); break;        \
+    default: Launch<S, kAdam>::run(args...); break;                 \
+  }
+  switch (dtype) {
+    case DType::kFloat: HF_KIND(float) break;
+    case DType::kDouble: HF_KIND(double) break;
+    case DType::kHalf: HF_KIND(__half) break;
+    default: HF_KIND(__nv_bfloat16) break;
+  }
+#undef HF_KIND
+}
+
+template <typename S, int KIND>
+struct ReduceLaunch {
+  static void run(const TensorTable& tab, const LaunchFlags& f, bool with_jac, const double* scal,
+                  double* partials, int* block_ids, int block_offset, cudaStream_t stream) {
+    reduce_kernel<S, KIND><<<tab.n_blocks, kThreads, 0, stream>>>(tab, f, with_jac, scal, partials, block_ids,
+                                                                  block_offset);
+  }
+};
+
+template <typename S, int KIND>
+struct UpdateLaunch {
+  static void run(const TensorTable& tab, const LaunchFlags& f, const double* scal, const double* scal_jac,
+                  const bool* ok, double* partials, int* block_ids, int block_offset, cudaStream_t stream) {
+    update_kernel<S, KIND><<<tab.n_blocks, kThreads, 0, stream>>>(tab, f, scal, scal_jac, ok, partials,
+                                                                  block_ids, block_offset);
+  }
+};
+
+}  // namespace
+
+void launch_reduce(DType dtype, const TensorTable& table, const LaunchFlags& f, bool with_jac, const double* scal,
+                   double* partials, int* block_ids, int block_offset, void* stream) {
+  if (table.n_blocks == 0) return;
+  by_kind<ReduceLaunch>(dtype, f.kind, table, f, with_jac, scal, partials, block_ids, block_offset,
+                        static_cast<cudaStream_t>(stream));
+}
+
+void launch_update(DType dtype, const TensorTable& table, const LaunchFlags& f, const double* scal,
+                   const double* scal_jac, const bool* ok, double* partials, int* block_ids, int block_offset,
+                   void* stream) {
+  if (table.n_blocks == 0) return;
+  by_kind<UpdateLaunch>(dtype, f.kind, table, f, scal, scal_jac, ok, partials, block_ids, block_offset,
+                        static_cast<cudaStream_t>(stream));
+}
+
+void launch_finish(const double* partials, const int* block_ids, int total_blocks, double* out, int n_tensors,
+                   void* stream) {
+  if (n_tensors == 0) return;
+  const int threads = 128;
+  finish_kernel<<<(n_tensors + threads - 1) / threads, threads, 0, static_cast<cudaStream_t>(stream)>>>(
+      partials, block_ids, total_blocks, out, n_tensors);
+}
+
+void launch_dot(DType dtype, const TensorTable& table, double* partials, int* block_ids, int block_offset,
+                void* stream) {
+  if (table.n_blocks == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case DType::kFloat: dot_kernel<float><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids, block_offset); break;
+    case DType::kDouble: dot_kernel<double><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids, block_offset); break;
+    case DType::kHalf: dot_kernel<__half><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids, block_offset); break;
+    default: dot_kernel<__nv_bfloat16><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids, block_offset); break;
+  }
+}
+
+}  // namespace cuda
+}  // namespace hyperfused

@@ -1,0 +1,229 @@
+// CUDA registrations of the hyperfused ops (same schemas as csrc/ops.cpp; the CPU kernels' contract).
+// This file holds the torch side (checks, workspaces, the current stream); the kernels are in
+// hyper_kernels.cu, compiled by nvcc without torch headers.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "hyper_cuda.h"
+
+namespace hyperfused {
+namespace cuda {
+namespace {
+
+constexpr int kScalCols = 8;
+constexpr int kOutCols = 4;
+
+DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat;
+    case at::kDouble: return DType::kDouble;
+    case at::kHalf: return DType::kHalf;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "hyperfused CUDA kernels: unsupported dtype ", t.scalar_type());
+  }
+  return DType::kFloat;
+}
+
+int64_t total_blocks(at::TensorList grads) {
+  int64_t b = 0;
+  for (const auto& g : grads) b += (g.numel() + kChunk - 1) / kChunk;
+  return b;
+}
+
+// Walk the tensors chunk by chunk, filling tables and calling `launch(table, block_offset)` whenever one is full.
+template <typename Launch>
+void for_tables(at::TensorList params, at::TensorList grads, at::TensorList s0, at::TensorList s1,
+                at::TensorList s2, Launch&& launch) {
+  TensorTable tab{};
+  int offset = 0;
+  auto flush = [&] {
+    if (tab.n_blocks > 0) launch(tab, offset);
+    offset += tab.n_blocks;
+    tab = TensorTable{};
+  };
+  for (int64_t i = 0; i < static_cast<int64_t>(grads.size()); ++i) {
+    const int64_t n = grads[i].numel();
+    if (n == 0) continue;
+    if (tab.n_tensors == kMaxTensors) flush();
+    const int slot = tab.n_tensors++;
+    tab.x[slot] = params.empty() ? nullptr : params[i].data_ptr();
+    tab.g[slot] = grads[i].data_ptr();
+    tab.s[0][slot] = s0.empty() ? nullptr : s0[i].data_ptr();
+    tab.s[1][slot] = s1.empty() ? nullptr : s1[i].data_ptr();
+    tab.s[2][slot] = s2.empty() ? nullptr : s2[i].data_ptr();
+    tab.numel[slot] = n;
+    tab.global_index[slot] = static_cast<int>(i);
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (tab.n_blocks == kMaxBlocks) {
+        // keep the current tensor in the next table, continuing from chunk c
+        TensorTable next{};
+        next.x[0] = tab.x[slot];
+        next.g[0] = tab.g[slot];
+        for (int q = 0; q < 3; ++q) next.s[q][0] = tab.s[q][slot];
+        next.numel[0] = n;
+        next.global_index[0] = static_cast<int>(i);
+        next.n_tensors = 1;
+        launch(tab, offset);
+        offset += tab.n_blocks;
+        tab = next;
+      }
+      const int cur = tab.n_tensors - 1;
+      tab.block_tensor[tab.n_blocks] = static_cast<unsigned char>(cur);
+      tab.block_chunk[tab.n_blocks] = static_cast<int>(c);
+      ++tab.n_blocks;
+    }
+  }
+  flush();
+}
+
+void check(const char* op, at::TensorList grads, at::TensorList params, at::TensorList s0, at::TensorList s1,
+           at::TensorList s2, const at::Tensor& scal) {
+  const size_t n = grads.size();
+  TORCH_CHECK(params.empty() || params.size() == n, op, ": ", params.size(), " params for ", n, " grads");
+  for (auto* lst : {&s0, &s1, &s2})
+    TORCH_CHECK(lst->empty() || lst->size() == n, op, ": a state list has ", lst->size(), " tensors for ", n, " grads");
+  TORCH_CHECK(scal.is_cuda() && scal.scalar_type() == at::kDouble && scal.dim() == 2 && scal.size(0) == (int64_t)n &&
+                  scal.size(1) == kScalCols && scal.is_contiguous(),
+              op, ": scalars must be a contiguous float64 CUDA tensor of shape [", n, ", ", kScalCols, "]");
+  for (size_t i = 0; i < n; ++i) {
+    const auto& g = grads[i];
+    TORCH_CHECK(g.is_cuda() && g.is_contiguous(), op, ": gradient ", i, " must be a contiguous CUDA tensor");
+    TORCH_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
+    TORCH_CHECK(g.get_device() == grads[0].get_device(), op, ": all tensors must be on one device");
+    if (!params.empty())
+      TORCH_CHECK(params[i].is_contiguous() && params[i].numel() == g.numel() &&
+                      params[i].scalar_type() == g.scalar_type() && params[i].is_cuda(),
+                  op, ": parameter ", i, " must be a contiguous CUDA tensor with the gradient's size and dtype");
+    const auto math = g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    for (auto* lst : {&s0, &s1, &s2})
+      if (!lst->empty())
+        TORCH_CHECK((*lst)[i].is_contiguous() && (*lst)[i].numel() == g.numel() && (*lst)[i].is_cuda() &&
+                        (*lst)[i].scalar_type() == math,
+                    op, ": state tensor ", i, " must be a contiguous CUDA tensor of the gradient's size in ", math);
+  }
+}
+
+at::Tensor finish(const at::Tensor& partials, const at::Tensor& ids, int64_t n, cudaStream_t stream) {
+  auto out = at::empty({n, kOutCols}, partials.options());
+  launch_finish(partials.data_ptr<double>(), ids.data_ptr<int>(), static_cast<int>(partials.size(0)),
+                out.data_ptr<double>(), static_cast<int>(n), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads,
+                             at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal) {
+  check("hyper_reduce", grads, {}, s0, s1, s2, scal);
+  const int64_t n = grads.size();
+  if (n == 0) return at::zeros({0, kOutCols}, scal.options());
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t blocks = total_blocks(grads);
+  auto partials = at::zeros({blocks, kOutCols}, scal.options());
+  auto ids = at::full({blocks}, -1, scal.options().dtype(at::kInt));
+  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps};
+  const DType dt = dtype_of(grads[0]);
+  for_tables({}, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
+    launch_reduce(dt, tab, f, /*with_jac=*/true, scal.data_ptr<double>(), partials.data_ptr<double>(),
+                  ids.data_ptr<int>(), offset, stream.stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return finish(partials, ids, n, stream.stream());
+}
+
+at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
+                             at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
+                             const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac, const at::Tensor& ok) {
+  check("hyper_update", grads, params, s0, s1, s2, scal);
+  TORCH_CHECK(ok.is_cuda() && ok.scalar_type() == at::kBool && ok.numel() == 1,
+              "hyper_update: ok must be a one-element bool CUDA tensor (the skip flag stays on the device)");
+  const bool one_pass = scal_jac.has_value();
+  if (one_pass) check("hyper_update", grads, params, s0, s1, s2, *scal_jac);
+  const int64_t n = grads.size();
+  if (n == 0) return at::zeros({0, kOutCols}, scal.options());
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t blocks = total_blocks(grads);
+  auto partials = at::zeros({one_pass ? blocks : 1, kOutCols}, scal.options());
+  auto ids = at::full({one_pass ? blocks : 1}, -1, scal.options().dtype(at::kInt));
+  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps};
+  const DType dt = dtype_of(grads[0]);
+  for_tables(params, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
+    launch_update(dt, tab, f, scal.data_ptr<double>(), one_pass ? scal_jac->data_ptr<double>() : nullptr,
+                  ok.data_ptr<bool>(), partials.data_ptr<double>(), ids.data_ptr<int>(), one_pass ? offset : 0,
+                  stream.stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (!one_pass) return at::zeros({n, kOutCols}, scal.options());
+  return finish(partials, ids, n, stream.stream());
+}
+
+at::Tensor nonfinite_count_cuda(at::TensorList grads) {
+  const int64_t n = grads.size();
+  TORCH_CHECK(n > 0, "nonfinite_count: no gradients");
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  auto opts = grads[0].options().dtype(at::kDouble);
+  auto scal = at::zeros({n, kScalCols}, opts);
+  check("nonfinite_count", grads, {}, {}, {}, {}, scal);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t blocks = total_blocks(grads);
+  auto partials = at::zeros({blocks, kOutCols}, opts);
+  auto ids = at::full({blocks}, -1, opts.dtype(at::kInt));
+  const LaunchFlags f{kSGD, 0, false, 0.0};
+  const DType dt = dtype_of(grads[0]);
+  for_tables({}, grads, {}, {}, {}, [&](const TensorTable& tab, int offset) {
+    launch_reduce(dt, tab, f, /*with_jac=*/false, scal.data_ptr<double>(), partials.data_ptr<double>(),
+                  ids.data_ptr<int>(), offset, stream.stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return finish(partials, ids, n, stream.stream()).select(1, kOutCols - 1).contiguous();
+}
+
+at::Tensor multi_tensor_dot_cuda(at::TensorList a, at::TensorList b) {
+  TORCH_CHECK(a.size() == b.size(), "multi_tensor_dot: got ", a.size(), " tensors in a and ", b.size(), " in b");
+  const int64_t n = a.size();
+  if (n == 0) return at::zeros({0}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA));
+  const c10::cuda::CUDAGuard guard(a[0].device());
+  std::vector<at::Tensor> ac, bc;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(a[i].sizes() == b[i].sizes() && a[i].scalar_type() == b[i].scalar_type() && a[i].is_cuda() &&
+                    b[i].is_cuda() && a[i].scalar_type() == a[0].scalar_type(),
+                "multi_tensor_dot: pair ", i, " must be CUDA tensors of one shape and dtype");
+    ac.push_back(a[i].contiguous());
+    bc.push_back(b[i].contiguous());
+  }
+  auto opts = a[0].options().dtype(at::kDouble);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t blocks = total_blocks(ac);
+  auto partials = at::zeros({blocks, kOutCols}, opts);
+  auto ids = at::full({blocks}, -1, opts.dtype(at::kInt));
+  const DType dt = dtype_of(ac[0]);
+  for_tables({}, ac, bc, {}, {}, [&](const TensorTable& tab, int offset) {
+    launch_dot(dt, tab, partials.data_ptr<double>(), ids.data_ptr<int>(), offset, stream.stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return finish(partials, ids, n, stream.stream()).select(1, 0).contiguous();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hyperfused, CUDA, m) {
+  m.impl("hyper_reduce", &hyper_reduce_cuda);
+  m.impl("hyper_update", &hyper_update_cuda);
+  m.impl("nonfinite_count", &nonfinite_count_cuda);
+  m.impl("multi_tensor_dot", &multi_tensor_dot_cuda);
+}
+
+}  // namespace cuda
+}  // namespace hyperfused
+
+// `import hyperfused._C_cuda` loads this library and runs the registration above (after hyperfused._C has
+// defined the schemas).
+#include <Python.h>
+static struct PyModuleDef hyperfused_cuda_module = {PyModuleDef_HEAD_INIT, "_C_cuda", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C_cuda(void) { return PyModule_Create(&hyperfused_cuda_module); }

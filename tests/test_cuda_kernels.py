@@ -1,0 +1,91 @@
+"""The "cuda" backend against the reference backend on CUDA tensors. Skipped without a GPU (and without the
+CUDA extension); written to run unchanged on a GPU machine."""
+import copy
+
+import pytest
+import torch
+
+import hyperfused as hf
+from hyperfused import ops
+
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and ops.cuda_extension_available()),
+                                reason="needs a CUDA device and the CUDA extension (hyperfused._C_cuda)")
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float64: 1e-12}
+SIZES = [(1,), (7,), (4097,), (278011,), (3, 1, 5, 5)]
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _run(make, dtype, backend, sizes, steps=5, one_pass=False):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.5).to(dtype).cuda()) for s in sizes]
+    opt = make(params, backend, one_pass)
+    for t in range(steps):
+        gg = torch.Generator().manual_seed(100 + t)
+        for p in params:
+            p.grad = ((torch.randn(p.shape, generator=gg).cuda() + 0.3 * p.detach().float()) * 0.1).to(dtype)
+        opt.step()
+    return params, opt
+
+
+MAKERS = {
+    "adam/sgd": lambda p, b, o: hf.Adam(p, lr=0.01, hyper=hf.SGD(lr=1e-7), backend=b, one_pass=o),
+    "adam[lr]/sgd": lambda p, b, o: hf.Adam(p, lr=0.01, learn=("lr",), hyper=hf.SGD(lr=1e-7), backend=b, one_pass=o),
+    "sgd(m)/adam": lambda p, b, o: hf.SGD(p, lr=0.05, momentum=0.9, hyper=hf.Adam(lr=1e-4), backend=b, one_pass=o),
+    "sgd per-tensor/sgd": lambda p, b, o: hf.SGD(p, lr=0.05, per_tensor=True, hyper=hf.SGD(lr=1e-7), backend=b,
+                                                 one_pass=o),
+    "rmsprop/sgd/sgd": lambda p, b, o: hf.RMSprop(p, hyper=hf.SGD(lr=1e-7, hyper=hf.SGD(lr=1e-8)), backend=b,
+                                                  one_pass=o),
+    "adagrad/rmsprop": lambda p, b, o: hf.Adagrad(p, lr=0.05, hyper=hf.RMSprop(lr=1e-5), backend=b, one_pass=o),
+}
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_cuda_matches_reference(name, dtype, one_pass):
+    p_ref, o_ref = _run(MAKERS[name], dtype, "reference", SIZES, one_pass=one_pass)
+    p_cu, o_cu = _run(MAKERS[name], dtype, "cuda", SIZES, one_pass=one_pass)
+    assert o_cu._group_backend(o_cu.param_groups[0]) == "cuda"
+    for a, b in zip(p_cu, p_ref):
+        assert _rel(a, b) <= TOL[dtype]
+    for la, lb in zip(o_cu.levels, o_ref.levels):
+        for k, v in lb.hyperparameters().items():
+            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
+                        torch.tensor(v, dtype=torch.float64)) <= max(TOL[dtype], 1e-6)
+
+
+def test_many_tensors_in_one_call():
+    sizes = [((i * 37) % 3001 + 1,) for i in range(230)]
+    p_ref, o_ref = _run(MAKERS["adam/sgd"], torch.float32, "reference", sizes)
+    p_cu, o_cu = _run(MAKERS["adam/sgd"], torch.float32, "cuda", sizes)
+    for a, b in zip(p_cu, p_ref):
+        assert _rel(a, b) <= 2e-5
+
+
+def test_step_does_not_synchronise_with_the_host():
+    params, opt = _run(MAKERS["adam/sgd"], torch.float32, "cuda", SIZES, steps=2)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_non_finite_gradient_skips_on_cuda():
+    params, opt = _run(MAKERS["adam/sgd"], torch.float32, "cuda", SIZES, steps=3)
+    before = [p.detach().clone() for p in params]
+    params[3].grad[5] = float("nan")
+    opt.step()
+    assert opt.skipped_steps == 1
+    for a, b in zip(params, before):
+        assert torch.equal(a, b)
+
+
+def test_deterministic_reductions_on_cuda():
+    runs = [_run(MAKERS["adam/sgd"], torch.float32, "cuda", SIZES)[1].hyperparameters() for _ in range(2)]
+    assert runs[0] == runs[1]
