@@ -31,7 +31,7 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
             # -fno-math-errno: sqrt without the errno branch, so loops with sqrt vectorise
             # -fopenmp: at::parallel_for is inline OpenMP code in torch's headers (serial without it);
             # the extension then shares the libgomp.so.1 that torch has already loaded
-            extra_compile_args={"cxx": ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]},
+            extra_compile_args={"cxx": ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]},
             extra_link_args=["-fopenmp"],
         )
     )
@@ -55,8 +55,8 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
                 name="hyperfused._C_cuda",
                 sources=["csrc/cuda/ops_cuda.cpp", "csrc/cuda/hyper_kernels.cu"],
                 include_dirs=[os.path.join(here, "csrc")] + extra_inc,
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                                    "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-v"]},
+                extra_compile_args={"cxx": ["-O3"],
+                                    "nvcc": ["-O3", "-lineinfo", "-Xptxas=-v"]},
             )
         )
 

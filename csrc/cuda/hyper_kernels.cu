@@ -19,6 +19,24 @@
 #include "hyper_cuda.h"
 
 namespace hyperfused {
+
+template <>
+struct Convert<float, __half> {
+  __host__ __device__ static float run(__half v) { return __half2float(v); }
+};
+template <>
+struct Convert<__half, float> {
+  __host__ __device__ static __half run(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Convert<float, __nv_bfloat16> {
+  __host__ __device__ static float run(__nv_bfloat16 v) { return __bfloat162float(v); }
+};
+template <>
+struct Convert<__nv_bfloat16, float> {
+  __host__ __device__ static __nv_bfloat16 run(float v) { return __float2bfloat16_rn(v); }
+};
+
 namespace cuda {
 namespace {
 
@@ -79,7 +97,7 @@ __device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFl
                                            const Scalars<T>& c, int64_t begin, int64_t end) {
   T s0 = 0, s1 = 0, s2 = 0, bad = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const T g = static_cast<T>(a.g[i]);
+    const T g = Convert<T, S>::run(a.g[i]);
     bad += (g - g == T(0)) ? T(0) : T(1);
     if (valid) {
       T j0, j1, j2;
@@ -127,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
   if (!go) return;
   const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * 8, f.eps, T(0));
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
-    element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, static_cast<T>(a.g[i]));
+    element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, Convert<T, S>::run(a.g[i]));
 }
 
 template <typename S>
@@ -140,7 +158,7 @@ __global__ void __launch_bounds__(kThreads)
   const S* y = static_cast<const S*>(tab.s[0][t]);
   double acc = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
-    acc += static_cast<double>(static_cast<float>(x[i])) * static_cast<double>(static_cast<float>(y[i]));
+    acc += double(Convert<float, S>::run(x[i])) * double(Convert<float, S>::run(y[i]));
   block_sums(Sums{{acc, 0, 0, 0}}, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
 }
 

@@ -10,6 +10,13 @@
 
 namespace hyperfused {
 
+// Conversion between a parameter's storage type and the math type. static_cast by default; the CUDA kernels
+// specialise it for __half and __nv_bfloat16 (torch builds them with the implicit conversions turned off).
+template <typename To, typename From>
+struct Convert {
+  HF_HOST_DEVICE static To run(From v) { return static_cast<To>(v); }
+};
+
 // Per-element view of one tensor's arrays; state is in the math type T, params/grads in scalar_t.
 template <typename scalar_t, typename T>
 struct Arrays {
@@ -54,7 +61,7 @@ HF_HOST_DEVICE void element_jac(int kind, int learn, bool momentum, const Arrays
 template <typename scalar_t, typename T>
 HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
                            const Scalars<T>& c, T g) {
-  const T x = static_cast<T>(a.x[i]);
+  const T x = Convert<T, scalar_t>::run(a.x[i]);
   T xn;
   switch (kind) {
     case kSGD:
@@ -91,7 +98,7 @@ HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arr
       break;
     }
   }
-  a.x[i] = static_cast<scalar_t>(xn);
+  a.x[i] = Convert<scalar_t, T>::run(xn);
 }
 
 }  // namespace hyperfused
