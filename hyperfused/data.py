@@ -127,8 +127,34 @@ class _NumpyOnly(pickle.Unpickler):
         return getattr(np, name)
 
 
-def load_mnist(seed: int = 0, directory: Optional[str] = None, fetch: bool = False) -> Dataset:
-    """The 60k/10k MNIST split (train + validation of the pickle as training data)."""
+def _find_idx(folder: str, stem: str) -> Optional[str]:
+    for sub in ("", "raw", os.path.join("MNIST", "raw")):
+        for ext in ("", ".gz"):
+            path = os.path.join(folder, sub, stem + ext)
+            if os.path.exists(path):
+                return path
+    return None
+
+
+def load_mnist_folder(folder: str) -> Dataset:
+    """MNIST from a torchvision-style folder (the idx files, plain or gzipped, in FOLDER, FOLDER/raw or
+    FOLDER/MNIST/raw)."""
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    paths = [_find_idx(folder, s) for s in stems]
+    if None in paths:
+        raise DataMissing(f"no MNIST idx file {stems[paths.index(None)]}[.gz] under {folder} (looked in ., raw/, "
+                          f"MNIST/raw/)")
+    xtr, ytr, xte, yte = (_read_idx(p) for p in paths)
+    return Dataset("mnist", xtr.reshape(len(xtr), -1).float() / 255.0, ytr.long(),
+                   xte.reshape(len(xte), -1).float() / 255.0, yte.long(), 10)
+
+
+def load_mnist(seed: int = 0, directory: Optional[str] = None, fetch: bool = False,
+               folder: Optional[str] = None) -> Dataset:
+    """The 60k/10k MNIST split (train + validation of the pickle as training data); from a torchvision MNIST
+    folder instead when ``folder`` is given."""
+    if folder:
+        return load_mnist_folder(folder)
     directory = directory or cache_dir()
     path = os.path.join(directory, MNIST_WHEEL)
     if not os.path.exists(path):
@@ -150,7 +176,8 @@ def load_mnist(seed: int = 0, directory: Optional[str] = None, fetch: bool = Fal
 
 def _read_idx(path: str) -> torch.Tensor:
     import numpy as np
-    with gzip.open(path, "rb") as f:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
         raw = f.read()
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
@@ -212,9 +239,11 @@ LOADERS = {"digits": load_digits, "mnist": load_mnist, "fashion-mnist": load_fas
            "shakespeare": load_shakespeare, "synthetic": load_synthetic}
 
 
-def load(name: str, seed: int = 0, fetch: bool = False) -> Dataset:
+def load(name: str, seed: int = 0, fetch: bool = False, mnist_folder: Optional[str] = None) -> Dataset:
     if name not in LOADERS:
         raise DataMissing(f"unknown data set {name!r}; choose one of {', '.join(LOADERS)}")
+    if name == "mnist" and mnist_folder:
+        return load_mnist_folder(mnist_folder)
     if name in ("mnist", "shakespeare"):
         return LOADERS[name](seed, fetch=fetch)
     return LOADERS[name](seed)

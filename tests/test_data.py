@@ -55,3 +55,28 @@ def test_mnist_when_cached():
     d = data.load("mnist")
     assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784)
     assert set(d.y_train.unique().tolist()) == set(range(10))
+
+
+def test_torchvision_style_mnist_folder(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+
+    def idx(path, arr, gz):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        data_bytes = header + arr.astype(np.uint8).tobytes()
+        if gz:
+            with gzip.open(str(path) + ".gz", "wb") as f:
+                f.write(data_bytes)
+        else:
+            path.write_bytes(data_bytes)
+
+    rng = np.random.default_rng(0)
+    idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (5, 28, 28)), gz=False)
+    idx(raw / "train-labels-idx1-ubyte", np.arange(5), gz=True)
+    idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (3, 28, 28)), gz=True)
+    idx(raw / "t10k-labels-idx1-ubyte", np.array([1, 2, 3]), gz=False)
+    d = data.load("mnist", mnist_folder=str(tmp_path))
+    assert d.x_train.shape == (5, 784) and d.y_train.tolist() == [0, 1, 2, 3, 4]
+    assert d.x_test.shape == (3, 784) and float(d.x_train.max()) <= 1.0
+    with pytest.raises(data.DataMissing, match="no MNIST idx file"):
+        data.load_mnist_folder(str(tmp_path / "nowhere"))
