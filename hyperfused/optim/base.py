@@ -374,15 +374,54 @@ class HyperOptimizer(torch.optim.Optimizer):
                              f"is on {dev}")
         return self._backend
 
+    def _param_state(self, p: Tensor, dt: torch.dtype, cfg0: dict, learned0: Sequence[str]) -> Dict[str, Any]:
+        """The state of parameter ``p``, created on first use. For a DTensor parameter (FSDP2) the
+        element-wise state is a DTensor sharded like the parameter, so checkpoints (DCP) carry the shards."""
+        st = self.state[p]
+        if not st:
+            st.update(ref.KINDS[self.kind][0](p.detach().to(dt), cfg0, learned0))
+            st["moved"] = torch.zeros((), dtype=torch.bool, device=p.device)
+            if _is_dtensor(p) and "prev_grad" in st:
+                st["prev_grad_copy"] = True       # the state keeps its own (sharded) copy of the gradient
+        return st
+
+    def init_state(self) -> None:
+        """Create every parameter's state and every level's hyperparameters now, as before a first step
+        (nothing is updated). Loading a checkpoint with torch.distributed.checkpoint needs the optimizer's
+        state_dict as a template: ``opt.init_state(); sd = opt.state_dict(); dcp.load(sd, ...);
+        opt.load_state_dict(sd)``."""
+        self._require_root("init_state")
+        with torch.no_grad():
+            for gi, group in enumerate(self.param_groups):
+                if not group["params"]:
+                    continue
+                specs = self._level_specs(gi)
+                _, _, learned0, _, cfg0 = specs[0]
+                gt = self._group_tower(gi)
+                dt = self._hyper_dtype(group)
+                for p in group["params"]:
+                    self._param_state(p, dt, cfg0, learned0)
+                if self._one_pass and "used" not in gt["levels"][0]:
+                    gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
+
     def _collect(self, gi: int, group: Dict[str, Any]) -> Dict[str, Any]:
-        """The tensors of this step (those with a gradient), their state (created on first use), the specs."""
+        """The tensors of this step (those with a gradient), their state (created on first use), the specs.
+        DTensor parameters (FSDP2) contribute their local shards; the kernels see plain tensors."""
         specs = self._level_specs(gi)
         gt = self._group_tower(gi)
         dt = self._hyper_dtype(group)
         _, _, learned0, per0, cfg0 = specs[0]
         params, grads, states, idle = [], [], [], []
+        mesh = None
         for p in group["params"]:
-            st = self.state[p]
+            if _is_dtensor(p):
+                if p.device_mesh.ndim != 1:
+                    raise ValueError(f"{type(self).__name__} supports DTensor parameters on 1-D device meshes "
+                                     f"(FSDP2's fully_shard); got a {p.device_mesh.ndim}-D mesh")
+                mesh = p.device_mesh
+            elif mesh is not None:
+                raise ValueError(f"param group {gi} mixes DTensor and plain parameters; shard them all or none")
+            st = self._param_state(p, dt, cfg0, learned0) if p.grad is not None else self.state[p]
             if p.grad is None:
                 if st:
                     idle.append(st)
@@ -390,19 +429,38 @@ class HyperOptimizer(torch.optim.Optimizer):
             if p.grad.is_sparse:
                 raise ValueError(f"{type(self).__name__} does not support sparse gradients "
                                  f"(parameter of shape {tuple(p.shape)}); use dense gradients")
-            if not st:
-                st.update(ref.KINDS[self.kind][0](p.detach().to(dt), cfg0, learned0))
-                st["moved"] = torch.zeros((), dtype=torch.bool, device=p.device)
-            params.append(p)
-            grads.append(p.grad)
-            states.append(st)
+            if _is_dtensor(p):
+                params.append(p.detach().to_local())
+                grads.append(p.grad.to_local())
+                states.append({k: (v.to_local() if _is_dtensor(v) else v) for k, v in st.items()})
+            else:
+                params.append(p)
+                grads.append(p.grad)
+                states.append(st)
         if self._one_pass and "used" not in gt["levels"][0]:
             gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
         # per-tensor lrs are indexed by position in the group; the rows of the tensors with a gradient
         index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
         return {"gi": gi, "specs": specs, "levels": gt["levels"], "params": params, "grads": grads,
                 "states": states, "idle": idle, "index": index, "n": len(group["params"]), "dtype": dt,
-                "device": group["params"][0].device, "backend": self._group_backend(group)}
+                "device": group["params"][0].device, "backend": self._group_backend(group),
+                "group": None if mesh is None else mesh.get_group()}
+
+    @staticmethod
+    def _all_reduce(plan, d0: Dict[str, Tensor], finite: Tensor, names: Sequence[str]):
+        """Sharded parameters (FSDP2): each rank summed over its shards; one all-reduce of the vector of
+        partial sums (and of the non-finite count) per param group makes them the whole model's."""
+        if plan["group"] is None:
+            return d0, finite
+        import torch.distributed as dist
+        parts = [d0[name].reshape(-1) for name in names]
+        flat = torch.cat(parts + [(~finite).to(plan["dtype"]).reshape(1)])
+        dist.all_reduce(flat, group=plan["group"])
+        out, pos = {}, 0
+        for name, part in zip(names, parts):
+            out[name] = flat[pos:pos + part.numel()].reshape(d0[name].shape)
+            pos += part.numel()
+        return out, flat[-1] == 0
 
     def _pass_a(self, plan) -> Tuple[Dict[str, Tensor], Tensor]:
         spec0 = plan["specs"][0]
@@ -413,7 +471,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         d0, finite = ops.hyper_reduce(plan["backend"], self.kind, cfg0, learned0, per0, plan["grads"],
                                       plan["states"], [st["moved"] for st in plan["states"]],
                                       self._values_of(spec0, hp_rows), hp_rows)
-        return self._scatter(plan, d0, per0), finite
+        return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
     def _pass_b(self, plan, ok: Tensor):
         """Level 0's update with its current hyperparameters (exact mode: already the new ones). In one-pass
@@ -440,12 +498,12 @@ class HyperOptimizer(torch.optim.Optimizer):
         if result is None:
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
         d0, finite = result
-        return self._scatter(plan, d0, per0), finite
+        return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
     def _grads_finite(self, plan) -> Tensor:
-        if not plan["grads"]:
-            return torch.ones((), dtype=torch.bool, device=plan["device"])
-        return ops.grads_finite(plan["backend"], plan["grads"])
+        finite = (torch.ones((), dtype=torch.bool, device=plan["device"]) if not plan["grads"]
+                  else ops.grads_finite(plan["backend"], plan["grads"]))
+        return self._all_reduce(plan, {}, finite, ())[1]
 
     def _zero_deltas(self, plan, learned, per):
         dt, dev = plan["dtype"], plan["device"]
@@ -580,6 +638,14 @@ class HyperOptimizer(torch.optim.Optimizer):
         for gi in range(len(self.param_groups)):
             if self.param_groups[gi]["params"]:
                 self._publish_lr(gi)
+
+
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:        # torch without distributed
+        return False
+    return isinstance(t, DTensor)
 
 
 def _all(flags: List[Tensor]) -> Tensor:
