@@ -25,6 +25,10 @@ TORCH_LIBRARY(hyperfused, m) {
   m.def("hyper_update(int kind, int learn, bool momentum, float eps, Tensor(a!)[] params, Tensor[] grads, "
         "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor? scal_jac, Tensor ok) -> Tensor");
   m.def("nonfinite_count(Tensor[] grads) -> Tensor");
+  // Automatic Gradient Descent: per-slice sums of squares of every gradient (float64, concatenated), and the
+  // update W -= coef[slice] * g (coef: float64, one per slice, concatenated).
+  m.def("agd_sumsq(Tensor[] grads, int[] slices) -> Tensor");
+  m.def("agd_update(Tensor(a!)[] params, Tensor[] grads, Tensor coef) -> ()");
   // The instruction set the CPU loops run with (default, avx2, avx512).
   m.def("cpu_isa() -> str", &hyperfused::cpu_isa);
 }

@@ -14,7 +14,7 @@ MODELS = ("mlp", "deep-mlp", "cnn", "charrnn")
 
 
 class MLP(nn.Sequential):
-    """inputs-hidden-...-classes with tanh (the paper's MNIST MLP is 784-128-10)."""
+    """inputs-hidden-...-classes with tanh (the paper's MNIST MLP is 784-128-10); ``depth`` linear layers."""
 
     def __init__(self, inputs: int, classes: int, hidden: int = 128, depth: int = 2, bias: bool = True):
         layers, width = [], inputs
@@ -61,11 +61,12 @@ def default_model(data_name: str) -> str:
     return {"shakespeare": "charrnn"}.get(data_name, "mlp")
 
 
-def make_model(name: str, inputs: int, classes: int, hidden: int = 128, bias: bool = True) -> nn.Module:
+def make_model(name: str, inputs: int, classes: int, hidden: int = 128, bias: bool = True,
+               depth: int = 4) -> nn.Module:
     if name == "mlp":
         return MLP(inputs, classes, hidden, depth=2, bias=bias)
     if name == "deep-mlp":
-        return MLP(inputs, classes, hidden, depth=4, bias=bias)
+        return MLP(inputs, classes, hidden, depth=depth, bias=bias)
     if name == "cnn":
         return CNN(inputs, classes, bias=bias)
     if name == "charrnn":

@@ -93,7 +93,7 @@ def plot(out_dir: str, runs: List[dict], title: str) -> List[str]:
     # learned hyperparameters: one panel per (level, name) that changes in some run
     series: Dict[str, Dict[str, List[float]]] = {}
     for r in runs:
-        if not r["steps"] or len(r["steps"][0]["levels"]) < 2:
+        if not r["steps"]:
             continue
         flat = [_flat_levels(s["levels"]) for s in r["steps"]]
         for key in flat[0]:

@@ -33,6 +33,7 @@ from hyperfused.models import MODELS, default_model, make_model
 KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
 TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.sgd": torch.optim.SGD}
 # other learning-rate-free / schedule-free optimizers, compared in the same harness when installed
+AGD_KINDS = {"agd": "frobenius", "agd.spectral": "spectral"}   # Automatic Gradient Descent; (X) sets the gain
 PEERS = {"prodigy": ("prodigyopt", "Prodigy", 1.0), "dadapt.adam": ("dadaptation", "DAdaptAdam", 1.0),
          "schedulefree.adamw": ("schedulefree", "AdamWScheduleFree", 1e-3)}
 _LEVEL = re.compile(r"^(?P<kind>[a-z.]+)(?:\[(?P<l1>[a-z0-9_, ]*)\])?(?:\((?P<lr>[^()]*)\))?"
@@ -63,6 +64,10 @@ class Spec:
     def is_peer(self) -> bool:
         return self.levels[0].kind in PEERS
 
+    @property
+    def is_agd(self) -> bool:
+        return self.levels[0].kind in AGD_KINDS
+
 
 def _point(text: str, start: int, length: int, why: str) -> SpecError:
     return SpecError(f"bad optimizer spec {text!r}: {why}\n  {text}\n  {' ' * start}{'^' * max(1, length)}")
@@ -83,10 +88,10 @@ def parse_spec(text: str) -> Spec:
         if not m:
             raise _point(text, start, len(part), "expected KIND, KIND(LR) or KIND[NAMES](LR)")
         kind = m.group("kind")
-        if kind not in KINDS and kind not in TORCH_KINDS and kind not in PEERS:
+        if kind not in KINDS and kind not in TORCH_KINDS and kind not in PEERS and kind not in AGD_KINDS:
             raise _point(text, start, len(part), f"unknown optimizer {kind!r}; choose one of "
-                         f"{', '.join(list(KINDS) + list(TORCH_KINDS) + list(PEERS))}")
-        if (kind in TORCH_KINDS or kind in PEERS) and len(parts) > 1:
+                         f"{', '.join(list(KINDS) + list(TORCH_KINDS) + list(PEERS) + list(AGD_KINDS))}")
+        if (kind in TORCH_KINDS or kind in PEERS or kind in AGD_KINDS) and len(parts) > 1:
             raise _point(text, start, len(part), f"{kind} is not a hyperfused optimizer and cannot be part of a tower")
         lr = None
         if m.group("lr") is not None:
@@ -114,6 +119,10 @@ def parse_spec(text: str) -> Spec:
 
 
 def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = False) -> torch.optim.Optimizer:
+    if spec.is_agd:
+        gain = spec.levels[0].lr if spec.levels[0].lr is not None else 1.0
+        return hf.AGD(params, gain=gain, norm=AGD_KINDS[spec.levels[0].kind],
+                      backend=backend if backend in ("auto", "reference", "cpu") else "auto")
     if spec.is_peer:
         import importlib
         module, cls, default_lr = PEERS[spec.levels[0].kind]
@@ -168,6 +177,8 @@ def _fmt_levels(levels: List[Dict[str, object]]) -> str:
 
 
 def _levels_of(opt) -> List[Dict[str, object]]:
+    if isinstance(opt, hf.AGD):
+        return [{"eta": float(opt.eta)}]
     if isinstance(opt, hf.HyperOptimizer):
         return [lv.hyperparameters() for lv in opt.levels]
     return [{"lr": float(opt.param_groups[0]["lr"])}]
@@ -311,6 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=4, help="layers of deep-mlp")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--backend", default="auto", choices=list(hf.ops.BACKENDS))
@@ -337,7 +349,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     except datasets.DataMissing as exc:
         ap.exit(2, f"error: {exc}\n")
     inputs = data.inputs if data.x_train.dim() == 2 and data.x_train.is_floating_point() else data.classes
-    base = make_model(model_name, inputs, data.classes, args.hidden)
+    agd = any(s.is_agd for s in specs)
+    if agd and model_name == "charrnn":
+        ap.error("agd is defined for bias-free fully connected and convolutional networks, not the charrnn")
+    # AGD needs bias-free layers and its own initialisation: then every optimizer gets that same model
+    base = make_model(model_name, inputs, data.classes, args.hidden, bias=not agd, depth=args.depth)
+    if agd:
+        hf.AGD(base.parameters()).init_weights(generator=torch.Generator().manual_seed(args.seed))
     # warm up (library loading, allocator pools, thread pools) so the first run's memory and time are not
     # charged with the process's start-up
     xb, yb = data.x_train[:args.batch_size].to(args.device), data.y_train[:args.batch_size].to(args.device)

@@ -8,7 +8,8 @@ from typing import List
 
 import torch
 
-from . import _ext, reference
+from . import _ext, agd, reference
+from .agd import power_iteration
 from ._ext import cuda_extension_available, extension_available, load_extension
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
@@ -57,7 +58,7 @@ def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tens
 
 
 __all__ = ["BACKENDS", "resolve_backend", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
-           "reference", "extension_available", "cuda_extension_available"]
+           "reference", "extension_available", "cuda_extension_available", "power_iteration", "agd"]
 
 
 def _module(backend: str):

@@ -1,8 +1,9 @@
 """torch.optim.Optimizer subclasses: one file per optimizer family, the tower logic once (base.py)."""
 from .adagrad import Adagrad
+from .agd import AGD
 from .adam import Adam
 from .base import HyperOptimizer
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["HyperOptimizer", "SGD", "Adam", "RMSprop", "Adagrad"]
+__all__ = ["HyperOptimizer", "SGD", "Adam", "RMSprop", "Adagrad", "AGD"]

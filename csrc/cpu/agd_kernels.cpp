@@ -1,0 +1,190 @@
+// CPU kernels of Automatic Gradient Descent's two passes (SPEC.md 2), multi-tensor and deterministic.
+//   agd_sumsq   pass A: per tensor, the sum of squares of every slice of the gradient (a matrix is one slice;
+//               a contiguous (d_out, d_in, kh, kw) kernel has kh*kw slices, element f in slice f % (kh*kw)).
+//   agd_update  pass B: W -= coef[slice] * g, coef the per-slice factors made on the device from G and eta.
+// Fixed chunks of whole rows (about kReduceBlock elements) spread over threads; chunk sums (float32 math for
+// float32 weights, float64 for float64) combined in chunk order in float64.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "../hyperfused/common.h"
+
+namespace hyperfused {
+namespace {
+
+struct AgdChunk {
+  int64_t tensor, begin, end;
+};
+
+// Chunks hold whole rows of S slices (S = slices of the tensor), so every chunk starts at slice 0.
+std::vector<AgdChunk> chunks_of(at::TensorList ts, const std::vector<int64_t>& slices) {
+  std::vector<AgdChunk> out;
+  for (int64_t i = 0; i < static_cast<int64_t>(ts.size()); ++i) {
+    const int64_t S = slices[i];
+    const int64_t step = std::max<int64_t>(S, (kReduceBlock / S) * S);
+    for (int64_t b = 0; b < ts[i].numel(); b += step) out.push_back({i, b, std::min(ts[i].numel(), b + step)});
+  }
+  return out;
+}
+
+template <typename scalar_t>
+using agd_math_t = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
+
+// Sum of squares per slice over rows [begin, end) (begin a multiple of S); row-major (row, slice) order, so
+// with S known at compile time the inner loop unrolls and the rows vectorise.
+template <typename scalar_t, int S_FIXED>
+void sumsq_rows(const scalar_t* g, int64_t begin, int64_t end, int64_t S_dyn, double* out) {
+  using T = agd_math_t<scalar_t>;
+  const int64_t S = S_FIXED > 0 ? S_FIXED : S_dyn;
+  if (S == 1) {
+    constexpr int L = 16;
+    T lanes[L] = {};
+    int64_t f = begin;
+    for (; f + L <= end; f += L)
+      for (int l = 0; l < L; ++l) {
+        const T x = static_cast<T>(g[f + l]);
+        lanes[l] += x * x;
+      }
+    for (int l = 0; f < end; ++f, ++l) {
+      const T x = static_cast<T>(g[f]);
+      lanes[l] += x * x;
+    }
+    for (int l = 0; l < L; ++l) out[0] += static_cast<double>(lanes[l]);
+    return;
+  }
+  // the slice pattern repeats every S elements: accumulate over blocks of P = 16 S contiguous elements (a
+  // plain vectorisable loop), then fold the P partial sums into the S slices
+  const int64_t P = 16 * S;
+  std::vector<T> acc(P, T(0));
+  T* a = acc.data();
+  int64_t f = begin;
+  for (; f + P <= end; f += P)
+    for (int64_t i = 0; i < P; ++i) {
+      const T x = static_cast<T>(g[f + i]);
+      a[i] += x * x;
+    }
+  for (int64_t i = 0; f + i < end; ++i) {
+    const T x = static_cast<T>(g[f + i]);
+    a[i] += x * x;
+  }
+  for (int64_t i = 0; i < P; ++i) out[i % S] += static_cast<double>(a[i]);
+}
+
+template <typename scalar_t>
+void sumsq_chunk(const scalar_t* g, int64_t begin, int64_t end, int64_t S, double* out) {
+  switch (S) {
+    case 1: return sumsq_rows<scalar_t, 1>(g, begin, end, S, out);
+    case 9: return sumsq_rows<scalar_t, 9>(g, begin, end, S, out);
+    case 25: return sumsq_rows<scalar_t, 25>(g, begin, end, S, out);
+    case 49: return sumsq_rows<scalar_t, 49>(g, begin, end, S, out);
+    default: return sumsq_rows<scalar_t, 0>(g, begin, end, S, out);
+  }
+}
+
+at::Tensor agd_sumsq_cpu(at::TensorList grads, at::IntArrayRef slices) {
+  TORCH_CHECK(grads.size() == slices.size(), "agd_sumsq: ", grads.size(), " gradients but ", slices.size(),
+              " slice counts");
+  std::vector<int64_t> offset(grads.size() + 1, 0);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    TORCH_CHECK(grads[i].device().is_cpu() && grads[i].is_contiguous(), "agd_sumsq: gradient ", i,
+                " must be a contiguous CPU tensor");
+    TORCH_CHECK(slices[i] >= 1 && grads[i].numel() % slices[i] == 0, "agd_sumsq: gradient ", i, " of ",
+                grads[i].numel(), " elements cannot have ", slices[i], " slices");
+    offset[i + 1] = offset[i] + slices[i];
+  }
+  const auto chunks = chunks_of(grads, std::vector<int64_t>(slices.begin(), slices.end()));
+  std::vector<std::vector<double>> part(chunks.size());
+  at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const auto& ch = chunks[k];
+      const int64_t S = slices[ch.tensor];
+      part[k].assign(S, 0.0);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[ch.tensor].scalar_type(), "agd_sumsq", [&] {
+        sumsq_chunk<scalar_t>(grads[ch.tensor].const_data_ptr<scalar_t>(), ch.begin, ch.end, S, part[k].data());
+      });
+    }
+  });
+  auto out = at::zeros({offset.back()}, at::TensorOptions().dtype(at::kDouble));
+  double* po = out.data_ptr<double>();
+  for (size_t k = 0; k < chunks.size(); ++k)
+    for (int64_t s = 0; s < slices[chunks[k].tensor]; ++s) po[offset[chunks[k].tensor] + s] += part[k][s];
+  return out;
+}
+
+template <typename scalar_t, int S_FIXED>
+void update_rows(scalar_t* w, const scalar_t* g, int64_t begin, int64_t end, int64_t S_dyn, const double* coef) {
+  using T = agd_math_t<scalar_t>;
+  const int64_t S = S_FIXED > 0 ? S_FIXED : S_dyn;
+  if (S == 1) {
+    const T c = static_cast<T>(coef[0]);
+    for (int64_t f = begin; f < end; ++f)
+      w[f] = static_cast<scalar_t>(static_cast<T>(w[f]) - c * static_cast<T>(g[f]));
+    return;
+  }
+  // the coefficients repeated over a block of P = 16 S elements: a plain vectorisable loop per block
+  const int64_t P = 16 * S;
+  std::vector<T> cv(P);
+  for (int64_t i = 0; i < P; ++i) cv[i] = static_cast<T>(coef[i % S]);
+  const T* c = cv.data();
+  int64_t f = begin;
+  for (; f + P <= end; f += P)
+    for (int64_t i = 0; i < P; ++i)
+      w[f + i] = static_cast<scalar_t>(static_cast<T>(w[f + i]) - c[i] * static_cast<T>(g[f + i]));
+  for (int64_t i = 0; f + i < end; ++i)
+    w[f + i] = static_cast<scalar_t>(static_cast<T>(w[f + i]) - c[i] * static_cast<T>(g[f + i]));
+}
+
+template <typename scalar_t>
+void update_chunk(scalar_t* w, const scalar_t* g, int64_t begin, int64_t end, int64_t S, const double* coef) {
+  switch (S) {
+    case 1: return update_rows<scalar_t, 1>(w, g, begin, end, S, coef);
+    case 9: return update_rows<scalar_t, 9>(w, g, begin, end, S, coef);
+    case 25: return update_rows<scalar_t, 25>(w, g, begin, end, S, coef);
+    case 49: return update_rows<scalar_t, 49>(w, g, begin, end, S, coef);
+    default: return update_rows<scalar_t, 0>(w, g, begin, end, S, coef);
+  }
+}
+
+void agd_update_cpu(at::TensorList params, at::TensorList grads, const at::Tensor& coef) {
+  TORCH_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
+  TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.is_contiguous() && coef.device().is_cpu(),
+              "agd_update: coef must be a contiguous float64 CPU tensor");
+  std::vector<int64_t> offset(params.size() + 1, 0), slices(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& p = params[i];
+    TORCH_CHECK(p.is_contiguous() && grads[i].is_contiguous() && p.sizes() == grads[i].sizes() &&
+                    p.scalar_type() == grads[i].scalar_type(),
+                "agd_update: parameter ", i, " and its gradient must be contiguous, of one shape and dtype");
+    TORCH_CHECK(p.dim() == 2 || p.dim() == 4, "agd_update: parameter ", i, " must be a matrix or a 4-D kernel");
+    slices[i] = p.dim() == 2 ? 1 : p.size(2) * p.size(3);
+    offset[i + 1] = offset[i] + slices[i];
+  }
+  TORCH_CHECK(coef.numel() == offset.back(), "agd_update: ", coef.numel(), " coefficients for ", offset.back(),
+              " slices");
+  const double* pc = coef.const_data_ptr<double>();
+  const auto chunks = chunks_of(grads, slices);
+  at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const auto& ch = chunks[k];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[ch.tensor].scalar_type(), "agd_update", [&] {
+        update_chunk<scalar_t>(params[ch.tensor].data_ptr<scalar_t>(), grads[ch.tensor].const_data_ptr<scalar_t>(),
+                               ch.begin, ch.end, slices[ch.tensor], pc + offset[ch.tensor]);
+      });
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hyperfused, CPU, m) {
+  m.impl("agd_sumsq", &agd_sumsq_cpu);
+  m.impl("agd_update", &agd_update_cpu);
+}
+
+}  // namespace hyperfused

@@ -1,0 +1,122 @@
+"""Automatic Gradient Descent's ops (SPEC.md part 2): per-slice norms, the batched power iteration, the update.
+
+Pure PyTorch; the multi-tensor passes run as the C++ ops ``hyperfused::agd_sumsq`` / ``agd_update`` when the
+extension is built and the tensors are on the CPU.
+
+A weight of shape (d_out, d_in) is one slice; a convolution kernel (d_out, d_in, kh, kw) has kh*kw slices
+W[:, :, i, j]. In a contiguous kernel, flat element f belongs to slice f % (kh*kw).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def slices_of(t: Tensor) -> int:
+    return 1 if t.dim() == 2 else t.shape[2] * t.shape[3]
+
+
+def as_slices(g: Tensor) -> Tensor:
+    """(slices, d_out, d_in) view/copy of a matrix or convolution kernel."""
+    if g.dim() == 2:
+        return g.unsqueeze(0)
+    return g.permute(2, 3, 0, 1).reshape(-1, g.shape[0], g.shape[1])
+
+
+def scale_of(t: Tensor) -> float:
+    """s = sqrt(d_out / d_in), divided by sqrt(kh * kw) for convolutions."""
+    s = math.sqrt(t.shape[0] / t.shape[1])
+    if t.dim() == 4:
+        s /= math.sqrt(t.shape[2] * t.shape[3])
+    return s
+
+
+def sumsq(grads: Sequence[Tensor]) -> List[Tensor]:
+    """Per tensor, the per-slice sums of squares (float64), in one multi-tensor call when compiled."""
+    from . import _ext
+    grads = list(grads)
+    if grads and _ext.extension_available() and all(g.device.type == "cpu" for g in grads):
+        flat = torch.ops.hyperfused.agd_sumsq([g.contiguous() for g in grads], [slices_of(g) for g in grads])
+        return list(torch.split(flat, [slices_of(g) for g in grads]))
+    return [as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads]
+
+
+def update(params: Sequence[Tensor], grads: Sequence[Tensor], coef: Sequence[Tensor]) -> None:
+    """W <- W - coef[slice] * g for every tensor (coef: per-slice float64 vectors), in place."""
+    from . import _ext
+    params, grads, coef = list(params), list(grads), list(coef)
+    if (params and _ext.extension_available() and all(p.device.type == "cpu" and p.is_contiguous() for p in params)):
+        torch.ops.hyperfused.agd_update([p.detach() for p in params], [g.contiguous() for g in grads],
+                                        torch.cat(coef))
+        return
+    for p, g, c in zip(params, grads, coef):
+        if p.dim() == 2:
+            p.sub_((c.to(p.dtype) * g))
+        else:
+            p.sub_(c.to(p.dtype).reshape(1, 1, p.shape[2], p.shape[3]) * g)
+
+
+def power_iteration(mats: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[Tensor], tol: float = 1e-4,
+                    max_iter: int = 20) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[int]]:
+    """Largest singular value of each matrix by power iteration, warm-started from (u, v).
+
+    ``mats[i]`` is (batch, m, n) (or (m, n)); ``us[i]`` (batch, m), ``vs[i]`` (batch, n) unit vectors. One
+    iteration is v <- normalize(g^T u) (estimate |g^T u|), u <- normalize(g v) (estimate |g v|, sigma); it
+    stops when the two estimates of an iteration agree to ``tol`` (relative) for every matrix, or after
+    ``max_iter`` iterations: a warm start that has settled costs one iteration, two reads of each matrix. The estimate is then clamped to
+    [|g|_F / sqrt(min(m, n)), |g|_F] (it cannot lie outside). A zero matrix gives sigma = 0 and leaves its u, v.
+    Matrices of the same shape are batched together. Returns (sigmas, us, vs, iterations per matrix).
+
+    Convergence: the error shrinks like (sigma_2 / sigma_1)^(2k) after k iterations. When the top two
+    singular values are close the estimate still rises monotonically towards sigma_1 from below; the cap then
+    stops it early, leaving an estimate between sigma_2 and sigma_1 (never above sigma_1), i.e. a step that is
+    slightly too large, by at most the factor sigma_1 / sigma_2.
+    """
+    out_s, out_u, out_v, iters = [None] * len(mats), [None] * len(mats), [None] * len(mats), [0] * len(mats)
+    groups = {}
+    for i, g in enumerate(mats):
+        g3 = g if g.dim() == 3 else g.unsqueeze(0)
+        groups.setdefault((tuple(g3.shape[1:]), g3.dtype, g3.device), []).append(i)
+    for _, idx in groups.items():
+        G = torch.cat([(mats[i] if mats[i].dim() == 3 else mats[i].unsqueeze(0)) for i in idx])
+        U = torch.cat([(us[i] if us[i].dim() == 2 else us[i].unsqueeze(0)) for i in idx]).to(G.dtype)
+        V = torch.cat([(vs[i] if vs[i].dim() == 2 else vs[i].unsqueeze(0)) for i in idx]).to(G.dtype)
+        fro = G.flatten(1).norm(dim=1)
+        nonzero = fro > 0
+        sigma = torch.zeros_like(fro)
+        active = nonzero.clone()
+        k = 0
+        for k in range(1, max_iter + 1):
+            # two half-iterations, each with its own estimate; they bracket sigma_1 from below and agree once
+            # the iteration has settled, so one iteration (two reads of g) can decide convergence
+            gtu = torch.bmm(G.transpose(1, 2), U.unsqueeze(2)).squeeze(2)
+            s_a = gtu.norm(dim=1)
+            v_new = torch.nn.functional.normalize(gtu, dim=1)
+            gv = torch.bmm(G, v_new.unsqueeze(2)).squeeze(2)
+            s_b = gv.norm(dim=1)
+            u_new = torch.nn.functional.normalize(gv, dim=1)
+            upd = active.unsqueeze(1)
+            V = torch.where(upd, v_new, V)
+            U = torch.where(upd, u_new, U)
+            sigma = torch.where(active, s_b, sigma)
+            change = (s_b - s_a).abs() / s_b.clamp_min(torch.finfo(s_b.dtype).tiny)
+            active = active & (change > tol)
+            if not bool(active.any()):
+                break
+        rank = min(G.shape[1], G.shape[2])
+        sigma = torch.where(nonzero, torch.minimum(torch.maximum(sigma, fro / math.sqrt(rank)), fro), sigma)
+        pos = 0
+        for i in idx:
+            b = mats[i].shape[0] if mats[i].dim() == 3 else 1
+            sl = slice(pos, pos + b)
+            squeeze = mats[i].dim() == 2
+            out_s[i] = sigma[sl][0] if squeeze else sigma[sl]
+            out_u[i] = U[sl][0] if squeeze else U[sl]
+            out_v[i] = V[sl][0] if squeeze else V[sl]
+            iters[i] = k
+            pos += b
+    return out_s, out_u, out_v, iters

@@ -1,0 +1,148 @@
+"""Automatic Gradient Descent (Bernstein, Mingard, Huang, Azizan, Yue 2023): hyperparameter-free and
+architecture-aware (SPEC.md part 2)."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+
+from ..ops import agd as agd_ops
+
+Tensor = torch.Tensor
+
+
+class AGD(torch.optim.Optimizer):
+    """Automatic Gradient Descent.
+
+    For each weight W_k (a matrix, or a convolution kernel whose kh*kw slices W[:, :, i, j] count separately),
+    with s_k = sqrt(d_out/d_in) (divided by sqrt(kh*kw) for convolutions) and L the number of weight tensors:
+
+    - Frobenius (the paper's algorithm): n = |grad slice|_F, G = (1/L) sum_k s_k sum_slices n,
+      eta = log((1 + sqrt(1 + 4G)) / 2), W <- W - gain (eta/L) s_k grad / n per slice (a zero norm: no step).
+    - Spectral (SPEC.md 2.1): sigma = |grad slice|_2 by warm-started power iteration (u, v kept in the state),
+      G = (1/L) sum_k s_k sum_slices |g|_F^2 / sigma, W <- W - gain (eta/L) s_k grad / sigma.
+
+    ``opt.eta`` is the automatic learning rate of the last step (0-dim tensor). Call ``init_weights()`` once
+    before training for the scaled (semi-)orthogonal initialisation the method assumes.
+
+    Args:
+        params: weight matrices and 4-D convolution kernels only (bias=False, affine-free normalisation).
+        gain: multiplies every step (1 is the method).
+        norm: "frobenius" or "spectral".
+        tol, max_iter: the power iteration's relative tolerance and iteration cap (spectral).
+        backend: "auto", "reference" or "cpu" ("cuda", "triton": not yet).
+    """
+
+    def __init__(self, params, gain: float = 1.0, norm: str = "frobenius", *, tol: float = 1e-4,
+                 max_iter: int = 20, backend: str = "auto") -> None:
+        if norm not in ("frobenius", "spectral"):
+            raise ValueError(f"AGD: norm must be 'frobenius' or 'spectral', got {norm!r}")
+        if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain >= 0):
+            raise ValueError(f"AGD: gain must be a finite number >= 0, got {gain!r}")
+        if backend not in ("auto", "reference", "cpu"):
+            if backend in ("cuda", "triton"):
+                raise NotImplementedError(f"AGD: backend={backend!r} is not implemented yet; use 'auto', 'cpu' or "
+                                          f"'reference'")
+            raise ValueError(f"AGD: unknown backend {backend!r}")
+        if tol <= 0 or int(max_iter) < 1:
+            raise ValueError(f"AGD: tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
+        super().__init__(params, dict(gain=float(gain)))
+        self.norm = norm
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.backend = backend
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() not in (2, 4):
+                    raise ValueError(
+                        f"AGD is defined for weight matrices and 4-D convolution kernels; got a parameter of shape "
+                        f"{tuple(p.shape)}. Build the model with bias=False and affine-free normalisation "
+                        f"(or give AGD only the weights).")
+                if p.is_complex() or not p.is_floating_point():
+                    raise TypeError(f"AGD optimizes real floating-point weights, got dtype {p.dtype}")
+        self.L = sum(len(g["params"]) for g in self.param_groups)
+        dev = self.param_groups[0]["params"][0].device if self.L else "cpu"
+        self.eta = torch.zeros((), dtype=torch.float64, device=dev)
+
+    @torch.no_grad()
+    def init_weights(self, generator: Optional[torch.Generator] = None) -> None:
+        """Each weight (each kernel slice of a convolution) drawn uniformly from the (semi-)orthogonal
+        matrices, then multiplied by s_k."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                s = agd_ops.scale_of(p)
+                if p.dim() == 2:
+                    w = torch.empty(p.shape, dtype=torch.float64)
+                    torch.nn.init.orthogonal_(w, generator=generator)
+                    p.copy_((w * s).to(p.dtype))
+                else:
+                    for i in range(p.shape[2]):
+                        for j in range(p.shape[3]):
+                            w = torch.empty(p.shape[:2], dtype=torch.float64)
+                            torch.nn.init.orthogonal_(w, generator=generator)
+                            p[:, :, i, j].copy_((w * s).to(p.dtype))
+
+    def _use_kernels(self, params) -> bool:
+        return self.backend in ("auto", "cpu")
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        gains = [g["gain"] for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return loss
+        for p in params:
+            if p.grad.is_sparse:
+                raise ValueError(f"AGD does not support sparse gradients (parameter of shape {tuple(p.shape)})")
+        grads = [p.grad for p in params]
+        counts = [agd_ops.slices_of(p) for p in params]
+        key = tuple(id(p) for p in params)
+        if getattr(self, "_scale_key", None) != key:     # per-slice s_k * gain, built once per set of tensors
+            self._scale_key = key
+            self._scale_vec = torch.cat([torch.full((c,), agd_ops.scale_of(p), dtype=torch.float64)
+                                         for p, c in zip(params, counts)]).to(params[0].device)
+            self._gain_vec = torch.cat([torch.full((c,), gn, dtype=torch.float64)
+                                        for gn, c in zip(gains, counts)]).to(params[0].device)
+        scale, gain = self._scale_vec, self._gain_vec
+        sq = torch.cat(agd_ops.sumsq(grads) if self._use_kernels(params) else
+                       [agd_ops.as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads])
+        if self.norm == "frobenius":
+            denom = sq.sqrt()
+            G = (scale * denom).sum()
+        else:
+            denom = torch.cat(self._sigmas(params, grads, None))
+            G = (scale * torch.where(denom > 0, sq / denom.clamp_min(1e-300), torch.zeros_like(sq))).sum()
+        G = G / self.L
+        eta = torch.log((1 + torch.sqrt(1 + 4 * G)) / 2)
+        coef = torch.where(denom > 0, gain * (eta / self.L) * scale / denom.clamp_min(1e-300), torch.zeros_like(denom))
+        if bool(torch.isfinite(coef).all() & torch.isfinite(eta)):
+            if self._use_kernels(params):
+                agd_ops.update(params, grads, list(torch.split(coef, counts)))
+            else:
+                for p, g, c in zip(params, grads, torch.split(coef, counts)):
+                    p.sub_((c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g)
+            self.eta = eta
+        return loss
+
+    def _sigmas(self, params, grads, _unused):
+        us, vs, mats = [], [], []
+        for p, g in zip(params, grads):
+            st = self.state[p]
+            S, m, n = agd_ops.slices_of(p), p.shape[0], p.shape[1]
+            if "u" not in st:
+                gen = torch.Generator().manual_seed(1234 + len(self.state))
+                st["u"] = torch.nn.functional.normalize(torch.randn(S, m, generator=gen, dtype=torch.float64), dim=1).to(p.device)
+                st["v"] = torch.nn.functional.normalize(torch.randn(S, n, generator=gen, dtype=torch.float64), dim=1).to(p.device)
+            mats.append(agd_ops.as_slices(g if g.dtype == torch.float64 else g.float()))
+            us.append(st["u"])
+            vs.append(st["v"])
+        sig, us2, vs2, iters = agd_ops.power_iteration(mats, us, vs, tol=self.tol, max_iter=self.max_iter)
+        self.last_iterations = iters
+        for p, u, v in zip(params, us2, vs2):
+            self.state[p]["u"], self.state[p]["v"] = u.to(torch.float64), v.to(torch.float64)
+        return [s.to(torch.float64) for s in sig]

@@ -1,0 +1,194 @@
+"""Automatic Gradient Descent against the authors' algorithm, the spectral variant against exact spectral
+norms, the batched power iteration, and the API's refusals."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import hyperfused as hf
+from hyperfused.ops import agd as agd_ops
+
+
+def fcn(depth=4, width=32, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    layers = [nn.Flatten(), nn.Linear(36, width, bias=False)]
+    for _ in range(depth - 2):
+        layers += [nn.ReLU(), nn.Linear(width, width, bias=False)]
+    layers += [nn.ReLU(), nn.Linear(width, 5, bias=False)]
+    return nn.Sequential(*layers).to(dtype)
+
+
+def cnn(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5, bias=False)).to(dtype)
+
+
+def data(steps, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 1, 6, 6, generator=g).to(dtype), torch.randint(0, 5, (16,), generator=g))
+            for _ in range(steps)]
+
+
+def authors_step(params, gain=1.0):
+    """The authors' loop (jxbz/agd): per-parameter norms over dims (0, 1), G, eta, the update."""
+    L = len(params)
+    G = 0.0
+    for p in params:
+        scale = math.sqrt(p.shape[0] / p.shape[1]) / (math.sqrt(p.shape[2] * p.shape[3]) if p.dim() == 4 else 1)
+        G += scale * p.grad.norm(dim=(0, 1)).sum()
+    G /= L
+    eta = math.log(0.5 * (1 + math.sqrt(1 + 4 * G)))
+    for p in params:
+        scale = math.sqrt(p.shape[0] / p.shape[1]) / (math.sqrt(p.shape[2] * p.shape[3]) if p.dim() == 4 else 1)
+        p.data -= gain * eta / L * scale * p.grad / p.grad.norm(dim=(0, 1), keepdim=True)
+    return eta
+
+
+def _train(model, step, batches):
+    etas = []
+    for x, y in batches:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        etas.append(step())
+    return etas
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("net", ["fcn", "cnn"])
+def test_frobenius_agd_reproduces_the_authors_algorithm(net, backend):
+    make = fcn if net == "fcn" else cnn
+    ours, theirs = make(), make()
+    opt = hf.AGD(ours.parameters(), backend=backend)
+    batches = data(10)
+    ps = list(theirs.parameters())
+    e_theirs = _train(theirs, lambda: authors_step(ps), batches)
+    e_ours = _train(ours, lambda: (opt.step(), float(opt.eta))[1], batches)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert float((a - b).norm() / b.norm()) <= 1e-10
+    assert e_ours == pytest.approx(e_theirs, rel=1e-10)
+    assert isinstance(opt.eta, torch.Tensor) and opt.eta.dim() == 0
+
+
+def _exact_spectral_step(params, gain=1.0):
+    L = len(params)
+    sig = []
+    G = 0.0
+    for p in params:
+        g = agd_ops.as_slices(p.grad)
+        s = torch.linalg.matrix_norm(g, ord=2)
+        sig.append(s)
+        G += agd_ops.scale_of(p) * (g.pow(2).sum(dim=(1, 2)) / s).sum()
+    G /= L
+    eta = math.log(0.5 * (1 + math.sqrt(1 + 4 * float(G))))
+    for p, s in zip(params, sig):
+        c = gain * eta / L * agd_ops.scale_of(p) / s
+        p.data -= (c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c) * p.grad
+    return eta
+
+
+@pytest.mark.parametrize("net", ["fcn", "cnn"])
+def test_spectral_agd_steps_match_exact_spectral_norms(net):
+    make = fcn if net == "fcn" else cnn
+    ours, exact = make(), make()
+    opt = hf.AGD(ours.parameters(), norm="spectral", tol=1e-7, max_iter=100)
+    ps = list(exact.parameters())
+    for x, y in data(6):
+        for m in (ours, exact):
+            m.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+        w0 = [p.detach().clone() for p in ours.parameters()]
+        opt.step()
+        with torch.no_grad():
+            _exact_spectral_step(ps)
+        for a, b, w in zip(ours.parameters(), exact.parameters(), w0):
+            step_ours, step_exact = a.detach() - w, b.detach() - w
+            assert float((step_ours - step_exact).norm() / step_exact.norm()) <= 1e-3
+        with torch.no_grad():          # continue both from the same weights
+            for a, b in zip(ours.parameters(), exact.parameters()):
+                b.copy_(a)
+
+
+def test_zero_gradient_gives_zero_step_and_keeps_u_v():
+    model = fcn()
+    opt = hf.AGD(model.parameters(), norm="spectral")
+    x, y = data(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    first = list(model.parameters())[0]
+    u, v = opt.state[first]["u"].clone(), opt.state[first]["v"].clone()
+    before = first.detach().clone()
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    first.grad.zero_()
+    opt.step()
+    assert torch.equal(first, before)
+    assert torch.equal(opt.state[first]["u"], u) and torch.equal(opt.state[first]["v"], v)
+
+
+def test_tensors_without_gradient_are_not_updated_and_add_nothing():
+    model = fcn(depth=3)
+    p0, p1, p2 = list(model.parameters())
+    opt = hf.AGD(model.parameters())
+    x, y = data(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    p1.grad = None
+    before = p1.detach().clone()
+    grads = [p0.grad.clone(), p2.grad.clone()]
+    opt.step()
+    assert torch.equal(p1, before)
+    G = sum(agd_ops.scale_of(p) * float(g.norm()) for p, g in zip((p0, p2), grads)) / 3    # L counts all three
+    assert float(opt.eta) == pytest.approx(math.log((1 + math.sqrt(1 + 4 * G)) / 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 4, 5), (2, 3, 4, 5, 6)])
+def test_non_matrix_parameters_are_refused(shape):
+    with pytest.raises(ValueError, match=r"matrices and 4-D convolution kernels; got a parameter of shape "
+                                         + re.escape(str(shape))):
+        hf.AGD([nn.Parameter(torch.zeros(shape))])
+
+
+def test_bad_options():
+    w = [nn.Parameter(torch.zeros(3, 3))]
+    with pytest.raises(ValueError, match="norm must be"):
+        hf.AGD(w, norm="nuclear")
+    with pytest.raises(ValueError, match="gain must be"):
+        hf.AGD(w, gain=-1)
+    with pytest.raises(NotImplementedError, match="backend='triton' is not implemented"):
+        hf.AGD(w, backend="triton")
+
+
+def test_init_weights_is_scaled_orthogonal_per_slice():
+    model = cnn(dtype=torch.float64)
+    opt = hf.AGD(model.parameters())
+    opt.init_weights(generator=torch.Generator().manual_seed(0))
+    for p in model.parameters():
+        s = agd_ops.scale_of(p)
+        for w in agd_ops.as_slices(p.detach()):
+            m, n = w.shape
+            gram = w @ w.T if m <= n else w.T @ w
+            torch.testing.assert_close(gram, s * s * torch.eye(min(m, n), dtype=w.dtype), atol=1e-10, rtol=0)
+
+
+def test_power_iteration_mixed_shapes_to_a_tolerance():
+    g = torch.Generator().manual_seed(0)
+    mats = [torch.randn(3, 20, 30, generator=g, dtype=torch.float64), torch.randn(50, 10, generator=g, dtype=torch.float64),
+            torch.zeros(4, 4, dtype=torch.float64)]
+    us = [torch.nn.functional.normalize(torch.randn(3, 20, generator=g, dtype=torch.float64), dim=1),
+          torch.nn.functional.normalize(torch.randn(50, generator=g, dtype=torch.float64), dim=0),
+          torch.nn.functional.normalize(torch.ones(4, dtype=torch.float64), dim=0)]
+    vs = [torch.nn.functional.normalize(torch.randn(3, 30, generator=g, dtype=torch.float64), dim=1),
+          torch.nn.functional.normalize(torch.randn(10, generator=g, dtype=torch.float64), dim=0),
+          torch.nn.functional.normalize(torch.ones(4, dtype=torch.float64), dim=0)]
+    sig, u2, v2, iters = hf.ops.power_iteration(mats, us, vs, tol=1e-9, max_iter=500)
+    exact = [torch.linalg.matrix_norm(m, ord=2) for m in mats[:2]]
+    for s, e in zip(sig[:2], exact):
+        assert torch.allclose(s, e, rtol=1e-3)
+    assert float(sig[2]) == 0.0 and torch.equal(u2[2], us[2])
+    # warm start: from the converged vectors, one or two iterations suffice
+    _, _, _, iters_warm = hf.ops.power_iteration(mats, u2, v2, tol=1e-9, max_iter=500)
+    assert max(iters_warm[:2]) <= 2 < max(iters[:2])
+
+
+import re  # noqa: E402  (used in a parametrised match above)
