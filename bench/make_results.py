@@ -22,6 +22,7 @@ import torch  # noqa: E402
 import bench_cpu_step  # noqa: E402
 import bench_mlp_step  # noqa: E402
 import bench_onepass_mnist  # noqa: E402
+import bench_agd  # noqa: E402
 import paper_experiments  # noqa: E402
 from hyperfused import ops  # noqa: E402
 
@@ -109,6 +110,13 @@ def main(argv=None):
                 L += open(f"{tmp}/paper.md").read().splitlines()
             except Exception as exc:          # data missing: say so in the results
                 L += ["## The paper's experiments", "", f"Not run: {exc}", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        agd_cmd = ["--reps", str(reps), "--epochs", "1" if args.quick else "3", "--out", f"{tmp}/agd.md"]
+        try:
+            bench_agd.main(agd_cmd)
+            L += open(f"{tmp}/agd.md").read().splitlines()
+        except Exception as exc:
+            L += ["## Automatic Gradient Descent", "", f"Not run: {exc}", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(L) + "\n")
     print(f"wrote {args.out}")

@@ -11,9 +11,15 @@ STEPS = 12
 GLOBAL_BATCH = 16
 
 
-def make_model(seed=0):
+def make_model(seed=0, bias=True):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 17), nn.Tanh(), nn.Linear(17, 3))
+    return nn.Sequential(nn.Linear(6, 17, bias=bias), nn.Tanh(), nn.Linear(17, 9, bias=bias), nn.Tanh(),
+                         nn.Unflatten(1, (1, 3, 3)), nn.Conv2d(1, 3, 2, bias=bias), nn.Flatten(),
+                         nn.Linear(12, 3, bias=bias))
+
+
+def _model_for(name, seed=0):
+    return make_model(seed, bias=not name.startswith("agd"))
 
 
 def make_opt(name, params):
@@ -25,6 +31,10 @@ def make_opt(name, params):
         return hf.SGD(params, lr=0.05, per_tensor=True, hyper=hf.Adam(lr=1e-3))
     if name == "adam/sgd one-pass":
         return hf.Adam(params, lr=0.01, hyper=hf.SGD(lr=1e-3), one_pass=True)
+    if name == "agd":
+        return hf.AGD(params)
+    if name == "agd spectral":
+        return hf.AGD(params, norm="spectral")
     raise ValueError(name)
 
 
@@ -46,10 +56,16 @@ def train(model, opt, data, rank=None, world=1):
 
 def single_process(name, steps=STEPS):
     """The reference: one process, the whole global batch."""
-    model = make_model()
+    model = _model_for(name)
     opt = make_opt(name, model.parameters())
     train(model, opt, batches(steps))
-    return [p.detach().clone() for p in model.parameters()], [lv.hyperparameters() for lv in opt.levels]
+    return [p.detach().clone() for p in model.parameters()], _hyper(opt)
+
+
+def _hyper(opt):
+    if isinstance(opt, hf.AGD):
+        return [{"eta": float(opt.eta)}]
+    return [lv.hyperparameters() for lv in opt.levels]
 
 
 def _full(p):
@@ -64,30 +80,35 @@ def run(rank, world, port, mode, name, out_dir):
     try:
         data = batches()
         if mode == "ddp":
-            model = nn.parallel.DistributedDataParallel(make_model())
+            model = nn.parallel.DistributedDataParallel(_model_for(name))
             opt = make_opt(name, model.parameters())
             train(model, opt, data, rank, world)
             result = {"weights": [p.detach().clone() for p in model.parameters()],
-                      "hyper": [lv.hyperparameters() for lv in opt.levels], "skipped": opt.skipped_steps}
+                      "hyper": _hyper(opt)}
             gathered = [None] * world
             dist.all_gather_object(gathered, result)
             if rank == 0:
                 torch.save(gathered, os.path.join(out_dir, "ddp.pt"))
         elif mode == "fsdp":
             from torch.distributed.fsdp import fully_shard
-            model = make_model()
+            model = _model_for(name)
             fully_shard(model)
             opt = make_opt(name, model.parameters())
-            train(model, opt, data, rank, world)
+            try:
+                train(model, opt, data, rank, world)
+            except NotImplementedError as exc:       # spectral AGD refuses sharded parameters
+                if rank == 0:
+                    torch.save({"error": str(exc)}, os.path.join(out_dir, "fsdp.pt"))
+                dist.barrier()
+                return
             weights = [_full(p) for p in model.parameters()]
             if rank == 0:
-                torch.save({"weights": weights, "hyper": [lv.hyperparameters() for lv in opt.levels]},
-                           os.path.join(out_dir, "fsdp.pt"))
+                torch.save({"weights": weights, "hyper": _hyper(opt)}, os.path.join(out_dir, "fsdp.pt"))
         elif mode == "fsdp_dcp":
             import torch.distributed.checkpoint as dcp
             from torch.distributed.fsdp import fully_shard
             half = STEPS // 2
-            model = make_model()
+            model = _model_for(name)
             fully_shard(model)
             opt = make_opt(name, model.parameters())
             train(model, opt, data[:half], rank, world)
@@ -97,7 +118,7 @@ def run(rank, world, port, mode, name, out_dir):
             straight = [_full(p) for p in model.parameters()]
             straight_hyper = [lv.hyperparameters() for lv in opt.levels]
 
-            model2 = make_model(seed=123)                # other weights: everything must come from the checkpoint
+            model2 = _model_for(name, seed=123)          # other weights: everything must come from the checkpoint
             fully_shard(model2)
             opt2 = make_opt(name, model2.parameters())
             opt2.init_state()

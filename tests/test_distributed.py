@@ -50,10 +50,11 @@ def test_ddp_ranks_stay_bitwise_identical(tmp_path, name):
     for a, b in zip(r0["weights"], r1["weights"]):
         assert torch.equal(a, b)
     assert r0["hyper"] == r1["hyper"]
-    assert r0["hyper"][0]["lr"] != (0.01 if name == "adam/sgd" else [0.05] * 4)   # something was learned
+    lr0 = r0["hyper"][0]["lr"]
+    assert lr0 != (0.01 if name == "adam/sgd" else [0.05] * len(lr0))          # something was learned
 
 
-@pytest.mark.parametrize("name", ["adam/sgd", "sgd/sgd", "sgd-per-tensor/adam", "adam/sgd one-pass"])
+@pytest.mark.parametrize("name", ["adam/sgd", "sgd/sgd", "sgd-per-tensor/adam", "adam/sgd one-pass", "agd"])
 def test_fsdp2_matches_single_process(tmp_path, name):
     ref_w, ref_h = dist_worker.single_process(name)
     _spawn("fsdp", name, tmp_path)
@@ -65,6 +66,12 @@ def test_fsdp2_matches_single_process(tmp_path, name):
         for k, v in lb.items():
             assert torch.allclose(torch.tensor(la[k], dtype=torch.float64), torch.tensor(v, dtype=torch.float64),
                                   rtol=1e-4, atol=0), (k, la[k], v)
+
+
+def test_spectral_agd_is_refused_under_fsdp2_with_a_clear_error(tmp_path):
+    _spawn("fsdp", "agd spectral", tmp_path)
+    got = torch.load(tmp_path / "fsdp.pt")
+    assert "norm='spectral' is not supported with sharded" in got["error"]
 
 
 def test_fsdp2_checkpoint_resumes_identically(tmp_path):

@@ -27,12 +27,16 @@ def as_slices(g: Tensor) -> Tensor:
     return g.permute(2, 3, 0, 1).reshape(-1, g.shape[0], g.shape[1])
 
 
-def scale_of(t: Tensor) -> float:
+def scale_of_shape(shape) -> float:
     """s = sqrt(d_out / d_in), divided by sqrt(kh * kw) for convolutions."""
-    s = math.sqrt(t.shape[0] / t.shape[1])
-    if t.dim() == 4:
-        s /= math.sqrt(t.shape[2] * t.shape[3])
+    s = math.sqrt(shape[0] / shape[1])
+    if len(shape) == 4:
+        s /= math.sqrt(shape[2] * shape[3])
     return s
+
+
+def scale_of(t: Tensor) -> float:
+    return scale_of_shape(t.shape)
 
 
 def sumsq(grads: Sequence[Tensor]) -> List[Tensor]:

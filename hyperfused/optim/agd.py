@@ -12,6 +12,14 @@ from ..ops import agd as agd_ops
 Tensor = torch.Tensor
 
 
+def _is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return False
+    return isinstance(t, DTensor)
+
+
 class AGD(torch.optim.Optimizer):
     """Automatic Gradient Descent.
 
@@ -99,18 +107,36 @@ class AGD(torch.optim.Optimizer):
         for p in params:
             if p.grad.is_sparse:
                 raise ValueError(f"AGD does not support sparse gradients (parameter of shape {tuple(p.shape)})")
-        grads = [p.grad for p in params]
-        counts = [agd_ops.slices_of(p) for p in params]
-        key = tuple(id(p) for p in params)
+        group = None
+        if any(_is_dtensor(p) for p in params):     # FSDP2: work on the local shards (sharded along d_out)
+            if self.norm == "spectral":
+                raise NotImplementedError(
+                    "AGD norm='spectral' is not supported with sharded (FSDP2/DTensor) parameters: the power "
+                    "iteration needs whole gradient matrices. Use norm='frobenius' (its per-slice sums of squares "
+                    "are all-reduced across shards) or DDP.")
+            if not all(_is_dtensor(p) and p.device_mesh.ndim == 1 for p in params):
+                raise ValueError("AGD with DTensor parameters needs all of them sharded on one 1-D mesh")
+            group = params[0].device_mesh.get_group()
+            shapes = [p.shape for p in params]
+            grads = [p.grad.to_local() for p in params]
+            params = [p.detach().to_local() for p in params]
+        else:
+            shapes = [p.shape for p in params]
+            grads = [p.grad for p in params]
+        counts = [1 if len(sh) == 2 else sh[2] * sh[3] for sh in shapes]
+        key = tuple(id(p) for p in params) + (group is not None,)
         if getattr(self, "_scale_key", None) != key:     # per-slice s_k * gain, built once per set of tensors
             self._scale_key = key
-            self._scale_vec = torch.cat([torch.full((c,), agd_ops.scale_of(p), dtype=torch.float64)
-                                         for p, c in zip(params, counts)]).to(params[0].device)
+            self._scale_vec = torch.cat([torch.full((c,), agd_ops.scale_of_shape(sh), dtype=torch.float64)
+                                         for sh, c in zip(shapes, counts)]).to(params[0].device)
             self._gain_vec = torch.cat([torch.full((c,), gn, dtype=torch.float64)
                                         for gn, c in zip(gains, counts)]).to(params[0].device)
         scale, gain = self._scale_vec, self._gain_vec
         sq = torch.cat(agd_ops.sumsq(grads) if self._use_kernels(params) else
                        [agd_ops.as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads])
+        if group is not None:            # one all-reduce of every slice's partial sum of squares
+            import torch.distributed as dist
+            dist.all_reduce(sq, group=group)
         if self.norm == "frobenius":
             denom = sq.sqrt()
             G = (scale * denom).sum()
