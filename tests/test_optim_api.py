@@ -391,3 +391,35 @@ def test_reduced_precision_parameters_keep_float32_state():
             assert p.dtype == dtype
             assert opt.state[p]["exp_avg"].dtype == torch.float32
         assert math.isfinite(opt.hyperparameters()["lr"])
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_grad_scaler_protocol(one_pass, backend):
+    """torch.amp.GradScaler passes grad_scale and found_inf; training equals unscaled training (the scale is a
+    power of two, so unscaling is exact) and an overflowing step is skipped."""
+    data = _data(6)
+    m1, m2 = _model(), _model()
+    o1 = hf.Adam(m1.parameters(), lr=1e-2, hyper=hf.SGD(lr=1e-3), one_pass=one_pass, backend=backend)
+    o2 = hf.Adam(m2.parameters(), lr=1e-2, hyper=hf.SGD(lr=1e-3), one_pass=one_pass, backend=backend)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    for x, y in data:
+        o1.zero_grad()
+        nn.functional.cross_entropy(m1(x), y).backward()
+        o1.step()
+        o2.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(m2(x), y)).backward()
+        scaler.step(o2)
+        scaler.update()
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+    assert o1.hyperparameters() == o2.hyperparameters()
+    before = [p.detach().clone() for p in m2.parameters()]
+    o2.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(m2(data[0][0]), data[0][1])).backward()
+    m2[0].weight.grad[0, 0] = float("inf")
+    scale = scaler.get_scale()
+    scaler.step(o2)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(m2.parameters(), before))
+    assert o2.skipped_steps == 1 and scaler.get_scale() < scale

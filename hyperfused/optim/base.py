@@ -40,6 +40,8 @@ class HyperOptimizer(torch.optim.Optimizer):
     """
 
     kind: str = ""
+    #: torch.amp.GradScaler hands over the scale and its inf check instead of unscaling first
+    _step_supports_amp_scaling = True
     #: hyperparameter names in canonical order (the order of the flattened vector the level above sees)
     hyper_names: Tuple[str, ...] = ()
 
@@ -334,19 +336,29 @@ class HyperOptimizer(torch.optim.Optimizer):
                 plans.append(self._collect(gi, group))
         if not plans:
             return loss
+        # torch.amp.GradScaler's protocol for optimizers that handle scaling themselves
+        # (_step_supports_amp_scaling): it sets `grad_scale` (the gradients are still scaled) and `found_inf`
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if grad_scale is not None:
+            for plan in plans:
+                if plan["grads"]:
+                    torch._foreach_div_(plan["grads"], grad_scale.to(plan["grads"][0].device))
+        scaler_ok = None if found_inf is None else (found_inf == 0)
         if not self._one_pass:
             # exact: pass A, the tower on scalars, then pass B with the new hyperparameters
             for plan in plans:
                 d0, finite = self._pass_a(plan)
                 self._plan_tower(plan, d0, finite)
-            ok = _all([plan["ok"] for plan in plans])
+            ok = _all([plan["ok"] for plan in plans] + ([] if scaler_ok is None else [scaler_ok]))
             for plan in plans:
                 self._commit_tower(plan, ok)
                 self._pass_b(plan, ok)
         else:
             # one pass: the gradients are read once for the skip decision; pass B updates with the current
             # hyperparameters and sums the hypergradient from the old state; the tower steps after it
-            ok_g = _all([self._grads_finite(plan) for plan in plans])
+            # the gradients are read once for the skip decision, unless GradScaler has made it already
+            ok_g = scaler_ok if scaler_ok is not None else _all([self._grads_finite(plan) for plan in plans])
             for plan in plans:
                 d0, finite = self._pass_b(plan, ok_g)
                 self._plan_tower(plan, d0, finite)
