@@ -29,6 +29,10 @@ TORCH_LIBRARY(hyperfused, m) {
   // update W -= coef[slice] * g (coef: float64, one per slice, concatenated).
   m.def("agd_sumsq(Tensor[] grads, int[] slices) -> Tensor");
   m.def("agd_update(Tensor(a!)[] params, Tensor[] grads, Tensor coef) -> ()");
+  // Spectral AGD's half-iterations on the native layout: g v with the per-slice sums of squares from the same
+  // read (vs[t]: float64 (slices, d_in)), and g^T u (us[t]: float64 (slices, d_out)).
+  m.def("agd_gv(Tensor[] grads, Tensor[] vs) -> (Tensor, Tensor[])");
+  m.def("agd_gtu(Tensor[] grads, Tensor[] us) -> Tensor[]");
   // The instruction set the CPU loops run with (default, avx2, avx512).
   m.def("cpu_isa() -> str", &hyperfused::cpu_isa);
 }

@@ -192,3 +192,19 @@ def test_power_iteration_mixed_shapes_to_a_tolerance():
 
 
 import re  # noqa: E402  (used in a parametrised match above)
+
+
+@pytest.mark.parametrize("net", ["fcn", "cnn"])
+def test_fused_spectral_pass_matches_the_batched_reference(net):
+    make = fcn if net == "fcn" else cnn
+    a, b = make(dtype=torch.float32), make(dtype=torch.float32)
+    oa = hf.AGD(a.parameters(), norm="spectral", backend="cpu", tol=1e-7, max_iter=200)
+    ob = hf.AGD(b.parameters(), norm="spectral", backend="reference", tol=1e-7, max_iter=200)
+    for x, y in data(4, dtype=torch.float32):
+        for m, o in ((a, oa), (b, ob)):
+            m.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert float((p - q).norm() / q.norm()) <= 1e-4
+    assert float(oa.eta) == pytest.approx(float(ob.eta), rel=1e-4)

@@ -89,3 +89,28 @@ def test_non_finite_gradient_skips_on_cuda():
 def test_deterministic_reductions_on_cuda():
     runs = [_run(MAKERS["adam/sgd"], torch.float32, "cuda", SIZES)[1].hyperparameters() for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_agd_ops_on_cuda_match_the_cpu_kernels():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(16, 8, generator=g), torch.randn(6, 4, 3, 3, generator=g)]
+    slices = [1, 9]
+    cpu_sq = torch.ops.hyperfused.agd_sumsq(grads, slices)
+    cu_sq = torch.ops.hyperfused.agd_sumsq([x.cuda() for x in grads], slices)
+    torch.testing.assert_close(cu_sq.cpu(), cpu_sq, rtol=1e-5, atol=0)
+    vs = [torch.randn(1, 8, dtype=torch.float64, generator=g), torch.randn(9, 4, dtype=torch.float64, generator=g)]
+    sq_c, gv_c = torch.ops.hyperfused.agd_gv(grads, vs)
+    sq_g, gv_g = torch.ops.hyperfused.agd_gv([x.cuda() for x in grads], [v.cuda() for v in vs])
+    for a, b in zip(gv_g, gv_c):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-7)
+    us = [x / x.norm(dim=1, keepdim=True) for x in gv_c]
+    for a, b in zip(torch.ops.hyperfused.agd_gtu([x.cuda() for x in grads], [u.cuda() for u in us]),
+                    torch.ops.hyperfused.agd_gtu(grads, us)):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-7)
+    params_c = [torch.randn(16, 8, generator=g), torch.randn(6, 4, 3, 3, generator=g)]
+    params_g = [p.clone().cuda() for p in params_c]
+    coef = torch.rand(10, dtype=torch.float64, generator=g)
+    torch.ops.hyperfused.agd_update(params_c, grads, coef)
+    torch.ops.hyperfused.agd_update(params_g, [x.cuda() for x in grads], coef.cuda())
+    for a, b in zip(params_g, params_c):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-7)

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -185,6 +186,145 @@ void agd_update_cpu(at::TensorList params, at::TensorList grads, const at::Tenso
 TORCH_LIBRARY_IMPL(hyperfused, CPU, m) {
   m.impl("agd_sumsq", &agd_sumsq_cpu);
   m.impl("agd_update", &agd_update_cpu);
+}
+
+}  // namespace hyperfused
+
+namespace hyperfused {
+namespace {
+
+// Spectral AGD's power iteration on the native layout of every gradient (no copy into slices): element
+// (o, i, s) of a contiguous (d_out, d_in[, kh, kw]) gradient is at (o * d_in + i) * S + s.
+//   agd_gv:  gv[s, o] = sum_i g[o, i, s] v[s, i], and the per-slice sums of squares, in one read (pass A of
+//            SPEC.md 2.1); rows o in parallel, every output has one owner.
+//   agd_gtu: gtu[s, i] = sum_o g[o, i, s] u[s, o]; fixed blocks of rows, partial sums added in block order.
+// float32 math for float32 gradients (float64 for float64); results float64.
+constexpr int64_t kRowBlock = 64;
+
+template <typename scalar_t>
+void gv_block(const scalar_t* g, const double* v, int64_t o0, int64_t o1, int64_t in, int64_t S, double* gv,
+              int64_t out_rows, double* sq) {
+  using T = agd_math_t<scalar_t>;
+  std::vector<T> vt(S * in);
+  for (int64_t k = 0; k < S * in; ++k) vt[k] = static_cast<T>(v[k]);
+  std::vector<T> acc(S), sqa(S);
+  for (int64_t o = o0; o < o1; ++o) {
+    const scalar_t* row = g + o * in * S;
+    std::fill(acc.begin(), acc.end(), T(0));
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t s = 0; s < S; ++s) {
+        const T x = static_cast<T>(row[i * S + s]);
+        acc[s] += x * vt[s * in + i];
+        sqa[s] += x * x;
+      }
+    for (int64_t s = 0; s < S; ++s) gv[s * out_rows + o] = static_cast<double>(acc[s]);
+  }
+  for (int64_t s = 0; s < S; ++s) sq[s] = static_cast<double>(sqa[s]);
+}
+
+template <typename scalar_t>
+void gtu_block(const scalar_t* g, const double* u, int64_t o0, int64_t o1, int64_t in, int64_t S, int64_t out_rows,
+               double* part) {
+  using T = agd_math_t<scalar_t>;
+  std::vector<T> acc(S * in, T(0));
+  for (int64_t o = o0; o < o1; ++o) {
+    const scalar_t* row = g + o * in * S;
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t s = 0; s < S; ++s)
+        acc[s * in + i] += static_cast<T>(row[i * S + s]) * static_cast<T>(u[s * out_rows + o]);
+  }
+  for (int64_t k = 0; k < S * in; ++k) part[k] = static_cast<double>(acc[k]);
+}
+
+void check_mats(const char* op, at::TensorList grads, at::TensorList vecs, bool by_in) {
+  TORCH_CHECK(grads.size() == vecs.size(), op, ": ", grads.size(), " gradients but ", vecs.size(), " vectors");
+  for (size_t t = 0; t < grads.size(); ++t) {
+    const auto& g = grads[t];
+    TORCH_CHECK(g.device().is_cpu() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), op, ": gradient ", t,
+                " must be a contiguous CPU matrix or 4-D kernel");
+    const int64_t S = g.dim() == 2 ? 1 : g.size(2) * g.size(3);
+    const int64_t n = by_in ? g.size(1) : g.size(0);
+    TORCH_CHECK(vecs[t].scalar_type() == at::kDouble && vecs[t].is_contiguous() && vecs[t].numel() == S * n, op,
+                ": vector ", t, " must be a contiguous float64 tensor of ", S, " x ", n, " elements");
+  }
+}
+
+// Blocks of rows of every tensor, in tensor order.
+struct RowBlock {
+  int64_t tensor, o0, o1;
+};
+
+std::vector<RowBlock> row_blocks(at::TensorList grads) {
+  std::vector<RowBlock> out;
+  for (int64_t t = 0; t < static_cast<int64_t>(grads.size()); ++t)
+    for (int64_t o = 0; o < grads[t].size(0); o += kRowBlock)
+      out.push_back({t, o, std::min(grads[t].size(0), o + kRowBlock)});
+  return out;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> agd_gv_cpu(at::TensorList grads, at::TensorList vs) {
+  check_mats("agd_gv", grads, vs, /*by_in=*/true);
+  std::vector<at::Tensor> gv;
+  std::vector<int64_t> soff(grads.size() + 1, 0);
+  for (size_t t = 0; t < grads.size(); ++t) {
+    const int64_t S = grads[t].dim() == 2 ? 1 : grads[t].size(2) * grads[t].size(3);
+    gv.push_back(at::zeros({S, grads[t].size(0)}, at::TensorOptions().dtype(at::kDouble)));
+    soff[t + 1] = soff[t] + S;
+  }
+  const auto blocks = row_blocks(grads);
+  std::vector<std::vector<double>> sq_part(blocks.size());
+  at::parallel_for(0, blocks.size(), 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const auto& bl = blocks[k];
+      const auto& g = grads[bl.tensor];
+      const int64_t S = soff[bl.tensor + 1] - soff[bl.tensor];
+      sq_part[k].assign(S, 0.0);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "agd_gv", [&] {
+        gv_block<scalar_t>(g.const_data_ptr<scalar_t>(), vs[bl.tensor].const_data_ptr<double>(), bl.o0, bl.o1,
+                           g.size(1), S, gv[bl.tensor].data_ptr<double>(), g.size(0), sq_part[k].data());
+      });
+    }
+  });
+  auto sq = at::zeros({soff.back()}, at::TensorOptions().dtype(at::kDouble));
+  double* ps = sq.data_ptr<double>();
+  for (size_t k = 0; k < blocks.size(); ++k)
+    for (size_t s = 0; s < sq_part[k].size(); ++s) ps[soff[blocks[k].tensor] + s] += sq_part[k][s];
+  return {sq, gv};
+}
+
+std::vector<at::Tensor> agd_gtu_cpu(at::TensorList grads, at::TensorList us) {
+  check_mats("agd_gtu", grads, us, /*by_in=*/false);
+  const auto blocks = row_blocks(grads);
+  std::vector<std::vector<double>> part(blocks.size());
+  at::parallel_for(0, blocks.size(), 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const auto& bl = blocks[k];
+      const auto& g = grads[bl.tensor];
+      const int64_t S = g.dim() == 2 ? 1 : g.size(2) * g.size(3);
+      part[k].assign(S * g.size(1), 0.0);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "agd_gtu", [&] {
+        gtu_block<scalar_t>(g.const_data_ptr<scalar_t>(), us[bl.tensor].const_data_ptr<double>(), bl.o0, bl.o1,
+                            g.size(1), S, g.size(0), part[k].data());
+      });
+    }
+  });
+  std::vector<at::Tensor> out;
+  for (size_t t = 0; t < grads.size(); ++t) {
+    const int64_t S = grads[t].dim() == 2 ? 1 : grads[t].size(2) * grads[t].size(3);
+    out.push_back(at::zeros({S, grads[t].size(1)}, at::TensorOptions().dtype(at::kDouble)));
+  }
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    double* po = out[blocks[k].tensor].data_ptr<double>();
+    for (size_t j = 0; j < part[k].size(); ++j) po[j] += part[k][j];
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hyperfused, CPU, m) {
+  m.impl("agd_gv", &agd_gv_cpu);
+  m.impl("agd_gtu", &agd_gtu_cpu);
 }
 
 }  // namespace hyperfused

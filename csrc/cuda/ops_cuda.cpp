@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <vector>
 
 #include "hyper_cuda.h"
@@ -210,9 +211,78 @@ at::Tensor multi_tensor_dot_cuda(at::TensorList a, at::TensorList b) {
   return finish(partials, ids, n, stream.stream()).select(1, 0).contiguous();
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Automatic Gradient Descent's ops on CUDA, composed of ATen CUDA operations (one launch or a few per
+// tensor, deterministic reductions) rather than fused multi-tensor kernels: correct and registered, not yet
+// tuned. Layout as on CPU: element (o, i, s) of a contiguous (d_out, d_in[, kh, kw]) tensor is at
+// (o * d_in + i) * S + s.
+int64_t slices_of(const at::Tensor& t) { return t.dim() == 2 ? 1 : t.size(2) * t.size(3); }
+
+at::Tensor agd_sumsq_cuda(at::TensorList grads, at::IntArrayRef slices) {
+  TORCH_CHECK(grads.size() == slices.size(), "agd_sumsq: ", grads.size(), " gradients but ", slices.size(),
+              " slice counts");
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    TORCH_CHECK(grads[i].is_cuda() && slices[i] >= 1 && grads[i].numel() % slices[i] == 0, "agd_sumsq: gradient ",
+                i, " must be a CUDA tensor whose size is a multiple of its slice count");
+    parts.push_back(grads[i].contiguous().to(at::kDouble).reshape({-1, slices[i]}).pow(2).sum(0));
+  }
+  if (parts.empty()) return at::zeros({0}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA));
+  return at::cat(parts);
+}
+
+void agd_update_cuda(at::TensorList params, at::TensorList grads, const at::Tensor& coef) {
+  TORCH_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
+  int64_t off = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& p = params[i];
+    TORCH_CHECK(p.is_cuda() && p.is_contiguous() && p.sizes() == grads[i].sizes() && (p.dim() == 2 || p.dim() == 4),
+                "agd_update: parameter ", i, " must be a contiguous CUDA matrix or 4-D kernel shaped like its gradient");
+    const int64_t S = slices_of(p);
+    auto c = coef.narrow(0, off, S).to(p.device()).to(p.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+    auto pv = p.view({-1, S});
+    auto upd = grads[i].contiguous().view({-1, S}).to(c.scalar_type()) * c.unsqueeze(0);
+    pv.sub_(upd.to(p.scalar_type()));
+    off += S;
+  }
+  TORCH_CHECK(off == coef.numel(), "agd_update: ", coef.numel(), " coefficients for ", off, " slices");
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> agd_gv_cuda(at::TensorList grads, at::TensorList vs) {
+  TORCH_CHECK(grads.size() == vs.size(), "agd_gv: ", grads.size(), " gradients but ", vs.size(), " vectors");
+  std::vector<at::Tensor> sq, gv;
+  for (size_t t = 0; t < grads.size(); ++t) {
+    const auto& g = grads[t];
+    TORCH_CHECK(g.is_cuda() && (g.dim() == 2 || g.dim() == 4), "agd_gv: gradient ", t, " must be a CUDA matrix or 4-D kernel");
+    const int64_t S = slices_of(g);
+    auto g3 = g.contiguous().to(at::kDouble).view({g.size(0), g.size(1), S});
+    sq.push_back(g3.pow(2).sum({0, 1}));
+    gv.push_back(at::einsum("ois,si->so", {g3, vs[t].to(g3.device()).view({S, g.size(1)})}));
+  }
+  auto all_sq = sq.empty() ? at::zeros({0}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA)) : at::cat(sq);
+  return {all_sq, gv};
+}
+
+std::vector<at::Tensor> agd_gtu_cuda(at::TensorList grads, at::TensorList us) {
+  TORCH_CHECK(grads.size() == us.size(), "agd_gtu: ", grads.size(), " gradients but ", us.size(), " vectors");
+  std::vector<at::Tensor> out;
+  for (size_t t = 0; t < grads.size(); ++t) {
+    const auto& g = grads[t];
+    TORCH_CHECK(g.is_cuda() && (g.dim() == 2 || g.dim() == 4), "agd_gtu: gradient ", t, " must be a CUDA matrix or 4-D kernel");
+    const int64_t S = slices_of(g);
+    auto g3 = g.contiguous().to(at::kDouble).view({g.size(0), g.size(1), S});
+    out.push_back(at::einsum("ois,so->si", {g3, us[t].to(g3.device()).view({S, g.size(0)})}));
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hyperfused, CUDA, m) {
+  m.impl("agd_sumsq", &agd_sumsq_cuda);
+  m.impl("agd_update", &agd_update_cuda);
+  m.impl("agd_gv", &agd_gv_cuda);
+  m.impl("agd_gtu", &agd_gtu_cuda);
   m.impl("hyper_reduce", &hyper_reduce_cuda);
   m.impl("hyper_update", &hyper_update_cuda);
   m.impl("nonfinite_count", &nonfinite_count_cuda);

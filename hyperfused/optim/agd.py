@@ -8,6 +8,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 
 from ..ops import agd as agd_ops
+from ..ops._ext import extension_available as hf_ext_available
 
 Tensor = torch.Tensor
 
@@ -132,8 +133,13 @@ class AGD(torch.optim.Optimizer):
             self._gain_vec = torch.cat([torch.full((c,), gn, dtype=torch.float64)
                                         for gn, c in zip(gains, counts)]).to(params[0].device)
         scale, gain = self._scale_vec, self._gain_vec
-        sq = torch.cat(agd_ops.sumsq(grads) if self._use_kernels(params) else
-                       [agd_ops.as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads])
+        fused_spectral = (self.norm == "spectral" and self._use_kernels(params) and hf_ext_available()
+                          and all(g.device.type == "cpu" and g.is_contiguous() for g in grads))
+        if fused_spectral:               # pass A: sums of squares and g v in one read
+            sq, denom = self._sigmas_fused(params, grads)
+        else:
+            sq = torch.cat(agd_ops.sumsq(grads) if self._use_kernels(params) else
+                           [agd_ops.as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads])
         if group is not None:            # one all-reduce of every slice's partial sum of squares
             import torch.distributed as dist
             dist.all_reduce(sq, group=group)
@@ -141,7 +147,8 @@ class AGD(torch.optim.Optimizer):
             denom = sq.sqrt()
             G = (scale * denom).sum()
         else:
-            denom = torch.cat(self._sigmas(params, grads, None))
+            if not fused_spectral:
+                denom = torch.cat(self._sigmas(params, grads, None))
             G = (scale * torch.where(denom > 0, sq / denom.clamp_min(1e-300), torch.zeros_like(sq))).sum()
         G = G / self.L
         eta = torch.log((1 + torch.sqrt(1 + 4 * G)) / 2)
@@ -154,6 +161,51 @@ class AGD(torch.optim.Optimizer):
                     p.sub_((c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g)
             self.eta = eta
         return loss
+
+    def _init_uv(self, p):
+        st = self.state[p]
+        if "u" not in st:
+            S, m, n = agd_ops.slices_of(p), p.shape[0], p.shape[1]
+            gen = torch.Generator().manual_seed(1234 + len(self.state))
+            st["u"] = torch.nn.functional.normalize(torch.randn(S, m, generator=gen, dtype=torch.float64), dim=1).to(p.device)
+            st["v"] = torch.nn.functional.normalize(torch.randn(S, n, generator=gen, dtype=torch.float64), dim=1).to(p.device)
+        return st
+
+    def _sigmas_fused(self, params, grads):
+        """One power iteration on the native layout with the C++ ops: g v together with the sums of squares
+        (pass A), then g^T u (one more read); the two half-step estimates decide convergence, and only the
+        slices that have not settled continue with batched iterations."""
+        states = [self._init_uv(p) for p in params]
+        sq, gv = torch.ops.hyperfused.agd_gv(list(grads), [st["v"].contiguous() for st in states])
+        s_b = [x.norm(dim=1) for x in gv]
+        u_new = [torch.where((n > 0).unsqueeze(1), x / n.clamp_min(1e-300).unsqueeze(1), st["u"])
+                 for x, n, st in zip(gv, s_b, states)]
+        gtu = torch.ops.hyperfused.agd_gtu(list(grads), u_new)
+        sigmas, iters = [], []
+        fro = torch.split(sq.sqrt(), [agd_ops.slices_of(p) for p in params])
+        for p, g, st, u, y, sb, f in zip(params, grads, states, u_new, gtu, s_b, fro):
+            sa = y.norm(dim=1)
+            v = torch.where((sa > 0).unsqueeze(1), y / sa.clamp_min(1e-300).unsqueeze(1), st["v"])
+            sigma = sa
+            settled = ((sa - sb).abs() <= self.tol * sa) | (f == 0)
+            n_iter = 1
+            if not bool(settled.all()) and self.max_iter > 1:
+                mat = agd_ops.as_slices(g if g.dtype == torch.float64 else g.float())
+                (sig2,), (u2,), (v2,), (k,) = agd_ops.power_iteration([mat], [u], [v], tol=self.tol,
+                                                                      max_iter=self.max_iter - 1)
+                sigma = torch.where(settled, sigma, sig2.to(torch.float64))
+                u = torch.where(settled.unsqueeze(1), u, u2.to(torch.float64))
+                v = torch.where(settled.unsqueeze(1), v, v2.to(torch.float64))
+                n_iter += k
+            rank = min(p.shape[0], p.shape[1])
+            sigma = torch.where(f > 0, torch.minimum(torch.maximum(sigma, f / math.sqrt(rank)), f), torch.zeros_like(f))
+            keep = (f == 0).unsqueeze(1)                 # a zero gradient leaves u, v as they were
+            st["u"] = torch.where(keep, st["u"], u)
+            st["v"] = torch.where(keep, st["v"], v)
+            sigmas.append(sigma)
+            iters.append(n_iter)
+        self.last_iterations = iters
+        return sq, torch.cat(sigmas)
 
     def _sigmas(self, params, grads, _unused):
         us, vs, mats = [], [], []
