@@ -201,39 +201,59 @@ namespace {
 // float32 math for float32 gradients (float64 for float64); results float64.
 constexpr int64_t kRowBlock = 64;
 
+// gv over rows [o0, o1): for S == 1 a dot product per row in 16 lanes; otherwise v is laid out (d_in, S) so
+// that a row (d_in * S contiguous elements) meets it element by element, summed in blocks of P = 16 S.
 template <typename scalar_t>
 void gv_block(const scalar_t* g, const double* v, int64_t o0, int64_t o1, int64_t in, int64_t S, double* gv,
               int64_t out_rows, double* sq) {
   using T = agd_math_t<scalar_t>;
-  std::vector<T> vt(S * in);
-  for (int64_t k = 0; k < S * in; ++k) vt[k] = static_cast<T>(v[k]);
-  std::vector<T> acc(S), sqa(S);
+  const int64_t K = in * S;                  // elements per row
+  std::vector<T> vt(K);                      // v in row order: vt[i * S + s] = v[s, i]
+  for (int64_t i = 0; i < in; ++i)
+    for (int64_t s = 0; s < S; ++s) vt[i * S + s] = static_cast<T>(v[s * in + i]);
+  const int64_t P = 16 * S;
+  std::vector<T> acc(P), sqa(P, T(0));
   for (int64_t o = o0; o < o1; ++o) {
-    const scalar_t* row = g + o * in * S;
+    const scalar_t* row = g + o * K;
     std::fill(acc.begin(), acc.end(), T(0));
-    for (int64_t i = 0; i < in; ++i)
-      for (int64_t s = 0; s < S; ++s) {
-        const T x = static_cast<T>(row[i * S + s]);
-        acc[s] += x * vt[s * in + i];
-        sqa[s] += x * x;
+    int64_t k = 0;
+    for (; k + P <= K; k += P)
+      for (int64_t j = 0; j < P; ++j) {
+        const T x = static_cast<T>(row[k + j]);
+        acc[j] += x * vt[k + j];
+        sqa[j] += x * x;
       }
-    for (int64_t s = 0; s < S; ++s) gv[s * out_rows + o] = static_cast<double>(acc[s]);
+    for (int64_t j = 0; k + j < K; ++j) {
+      const T x = static_cast<T>(row[k + j]);
+      acc[j] += x * vt[k + j];
+      sqa[j] += x * x;
+    }
+    for (int64_t s = 0; s < S; ++s) {
+      double total = 0.0;
+      for (int64_t j = s; j < P; j += S) total += static_cast<double>(acc[j]);
+      gv[s * out_rows + o] = total;
+    }
   }
-  for (int64_t s = 0; s < S; ++s) sq[s] = static_cast<double>(sqa[s]);
+  for (int64_t j = 0; j < P; ++j) sq[j % S] += static_cast<double>(sqa[j]);
 }
 
+// gtu over rows [o0, o1): part[i * S + s] += g[o, i, s] u[s, o], a scaled add of each row (u repeated every S).
 template <typename scalar_t>
 void gtu_block(const scalar_t* g, const double* u, int64_t o0, int64_t o1, int64_t in, int64_t S, int64_t out_rows,
                double* part) {
   using T = agd_math_t<scalar_t>;
-  std::vector<T> acc(S * in, T(0));
+  const int64_t K = in * S;
+  const int64_t P = 16 * S;
+  std::vector<T> acc(K, T(0)), uo(P);
   for (int64_t o = o0; o < o1; ++o) {
-    const scalar_t* row = g + o * in * S;
-    for (int64_t i = 0; i < in; ++i)
-      for (int64_t s = 0; s < S; ++s)
-        acc[s * in + i] += static_cast<T>(row[i * S + s]) * static_cast<T>(u[s * out_rows + o]);
+    const scalar_t* row = g + o * K;
+    for (int64_t j = 0; j < P; ++j) uo[j] = static_cast<T>(u[(j % S) * out_rows + o]);
+    int64_t k = 0;
+    for (; k + P <= K; k += P)
+      for (int64_t j = 0; j < P; ++j) acc[k + j] += static_cast<T>(row[k + j]) * uo[j];
+    for (int64_t j = 0; k + j < K; ++j) acc[k + j] += static_cast<T>(row[k + j]) * uo[j];
   }
-  for (int64_t k = 0; k < S * in; ++k) part[k] = static_cast<double>(acc[k]);
+  for (int64_t k = 0; k < K; ++k) part[k] = static_cast<double>(acc[k]);   // (i, s) order
 }
 
 void check_mats(const char* op, at::TensorList grads, at::TensorList vecs, bool by_in) {
@@ -314,8 +334,11 @@ std::vector<at::Tensor> agd_gtu_cpu(at::TensorList grads, at::TensorList us) {
     out.push_back(at::zeros({S, grads[t].size(1)}, at::TensorOptions().dtype(at::kDouble)));
   }
   for (size_t k = 0; k < blocks.size(); ++k) {
+    const auto& g = grads[blocks[k].tensor];
+    const int64_t S = g.dim() == 2 ? 1 : g.size(2) * g.size(3), in = g.size(1);
     double* po = out[blocks[k].tensor].data_ptr<double>();
-    for (size_t j = 0; j < part[k].size(); ++j) po[j] += part[k][j];
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t s = 0; s < S; ++s) po[s * in + i] += part[k][i * S + s];
   }
   return out;
 }
