@@ -260,5 +260,23 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
   }
 }
 
+// The entry points declared in hyper_loops_api.h, for this translation unit's instruction set.
+void reduce_f32(const LoopFlags& f, bool with_jac, const float* g, const float* s0, const float* s1,
+                const float* s2, int64_t begin, int64_t end, const Scalars<float>& c, double* out) {
+  reduce_impl<float>(f, with_jac, g, s0, s1, s2, begin, end, c, out);
+}
+void reduce_f64(const LoopFlags& f, bool with_jac, const double* g, const double* s0, const double* s1,
+                const double* s2, int64_t begin, int64_t end, const Scalars<double>& c, double* out) {
+  reduce_impl<double>(f, with_jac, g, s0, s1, s2, begin, end, c, out);
+}
+void update_f32(const LoopFlags& f, float* x, const float* g, float* s0, float* s1, float* s2, int64_t begin,
+                int64_t end, const Scalars<float>& c) {
+  update_impl<float>(f, x, g, s0, s1, s2, begin, end, c);
+}
+void update_f64(const LoopFlags& f, double* x, const double* g, double* s0, double* s1, double* s2,
+                int64_t begin, int64_t end, const Scalars<double>& c) {
+  update_impl<double>(f, x, g, s0, s1, s2, begin, end, c);
+}
+
 }  // namespace HF_ISA_NS
 }  // namespace hyperfused
