@@ -9,11 +9,18 @@ from typing import List
 import torch
 
 from . import _ext, agd, reference
+from . import triton as _triton
 from .agd import power_iteration
 from ._ext import cuda_extension_available, extension_available, load_extension
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
-IMPLEMENTED_BACKENDS = ("reference", "cpu", "cuda")
+IMPLEMENTED_BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+
+def triton_available() -> bool:
+    """Triton is importable, so backend='triton' can run (on CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1)."""
+    return _triton.available()
 
 
 def resolve_backend(backend: str) -> str:
@@ -30,6 +37,9 @@ def resolve_backend(backend: str) -> str:
             "backend='cuda' needs the CUDA extension hyperfused._C_cuda, which is not built here "
             f"({_ext.cuda_extension_error()}); build with a CUDA build of torch and CUDA_HOME set "
             "(HYPERFUSED_CUDA=1 pip install --no-build-isolation -e .)")
+    if backend == "triton" and not _triton.available():
+        raise RuntimeError(f"backend='triton' needs the triton package, which did not import ({_triton.error()}); "
+                           f"install it with `pip install triton`")
     if backend not in IMPLEMENTED_BACKENDS:
         raise NotImplementedError(
             f"backend={backend!r} is not implemented yet in this version of hyperfused; "
@@ -58,7 +68,25 @@ def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tens
 
 
 __all__ = ["BACKENDS", "resolve_backend", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
-           "reference", "extension_available", "cuda_extension_available", "power_iteration", "agd"]
+           "reference", "extension_available", "cuda_extension_available", "triton_available", "power_iteration",
+           "agd"]
+
+
+class _Bound:
+    """The fused module's entries with a kernel set bound (the Triton kernels: same arguments as the ops)."""
+
+    def __init__(self, kernels):
+        from . import fused
+        self._fused, self._kernels = fused, kernels
+
+    def hyper_reduce(self, *args, **kw):
+        return self._fused.hyper_reduce(*args, kernels=self._kernels, **kw)
+
+    def hyper_update(self, *args, **kw):
+        return self._fused.hyper_update(*args, kernels=self._kernels, **kw)
+
+    def nonfinite(self, grads):
+        return self._fused.nonfinite(grads, kernels=self._kernels)
 
 
 def _module(backend: str):
@@ -67,6 +95,8 @@ def _module(backend: str):
     if backend in ("cpu", "cuda"):        # the compiled kernels: one op layer, dispatched by device
         from . import fused
         return fused
+    if backend == "triton":
+        return _Bound(_triton.kernels())
     raise NotImplementedError(f"no {backend!r} backend for the hypergradient ops yet")
 
 
@@ -84,9 +114,8 @@ def hyper_update(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: boo
 
 def grads_finite(backend: str, grads) -> torch.Tensor:
     """0-dim bool tensor: every element of every gradient is finite (one read of the gradients)."""
-    if backend in ("cpu", "cuda"):
-        from . import fused
-        return fused.nonfinite(grads)
+    if backend in ("cpu", "cuda", "triton"):
+        return _module(backend).nonfinite(grads)
     ok = torch.ones((), dtype=torch.bool, device=grads[0].device)
     for g in grads:
         ok = ok & torch.isfinite(g).all()

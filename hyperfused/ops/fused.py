@@ -1,6 +1,7 @@
-"""The "cpu" and "cuda" backends: the hypergradient passes as the compiled ops
+"""The "cpu", "cuda" and "triton" backends: the hypergradient passes as the compiled ops
 ``torch.ops.hyperfused.hyper_reduce`` and ``hyper_update`` (csrc/cpu, csrc/cuda; torch dispatches by device),
-one call per param group (and per gradient dtype).
+or as the Triton kernels with the same arguments (``hyperfused.ops.triton.hyper``), one call per param group
+(and per gradient dtype).
 
 This module turns the optimizer's per-tensor state dicts and hyperparameter values into the ops' arguments:
 state lists in the kernel's order and a float64 table of per-tensor scalars, built on the tensors' device. On
@@ -144,8 +145,14 @@ def _may_keep_reference(st: dict, g: Tensor, work: Tensor) -> bool:
             and g.stride() == work.stride() and g.device == prev.device)
 
 
-def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw):
-    """Pass A on the C++ kernel; same contract as ``reference.hyper_reduce``."""
+def _compiled():
+    return torch.ops.hyperfused
+
+
+def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, kernels=None):
+    """Pass A on the compiled kernel (or ``kernels``, an object with the ops' functions, e.g. the Triton
+    module); same contract as ``reference.hyper_reduce``."""
+    kernels = kernels or _compiled()
     dt = hp["lr"].dtype
     n = len(grads)
     valid = _check_prev_grads(states, list(valid))
@@ -154,7 +161,7 @@ def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, ra
     dev = grads[0].device
     scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), dev)
     g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
-    rows = _by_dtype(g, lambda idx: torch.ops.hyperfused.hyper_reduce(
+    rows = _by_dtype(g, lambda idx: kernels.hyper_reduce(
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
         [g[i] for i in idx], [s0[i] for i in idx] if s0 else [], [s1[i] for i in idx] if s1 else [],
         [s2[i] for i in idx] if s2 else [], scal[idx].contiguous()), n)
@@ -163,10 +170,13 @@ def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, ra
 
 
 def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None,
-                 jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None):
-    """Pass B on the C++ kernel; same contract as ``reference.hyper_update``. With ``jac`` (one-pass mode:
-    the values and raw values the last update used, and the valid flags) it also returns pass A's deltas,
-    computed from the old state before it is overwritten."""
+                 jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None,
+                 kernels=None):
+    """Pass B on the compiled kernel (or ``kernels``); same contract as ``reference.hyper_update``. With
+    ``jac`` (one-pass mode: the values and raw values the last update used, and the valid flags) it also
+    returns pass A's deltas, computed from the old state before it is overwritten."""
+    compiled = kernels is None
+    kernels = kernels or _compiled()
     dt = hp["lr"].dtype
     n = len(params)
     s0, s1, s2 = _lists(kind, cfg, learned, states)
@@ -174,8 +184,9 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
     g = [_dense_like(x, w) for x, w in zip(grads, work)]
     dev = grads[0].device
-    # keeping the gradient itself needs to know whether the step was taken: on the host for CPU tensors only
-    on_cpu = dev.type == "cpu"
+    # keeping the gradient itself needs to know whether the step was taken: on the host, so only for the C++
+    # kernels on CPU tensors (the Triton kernels never read a device value on the host, on any device)
+    on_cpu = dev.type == "cpu" and compiled
     keep = [on_cpu and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
     store = torch.tensor([0.0 if k else 1.0 for k in keep], dtype=torch.float64, device=dev)
     scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, store, dev)
@@ -184,7 +195,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         jhp, jraw, jvalid = jac
         jvalid = _check_prev_grads(states, list(jvalid))
         scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), dev)
-    rows = _by_dtype(g, lambda idx: torch.ops.hyperfused.hyper_update(
+    rows = _by_dtype(g, lambda idx: kernels.hyper_update(
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
         [work[i] for i in idx], [g[i] for i in idx], [s0[i] for i in idx] if s0 else [],
         [s1[i] for i in idx] if s1 else [], [s2[i] for i in idx] if s2 else [], scal[idx].contiguous(),
@@ -220,10 +231,11 @@ def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
     return out
 
 
-def nonfinite(grads: List[Tensor]) -> Tensor:
+def nonfinite(grads: List[Tensor], kernels=None) -> Tensor:
     """0-dim bool: True when every gradient element is finite (one read of the gradients)."""
+    kernels = kernels or _compiled()
     g = [x if _dense(x) else x.contiguous() for x in grads]
     total = torch.zeros((), dtype=torch.float64, device=g[0].device)
     for d in {t.dtype for t in g}:
-        total = total + torch.ops.hyperfused.nonfinite_count([t for t in g if t.dtype == d]).sum()
+        total = total + kernels.nonfinite_count([t for t in g if t.dtype == d]).sum()
     return total == 0

@@ -380,7 +380,13 @@ class HyperOptimizer(torch.optim.Optimizer):
                 return "cpu"
             if dev.type == "cuda" and ops.cuda_extension_available():
                 return "cuda"
+            if dev.type == "cuda" and ops.triton_available():
+                return "triton"
             return "reference"
+        if self._backend == "triton" and dev.type != "cuda" and not (dev.type == "cpu"
+                                                                      and ops._triton.interpreting()):
+            raise ValueError(f"backend='triton' runs on CUDA tensors (and on CPU tensors under the Triton "
+                             f"interpreter, TRITON_INTERPRET=1); this param group is on {dev}")
         if self._backend in ("cpu", "cuda") and dev.type != self._backend:
             raise ValueError(f"backend={self._backend!r} runs on {self._backend.upper()} tensors; this param group "
                              f"is on {dev}")

@@ -1,0 +1,551 @@
+"""Triton kernels of the hypergradient passes (SPEC.md 1.3-1.4): the "triton" backend.
+
+Three functions with the argument lists and results of the compiled ops ``torch.ops.hyperfused.hyper_reduce``,
+``hyper_update`` and ``nonfinite_count`` (csrc/ops.cpp declares the schemas; ``hyperfused.ops.fused`` builds
+the arguments for every backend), so the op layer calls either with the same arguments:
+
+    hyper_reduce(kind, learn, momentum, eps, grads, s0, s1, s2, scal) -> float64 [n, 4]
+    hyper_update(kind, learn, momentum, eps, params, grads, s0, s1, s2, scal, scal_jac, ok) -> float64 [n, 4]
+    nonfinite_count(grads) -> float64 [n]
+
+Multi-tensor scheme (one launch per pass, whatever the number of tensors)
+-------------------------------------------------------------------------
+Every tensor is cut into chunks of ``CHUNK`` elements (the last one shorter; a tensor of 1 element is one
+chunk). One program handles one chunk and walks it in ``BLOCK``-element tiles. Its arguments are tables on
+the device, so a launch carries any number of tensors:
+
+* a pointer table int64 [5, n]: the addresses of params, grads, s0, s1, s2 of tensor i (0 where absent),
+  cast to typed pointers in the kernel;
+* ``numel`` int64 [n];
+* the block-to-(tensor, offset) map: ``chunk_tensor`` int32 [chunks] and ``chunk_start`` int64 [chunks]
+  (64-bit offsets: tensors of 2^31 elements and more), and ``first_chunk`` int32 [n + 1] for the finish.
+
+The map depends only on the tensors' sizes and the pointer table only on their addresses: both are cached on
+the device, so a training loop whose tensors keep their storage (the usual case with torch's caching
+allocator, and always inside a captured CUDA graph) uploads nothing after its first steps, and nothing in a
+step is ever read back to the host.
+
+Reductions are deterministic: each program sums its chunk tile by tile in a fixed order and writes one row of
+partial sums (no atomics); the finishing kernel adds a tensor's chunk rows in chunk order in float64.
+
+Bytes per element, fp32 (the model bench/bench_triton.py reports GB/s with; SPEC.md 1.4):
+    reduce  reads g (4) and the state J needs: Adam(lr) m, v (+8); Adam(lr, betas) m, v, g_prev (+12);
+            SGD g_prev or buf (+4), SGD(lr, mu) buf, buf_prev (+8); Adagrad / RMSprop s, g_prev (+8)
+    update  reads x, g, state and writes x, state (+ g_prev where a Jacobian needs it): Adam(lr) 28,
+            Adam(lr, betas) 32, SGD(lr) 16, SGD momentum 20 (24 learning mu), Adagrad / RMSprop 24
+    one-pass update: the update's bytes plus the reads of the state that J needs and the update does not
+            read anyway (the previous gradient), the sums ride on the same tiles.
+    nonfinite  reads g (4).
+
+Tiling for Hopper / Ampere (H100 / A100): ``BLOCK`` = 1024 elements per tile at ``num_warps`` = 4 (8
+elements per thread: two 16-byte vector accesses per stream for fp32 when the tensors are 16-byte aligned,
+which the ``ALIGNED`` specialisation tells the compiler), ``CHUNK`` = 8192 elements per program (8 tiles; a
+16M-element step is 2048 programs, about 15 per SM on 132 SMs: enough to hide latency, few partial rows).
+The update kernel runs with up to seven streams live, so it keeps ``BLOCK`` at 1024 to stay near 64 registers
+per thread. Under the Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors, for tests) tiles are larger
+because the interpreter pays per tile, not per element.
+
+The per-element formulas are those of csrc/hyperfused/hyper_math.h (the C++ and CUDA kernels' single
+source), written again here in Triton because Triton cannot include C headers; the tests hold both to the
+pure-PyTorch reference.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+# kinds and learn bits of the op schemas (csrc/ops.cpp)
+SGD, ADAGRAD, RMSPROP, ADAM = 0, 1, 2, 3
+LEARN_LR, LEARN_H1, LEARN_H2 = 1, 2, 4
+
+#: tiling: elements per tile, elements per program (a multiple of BLOCK), warps per program
+CONFIG = {"BLOCK": 4096 if INTERPRET else 1024, "CHUNK": 16384 if INTERPRET else 8192, "num_warps": 4,
+          "FINISH_BLOCK": 256}
+
+#: kernel launches made by this module (for the launch-count report and its test)
+LAUNCHES = {"count": 0}
+
+
+def configure(block: Optional[int] = None, chunk: Optional[int] = None, num_warps: Optional[int] = None) -> None:
+    """Change the tiling (tests use small chunks to exercise many chunks per tensor on small tensors)."""
+    if block is not None:
+        CONFIG["BLOCK"] = int(block)
+    if chunk is not None:
+        CONFIG["CHUNK"] = int(chunk)
+    if num_warps is not None:
+        CONFIG["num_warps"] = int(num_warps)
+    b, c = CONFIG["BLOCK"], CONFIG["CHUNK"]
+    if b <= 0 or b & (b - 1) or c % b:
+        raise ValueError(f"BLOCK must be a power of two and CHUNK a multiple of it (got {b}, {c})")
+    _MAPS.clear()
+
+
+# ------------------------------------------------------------------------------------------------ element math
+@triton.jit
+def _derived(scal_ptr, row, eps_ptr):
+    """The per-tensor scalars of one update from its float64 row (lr, h1, h2, raw_lr, dsig1, dsig2, t, flag),
+    computed once per program in float64 (bias corrections 1 - b^t and their derivatives t b^(t-1) / c^2)."""
+    base = scal_ptr + row * 8
+    lr = tl.load(base + 0)
+    h1 = tl.load(base + 1)
+    h2 = tl.load(base + 2)
+    raw_lr = tl.load(base + 3)
+    dsig1 = tl.load(base + 4)
+    dsig2 = tl.load(base + 5)
+    t = tl.load(base + 6)
+    flag = tl.load(base + 7)
+    eps = tl.load(eps_ptr)
+    # b^t as exp(t log b): t is a float step count; b^(t-1) = b^t / b, and exactly 1 at t = 1
+    p1 = tl.exp(t * tl.log(h1))
+    p2 = tl.exp(t * tl.log(h2))
+    q1 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h1)))
+    q2 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h2)))
+    c1 = 1.0 - p1
+    c2 = 1.0 - p2
+    dc1 = t * q1 / (c1 * c1)
+    dc2 = t * q2 / (c2 * c2)
+    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps
+
+
+@triton.jit
+def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1, a2,
+         lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, eps):
+    """J_lr, J_h1, J_h2 of the last update at one tile, rebuilt from its state (a0, a1, a2: s0, s1, s2 in the
+    math type) and its scalars; hyper_math.h element_jac."""
+    zero = a0 * 0.0
+    j0 = zero
+    j1 = zero
+    j2 = zero
+    if KIND == 0:          # SGD: -buf (or -g_prev), and -lr buf_prev for the momentum
+        j0 = -a0
+        if MOMENTUM:
+            if LEARN & 2:
+                j1 = -lr * a1
+    elif KIND == 1:        # Adagrad: -g_prev / sqrt(G + eps)
+        j0 = -a1 / tl.sqrt(a0 + eps)
+    elif KIND == 2:        # RMSprop: -2 a g / D and lr g (s - g^2) / gamma / (2 D^3) sigma'(q)
+        rD = 1.0 / tl.sqrt(a0 + eps)
+        j0 = -2.0 * raw_lr * a1 * rD
+        if LEARN & 2:
+            j1 = lr * a1 * ((a0 - a1 * a1) / h1) * (0.5 * rD * rD * rD) * dsig1
+    else:                  # Adam
+        mh = a0 / c1
+        S = tl.sqrt(a1 / c2)
+        rden = 1.0 / (S + eps)
+        j0 = -(mh * rden)
+        if LEARN & 2:
+            dmh = (a0 - a2) / (h1 * c1) + a0 * dc1
+            j1 = -lr * dmh * rden * dsig1
+        if LEARN & 4:
+            dvh = (a1 - a2 * a2) / (h2 * c2) + a1 * dc2
+            term = lr * mh * (rden * rden) / (2.0 * S) * dvh * dsig2
+            j2 = tl.where(S > 0.0, term, zero)
+    return j0, j1, j2
+
+
+@triton.jit
+def _step(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, x, g, a0, a1, a2,
+          lr, h1, h2, eps, c1, c2):
+    """One update at one tile: the new x and state (a0, a1, a2); hyper_math.h element_update. The previous
+    gradient, where one is kept, is written by the caller."""
+    if KIND == 0:
+        if MOMENTUM:
+            a1 = a0                      # the buffer before this update, for J_momentum
+            a0 = a0 * h1 + g
+            x = x - a0 * lr
+        else:
+            x = x - g * lr
+    elif KIND == 1:
+        a0 = a0 + g * g
+        x = x - lr * g / tl.sqrt(a0 + eps)
+    elif KIND == 2:
+        a0 = h1 * a0 + (1.0 - h1) * (g * g)
+        x = x - lr * g / tl.sqrt(a0 + eps)
+    else:
+        a0 = h1 * a0 + (1.0 - h1) * g
+        a1 = h2 * a1 + (1.0 - h2) * g * g
+        x = x - lr * ((a0 / c1) / (tl.sqrt(a1 / c2) + eps))
+    return x, a0, a1, a2
+
+
+@triton.jit
+def _to_storage(x, X_DT: tl.constexpr):
+    """The math value in the parameter's dtype, rounded to nearest even. bfloat16 is rounded on the bits
+    (the Triton interpreter truncates in its own conversion; GPUs round to nearest even: this is the same on
+    both, and a few integer operations in a memory-bound loop)."""
+    if X_DT == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(X_DT)
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+@triton.jit
+def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, eps_ptr, part_ptr, n_tensors,
+                   KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
+                   NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, WITH_JAC: tl.constexpr,
+                   G_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr,
+                   BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g."""
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    start = tl.load(chunk_start_ptr + pid)
+    n = tl.load(numel_ptr + t)
+    end = tl.minimum(n, start + CHUNK)
+    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps64 = _derived(scal_ptr, t, eps_ptr)
+    zi = tl.zeros([BLOCK], dtype=tl.int32)
+    valid = (zi + (flag != 0.0).to(tl.int32)) != 0     # broadcast first: scalar & block fails in the interpreter
+    gp = tl.load(ptrs + 1 * n_tensors + t).to(tl.pointer_type(G_DT))
+    p0 = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(M_DT))
+    p1 = tl.load(ptrs + 3 * n_tensors + t).to(tl.pointer_type(M_DT))
+    p2 = tl.load(ptrs + 4 * n_tensors + t).to(tl.pointer_type(M_DT))
+    if ALIGNED:
+        gp = tl.multiple_of(gp, 16)
+        p0 = tl.multiple_of(p0, 16)
+        p1 = tl.multiple_of(p1, 16)
+        p2 = tl.multiple_of(p2, 16)
+    acc0 = tl.zeros([BLOCK], dtype=M_DT)
+    acc1 = tl.zeros([BLOCK], dtype=M_DT)
+    acc2 = tl.zeros([BLOCK], dtype=M_DT)
+    bad = tl.zeros([BLOCK], dtype=tl.float32)
+    lane = tl.arange(0, BLOCK).to(tl.int64)
+    for it in range(0, CHUNK, BLOCK):
+        offs = start + it + lane
+        m = offs < end
+        g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
+        bad += tl.where((g - g) == 0.0, 0.0, 1.0)
+        if WITH_JAC:
+            a0 = g * 0.0
+            a1 = g * 0.0
+            a2 = g * 0.0
+            if NS0:
+                a0 = tl.load(p0 + offs, mask=m, other=0.0)
+            if NS1:
+                a1 = tl.load(p1 + offs, mask=m, other=0.0)
+            if NS2:
+                a2 = tl.load(p2 + offs, mask=m, other=0.0)
+            j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, a0, a1, a2,
+                              lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), raw_lr.to(M_DT), dsig1.to(M_DT),
+                              dsig2.to(M_DT), c1.to(M_DT), c2.to(M_DT), dc1.to(M_DT), dc2.to(M_DT), eps64.to(M_DT))
+            use = m & valid
+            acc0 += tl.where(use, g * j0, 0.0)
+            acc1 += tl.where(use, g * j1, 0.0)
+            acc2 += tl.where(use, g * j2, 0.0)
+    out = part_ptr + pid * 4
+    tl.store(out + 0, tl.sum(acc0, axis=0).to(tl.float64))
+    tl.store(out + 1, tl.sum(acc1, axis=0).to(tl.float64))
+    tl.store(out + 2, tl.sum(acc2, axis=0).to(tl.float64))
+    tl.store(out + 3, tl.sum(bad, axis=0).to(tl.float64))
+
+
+@triton.jit
+def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, jscal_ptr, eps_ptr, ok_ptr,
+                   part_ptr, n_tensors,
+                   KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
+                   NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, KEEP_PREV: tl.constexpr,
+                   ONE_PASS: tl.constexpr, X_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr,
+                   BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """Pass B: the update in place, nothing written where the device flag ``ok`` is 0; in one-pass mode also
+    the next step's sums from the state as it was before this update (partials as in pass A)."""
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    start = tl.load(chunk_start_ptr + pid)
+    n = tl.load(numel_ptr + t)
+    end = tl.minimum(n, start + CHUNK)
+    zi = tl.zeros([BLOCK], dtype=tl.int32)
+    ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0      # broadcast first: scalar & block fails in the interpreter
+    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, store_prev, eps64 = _derived(scal_ptr, t, eps_ptr)
+    keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
+    xp = tl.load(ptrs + 0 * n_tensors + t).to(tl.pointer_type(X_DT))
+    gp = tl.load(ptrs + 1 * n_tensors + t).to(tl.pointer_type(X_DT))
+    p0 = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(M_DT))
+    p1 = tl.load(ptrs + 3 * n_tensors + t).to(tl.pointer_type(M_DT))
+    p2 = tl.load(ptrs + 4 * n_tensors + t).to(tl.pointer_type(M_DT))
+    if ALIGNED:
+        xp = tl.multiple_of(xp, 16)
+        gp = tl.multiple_of(gp, 16)
+        p0 = tl.multiple_of(p0, 16)
+        p1 = tl.multiple_of(p1, 16)
+        p2 = tl.multiple_of(p2, 16)
+    acc0 = tl.zeros([BLOCK], dtype=M_DT)
+    acc1 = tl.zeros([BLOCK], dtype=M_DT)
+    acc2 = tl.zeros([BLOCK], dtype=M_DT)
+    bad = tl.zeros([BLOCK], dtype=tl.float32)
+    jvalid = ok
+    if ONE_PASS:
+        (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jflag, _e) = _derived(jscal_ptr, t, eps_ptr)
+        jvalid = (zi + (jflag != 0.0).to(tl.int32)) != 0
+    lane = tl.arange(0, BLOCK).to(tl.int64)
+    for it in range(0, CHUNK, BLOCK):
+        offs = start + it + lane
+        inb = offs < end
+        m = inb & ok
+        g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
+        x = tl.load(xp + offs, mask=m, other=0.0).to(M_DT)
+        a0 = g * 0.0
+        a1 = g * 0.0
+        a2 = g * 0.0
+        if NS0:
+            a0 = tl.load(p0 + offs, mask=m, other=0.0)
+        if NS1:
+            a1 = tl.load(p1 + offs, mask=m, other=0.0)
+        if NS2:
+            a2 = tl.load(p2 + offs, mask=m, other=0.0)
+        if ONE_PASS:
+            bad += tl.where((g - g) == 0.0, 0.0, 1.0)
+            j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, a0, a1, a2,
+                              jlr.to(M_DT), jh1.to(M_DT), jh2.to(M_DT), jraw.to(M_DT), jds1.to(M_DT),
+                              jds2.to(M_DT), jc1.to(M_DT), jc2.to(M_DT), jdc1.to(M_DT), jdc2.to(M_DT),
+                              eps64.to(M_DT))
+            use = m & jvalid
+            acc0 += tl.where(use, g * j0, 0.0)
+            acc1 += tl.where(use, g * j1, 0.0)
+            acc2 += tl.where(use, g * j2, 0.0)
+        x, a0, a1, a2 = _step(KIND, LEARN, MOMENTUM, x, g, a0, a1, a2, lr.to(M_DT), h1.to(M_DT), h2.to(M_DT),
+                              eps64.to(M_DT), c1.to(M_DT), c2.to(M_DT))
+        tl.store(xp + offs, _to_storage(x, X_DT), mask=m)
+        if KIND == 0:
+            if MOMENTUM:
+                tl.store(p0 + offs, a0, mask=m)
+                if LEARN & 2:
+                    tl.store(p1 + offs, a1, mask=m)
+            elif KEEP_PREV:
+                tl.store(p0 + offs, g, mask=m & keep)
+        elif KIND == 3:
+            tl.store(p0 + offs, a0, mask=m)
+            tl.store(p1 + offs, a1, mask=m)
+            if KEEP_PREV:
+                tl.store(p2 + offs, g, mask=m & keep)
+        else:
+            tl.store(p0 + offs, a0, mask=m)
+            if KEEP_PREV:
+                tl.store(p1 + offs, g, mask=m & keep)
+    if ONE_PASS:
+        out = part_ptr + pid * 4
+        tl.store(out + 0, tl.sum(acc0, axis=0).to(tl.float64))
+        tl.store(out + 1, tl.sum(acc1, axis=0).to(tl.float64))
+        tl.store(out + 2, tl.sum(acc2, axis=0).to(tl.float64))
+        tl.store(out + 3, tl.sum(bad, axis=0).to(tl.float64))
+
+
+@triton.jit
+def _finish_kernel(part_ptr, first_chunk_ptr, out_ptr, FB: tl.constexpr):
+    """Per tensor: its chunks' partial rows added in chunk order (float64), FB rows at a time."""
+    t = tl.program_id(0)
+    lo = tl.load(first_chunk_ptr + t)
+    hi = tl.load(first_chunk_ptr + t + 1)
+    r = tl.arange(0, FB)
+    s0 = tl.zeros([FB], dtype=tl.float64)
+    s1 = tl.zeros([FB], dtype=tl.float64)
+    s2 = tl.zeros([FB], dtype=tl.float64)
+    s3 = tl.zeros([FB], dtype=tl.float64)
+    for k in range(lo, hi, FB):
+        rows = k + r
+        m = rows < hi
+        s0 += tl.load(part_ptr + rows * 4 + 0, mask=m, other=0.0)
+        s1 += tl.load(part_ptr + rows * 4 + 1, mask=m, other=0.0)
+        s2 += tl.load(part_ptr + rows * 4 + 2, mask=m, other=0.0)
+        s3 += tl.load(part_ptr + rows * 4 + 3, mask=m, other=0.0)
+    tl.store(out_ptr + t * 4 + 0, tl.sum(s0, axis=0))
+    tl.store(out_ptr + t * 4 + 1, tl.sum(s1, axis=0))
+    tl.store(out_ptr + t * 4 + 2, tl.sum(s2, axis=0))
+    tl.store(out_ptr + t * 4 + 3, tl.sum(s3, axis=0))
+
+
+# ------------------------------------------------------------------------------------------------ host side
+_TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
+             torch.bfloat16: tl.bfloat16}
+
+# (device, sizes, CHUNK) -> (chunk_tensor, chunk_start, first_chunk, numel): the block-to-(tensor, offset) map
+_MAPS: Dict[tuple, Tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+# (device, addresses) -> pointer table; a few entries (the addresses of alternating gradient buffers)
+_PTRS: Dict[tuple, Tensor] = {}
+_CACHE_MAX = 64
+
+
+def _chunk_map(device, sizes: Tuple[int, ...]):
+    chunk = CONFIG["CHUNK"]
+    key = (str(device), sizes, chunk)
+    hit = _MAPS.get(key)
+    if hit is not None:
+        return hit
+    tensor_of, start_of, first = [], [], [0]
+    for i, n in enumerate(sizes):
+        k = max(1, -(-n // chunk))
+        tensor_of.extend([i] * k)
+        start_of.extend(range(0, k * chunk, chunk))
+        first.append(first[-1] + k)
+    out = (torch.tensor(tensor_of, dtype=torch.int32).to(device),
+           torch.tensor(start_of, dtype=torch.int64).to(device),
+           torch.tensor(first, dtype=torch.int32).to(device),
+           torch.tensor(sizes, dtype=torch.int64).to(device))
+    if len(_MAPS) >= _CACHE_MAX:
+        _MAPS.clear()
+    _MAPS[key] = out
+    return out
+
+
+def _pointer_table(device, lists: Sequence[Sequence[Tensor]], n: int) -> Tensor:
+    addrs = tuple(tuple(t.data_ptr() for t in lst) if lst else (0,) * n for lst in lists)
+    key = (str(device), addrs)
+    hit = _PTRS.get(key)
+    if hit is not None:
+        return hit
+    table = torch.tensor(addrs, dtype=torch.int64)
+    if table.device != torch.device(device):
+        table = table.pin_memory().to(device, non_blocking=True) if torch.cuda.is_available() else table.to(device)
+    if len(_PTRS) >= _CACHE_MAX:
+        _PTRS.clear()
+    _PTRS[key] = table
+    return table
+
+
+_EPS: Dict[tuple, Tensor] = {}
+
+
+def _eps_tensor(eps: float, device) -> Tensor:
+    """eps as a float64 value on the device (a float argument would reach the kernel as float32)."""
+    key = (float(eps), str(device))
+    t = _EPS.get(key)
+    if t is None:
+        t = _EPS[key] = torch.tensor([float(eps)], dtype=torch.float64).to(device)
+    return t
+
+
+def _aligned(lists: Sequence[Sequence[Tensor]]) -> bool:
+    return all(t.data_ptr() % 16 == 0 for lst in lists for t in lst)
+
+
+def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
+    n = len(grads)
+    if params and len(params) != n:
+        raise ValueError(f"{op}: {len(params)} params for {n} grads")
+    for lst in (s0, s1, s2):
+        if lst and len(lst) != n:
+            raise ValueError(f"{op}: a state list has {len(lst)} tensors for {n} grads")
+    if scal.dtype != torch.float64 or scal.dim() != 2 or scal.shape[0] != n or scal.shape[1] != 8 \
+            or not scal.is_contiguous():
+        raise ValueError(f"{op}: scalars must be a contiguous float64 tensor of shape [{n}, 8]")
+    dev = grads[0].device
+    if dev.type == "cpu" and not INTERPRET:
+        raise RuntimeError(f"{op}: the Triton kernels run on CUDA tensors; CPU tensors need the Triton "
+                           f"interpreter (set TRITON_INTERPRET=1 before importing hyperfused)")
+    for i, g in enumerate(grads):
+        if g.dtype not in _TL_DTYPE:
+            raise TypeError(f"{op}: gradient {i} has dtype {g.dtype}; the kernels take float32, float64, "
+                            f"float16 and bfloat16")
+        if g.dtype != grads[0].dtype:
+            raise ValueError(f"{op}: all gradients of one call must share one dtype")
+        if g.device != dev or not g.is_contiguous() and not _dense(g):
+            raise ValueError(f"{op}: gradient {i} must be a dense tensor on {dev}")
+        if params and (params[i].shape != g.shape or params[i].stride() != g.stride()
+                       or params[i].dtype != g.dtype):
+            raise ValueError(f"{op}: parameter {i} must have the gradient's shape, strides and dtype")
+        for lst in (s0, s1, s2):
+            if lst and (lst[i].shape != g.shape or lst[i].stride() != g.stride() or lst[i].dtype != math_dt):
+                raise ValueError(f"{op}: state tensor {i} must have the gradient's shape and strides and dtype "
+                                 f"{math_dt} (got {lst[i].dtype})")
+
+
+def _dense(t: Tensor) -> bool:
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
+    expect = 1
+    for st, sz in dims:
+        if st != expect:
+            return False
+        expect *= sz
+    return True
+
+
+def _math_dtype(dt: torch.dtype) -> torch.dtype:
+    return torch.float64 if dt == torch.float64 else torch.float32
+
+
+def _launch(kernel, grid, *args, **kw):
+    LAUNCHES["count"] += 1
+    kernel[grid](*args, **kw)
+
+
+def _finish(part: Tensor, first: Tensor, n: int) -> Tensor:
+    out = torch.empty(n, 4, dtype=torch.float64, device=part.device)
+    _launch(_finish_kernel, (n,), part, first, out, FB=CONFIG["FINISH_BLOCK"])
+    return out
+
+
+def hyper_reduce(kind: int, learn: int, momentum: bool, eps: float, grads: List[Tensor], s0: List[Tensor],
+                 s1: List[Tensor], s2: List[Tensor], scal: Tensor) -> Tensor:
+    """Pass A (same arguments and result as ``torch.ops.hyperfused.hyper_reduce``)."""
+    n = len(grads)
+    if n == 0:
+        return torch.zeros(0, 4, dtype=torch.float64, device=scal.device)
+    mdt = _math_dtype(grads[0].dtype)
+    _check("hyper_reduce", grads, [], s0, s1, s2, scal, mdt)
+    dev = grads[0].device
+    ct, cs, first, numel = _chunk_map(dev, tuple(g.numel() for g in grads))
+    lists = ([], grads, s0, s1, s2)
+    ptrs = _pointer_table(dev, lists, n)
+    chunks = ct.numel()
+    part = torch.empty(chunks, 4, dtype=torch.float64, device=dev)
+    _launch(_reduce_kernel, (chunks,), ptrs, numel, ct, cs, scal, _eps_tensor(eps, dev), part, n,
+            KIND=int(kind), LEARN=int(learn), MOMENTUM=bool(momentum),
+            NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), WITH_JAC=bool(learn),
+            G_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
+            BLOCK=CONFIG["BLOCK"], CHUNK=CONFIG["CHUNK"], num_warps=CONFIG["num_warps"])
+    return _finish(part, first, n)
+
+
+def hyper_update(kind: int, learn: int, momentum: bool, eps: float, params: List[Tensor], grads: List[Tensor],
+                 s0: List[Tensor], s1: List[Tensor], s2: List[Tensor], scal: Tensor, scal_jac: Optional[Tensor],
+                 ok: Tensor) -> Tensor:
+    """Pass B (same arguments and result as ``torch.ops.hyperfused.hyper_update``): in place on params and
+    state where the 0-dim device flag ``ok`` is true; with ``scal_jac`` (one-pass mode) also pass A's sums
+    from the state before the update."""
+    n = len(grads)
+    if n == 0:
+        return torch.zeros(0, 4, dtype=torch.float64, device=scal.device)
+    if not params:
+        raise ValueError("hyper_update: params are required")
+    mdt = _math_dtype(grads[0].dtype)
+    _check("hyper_update", grads, params, s0, s1, s2, scal, mdt)
+    one_pass = scal_jac is not None
+    if one_pass:
+        _check("hyper_update", grads, params, s0, s1, s2, scal_jac, mdt)
+    if ok.numel() != 1 or ok.dtype != torch.bool:
+        raise ValueError("hyper_update: ok must be a 0-dim bool tensor")
+    dev = grads[0].device
+    ct, cs, first, numel = _chunk_map(dev, tuple(g.numel() for g in grads))
+    lists = (params, grads, s0, s1, s2)
+    ptrs = _pointer_table(dev, lists, n)
+    chunks = ct.numel()
+    part = torch.empty(chunks if one_pass else 1, 4, dtype=torch.float64, device=dev)
+    # which state list holds the previous gradient (written with column 7 of the table)
+    keep_prev = {SGD: (not momentum) and bool(learn & LEARN_LR), ADAGRAD: bool(learn), RMSPROP: bool(learn),
+                 ADAM: bool(learn & (LEARN_H1 | LEARN_H2))}[int(kind)]
+    _launch(_update_kernel, (chunks,), ptrs, numel, ct, cs, scal, scal_jac if one_pass else scal, _eps_tensor(eps, dev),
+            ok.reshape(()).view(torch.uint8), part, n,
+            KIND=int(kind), LEARN=int(learn), MOMENTUM=bool(momentum),
+            NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), KEEP_PREV=keep_prev, ONE_PASS=one_pass,
+            X_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
+            BLOCK=CONFIG["BLOCK"], CHUNK=CONFIG["CHUNK"], num_warps=CONFIG["num_warps"])
+    if not one_pass:
+        return torch.zeros(n, 4, dtype=torch.float64, device=dev)
+    return _finish(part, first, n)
+
+
+def nonfinite_count(grads: List[Tensor]) -> Tensor:
+    """Non-finite elements per gradient (float64 [n]): one read of the gradients."""
+    n = len(grads)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    scal = torch.zeros(n, 8, dtype=torch.float64, device=grads[0].device)
+    return hyper_reduce(SGD, 0, False, 0.0, grads, [], [], [], scal)[:, 3]
