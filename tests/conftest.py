@@ -6,6 +6,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors. The variable must be set before
+# the kernels are defined (hyperfused imports them lazily, at the first use of backend="triton").
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def float64_default():

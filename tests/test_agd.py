@@ -55,9 +55,12 @@ def _train(model, step, batches):
     return etas
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 @pytest.mark.parametrize("net", ["fcn", "cnn"])
 def test_frobenius_agd_reproduces_the_authors_algorithm(net, backend):
+    if backend == "triton" and (torch.cuda.is_available() or not hf.ops.triton_available()):
+        pytest.skip("these models run on CPU tensors: the Triton kernels only under the interpreter here "
+                    "(tests/test_triton_agd.py runs them on CUDA tensors)")
     make = fcn if net == "fcn" else cnn
     ours, theirs = make(), make()
     opt = hf.AGD(ours.parameters(), backend=backend)
@@ -88,11 +91,14 @@ def _exact_spectral_step(params, gain=1.0):
     return eta
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 @pytest.mark.parametrize("net", ["fcn", "cnn"])
-def test_spectral_agd_steps_match_exact_spectral_norms(net):
+def test_spectral_agd_steps_match_exact_spectral_norms(net, backend):
+    if backend == "triton" and (torch.cuda.is_available() or not hf.ops.triton_available()):
+        pytest.skip("the Triton AGD kernels run here under the interpreter on CPU tensors")
     make = fcn if net == "fcn" else cnn
     ours, exact = make(), make()
-    opt = hf.AGD(ours.parameters(), norm="spectral", tol=1e-7, max_iter=100)
+    opt = hf.AGD(ours.parameters(), norm="spectral", tol=1e-7, max_iter=100, backend=backend)
     ps = list(exact.parameters())
     for x, y in data(6):
         for m in (ours, exact):
@@ -155,8 +161,10 @@ def test_bad_options():
         hf.AGD(w, norm="nuclear")
     with pytest.raises(ValueError, match="gain must be"):
         hf.AGD(w, gain=-1)
-    with pytest.raises(NotImplementedError, match="backend='triton' is not implemented"):
-        hf.AGD(w, backend="triton")
+    with pytest.raises(NotImplementedError, match="backend='cuda' is not implemented"):
+        hf.AGD(w, backend="cuda")
+    with pytest.raises(ValueError, match="unknown backend"):
+        hf.AGD(w, backend="tpu")
 
 
 def test_init_weights_is_scaled_orthogonal_per_slice():

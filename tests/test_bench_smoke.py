@@ -22,3 +22,21 @@ def test_mlp_step_benchmark_runs():
     names = [r["config"] for r in rows]
     assert names[:3] == ["torch Adam fused", "hf Adam/SGD exact", "hf Adam/SGD one-pass"]
     assert all(r["peak_growth_mb"] >= 0 for r in rows)
+
+
+def test_triton_benchmark_runs_and_says_when_no_gpu_numbers_were_taken(capsys):
+    import torch
+    import bench_triton
+    res = bench_triton.main(["--elements", "2K", "--only", "torch Adam fused", "Adam (lr) exact"])
+    out = capsys.readouterr().out
+    rows = res["results"]["2K"]
+    assert "hf Adam (lr) exact [triton]" in rows and "hf Adam (lr) exact [reference]" in rows
+    assert all(r["median_ms"] > 0 for r in rows.values())
+    if not torch.cuda.is_available():
+        assert "NO GPU: no GPU numbers were taken" in out
+    # launches per step do not grow with the number of tensors
+    counts = res["launches"]
+    for mode in ("exact", "one-pass"):
+        small, big = counts[f"{mode}, 24 tensors"], counts[f"{mode}, 240 tensors"]
+        assert small == big
+    assert counts["exact, 240 tensors"]["triton_launches"] == 3

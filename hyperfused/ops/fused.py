@@ -26,10 +26,17 @@ COLUMN = {("sgd", "lr"): 0, ("sgd", "momentum"): 1, ("adagrad", "lr"): 0, ("rmsp
 H1 = {"sgd": "momentum", "rmsprop": "alpha", "adam": "beta1"}
 
 
+_KEYS: Dict[tuple, List[str]] = {}
+
+
 def state_keys(kind: str, cfg: dict, learned: Sequence[str]) -> List[str]:
     """The state tensors the kernels read and write, in the kernel's order (s0, s1, s2)."""
-    x = torch.zeros(1)
-    return [k for k in ref.KINDS[kind][0](x, cfg, learned) if k != "step"]
+    key = (kind, tuple(sorted(cfg.items())), tuple(learned))
+    keys = _KEYS.get(key)
+    if keys is None:
+        x = torch.zeros(1)
+        keys = _KEYS[key] = [k for k in ref.KINDS[kind][0](x, cfg, learned) if k != "step"]
+    return keys
 
 
 def learn_mask(kind: str, learned: Sequence[str]) -> int:
@@ -201,16 +208,16 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         [s1[i] for i in idx] if s1 else [], [s2[i] for i in idx] if s2 else [], scal[idx].contiguous(),
         None if scal_jac is None else scal_jac[idx].contiguous(), ok), n)
     for p, w in zip(params, work):
-        if w is not p.detach() and w.data_ptr() != p.data_ptr():
+        if w.data_ptr() != p.data_ptr():          # a contiguous copy of a non-dense parameter: write it back
             p.detach().copy_(w)
     if any(keep) and bool(ok):         # only CPU tensors are kept: no device synchronisation
         for st, gi, k in zip(states, g, keep):
             if k:
                 st["prev_grad"] = gi
                 _keep(gi)
-    if kind == "adam":
-        for st in states:
-            st["step"].add_(ok.to(st["step"].dtype))
+    if kind == "adam":                              # one multi-tensor op, not one per tensor
+        steps_l = [st["step"] for st in states]
+        torch._foreach_add_(steps_l, ok.to(steps_l[0].dtype))
     if jac is None:
         return None
     return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, 3].sum() == 0

@@ -40,7 +40,9 @@ class AGD(torch.optim.Optimizer):
         gain: multiplies every step (1 is the method).
         norm: "frobenius" or "spectral".
         tol, max_iter: the power iteration's relative tolerance and iteration cap (spectral).
-        backend: "auto", "reference" or "cpu" ("cuda", "triton": not yet).
+        backend: "auto", "reference", "cpu" or "triton" (the Triton kernels: CUDA tensors, or CPU tensors under
+            TRITON_INTERPRET=1; its step reads nothing back to the host in the Frobenius variant). "cuda": not
+            yet (the AGD ops' CUDA registrations are composed of ATen operations).
     """
 
     def __init__(self, params, gain: float = 1.0, norm: str = "frobenius", *, tol: float = 1e-4,
@@ -49,11 +51,16 @@ class AGD(torch.optim.Optimizer):
             raise ValueError(f"AGD: norm must be 'frobenius' or 'spectral', got {norm!r}")
         if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain >= 0):
             raise ValueError(f"AGD: gain must be a finite number >= 0, got {gain!r}")
-        if backend not in ("auto", "reference", "cpu"):
-            if backend in ("cuda", "triton"):
-                raise NotImplementedError(f"AGD: backend={backend!r} is not implemented yet; use 'auto', 'cpu' or "
-                                          f"'reference'")
+        if backend not in ("auto", "reference", "cpu", "triton"):
+            if backend == "cuda":
+                raise NotImplementedError("AGD: backend='cuda' is not implemented yet; use 'auto', 'cpu', 'triton' "
+                                          "or 'reference'")
             raise ValueError(f"AGD: unknown backend {backend!r}")
+        if backend == "triton":
+            from ..ops import triton as _tri
+            if not _tri.available():
+                raise RuntimeError(f"AGD: backend='triton' needs the triton package ({_tri.error()})")
+            self._triton = _tri
         if tol <= 0 or int(max_iter) < 1:
             raise ValueError(f"AGD: tol must be > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
         super().__init__(params, dict(gain=float(gain)))
@@ -70,6 +77,12 @@ class AGD(torch.optim.Optimizer):
                         f"(or give AGD only the weights).")
                 if p.is_complex() or not p.is_floating_point():
                     raise TypeError(f"AGD optimizes real floating-point weights, got dtype {p.dtype}")
+        if backend == "triton":
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.device.type != "cuda" and not (p.device.type == "cpu" and self._triton.interpreting()):
+                        raise ValueError(f"AGD: backend='triton' runs on CUDA tensors (and on CPU tensors under the "
+                                         f"Triton interpreter, TRITON_INTERPRET=1); got a parameter on {p.device}")
         self.L = sum(len(g["params"]) for g in self.param_groups)
         dev = self.param_groups[0]["params"][0].device if self.L else "cpu"
         self.eta = torch.zeros((), dtype=torch.float64, device=dev)
@@ -94,6 +107,13 @@ class AGD(torch.optim.Optimizer):
 
     def _use_kernels(self, params) -> bool:
         return self.backend in ("auto", "cpu")
+
+    def _tri_kernels(self):
+        """The Triton AGD kernel module when backend='triton', else None."""
+        if self.backend != "triton":
+            return None
+        import importlib
+        return importlib.import_module("hyperfused.ops.triton.agd")
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
@@ -133,10 +153,16 @@ class AGD(torch.optim.Optimizer):
             self._gain_vec = torch.cat([torch.full((c,), gn, dtype=torch.float64)
                                         for gn, c in zip(gains, counts)]).to(params[0].device)
         scale, gain = self._scale_vec, self._gain_vec
-        fused_spectral = (self.norm == "spectral" and self._use_kernels(params) and hf_ext_available()
-                          and all(g.device.type == "cpu" and g.is_contiguous() for g in grads))
+        tri = self._tri_kernels()
+        if tri is not None:
+            grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+        fused_spectral = self.norm == "spectral" and (tri is not None or (
+            self._use_kernels(params) and hf_ext_available()
+            and all(g.device.type == "cpu" and g.is_contiguous() for g in grads)))
         if fused_spectral:               # pass A: sums of squares and g v in one read
             sq, denom = self._sigmas_fused(params, grads)
+        elif tri is not None:
+            sq = tri.agd_sumsq(grads, counts)
         else:
             sq = torch.cat(agd_ops.sumsq(grads) if self._use_kernels(params) else
                            [agd_ops.as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads])
@@ -153,6 +179,11 @@ class AGD(torch.optim.Optimizer):
         G = G / self.L
         eta = torch.log((1 + torch.sqrt(1 + 4 * G)) / 2)
         coef = torch.where(denom > 0, gain * (eta / self.L) * scale / denom.clamp_min(1e-300), torch.zeros_like(denom))
+        if tri is not None:              # the skip decision stays on the device: no host synchronisation
+            ok = torch.isfinite(coef).all() & torch.isfinite(eta)
+            tri.agd_update(params, grads, coef, ok)
+            self.eta = torch.where(ok, eta, self.eta)
+            return loss
         if bool(torch.isfinite(coef).all() & torch.isfinite(eta)):
             if self._use_kernels(params):
                 agd_ops.update(params, grads, list(torch.split(coef, counts)))
@@ -176,11 +207,12 @@ class AGD(torch.optim.Optimizer):
         (pass A), then g^T u (one more read); the two half-step estimates decide convergence, and only the
         slices that have not settled continue with batched iterations."""
         states = [self._init_uv(p) for p in params]
-        sq, gv = torch.ops.hyperfused.agd_gv(list(grads), [st["v"].contiguous() for st in states])
+        kern = self._tri_kernels() or torch.ops.hyperfused
+        sq, gv = kern.agd_gv(list(grads), [st["v"].contiguous() for st in states])
         s_b = [x.norm(dim=1) for x in gv]
         u_new = [torch.where((n > 0).unsqueeze(1), x / n.clamp_min(1e-300).unsqueeze(1), st["u"])
                  for x, n, st in zip(gv, s_b, states)]
-        gtu = torch.ops.hyperfused.agd_gtu(list(grads), u_new)
+        gtu = kern.agd_gtu(list(grads), u_new)
         sigmas, iters = [], []
         fro = torch.split(sq.sqrt(), [agd_ops.slices_of(p) for p in params])
         for p, g, st, u, y, sb, f in zip(params, grads, states, u_new, gtu, s_b, fro):

@@ -507,10 +507,12 @@ class HyperOptimizer(torch.optim.Optimizer):
             result = ops.hyper_update(plan["backend"], self.kind, cfg0, learned0, per0, plan["params"],
                                       plan["grads"], plan["states"], self._values_of(spec0, rows), ok,
                                       raw=rows, jac=jac)
-            for st in plan["states"]:
-                st["moved"].copy_(st["moved"] | ok)
-        for st in plan["idle"]:       # no gradient this step: did not move, so no Jacobian next step
-            st["moved"].copy_(st["moved"] & ~ok)
+            # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
+            moved = [st["moved"] for st in plan["states"]]
+            torch._foreach_maximum_(moved, [ok] * len(moved))                  # moved |= ok
+        if plan["idle"]:              # no gradient this step: did not move, so no Jacobian next step
+            idle = [st["moved"] for st in plan["idle"]]
+            torch._foreach_minimum_(idle, [~ok] * len(idle))                   # moved &= ~ok
         if not self._one_pass:
             return None
         if result is None:

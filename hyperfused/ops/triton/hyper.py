@@ -199,7 +199,7 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g."""
     pid = tl.program_id(0)
     t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.load(chunk_start_ptr + pid)
+    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)   # chunks start at multiples of CHUNK
     n = tl.load(numel_ptr + t)
     end = tl.minimum(n, start + CHUNK)
     lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps64 = _derived(scal_ptr, t, eps_ptr)
@@ -219,8 +219,8 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     acc2 = tl.zeros([BLOCK], dtype=M_DT)
     bad = tl.zeros([BLOCK], dtype=tl.float32)
     lane = tl.arange(0, BLOCK).to(tl.int64)
-    for it in range(0, CHUNK, BLOCK):
-        offs = start + it + lane
+    for k in range(0, tl.cdiv(end - start, BLOCK)):     # only the tiles this chunk has
+        offs = start + k * BLOCK + lane
         m = offs < end
         g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
         bad += tl.where((g - g) == 0.0, 0.0, 1.0)
@@ -259,7 +259,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     the next step's sums from the state as it was before this update (partials as in pass A)."""
     pid = tl.program_id(0)
     t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.load(chunk_start_ptr + pid)
+    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)   # chunks start at multiples of CHUNK
     n = tl.load(numel_ptr + t)
     end = tl.minimum(n, start + CHUNK)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
@@ -286,8 +286,8 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
         (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jflag, _e) = _derived(jscal_ptr, t, eps_ptr)
         jvalid = (zi + (jflag != 0.0).to(tl.int32)) != 0
     lane = tl.arange(0, BLOCK).to(tl.int64)
-    for it in range(0, CHUNK, BLOCK):
-        offs = start + it + lane
+    for k in range(0, tl.cdiv(end - start, BLOCK)):     # only the tiles this chunk has
+        offs = start + k * BLOCK + lane
         inb = offs < end
         m = inb & ok
         g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)

@@ -1,0 +1,365 @@
+"""Triton kernels of Automatic Gradient Descent (SPEC.md part 2): the "triton" backend of hf.AGD.
+
+Same arguments and results as the compiled ops (csrc/ops.cpp):
+
+    agd_sumsq(grads, slices) -> float64 [sum of slices]      pass A: per-slice sums of squares
+    agd_update(params, grads, coef, ok=None) -> None         pass B: W -= coef[slice] * g, nowhere if not ok
+    agd_gv(grads, vs) -> (sumsq, [g v])                      spectral pass A: g v and the sums of squares
+    agd_gtu(grads, us) -> [g^T u]                            the other half-iteration
+
+Layout. A weight is a matrix (one slice) or a contiguous (d_out, d_in, kh, kw) kernel with S = kh*kw slices;
+element f of the flat tensor is row f // S (the pair (o, i)) and slice f % S. The kernels load 2-D tiles of
+[rows, SP] (SP = S rounded up to a power of two, columns past S masked), so a sum over the rows is a per-slice
+sum with no scatter; consecutive rows are consecutive memory, so the loads stay coalesced.
+
+Multi-tensor as in hyper.py: one launch per pass for every tensor, with a pointer table, a chunk map of
+(tensor, first row) and fixed-order partial sums combined by a finishing kernel (deterministic, no atomics).
+The spectral half-iterations run one program per block of output rows (g v: rows o of every slice; g^T u:
+columns i), each looping over the other dimension in a fixed order: the results are written, not accumulated.
+
+Bytes per element (fp32 gradient): sumsq reads g (4); update reads w, g and writes w (12): AGD's 16 B/param.
+gv reads g (4, v is O(d_in) per slice); gtu reads g again (4).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .hyper import INTERPRET, LAUNCHES, _TL_DTYPE, _pointer_table
+
+Tensor = torch.Tensor
+
+#: rows per tile and per program of the Frobenius passes, output rows per program of the spectral ones
+AGD_CONFIG = {"ROWS": 1024 if INTERPRET else 256, "CHUNK_ROWS": 8192 if INTERPRET else 2048, "num_warps": 4,
+              "BO": 64 if INTERPRET else 16, "BI": 256 if INTERPRET else 64, "FB": 256}
+
+
+def _launch(kernel, grid, *args, **kw):
+    LAUNCHES["count"] += 1
+    kernel[grid](*args, **kw)
+
+
+@triton.jit
+def _sumsq_kernel(ptrs, rows_ptr, slices_ptr, chunk_tensor_ptr, chunk_row_ptr, part_ptr,
+                  G_DT: tl.constexpr, SP: tl.constexpr, ROWS: tl.constexpr, CHUNK_ROWS: tl.constexpr):
+    ACC: tl.constexpr = tl.float64 if G_DT == tl.float64 else tl.float32    # float64 sums for float64 grads
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    r0 = tl.load(chunk_row_ptr + pid)
+    nrows = tl.load(rows_ptr + t)
+    S = tl.load(slices_ptr + t)
+    end = tl.minimum(nrows, r0 + CHUNK_ROWS)
+    gp = tl.load(ptrs + t).to(tl.pointer_type(G_DT))
+    r = tl.arange(0, ROWS).to(tl.int64)
+    c = tl.arange(0, SP)
+    acc = tl.zeros([ROWS, SP], dtype=ACC)
+    for k in range(0, tl.cdiv(end - r0, ROWS)):
+        rows = r0 + k * ROWS + r
+        m = (rows < end)[:, None] & (c < S)[None, :]
+        g = tl.load(gp + rows[:, None] * S + c[None, :], mask=m, other=0.0).to(ACC)
+        acc += g * g
+    tl.store(part_ptr + pid * SP + c, tl.sum(acc, axis=0).to(tl.float64))
+
+
+@triton.jit
+def _sumsq_finish(part_ptr, first_chunk_ptr, slices_ptr, offset_ptr, out_ptr, SP: tl.constexpr, FB: tl.constexpr):
+    t = tl.program_id(0)
+    lo = tl.load(first_chunk_ptr + t)
+    hi = tl.load(first_chunk_ptr + t + 1)
+    S = tl.load(slices_ptr + t)
+    off = tl.load(offset_ptr + t)
+    r = tl.arange(0, FB)
+    c = tl.arange(0, SP)
+    acc = tl.zeros([FB, SP], dtype=tl.float64)
+    for k in range(lo, hi, FB):
+        rows = k + r
+        acc += tl.load(part_ptr + rows[:, None] * SP + c[None, :], mask=(rows < hi)[:, None], other=0.0)
+    tl.store(out_ptr + off + c, tl.sum(acc, axis=0), mask=c < S)
+
+
+@triton.jit
+def _update_kernel(ptrs, n_tensors, rows_ptr, slices_ptr, offset_ptr, chunk_tensor_ptr, chunk_row_ptr, coef_ptr,
+                   ok_ptr, X_DT: tl.constexpr, SP: tl.constexpr, ROWS: tl.constexpr, CHUNK_ROWS: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    r0 = tl.load(chunk_row_ptr + pid)
+    nrows = tl.load(rows_ptr + t)
+    S = tl.load(slices_ptr + t)
+    off = tl.load(offset_ptr + t)
+    end = tl.minimum(nrows, r0 + CHUNK_ROWS)
+    xp = tl.load(ptrs + t).to(tl.pointer_type(X_DT))
+    gp = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(X_DT))
+    r = tl.arange(0, ROWS).to(tl.int64)
+    c = tl.arange(0, SP)
+    cmask = c < S
+    zi = tl.zeros([SP], dtype=tl.int32)
+    okv = (zi + tl.load(ok_ptr).to(tl.int32)) != 0
+    coef = tl.load(coef_ptr + off + c, mask=cmask, other=0.0)
+    for k in range(0, tl.cdiv(end - r0, ROWS)):
+        rows = r0 + k * ROWS + r
+        m = (rows < end)[:, None] & (cmask & okv)[None, :]
+        idx = rows[:, None] * S + c[None, :]
+        g = tl.load(gp + idx, mask=m, other=0.0)
+        x = tl.load(xp + idx, mask=m, other=0.0)
+        if X_DT == tl.float64:
+            xn = x - coef[None, :] * g
+        else:
+            xn = x.to(tl.float32) - coef.to(tl.float32)[None, :] * g.to(tl.float32)
+        if X_DT == tl.bfloat16:       # round to nearest even on the bits (as hyper.py's _to_storage)
+            bits = xn.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            tl.store(xp + idx, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=m)
+        else:
+            tl.store(xp + idx, xn.to(X_DT), mask=m)
+
+
+@triton.jit
+def _gv_kernel(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, prog_row_ptr, part_ptr,
+               G_DT: tl.constexpr, SP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
+    """g v for output rows [o0, o0 + BO) of every slice of one tensor (float64 out (S, d_out)), and those
+    rows' per-slice sums of squares (a partial row per program)."""
+    ACC: tl.constexpr = tl.float64 if G_DT == tl.float64 else tl.float32
+    pid = tl.program_id(0)
+    t = tl.load(prog_tensor_ptr + pid)
+    o0 = tl.load(prog_row_ptr + pid)
+    dout = tl.load(dout_ptr + t)
+    din = tl.load(din_ptr + t)
+    S = tl.load(slices_ptr + t)
+    gp = tl.load(ptrs + t).to(tl.pointer_type(G_DT))
+    vp = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(tl.float64))
+    op = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(tl.float64))
+    o = o0 + tl.arange(0, BO).to(tl.int64)
+    i0 = tl.arange(0, BI).to(tl.int64)
+    c = tl.arange(0, SP)
+    acc = tl.zeros([BO, SP], dtype=tl.float64)
+    sq = tl.zeros([BO, BI, SP], dtype=ACC)
+    for k in range(0, tl.cdiv(din, BI)):
+        i = k * BI + i0
+        m = (o < dout)[:, None, None] & (i < din)[None, :, None] & (c < S)[None, None, :]
+        idx = (o[:, None, None] * din + i[None, :, None]) * S + c[None, None, :]
+        g = tl.load(gp + idx, mask=m, other=0.0).to(ACC)
+        vm = (i < din)[:, None] & (c < S)[None, :]
+        v = tl.load(vp + c[None, :] * din + i[:, None], mask=vm, other=0.0)      # v[s, i] as [BI, SP]
+        acc += tl.sum(g.to(tl.float64) * v[None, :, :], axis=1)
+        sq += g * g
+    om = (o < dout)[:, None] & (c < S)[None, :]
+    tl.store(op + c[None, :] * dout + o[:, None], acc, mask=om)
+    tl.store(part_ptr + pid * SP + c, tl.sum(tl.sum(sq, axis=1), axis=0).to(tl.float64))
+
+
+@triton.jit
+def _gtu_kernel(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, prog_col_ptr,
+                G_DT: tl.constexpr, SP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
+    """g^T u for columns [i0, i0 + BI) of every slice of one tensor (float64 out (S, d_in))."""
+    pid = tl.program_id(0)
+    t = tl.load(prog_tensor_ptr + pid)
+    i0 = tl.load(prog_col_ptr + pid)
+    dout = tl.load(dout_ptr + t)
+    din = tl.load(din_ptr + t)
+    S = tl.load(slices_ptr + t)
+    gp = tl.load(ptrs + t).to(tl.pointer_type(G_DT))
+    up = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(tl.float64))
+    op = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(tl.float64))
+    i = i0 + tl.arange(0, BI).to(tl.int64)
+    ob = tl.arange(0, BO).to(tl.int64)
+    c = tl.arange(0, SP)
+    acc = tl.zeros([BI, SP], dtype=tl.float64)
+    for k in range(0, tl.cdiv(dout, BO)):
+        o = k * BO + ob
+        m = (o < dout)[:, None, None] & (i < din)[None, :, None] & (c < S)[None, None, :]
+        idx = (o[:, None, None] * din + i[None, :, None]) * S + c[None, None, :]
+        g = tl.load(gp + idx, mask=m, other=0.0).to(tl.float64)
+        um = (o < dout)[:, None] & (c < S)[None, :]
+        u = tl.load(up + c[None, :] * dout + o[:, None], mask=um, other=0.0)      # u[s, o] as [BO, SP]
+        acc += tl.sum(g * u[:, None, :], axis=0)
+    im = (i < din)[:, None] & (c < S)[None, :]
+    tl.store(op + c[None, :] * din + i[:, None], acc, mask=im)
+
+
+# ------------------------------------------------------------------------------------------------ host side
+_MAPS: Dict[tuple, tuple] = {}
+
+
+def _sp(slices: Sequence[int]) -> int:
+    return triton.next_power_of_2(max(slices))
+
+
+def _row_map(device, rows: Tuple[int, ...], slices: Tuple[int, ...]):
+    chunk = AGD_CONFIG["CHUNK_ROWS"]
+    key = ("rows", str(device), rows, slices, chunk)
+    hit = _MAPS.get(key)
+    if hit is None:
+        tensor_of, row_of, first, offset = [], [], [0], [0]
+        for i, (n, s) in enumerate(zip(rows, slices)):
+            k = max(1, -(-n // chunk))
+            tensor_of += [i] * k
+            row_of += list(range(0, k * chunk, chunk))
+            first.append(first[-1] + k)
+            offset.append(offset[-1] + s)
+        hit = _MAPS[key] = tuple(torch.tensor(v, dtype=d).to(device) for v, d in (
+            (tensor_of, torch.int32), (row_of, torch.int64), (first, torch.int32), (list(rows), torch.int64),
+            (list(slices), torch.int32), (offset[:-1], torch.int64))) + (offset[-1],)
+    return hit
+
+
+def _block_map(device, extents: Tuple[int, ...], block: int):
+    key = ("blocks", str(device), extents, block)
+    hit = _MAPS.get(key)
+    if hit is None:
+        tensor_of, start_of = [], []
+        for i, n in enumerate(extents):
+            k = max(1, -(-n // block))
+            tensor_of += [i] * k
+            start_of += list(range(0, k * block, block))
+        hit = _MAPS[key] = (torch.tensor(tensor_of, dtype=torch.int32).to(device),
+                            torch.tensor(start_of, dtype=torch.int64).to(device))
+    return hit
+
+
+def _check(op: str, grads: Sequence[Tensor], slices: Sequence[int]) -> None:
+    if len(grads) != len(slices):
+        raise ValueError(f"{op}: {len(grads)} gradients but {len(slices)} slice counts")
+    for i, (g, s) in enumerate(zip(grads, slices)):
+        if g.dtype not in _TL_DTYPE:
+            raise TypeError(f"{op}: gradient {i} has dtype {g.dtype}; the kernels take float32, float64, float16 "
+                            f"and bfloat16")
+        if not g.is_contiguous():
+            raise ValueError(f"{op}: gradient {i} must be contiguous")
+        if s < 1 or g.numel() % s:
+            raise ValueError(f"{op}: gradient {i} of {g.numel()} elements cannot have {s} slices")
+        if g.dtype != grads[0].dtype:
+            raise ValueError(f"{op}: all gradients of one call must share one dtype")
+
+
+def agd_sumsq(grads: List[Tensor], slices: List[int]) -> Tensor:
+    """Per tensor, the sums of squares of its slices (float64, concatenated in tensor order)."""
+    grads, slices = list(grads), [int(s) for s in slices]
+    if not grads:
+        return torch.zeros(0, dtype=torch.float64)
+    _check("agd_sumsq", grads, slices)
+    dev = grads[0].device
+    rows = tuple(g.numel() // s for g, s in zip(grads, slices))
+    ct, cr, first, nrows, sl, off, total = _row_map(dev, rows, tuple(slices))
+    SP = _sp(slices)
+    part = torch.empty(ct.numel(), SP, dtype=torch.float64, device=dev)
+    ptrs = _pointer_table(dev, (grads,), len(grads))
+    _launch(_sumsq_kernel, (ct.numel(),), ptrs, nrows, sl, ct, cr, part, G_DT=_TL_DTYPE[grads[0].dtype], SP=SP,
+            ROWS=max(1, AGD_CONFIG["ROWS"] // SP), CHUNK_ROWS=AGD_CONFIG["CHUNK_ROWS"],
+            num_warps=AGD_CONFIG["num_warps"])
+    out = torch.empty(total, dtype=torch.float64, device=dev)
+    _launch(_sumsq_finish, (len(grads),), part, first, sl, off, out, SP=SP, FB=AGD_CONFIG["FB"])
+    return out
+
+
+def agd_update(params: List[Tensor], grads: List[Tensor], coef: Tensor, ok: Optional[Tensor] = None) -> None:
+    """W -= coef[slice] * g for every tensor, in place; nothing is written where the 0-dim device flag ``ok``
+    is false (a skipped step: a non-finite coefficient or gradient)."""
+    params, grads = list(params), list(grads)
+    if not params:
+        return
+    if len(params) != len(grads):
+        raise ValueError(f"agd_update: {len(params)} params for {len(grads)} grads")
+    slices = [1 if p.dim() == 2 else p.shape[2] * p.shape[3] for p in params]
+    _check("agd_update", grads, slices)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if p.shape != g.shape or p.dtype != g.dtype or not p.is_contiguous():
+            raise ValueError(f"agd_update: parameter {i} must be contiguous with the gradient's shape and dtype")
+    dev = params[0].device
+    rows = tuple(g.numel() // s for g, s in zip(grads, slices))
+    ct, cr, first, nrows, sl, off, total = _row_map(dev, rows, tuple(slices))
+    if coef.dtype != torch.float64 or coef.numel() != total:
+        raise ValueError(f"agd_update: coef must be float64 with one entry per slice ({total}), got "
+                         f"{coef.dtype} with {coef.numel()}")
+    if ok is None:
+        ok = torch.ones((), dtype=torch.bool, device=dev)
+    SP = _sp(slices)
+    ptrs = _pointer_table(dev, (params, grads), len(params))
+    _launch(_update_kernel, (ct.numel(),), ptrs, len(params), nrows, sl, off, ct, cr, coef.contiguous(),
+            ok.reshape(()).view(torch.uint8), X_DT=_TL_DTYPE[params[0].dtype], SP=SP,
+            ROWS=max(1, AGD_CONFIG["ROWS"] // SP), CHUNK_ROWS=AGD_CONFIG["CHUNK_ROWS"],
+            num_warps=AGD_CONFIG["num_warps"])
+
+
+def _dims(g: Tensor):
+    return g.shape[0], g.shape[1], 1 if g.dim() == 2 else g.shape[2] * g.shape[3]
+
+
+def agd_gv(grads: List[Tensor], vs: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+    """g v per slice (vs[t]: float64 (S, d_in) -> (S, d_out)) and the per-slice sums of squares, one read."""
+    grads = list(grads)
+    if not grads:
+        return torch.zeros(0, dtype=torch.float64), []
+    dims = [_dims(g) for g in grads]
+    _check("agd_gv", grads, [d[2] for d in dims])
+    dev = grads[0].device
+    vs = [v.to(torch.float64).contiguous() for v in vs]
+    outs = [torch.empty(d[2], d[0], dtype=torch.float64, device=dev) for d in dims]
+    BO, BI, SP = AGD_CONFIG["BO"], AGD_CONFIG["BI"], _sp([d[2] for d in dims])
+    pt, pr = _block_map(dev, tuple(d[0] for d in dims), BO)
+    part = torch.empty(pt.numel(), SP, dtype=torch.float64, device=dev)
+    ptrs = _pointer_table(dev, (grads, vs, outs), len(grads))
+    dout, din, sl = _dims_tensors(dev, dims)
+    _launch(_gv_kernel, (pt.numel(),), ptrs, len(grads), dout, din, sl, pt, pr, part,
+            G_DT=_TL_DTYPE[grads[0].dtype], SP=SP, BO=BO, BI=max(1, BI // SP), num_warps=AGD_CONFIG["num_warps"])
+    # the programs of one tensor are consecutive: finish their sums-of-squares rows in order
+    slt, off, total = _slice_table(dev, tuple(d[2] for d in dims))
+    first_prog = _first_of(dev, tuple(d[0] for d in dims), BO)
+    sq = torch.empty(total, dtype=torch.float64, device=dev)
+    _launch(_sumsq_finish, (len(grads),), part, first_prog, slt, off, sq, SP=SP, FB=AGD_CONFIG["FB"])
+    return sq, outs
+
+
+def agd_gtu(grads: List[Tensor], us: List[Tensor]) -> List[Tensor]:
+    """g^T u per slice (us[t]: float64 (S, d_out) -> (S, d_in))."""
+    grads = list(grads)
+    if not grads:
+        return []
+    dims = [_dims(g) for g in grads]
+    _check("agd_gtu", grads, [d[2] for d in dims])
+    dev = grads[0].device
+    us = [u.to(torch.float64).contiguous() for u in us]
+    outs = [torch.empty(d[2], d[1], dtype=torch.float64, device=dev) for d in dims]
+    BO, BI, SP = AGD_CONFIG["BO"], AGD_CONFIG["BI"], _sp([d[2] for d in dims])
+    BI = max(1, BI // SP)
+    pt, pc = _block_map(dev, tuple(d[1] for d in dims), BI)
+    ptrs = _pointer_table(dev, (grads, us, outs), len(grads))
+    dout, din, sl = _dims_tensors(dev, dims)
+    _launch(_gtu_kernel, (pt.numel(),), ptrs, len(grads), dout, din, sl, pt, pc, G_DT=_TL_DTYPE[grads[0].dtype],
+            SP=SP, BO=BO, BI=BI, num_warps=AGD_CONFIG["num_warps"])
+    return outs
+
+
+def _dims_tensors(device, dims):
+    key = ("dims", str(device), tuple(dims))
+    hit = _MAPS.get(key)
+    if hit is None:
+        hit = _MAPS[key] = tuple(torch.tensor([d[j] for d in dims], dtype=dt).to(device)
+                                 for j, dt in ((0, torch.int64), (1, torch.int64), (2, torch.int32)))
+    return hit
+
+
+def _slice_table(device, slices):
+    """Slices per tensor (int32) and each tensor's first entry in the concatenated per-slice vector."""
+    key = ("slices", str(device), slices)
+    hit = _MAPS.get(key)
+    if hit is None:
+        offset = [0]
+        for s in slices:
+            offset.append(offset[-1] + s)
+        hit = _MAPS[key] = (torch.tensor(slices, dtype=torch.int32).to(device),
+                            torch.tensor(offset[:-1], dtype=torch.int64).to(device), offset[-1])
+    return hit
+
+
+def _first_of(device, extents, block):
+    key = ("first", str(device), extents, block)
+    hit = _MAPS.get(key)
+    if hit is None:
+        first = [0]
+        for n in extents:
+            first.append(first[-1] + max(1, -(-n // block)))
+        hit = _MAPS[key] = torch.tensor(first, dtype=torch.int32).to(device)
+    return hit

@@ -1,0 +1,299 @@
+"""The "triton" backend against the reference backend (and the paper's package), in both modes, every dtype.
+
+Without a GPU the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by conftest.py) on CPU
+tensors; on a GPU machine the same tests run them compiled, on CUDA tensors. Interpreter runs are slow, so the
+tensors are small except where a size is the point (278011 elements, 200+ tensors).
+"""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import hyperfused as hf
+from hyperfused import ops
+
+pytestmark = pytest.mark.skipif(not ops.triton_available(), reason="triton is not installed")
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+SMALL = [(1,), (7,), (13, 11), (4097,), (3, 1, 5, 5)]
+ODD = [(1,), (7,), (4097,), (278011,)]
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+LEVEL0 = {
+    "sgd": [dict(), dict(momentum=0.9), dict(momentum=0.9, learn=("lr",)), dict(momentum=0.9, learn=("momentum",)),
+            dict(per_tensor=True)],
+    "adam": [dict(), dict(learn=("lr",)), dict(learn=("beta1",)), dict(learn=("beta2",)), dict(learn=("lr", "beta2")),
+             dict(per_tensor=True)],
+    "rmsprop": [dict(), dict(learn=("lr",)), dict(learn=("alpha",)), dict(per_tensor=True)],
+    "adagrad": [dict(), dict(per_tensor=True)],
+}
+CLS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
+LR0 = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.05}
+TOWERS = {
+    1: lambda: hf.SGD(lr=1e-7),
+    2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7)),
+    3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8))),
+}
+
+
+@pytest.fixture(autouse=True)
+def _small_tiles():
+    """Small tiles, so that tensors of a few thousand elements span several programs and tiles."""
+    from hyperfused.ops.triton import hyper
+    saved = dict(hyper.CONFIG)
+    hyper.configure(block=256 if DEV == "cpu" else 1024, chunk=1024 if DEV == "cpu" else 8192)
+    yield
+    hyper.configure(block=saved["BLOCK"], chunk=saved["CHUNK"], num_warps=saved["num_warps"])
+
+
+def _params(dtype, sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.5).to(dtype).to(DEV)) for s in sizes]
+
+
+def _grads(params, step, scale=1.0):
+    g = torch.Generator().manual_seed(1000 + step)
+    return [((torch.randn(p.shape, generator=g).to(DEV) + 0.3 * p.detach().float()) * scale).to(p.dtype)
+            for p in params]
+
+
+def _run(make, dtype, backend, steps=4, one_pass=False, sizes=SMALL):
+    params = _params(dtype, sizes)
+    opt = make(params, backend, one_pass)
+    for t in range(steps):
+        for p, g in zip(params, _grads(params, t)):
+            p.grad = g
+        opt.step()
+    return params, opt
+
+
+def _maker(kind, kw, height):
+    def make(params, backend, one_pass):
+        return CLS[kind](params, lr=LR0[kind], hyper=TOWERS[height](), backend=backend, one_pass=one_pass, **kw)
+    return make
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _compare(make, dtype, one_pass, steps=4, sizes=SMALL):
+    p_ref, o_ref = _run(make, dtype, "reference", steps, one_pass, sizes)
+    p_tri, o_tri = _run(make, dtype, "triton", steps, one_pass, sizes)
+    assert o_tri._group_backend(o_tri.param_groups[0]) == "triton"
+    tol = TOL[dtype]
+    for i, (a, b) in enumerate(zip(p_tri, p_ref)):
+        assert a.dtype == dtype
+        assert _rel(a, b) <= tol, f"tensor {i}: relative error {_rel(a, b):.2e} > {tol}"
+    for k, (la, lb) in enumerate(zip(o_tri.levels, o_ref.levels)):
+        ha, hb = la.hyperparameters(), lb.hyperparameters()
+        for name in hb:
+            a, b = torch.tensor(ha[name], dtype=torch.float64), torch.tensor(hb[name], dtype=torch.float64)
+            assert torch.isfinite(b).all(), f"level {k} {name} diverged: the test setup is too aggressive"
+            assert _rel(a, b) <= max(tol, 1e-6) if dtype != torch.float64 else _rel(a, b) <= tol, \
+                f"level {k} {name}: triton {ha[name]} reference {hb[name]}"
+    for p, q in zip(p_tri, p_ref):
+        for key, v in o_ref.state[q].items():
+            w = o_tri.state[p][key]
+            assert w.dtype == v.dtype, key
+            if v.is_floating_point() and v.numel() > 1:
+                assert _rel(w, v) <= tol, key
+    return o_tri
+
+
+def _cases():
+    for kind, variants in LEVEL0.items():
+        for i in range(len(variants)):
+            for height in (1, 2, 3):
+                if height > 1 and i > 1:
+                    continue
+                yield kind, i, height
+
+
+@pytest.mark.parametrize("kind,variant,height", list(_cases()))
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_triton_matches_reference_float64(kind, variant, height, one_pass):
+    _compare(_maker(kind, LEVEL0[kind][variant], height), torch.float64, one_pass, steps=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", list(LEVEL0))
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_triton_matches_reference_reduced_precision(kind, dtype, one_pass):
+    _compare(_maker(kind, LEVEL0[kind][0], 1), dtype, one_pass)
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_odd_sizes_and_per_tensor_lr(one_pass):
+    from hyperfused.ops.triton import hyper
+    hyper.configure(block=4096 if DEV == "cpu" else 1024, chunk=16384 if DEV == "cpu" else 8192)
+    _compare(_maker("adam", dict(per_tensor=True), 1), torch.float32, one_pass, steps=3, sizes=ODD)
+
+
+def test_more_than_200_tensors_in_one_launch():
+    from hyperfused.ops.triton import hyper
+    sizes = [((i * 37) % 1500 + 1,) for i in range(205)]
+    make = _maker("sgd", {"momentum": 0.9}, 1)
+    p_ref, o_ref = _run(make, torch.float32, "reference", 2, False, sizes)
+    before = hyper.LAUNCHES["count"]
+    p_tri, o_tri = _run(make, torch.float32, "triton", 2, False, sizes)
+    # per step: pass A (reduce + finish) and pass B, whatever the number of tensors
+    assert hyper.LAUNCHES["count"] - before == 2 * 3
+    for a, b in zip(p_tri, p_ref):
+        assert _rel(a, b) <= 1e-5
+    assert o_tri.hyperparameters()["lr"] == pytest.approx(o_ref.hyperparameters()["lr"], rel=1e-5)
+
+
+def test_launch_count_one_pass():
+    from hyperfused.ops.triton import hyper
+    sizes = [(5,)] * 201
+    params = _params(torch.float32, sizes)
+    opt = hf.Adam(params, lr=0.01, hyper=hf.SGD(lr=1e-6), backend="triton", one_pass=True)
+    for p, g in zip(params, _grads(params, 0)):
+        p.grad = g
+    before = hyper.LAUNCHES["count"]
+    opt.step()
+    # the non-finite read (reduce + finish) and pass B with its sums (update + finish)
+    assert hyper.LAUNCHES["count"] - before == 4
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_bitwise_deterministic(one_pass):
+    make = _maker("adam", {}, 2)
+    runs = [_run(make, torch.float32, "triton", 3, one_pass, SMALL) for _ in range(2)]
+    for a, b in zip(runs[0][0], runs[1][0]):
+        assert torch.equal(a, b)
+    assert runs[0][1].hyperparameters() == runs[1][1].hyperparameters()
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_non_finite_gradient_skips_the_step(one_pass, dtype):
+    params = _params(dtype, SMALL)
+    opt = hf.Adam(params, lr=0.01, hyper=hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-4)), backend="triton",
+                  one_pass=one_pass)
+    for t in range(2):
+        for p, g in zip(params, _grads(params, t)):
+            p.grad = g
+        opt.step()
+    before = ([p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()["state"]),
+              [lv.hyperparameters() for lv in opt.levels])
+    for p, g in zip(params, _grads(params, 2)):
+        p.grad = g
+    params[3].grad[4000] = float("inf")
+    opt.step()
+    assert opt.skipped_steps == 1
+    for a, b in zip(params, before[0]):
+        assert torch.equal(a, b)
+    after = copy.deepcopy(opt.state_dict()["state"])
+    for key in before[1]:
+        if key == "hyperfused":
+            continue
+        for name, v in before[1][key].items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, after[key][name]), (key, name)
+    assert [lv.hyperparameters() for lv in opt.levels] == before[2]
+
+
+class _NoDeviceToHost:
+    """Raises when code in the hyperfused package reads a tensor's value on the host (item, float, int,
+    bool, tolist, cpu, numpy): what would be a device-to-host transfer on CUDA. Calls from elsewhere (the
+    Triton interpreter converting its arguments, torch internals) pass."""
+
+    NAMES = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+    def __init__(self):
+        self.root = os.path.dirname(hf.__file__)
+        self.saved = {}
+        self.hits = []
+
+    def __enter__(self):
+        for name in self.NAMES:
+            orig = getattr(torch.Tensor, name)
+            self.saved[name] = orig
+
+            def trap(t, *a, _orig=orig, _name=name, **k):
+                caller = sys._getframe(1).f_code.co_filename
+                if caller.startswith(self.root):
+                    self.hits.append(f"{_name} from {caller}:{sys._getframe(1).f_lineno}")
+                    raise AssertionError(f"device-to-host read {_name} in hyperfused code: {self.hits[-1]}")
+                return _orig(t, *a, **k)
+            setattr(torch.Tensor, name, trap)
+        return self
+
+    def __exit__(self, *exc):
+        for name, orig in self.saved.items():
+            setattr(torch.Tensor, name, orig)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p, o: hf.Adam(p, lr=0.01, hyper=hf.SGD(lr=1e-6), backend="triton", one_pass=o),
+    lambda p, o: hf.SGD(p, lr=0.05, momentum=0.9, per_tensor=True, hyper=hf.Adam(lr=1e-4, hyper=hf.SGD(lr=1e-6)),
+                        backend="triton", one_pass=o),
+    lambda p, o: hf.RMSprop(p, lr=0.01, hyper=hf.Adagrad(lr=1e-5), backend="triton", one_pass=o),
+], ids=["adam/sgd", "sgd-per-tensor/adam/sgd", "rmsprop/adagrad"])
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_step_reads_nothing_back_to_the_host(make, one_pass):
+    params = _params(torch.float32, SMALL)
+    opt = make(params, one_pass)
+    for t in range(3):
+        for p, g in zip(params, _grads(params, t)):
+            p.grad = g
+        with _NoDeviceToHost() as trap:
+            opt.step()
+        assert not trap.hits
+    # the trap does fire on hyperfused's own reads (it is not a test that cannot fail)
+    with _NoDeviceToHost(), pytest.raises(AssertionError, match="device-to-host"):
+        opt.hyperparameters()
+
+
+def test_trap_catches_a_host_read_inside_step(monkeypatch):
+    from hyperfused.ops import fused
+    params = _params(torch.float32, SMALL)
+    opt = hf.Adam(params, lr=0.01, hyper=hf.SGD(lr=1e-6), backend="triton")
+    for p, g in zip(params, _grads(params, 0)):
+        p.grad = g
+    # a version of _deltas that reads a value on the host, compiled as code of hyperfused/ops/fused.py
+    ns = {"orig": fused._deltas}
+    exec(compile("def _deltas(*a):\n    float(a[3][0, 0])\n    return orig(*a)\n", fused.__file__, "exec"), ns)
+    monkeypatch.setattr(fused, "_deltas", ns["_deltas"])
+    with _NoDeviceToHost(), pytest.raises(AssertionError, match="device-to-host read __float__"):
+        opt.step()
+
+
+@pytest.mark.skipif(__import__("gradient_descent_the_ultimate_optimizer", fromlist=["gdtuo"]) is None,
+                    reason="the paper's package is not installed")
+@pytest.mark.parametrize("tower", [
+    [("adam", dict(lr=0.01)), ("sgd", dict(lr=1e-4))],
+    [("sgd", dict(lr=0.05, momentum=0.5)), ("adam", dict(lr=1e-4)), ("sgd", dict(lr=1e-5))],
+    [("rmsprop", dict(lr=0.01)), ("sgd", dict(lr=1e-4))],
+    [("adagrad", dict(lr=0.05)), ("sgd", dict(lr=1e-4))],
+    [("sgd_per", dict(lr=0.05)), ("sgd", dict(lr=1e-4))],
+], ids=["adam/sgd", "sgd(m)/adam/sgd", "rmsprop/sgd", "adagrad/sgd", "sgd-per/sgd"])
+def test_triton_matches_the_papers_package_float32(tower):
+    if DEV != "cpu":
+        pytest.skip("the paper's package runs on CPU tensors")
+    from towers import rel_err, run_both
+    ref_w, our_w, ref_lv, our_lv, opt = run_both(tower, "mlp", steps=10, dtype=torch.float32, backend="triton")
+    assert opt._group_backend(opt.param_groups[0]) == "triton"
+    for a, b in zip(our_w, ref_w):
+        assert rel_err(a, b) <= 1e-4
+    for mine, theirs in zip(our_lv, ref_lv):
+        for name, v in theirs.items():
+            assert rel_err(mine[name], v) <= 1e-4, name
+
+
+def test_triton_on_cpu_tensors_without_the_interpreter_is_refused():
+    code = ("import torch, hyperfused as hf\n"
+            "p = torch.nn.Parameter(torch.randn(3))\n"
+            "try:\n"
+            "    opt = hf.Adam([p], hyper=hf.SGD(lr=1e-5), backend='triton'); p.grad = torch.randn(3); opt.step()\n"
+            "except ValueError as e:\n"
+            "    print('REFUSED', e)\n")
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "REFUSED" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout + out.stderr
