@@ -114,3 +114,29 @@ def test_agd_ops_on_cuda_match_the_cpu_kernels():
     torch.ops.hyperfused.agd_update(params_g, [x.cuda() for x in grads], coef.cuda())
     for a, b in zip(params_g, params_c):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not ops.triton_available(), reason="triton is not installed")
+@pytest.mark.parametrize("name", ["adam/sgd", "sgd per-tensor/sgd", "rmsprop/sgd/sgd"])
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_cuda_matches_triton(name, one_pass):
+    """The two GPU backends agree with each other (each is also held to the reference above)."""
+    p_tri, o_tri = _run(MAKERS[name], torch.float32, "triton", SIZES, one_pass=one_pass)
+    p_cu, o_cu = _run(MAKERS[name], torch.float32, "cuda", SIZES, one_pass=one_pass)
+    for a, b in zip(p_cu, p_tri):
+        assert _rel(a, b) <= 2e-5
+    for la, lb in zip(o_cu.levels, o_tri.levels):
+        for k, v in lb.hyperparameters().items():
+            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
+                        torch.tensor(v, dtype=torch.float64)) <= 1e-5
+
+
+def test_triton_step_does_not_synchronise_with_the_host():
+    if not ops.triton_available():
+        pytest.skip("triton is not installed")
+    params, opt = _run(MAKERS["adam/sgd"], torch.float32, "triton", SIZES, steps=2)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

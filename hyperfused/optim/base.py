@@ -544,6 +544,11 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _plan_tower(self, plan, d0: Dict[str, Tensor], finite: Tensor) -> None:
         """Hypergradients of the levels above (bottom-up) and their tentative updates (top-down)."""
         specs, levels = plan["specs"], plan["levels"]
+        if plan["backend"] == "triton" and len(specs) > 1:     # the whole tower in one Triton program
+            from ..ops.triton import tower
+            scr, ok = tower.plan(levels, specs, self._flatten(d0, specs[0][2]), finite)
+            plan.update(tower_scratch=scr, ok=ok)
+            return
         deltas: List[Dict[str, Tensor]] = [d0]
         for k in range(1, len(specs) - 1):
             lv, _, learned, per, cfg = specs[k]
@@ -578,6 +583,10 @@ class HyperOptimizer(torch.optim.Optimizer):
         plan.update(new_hp=new_hp, new_state=new_state, ok=ok)
 
     def _commit_tower(self, plan: Dict[str, Any], ok: Tensor) -> None:
+        if "tower_scratch" in plan:
+            from ..ops.triton import tower
+            tower.commit(plan["levels"], plan["specs"], plan["tower_scratch"], ok)
+            return
         levels, new_hp = plan["levels"], plan["new_hp"]
         for k in range(len(levels)):
             for name, t in new_hp[k].items():

@@ -28,18 +28,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .hyper import INTERPRET, LAUNCHES, _TL_DTYPE, _pointer_table
+from .hyper import INTERPRET, _TL_DTYPE, _launch, _pointer_table
 
 Tensor = torch.Tensor
 
 #: rows per tile and per program of the Frobenius passes, output rows per program of the spectral ones
 AGD_CONFIG = {"ROWS": 1024 if INTERPRET else 256, "CHUNK_ROWS": 8192 if INTERPRET else 2048, "num_warps": 4,
               "BO": 64 if INTERPRET else 16, "BI": 256 if INTERPRET else 64, "FB": 256}
-
-
-def _launch(kernel, grid, *args, **kw):
-    LAUNCHES["count"] += 1
-    kernel[grid](*args, **kw)
 
 
 @triton.jit

@@ -71,7 +71,7 @@ CONFIG = {"BLOCK": 4096 if INTERPRET else 1024, "CHUNK": 16384 if INTERPRET else
           "FINISH_BLOCK": 256}
 
 #: kernel launches made by this module (for the launch-count report and its test)
-LAUNCHES = {"count": 0}
+LAUNCHES = {"count": 0, "inside": False}
 
 
 def configure(block: Optional[int] = None, chunk: Optional[int] = None, num_warps: Optional[int] = None) -> None:
@@ -473,7 +473,11 @@ def _math_dtype(dt: torch.dtype) -> torch.dtype:
 
 def _launch(kernel, grid, *args, **kw):
     LAUNCHES["count"] += 1
-    kernel[grid](*args, **kw)
+    LAUNCHES["inside"] = True        # what the interpreter does with the arguments is not the step's own work
+    try:
+        kernel[grid](*args, **kw)
+    finally:
+        LAUNCHES["inside"] = False
 
 
 def _finish(part: Tensor, first: Tensor, n: int) -> Tensor:

@@ -1,0 +1,372 @@
+"""The scalar tower step in Triton: every level above level 0 in two small launches per param group.
+
+SPEC.md 1.1 steps 1-2 on the tiny vectors of the levels above (a handful of raw hyperparameters, or one per
+tensor with per-tensor learning rates). One program does the whole tower:
+
+``_tower_plan``    bottom-up hypergradients delta_k = sum(delta_{k-1} * J_k) (per entry for per-tensor lrs),
+                   then top-down tentative updates of every level's raw hyperparameters and state, and the
+                   step's verdict ok = every delta and every new hyperparameter finite (and the level-0 flag).
+                   Results go to a scratch buffer; nothing the optimizer holds is written.
+``_tower_commit``  writes the scratch back where the (all-groups) ok flag is set, and valid |= ok.
+
+The per-element formulas are hyper.py's (_jac, _step): a level above is the same optimizer on a small vector.
+The tower's shape (kinds, learned sets, momentum, per-tensor lrs, sizes) is a compile-time constant: one
+compiled kernel per tower shape. The tower's tensors are reached through a pointer table (levels x 8 slots:
+lr, h1, h2, s0, s1, s2, step, valid), cached on the device like hyper.py's, so a step uploads nothing.
+
+Scratch layout (math dtype, BLOCK entries a row): rows 0..K-1 delta_k; rows K..2K-1 the new flat raw
+hyperparameters of level k; rows 2K + 4(k-1) + j, j = 0..2 the new state arrays of level k and j = 3 its step.
+A row written and read back within the program is fenced by a barrier.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .hyper import _TL_DTYPE, _jac, _launch, _step
+
+Tensor = torch.Tensor
+
+KIND_ID = {"sgd": 0, "adagrad": 1, "rmsprop": 2, "adam": 3}
+_H1 = {"sgd": "momentum", "rmsprop": "alpha", "adam": "beta1"}
+_BIT = {"lr": 1, "momentum": 2, "alpha": 2, "beta1": 2, "beta2": 4}
+
+
+@triton.jit
+def _sigma(r):
+    """(tanh r + 1) / 2 and its derivative (1 - tanh^2 r) / 2, tanh from exp (no libdevice needed)."""
+    e = tl.exp(-2.0 * tl.abs(r))
+    th = (1.0 - e) / (1.0 + e)
+    th = tl.where(r < 0, -th, th)
+    return (th + 1.0) / 2.0, (1.0 - th * th) / 2.0
+
+
+@triton.jit
+def _raw(tab, scr, k, r, NEW: tl.constexpr, KIND: tl.constexpr, LEARN: tl.constexpr, PER: tl.constexpr,
+         U: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr, DT: tl.constexpr):
+    """Raw lr (vector when per-tensor), h1, h2 of level k: the current ones, or (NEW) the tentative ones of
+    the scratch for its learned names."""
+    lp = tl.load(tab + k * 8 + 0).to(tl.pointer_type(DT))
+    zero = tl.zeros([BLOCK], dtype=DT)
+    if PER:
+        lr = tl.load(lp + r, mask=r < U, other=0.0)
+    else:
+        lr = zero + tl.load(lp)
+    h1 = zero
+    h2 = zero
+    if KIND != 1:            # every kind but Adagrad has a second hyperparameter (momentum, alpha, beta1)
+        h1 = zero + tl.load(tl.load(tab + k * 8 + 1).to(tl.pointer_type(DT)))
+    if KIND == 3:
+        h2 = zero + tl.load(tl.load(tab + k * 8 + 2).to(tl.pointer_type(DT)))
+    if NEW:
+        row = scr + (K + k) * BLOCK
+        flat = tl.load(row + r)
+        pos = 0
+        if LEARN & 1:
+            if PER:
+                lr = tl.where(r < U, flat, 0.0)
+                pos = U
+            else:
+                lr = zero + tl.sum(tl.where(r == 0, flat, 0.0), axis=0)
+                pos = 1
+        if LEARN & 2:
+            h1 = zero + tl.sum(tl.where(r == pos, flat, 0.0), axis=0)
+            pos += 1
+        if LEARN & 4:
+            h2 = zero + tl.sum(tl.where(r == pos, flat, 0.0), axis=0)
+    return lr, h1, h2
+
+
+@triton.jit
+def _values(KIND: tl.constexpr, LEARN: tl.constexpr, lr, h1, h2):
+    """Values and derivatives from raw hyperparameters: lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2)."""
+    raw_lr = lr
+    ds1 = lr * 0.0
+    ds2 = lr * 0.0
+    if KIND == 2:
+        if LEARN & 1:
+            lr = raw_lr * raw_lr
+        if LEARN & 2:
+            h1, ds1 = _sigma(h1)
+    elif KIND == 3:
+        if LEARN & 2:
+            h1, ds1 = _sigma(h1)
+        if LEARN & 4:
+            h2, ds2 = _sigma(h2)
+    return lr, h1, h2, raw_lr, ds1, ds2
+
+
+@triton.jit
+def _bias(h1, h2, t):
+    """1 - b^t and t b^(t-1) / (1 - b^t)^2 for both betas (b^t as exp(t log b); b^0 = 1)."""
+    p1 = tl.exp(t * tl.log(h1))
+    p2 = tl.exp(t * tl.log(h2))
+    q1 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h1)))
+    q2 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h2)))
+    c1 = 1.0 - p1
+    c2 = 1.0 - p2
+    return c1, c2, t * q1 / (c1 * c1), t * q2 / (c2 * c2)
+
+
+@triton.jit
+def _flat_x(tab, k, r, LEARN: tl.constexpr, PER: tl.constexpr, U: tl.constexpr, BLOCK: tl.constexpr,
+            DT: tl.constexpr):
+    """The flat vector of level k's learned raw hyperparameters (lr first, then h1, h2); U: the length of its
+    lr vector when per-tensor."""
+    x = tl.zeros([BLOCK], dtype=DT)
+    pos = 0
+    if LEARN & 1:
+        lp = tl.load(tab + k * 8 + 0).to(tl.pointer_type(DT))
+        if PER:
+            x = tl.load(lp + r, mask=r < U, other=0.0)
+            pos = U
+        else:
+            x = tl.where(r == 0, tl.load(lp), x)
+            pos = 1
+    if LEARN & 2:
+        x = tl.where(r == pos, tl.load(tl.load(tab + k * 8 + 1).to(tl.pointer_type(DT))), x)
+        pos += 1
+    if LEARN & 4:
+        x = tl.where(r == pos, tl.load(tl.load(tab + k * 8 + 2).to(tl.pointer_type(DT))), x)
+    return x
+
+
+@triton.jit
+def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
+                K: tl.constexpr, KINDS: tl.constexpr, LEARN: tl.constexpr, MOM: tl.constexpr,
+                PER: tl.constexpr, UNITS: tl.constexpr, NSTATE: tl.constexpr, NLR: tl.constexpr,
+                DT: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.arange(0, BLOCK)
+    zi = tl.zeros([BLOCK], dtype=tl.int32)
+    # level 0's hypergradients (pass A's, all-reduced under FSDP), and whether pass A saw a non-finite gradient
+    d = tl.load(d0_ptr + r, mask=r < UNITS[1], other=0.0).to(DT)
+    tl.store(scr + r, d)
+    bad = tl.where(r < UNITS[1], tl.where((d - d) == 0.0, 0, 1), 0) + (zi + (tl.load(finite_ptr) == 0).to(tl.int32))
+    tl.debug_barrier()
+    # 1. bottom-up: delta_k of every level below the top
+    for k in tl.static_range(1, K):
+        U: tl.constexpr = UNITS[k]
+        m = r < U
+        g = tl.load(scr + (k - 1) * BLOCK + r)
+        lr, h1, h2 = _raw(tab, scr, k, r, False, KINDS[k], LEARN[k], PER[k], U, K, BLOCK, DT)
+        lr, h1, h2, raw_lr, ds1, ds2 = _values(KINDS[k], LEARN[k], lr, h1, h2)
+        t = tl.zeros([BLOCK], dtype=DT)
+        if KINDS[k] == 3:
+            t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT)))
+        c1, c2, dc1, dc2 = _bias(h1, h2, t)
+        s0 = tl.zeros([BLOCK], dtype=DT)
+        s1 = tl.zeros([BLOCK], dtype=DT)
+        s2 = tl.zeros([BLOCK], dtype=DT)
+        ns: tl.constexpr = NSTATE[k]
+        if ns >= 1:
+            s0 = tl.load(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+        if ns >= 2:
+            s1 = tl.load(tl.load(tab + k * 8 + 4).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+        if ns >= 3:
+            s2 = tl.load(tl.load(tab + k * 8 + 5).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+        eps = tl.load(eps_ptr + k).to(DT)
+        j0, j1, j2 = _jac(KINDS[k], LEARN[k], MOM[k], s0, s1, s2, lr, h1, h2, raw_lr, ds1, ds2, c1, c2, dc1, dc2, eps)
+        c0 = tl.where(m, g * j0, 0.0)
+        out = tl.zeros([BLOCK], dtype=DT)
+        pos = 0
+        if LEARN[k] & 1:
+            if PER[k]:
+                out = c0
+                pos = U
+            else:
+                out = tl.where(r == 0, tl.sum(c0, axis=0), out)
+                pos = 1
+        if LEARN[k] & 2:
+            out = tl.where(r == pos, tl.sum(tl.where(m, g * j1, 0.0), axis=0), out)
+            pos += 1
+        if LEARN[k] & 4:
+            out = tl.where(r == pos, tl.sum(tl.where(m, g * j2, 0.0), axis=0), out)
+        valid = (zi + tl.load(tl.load(tab + k * 8 + 7).to(tl.pointer_type(tl.uint8))).to(tl.int32)) != 0
+        out = tl.where(valid, out, 0.0)
+        bad += tl.where(r < UNITS[k + 1], tl.where((out - out) == 0.0, 0, 1), 0)
+        tl.store(scr + k * BLOCK + r, out)
+        tl.debug_barrier()
+    # 2. top-down: level k updates level k-1's learned raw hyperparameters with its (new) values
+    for kk in tl.static_range(0, K):
+        k: tl.constexpr = K - kk
+        U: tl.constexpr = UNITS[k]
+        m = r < U
+        x = _flat_x(tab, k - 1, r, LEARN[k - 1], PER[k - 1], NLR[k - 1], BLOCK, DT)
+        g = tl.load(scr + (k - 1) * BLOCK + r)
+        lr, h1, h2 = _raw(tab, scr, k, r, k < K, KINDS[k], LEARN[k], PER[k], U, K, BLOCK, DT)
+        lr, h1, h2, raw_lr, ds1, ds2 = _values(KINDS[k], LEARN[k], lr, h1, h2)
+        t = tl.zeros([BLOCK], dtype=DT)
+        if KINDS[k] == 3:
+            t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT))) + 1.0
+        c1, c2, dc1, dc2 = _bias(h1, h2, t)
+        s0 = tl.zeros([BLOCK], dtype=DT)
+        s1 = tl.zeros([BLOCK], dtype=DT)
+        s2 = tl.zeros([BLOCK], dtype=DT)
+        ns: tl.constexpr = NSTATE[k]
+        if ns >= 1:
+            s0 = tl.load(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+        if ns >= 2:
+            s1 = tl.load(tl.load(tab + k * 8 + 4).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+        if ns >= 3:
+            s2 = tl.load(tl.load(tab + k * 8 + 5).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+        eps = tl.load(eps_ptr + k).to(DT)
+        xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, c1, c2)
+        # the previous gradient, where a Jacobian of this level needs it
+        if KINDS[k] == 0:
+            if not MOM[k]:
+                a0 = g
+        elif KINDS[k] == 3:
+            a2 = g
+        else:
+            a1 = g
+        base = scr + (2 * K + 4 * (k - 1)) * BLOCK
+        tl.store(base + r, a0)
+        tl.store(base + BLOCK + r, a1)
+        tl.store(base + 2 * BLOCK + r, a2)
+        tl.store(base + 3 * BLOCK + r, t)
+        tl.store(scr + (K + k - 1) * BLOCK + r, xn)
+        bad += tl.where(m, tl.where((xn - xn) == 0.0, 0, 1), 0)
+        tl.debug_barrier()
+    nbad = tl.sum(bad, axis=0)
+    tl.store(ok_ptr, (nbad == 0).to(tl.uint8))
+
+
+@triton.jit
+def _tower_commit(tab, scr, ok_ptr, K: tl.constexpr, KINDS: tl.constexpr, LEARN: tl.constexpr,
+                  MOM: tl.constexpr, PER: tl.constexpr, UNITS: tl.constexpr, NSTATE: tl.constexpr,
+                  NLR: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.arange(0, BLOCK)
+    zi = tl.zeros([BLOCK], dtype=tl.int32)
+    ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0
+    for k in tl.static_range(1, K + 1):
+        U: tl.constexpr = UNITS[k]
+        m = (r < U) & ok
+        # level k-1's raw hyperparameters (its lr vector has NLR[k - 1] entries when per-tensor)
+        xn = tl.load(scr + (K + k - 1) * BLOCK + r)
+        pos = 0
+        if LEARN[k - 1] & 1:
+            lp = tl.load(tab + (k - 1) * 8 + 0).to(tl.pointer_type(DT))
+            if PER[k - 1]:
+                tl.store(lp + r, xn, mask=(r < NLR[k - 1]) & ok)
+                pos = NLR[k - 1]
+            else:
+                tl.store(lp + r * 0, xn, mask=(r == 0) & ok)
+                pos = 1
+        if LEARN[k - 1] & 2:
+            hp = tl.load(tab + (k - 1) * 8 + 1).to(tl.pointer_type(DT))
+            tl.store(hp + (r - pos), xn, mask=(r == pos) & ok)
+            pos += 1
+        if LEARN[k - 1] & 4:
+            hp = tl.load(tab + (k - 1) * 8 + 2).to(tl.pointer_type(DT))
+            tl.store(hp + (r - pos), xn, mask=(r == pos) & ok)
+        # level k's state, step and valid flag
+        base = scr + (2 * K + 4 * (k - 1)) * BLOCK
+        ns: tl.constexpr = NSTATE[k]
+        if ns >= 1:
+            tl.store(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, tl.load(base + r), mask=m)
+        if ns >= 2:
+            tl.store(tl.load(tab + k * 8 + 4).to(tl.pointer_type(DT)) + r, tl.load(base + BLOCK + r), mask=m)
+        if ns >= 3:
+            tl.store(tl.load(tab + k * 8 + 5).to(tl.pointer_type(DT)) + r, tl.load(base + 2 * BLOCK + r), mask=m)
+        if KINDS[k] == 3:
+            sp = tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT))
+            tl.store(sp + r * 0, tl.load(base + 3 * BLOCK + r), mask=(r == 0) & ok)
+        vp = tl.load(tab + k * 8 + 7).to(tl.pointer_type(tl.uint8))
+        tl.store(vp + r * 0, (zi + 1).to(tl.uint8), mask=(r == 0) & ok)
+
+
+# ------------------------------------------------------------------------------------------------ host side
+_TABLES: Dict[tuple, Tensor] = {}
+_EPS: Dict[tuple, Tensor] = {}
+
+
+def _learn_bits(names: Sequence[str]) -> int:
+    return sum(_BIT[n] for n in names)
+
+
+def shape_of(specs) -> Dict[str, tuple]:
+    """The tower's compile-time shape: kinds, learned bits, momentum flags, per-tensor lrs, state arrays."""
+    return dict(KINDS=tuple(KIND_ID[lv.kind] for lv, *_ in specs),
+                LEARN=tuple(_learn_bits(learned) for _, _, learned, _, _ in specs),
+                MOM=tuple(bool(cfg.get("momentum", False)) for *_, cfg in specs),
+                PER=tuple(bool(per) for _, _, _, per, _ in specs),
+                NSTATE=tuple(len(_state_keys(lv.kind, cfg, learned)) for lv, _, learned, _, cfg in specs))
+
+
+def _table(levels, specs, device) -> Tensor:
+    ptrs = []
+    for k, (rec, (lv, _, learned, _, cfg)) in enumerate(zip(levels, specs)):
+        hp = rec["hp"]
+        h1 = _H1.get(lv.kind)
+        row = [hp["lr"].data_ptr(), hp[h1].data_ptr() if h1 in hp else 0,
+               hp["beta2"].data_ptr() if "beta2" in hp else 0]
+        st = rec.get("state", {})
+        arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
+        row += [a.data_ptr() for a in arrays] + [0] * (3 - len(arrays))
+        row += [st["step"].data_ptr() if "step" in st else 0, st["valid"].data_ptr() if "valid" in st else 0]
+        ptrs.append(row)
+    key = (str(device), tuple(map(tuple, ptrs)))
+    t = _TABLES.get(key)
+    if t is None:
+        if len(_TABLES) > 64:
+            _TABLES.clear()
+        t = _TABLES[key] = torch.tensor(ptrs, dtype=torch.int64).reshape(-1).to(device)
+    return t
+
+
+def _state_keys(kind, cfg, learned):
+    from .. import fused
+    return fused.state_keys(kind, cfg, learned)
+
+
+def _eps(specs, device) -> Tensor:
+    vals = tuple(float(cfg.get("eps", 0.0)) for *_, cfg in specs)
+    key = (str(device), vals)
+    t = _EPS.get(key)
+    if t is None:
+        t = _EPS[key] = torch.tensor(vals, dtype=torch.float64).to(device)
+    return t
+
+
+def _nlr(levels) -> Tuple[int, ...]:
+    """The length of every level's lr (one per tensor, or per entry of the vector below, when per-tensor)."""
+    return tuple(rec["hp"]["lr"].numel() for rec in levels)
+
+
+def units_of(levels, specs) -> Tuple[int, ...]:
+    """UNITS[k]: the length of the flat vector level k optimizes (k >= 1), and after the top one entry more
+    for the flat delta of the top's learned set (empty: 0)."""
+    out = [0]
+    for k in range(1, len(specs) + 1):
+        below_hp, below_learned = levels[k - 1]["hp"], specs[k - 1][2]
+        out.append(sum(below_hp[n].numel() for n in below_learned))
+    return tuple(out)
+
+
+def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
+    """Tentative tower step (see the module docstring): returns (scratch, ok) on the device."""
+    dev, dt = d0_flat.device, levels[0]["hp"]["lr"].dtype
+    K = len(specs) - 1
+    units = units_of(levels, specs)
+    block = max(2, triton.next_power_of_2(max(units)))
+    scr = torch.zeros((2 * K + 4 * K) * block, dtype=dt, device=dev)
+    ok = torch.empty((), dtype=torch.uint8, device=dev)
+    tab = _table(levels, specs, dev)
+    _launch(_tower_plan, (1,), tab, _eps(specs, dev), d0_flat.contiguous(), finite.reshape(()).view(torch.uint8), scr, ok,
+                      K=K, UNITS=units, NLR=_nlr(levels), DT=_TL_DTYPE[dt], BLOCK=block, num_warps=1,
+            **shape_of(specs))
+    return scr, ok.view(torch.bool)
+
+
+def commit(levels, specs, scr: Tensor, ok: Tensor) -> None:
+    """Write the tentative step where ``ok`` (0-dim bool on the device) is set."""
+    dev, dt = scr.device, scr.dtype
+    K = len(specs) - 1
+    units = units_of(levels, specs)
+    block = scr.numel() // (6 * K)
+    tab = _table(levels, specs, dev)
+    _launch(_tower_commit, (1,), tab, scr, ok.reshape(()).view(torch.uint8), K=K, UNITS=units, NLR=_nlr(levels),
+            DT=_TL_DTYPE[dt], BLOCK=block, num_warps=1, **shape_of(specs))
