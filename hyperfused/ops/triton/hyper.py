@@ -58,6 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..fused import _dense
+
 Tensor = torch.Tensor
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -103,16 +105,21 @@ def _derived(scal_ptr, row, eps_ptr):
     t = tl.load(base + 6)
     flag = tl.load(base + 7)
     eps = tl.load(eps_ptr)
-    # b^t as exp(t log b): t is a float step count; b^(t-1) = b^t / b, and exactly 1 at t = 1
+    c1, c2, dc1, dc2 = _bias(h1, h2, t)
+    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps
+
+
+@triton.jit
+def _bias(h1, h2, t):
+    """Adam's bias corrections 1 - b^t and their derivatives t b^(t-1) / (1 - b^t)^2 for both betas; b^t as
+    exp(t log b) (t is a float step count), and b^(t-1) exactly 1 at t = 1."""
     p1 = tl.exp(t * tl.log(h1))
     p2 = tl.exp(t * tl.log(h2))
     q1 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h1)))
     q2 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h2)))
     c1 = 1.0 - p1
     c2 = 1.0 - p2
-    dc1 = t * q1 / (c1 * c1)
-    dc2 = t * q2 / (c2 * c2)
-    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps
+    return c1, c2, t * q1 / (c1 * c1), t * q2 / (c2 * c2)
 
 
 @triton.jit
@@ -455,16 +462,6 @@ def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
             if lst and (lst[i].shape != g.shape or lst[i].stride() != g.stride() or lst[i].dtype != math_dt):
                 raise ValueError(f"{op}: state tensor {i} must have the gradient's shape and strides and dtype "
                                  f"{math_dt} (got {lst[i].dtype})")
-
-
-def _dense(t: Tensor) -> bool:
-    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
-    expect = 1
-    for st, sz in dims:
-        if st != expect:
-            return False
-        expect *= sz
-    return True
 
 
 def _math_dtype(dt: torch.dtype) -> torch.dtype:

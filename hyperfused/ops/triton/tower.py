@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .hyper import _TL_DTYPE, _jac, _launch, _step
+from .hyper import _TL_DTYPE, _bias, _jac, _launch, _step
 
 Tensor = torch.Tensor
 
@@ -100,15 +100,18 @@ def _values(KIND: tl.constexpr, LEARN: tl.constexpr, lr, h1, h2):
 
 
 @triton.jit
-def _bias(h1, h2, t):
-    """1 - b^t and t b^(t-1) / (1 - b^t)^2 for both betas (b^t as exp(t log b); b^0 = 1)."""
-    p1 = tl.exp(t * tl.log(h1))
-    p2 = tl.exp(t * tl.log(h2))
-    q1 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h1)))
-    q2 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h2)))
-    c1 = 1.0 - p1
-    c2 = 1.0 - p2
-    return c1, c2, t * q1 / (c1 * c1), t * q2 / (c2 * c2)
+def _state(tab, k, r, m, NS: tl.constexpr, BLOCK: tl.constexpr, DT: tl.constexpr):
+    """Level k's NS state arrays (zeros for those it does not keep)."""
+    s0 = tl.zeros([BLOCK], dtype=DT)
+    s1 = tl.zeros([BLOCK], dtype=DT)
+    s2 = tl.zeros([BLOCK], dtype=DT)
+    if NS >= 1:
+        s0 = tl.load(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+    if NS >= 2:
+        s1 = tl.load(tl.load(tab + k * 8 + 4).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+    if NS >= 3:
+        s2 = tl.load(tl.load(tab + k * 8 + 5).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+    return s0, s1, s2
 
 
 @triton.jit
@@ -157,16 +160,7 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         if KINDS[k] == 3:
             t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT)))
         c1, c2, dc1, dc2 = _bias(h1, h2, t)
-        s0 = tl.zeros([BLOCK], dtype=DT)
-        s1 = tl.zeros([BLOCK], dtype=DT)
-        s2 = tl.zeros([BLOCK], dtype=DT)
-        ns: tl.constexpr = NSTATE[k]
-        if ns >= 1:
-            s0 = tl.load(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
-        if ns >= 2:
-            s1 = tl.load(tl.load(tab + k * 8 + 4).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
-        if ns >= 3:
-            s2 = tl.load(tl.load(tab + k * 8 + 5).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+        s0, s1, s2 = _state(tab, k, r, m, NSTATE[k], BLOCK, DT)
         eps = tl.load(eps_ptr + k).to(DT)
         j0, j1, j2 = _jac(KINDS[k], LEARN[k], MOM[k], s0, s1, s2, lr, h1, h2, raw_lr, ds1, ds2, c1, c2, dc1, dc2, eps)
         c0 = tl.where(m, g * j0, 0.0)
@@ -202,16 +196,7 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         if KINDS[k] == 3:
             t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT))) + 1.0
         c1, c2, dc1, dc2 = _bias(h1, h2, t)
-        s0 = tl.zeros([BLOCK], dtype=DT)
-        s1 = tl.zeros([BLOCK], dtype=DT)
-        s2 = tl.zeros([BLOCK], dtype=DT)
-        ns: tl.constexpr = NSTATE[k]
-        if ns >= 1:
-            s0 = tl.load(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
-        if ns >= 2:
-            s1 = tl.load(tl.load(tab + k * 8 + 4).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
-        if ns >= 3:
-            s2 = tl.load(tl.load(tab + k * 8 + 5).to(tl.pointer_type(DT)) + r, mask=m, other=0.0)
+        s0, s1, s2 = _state(tab, k, r, m, NSTATE[k], BLOCK, DT)
         eps = tl.load(eps_ptr + k).to(DT)
         xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, c1, c2)
         # the previous gradient, where a Jacobian of this level needs it
