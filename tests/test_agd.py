@@ -161,8 +161,12 @@ def test_bad_options():
         hf.AGD(w, norm="nuclear")
     with pytest.raises(ValueError, match="gain must be"):
         hf.AGD(w, gain=-1)
-    with pytest.raises(NotImplementedError, match="backend='cuda' is not implemented"):
-        hf.AGD(w, backend="cuda")
+    if hf.ops.cuda_extension_available():
+        with pytest.raises(ValueError, match="backend='cuda' runs on CUDA tensors"):
+            hf.AGD(w, backend="cuda")
+    else:
+        with pytest.raises(NotImplementedError, match="backend='cuda' needs the CUDA extension"):
+            hf.AGD(w, backend="cuda")
     with pytest.raises(ValueError, match="unknown backend"):
         hf.AGD(w, backend="tpu")
 

@@ -140,3 +140,43 @@ def test_triton_step_does_not_synchronise_with_the_host():
         opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_agd_kernels_on_cuda_many_tensors_and_large_ones():
+    """More tensors than one table holds, a tensor larger than one table's blocks, 7x7 kernels (49 slices)."""
+    from hyperfused.ops import agd as agd_ops
+    g = torch.Generator().manual_seed(1)
+    shapes = [(i % 9 + 1, i % 5 + 2) for i in range(40)] + [(3000, 8000), (16, 8, 7, 7), (5, 3, 3, 3)]
+    grads = [torch.randn(*s, generator=g) for s in shapes]
+    slices = [agd_ops.slices_of(x) for x in grads]
+    want = torch.cat([agd_ops.as_slices(x.double()).pow(2).sum(dim=(1, 2)) for x in grads])
+    got = torch.ops.hyperfused.agd_sumsq([x.cuda() for x in grads], slices)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=0)
+    again = torch.ops.hyperfused.agd_sumsq([x.cuda() for x in grads], slices)
+    assert torch.equal(got, again)                      # deterministic
+    coef = torch.rand(sum(slices), dtype=torch.float64, generator=g)
+    params = [torch.randn(*s, generator=g) for s in shapes]
+    cu = [p.cuda() for p in params]
+    torch.ops.hyperfused.agd_update(cu, [x.cuda() for x in grads], coef.cuda())
+    torch.ops.hyperfused.agd_update(params, grads, coef)
+    for a, b in zip(cu, params):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["frobenius", "spectral"])
+def test_agd_on_cuda_matches_the_reference(norm):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1, bias=False), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 36, 5, bias=False)).cuda()
+    ref = copy.deepcopy(net)
+    opt = hf.AGD(net.parameters(), norm=norm, backend="cuda", tol=1e-7, max_iter=50)
+    opt_ref = hf.AGD(ref.parameters(), norm=norm, backend="reference", tol=1e-7, max_iter=50)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        x, y = torch.randn(16, 1, 6, 6, generator=g).cuda(), torch.randint(0, 5, (16,), generator=g).cuda()
+        for m, o in ((net, opt), (ref, opt_ref)):
+            m.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    for a, b in zip(net.parameters(), ref.parameters()):
+        assert _rel(a.detach(), b.detach()) <= (1e-5 if norm == "frobenius" else 1e-3)

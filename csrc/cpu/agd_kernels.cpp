@@ -201,31 +201,39 @@ namespace {
 // float32 math for float32 gradients (float64 for float64); results float64.
 constexpr int64_t kRowBlock = 64;
 
-// gv over rows [o0, o1): for S == 1 a dot product per row in 16 lanes; otherwise v is laid out (d_in, S) so
-// that a row (d_in * S contiguous elements) meets it element by element, summed in blocks of P = 16 S.
-template <typename scalar_t>
-void gv_block(const scalar_t* g, const double* v, int64_t o0, int64_t o1, int64_t in, int64_t S, double* gv,
-              int64_t out_rows, double* sq) {
+// gv over rows [o0, o1). v is laid out in row order (vt[i * S + s] = v[s, i]) so that a row (d_in * S contiguous
+// elements) meets it element by element, summed in P = 16 S lanes; S is a compile-time constant for the usual
+// kernels (1, 9, 25, 49), so the lanes live in registers (or a fixed array) and the loop vectorises.
+template <typename scalar_t, int S_FIXED>
+void gv_rows(const scalar_t* g, const double* v, int64_t o0, int64_t o1, int64_t in, int64_t S_dyn, double* gv,
+             int64_t out_rows, double* sq) {
   using T = agd_math_t<scalar_t>;
+  const int64_t S = S_FIXED > 0 ? S_FIXED : S_dyn;
   const int64_t K = in * S;                  // elements per row
-  std::vector<T> vt(K);                      // v in row order: vt[i * S + s] = v[s, i]
+  std::vector<T> vt(K);
   for (int64_t i = 0; i < in; ++i)
     for (int64_t s = 0; s < S; ++s) vt[i * S + s] = static_cast<T>(v[s * in + i]);
-  const int64_t P = 16 * S;
-  std::vector<T> acc(P), sqa(P, T(0));
+  constexpr int64_t PF = 16 * (S_FIXED > 0 ? S_FIXED : 1);
+  const int64_t P = S_FIXED > 0 ? PF : 16 * S;
+  std::vector<T> acc_v(S_FIXED > 0 ? 0 : P), sqa_v(S_FIXED > 0 ? 0 : P, T(0));
+  T acc_f[S_FIXED > 0 ? PF : 1], sqa_f[S_FIXED > 0 ? PF : 1];
+  T* acc = S_FIXED > 0 ? acc_f : acc_v.data();
+  T* sqa = S_FIXED > 0 ? sqa_f : sqa_v.data();
+  for (int64_t j = 0; j < P; ++j) sqa[j] = T(0);
+  const T* w = vt.data();
   for (int64_t o = o0; o < o1; ++o) {
     const scalar_t* row = g + o * K;
-    std::fill(acc.begin(), acc.end(), T(0));
+    for (int64_t j = 0; j < P; ++j) acc[j] = T(0);
     int64_t k = 0;
     for (; k + P <= K; k += P)
       for (int64_t j = 0; j < P; ++j) {
         const T x = static_cast<T>(row[k + j]);
-        acc[j] += x * vt[k + j];
+        acc[j] += x * w[k + j];
         sqa[j] += x * x;
       }
     for (int64_t j = 0; k + j < K; ++j) {
       const T x = static_cast<T>(row[k + j]);
-      acc[j] += x * vt[k + j];
+      acc[j] += x * w[k + j];
       sqa[j] += x * x;
     }
     for (int64_t s = 0; s < S; ++s) {
@@ -237,23 +245,61 @@ void gv_block(const scalar_t* g, const double* v, int64_t o0, int64_t o1, int64_
   for (int64_t j = 0; j < P; ++j) sq[j % S] += static_cast<double>(sqa[j]);
 }
 
-// gtu over rows [o0, o1): part[i * S + s] += g[o, i, s] u[s, o], a scaled add of each row (u repeated every S).
+template <typename scalar_t>
+void gv_block(const scalar_t* g, const double* v, int64_t o0, int64_t o1, int64_t in, int64_t S, double* gv,
+              int64_t out_rows, double* sq) {
+  switch (S) {
+    case 1: return gv_rows<scalar_t, 1>(g, v, o0, o1, in, S, gv, out_rows, sq);
+    case 9: return gv_rows<scalar_t, 9>(g, v, o0, o1, in, S, gv, out_rows, sq);
+    case 25: return gv_rows<scalar_t, 25>(g, v, o0, o1, in, S, gv, out_rows, sq);
+    case 49: return gv_rows<scalar_t, 49>(g, v, o0, o1, in, S, gv, out_rows, sq);
+    default: return gv_rows<scalar_t, 0>(g, v, o0, o1, in, S, gv, out_rows, sq);
+  }
+}
+
+// gtu over rows [o0, o1): part[i * S + s] += g[o, i, s] u[s, o], a scaled add of each row (u repeated every S;
+// S a compile-time constant for the usual kernels).
+template <typename scalar_t, int S_FIXED>
+void gtu_rows(const scalar_t* g, const double* u, int64_t o0, int64_t o1, int64_t in, int64_t S_dyn,
+              int64_t out_rows, double* part) {
+  using T = agd_math_t<scalar_t>;
+  const int64_t S = S_FIXED > 0 ? S_FIXED : S_dyn;
+  const int64_t K = in * S;
+  std::vector<T> acc(K, T(0));
+  T* a = acc.data();
+  if (S == 1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const scalar_t* row = g + o * K;
+      const T uo = static_cast<T>(u[o]);
+      for (int64_t k = 0; k < K; ++k) a[k] += static_cast<T>(row[k]) * uo;
+    }
+  } else {
+    constexpr int64_t PF = 16 * (S_FIXED > 0 ? S_FIXED : 1);
+    const int64_t P = S_FIXED > 0 ? PF : 16 * S;
+    std::vector<T> uo(P);
+    for (int64_t o = o0; o < o1; ++o) {
+      const scalar_t* row = g + o * K;
+      for (int64_t j = 0; j < P; ++j) uo[j] = static_cast<T>(u[(j % S) * out_rows + o]);
+      const T* ub = uo.data();
+      int64_t k = 0;
+      for (; k + P <= K; k += P)
+        for (int64_t j = 0; j < P; ++j) a[k + j] += static_cast<T>(row[k + j]) * ub[j];
+      for (int64_t j = 0; k + j < K; ++j) a[k + j] += static_cast<T>(row[k + j]) * ub[j];
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) part[k] = static_cast<double>(a[k]);   // (i, s) order
+}
+
 template <typename scalar_t>
 void gtu_block(const scalar_t* g, const double* u, int64_t o0, int64_t o1, int64_t in, int64_t S, int64_t out_rows,
                double* part) {
-  using T = agd_math_t<scalar_t>;
-  const int64_t K = in * S;
-  const int64_t P = 16 * S;
-  std::vector<T> acc(K, T(0)), uo(P);
-  for (int64_t o = o0; o < o1; ++o) {
-    const scalar_t* row = g + o * K;
-    for (int64_t j = 0; j < P; ++j) uo[j] = static_cast<T>(u[(j % S) * out_rows + o]);
-    int64_t k = 0;
-    for (; k + P <= K; k += P)
-      for (int64_t j = 0; j < P; ++j) acc[k + j] += static_cast<T>(row[k + j]) * uo[j];
-    for (int64_t j = 0; k + j < K; ++j) acc[k + j] += static_cast<T>(row[k + j]) * uo[j];
+  switch (S) {
+    case 1: return gtu_rows<scalar_t, 1>(g, u, o0, o1, in, S, out_rows, part);
+    case 9: return gtu_rows<scalar_t, 9>(g, u, o0, o1, in, S, out_rows, part);
+    case 25: return gtu_rows<scalar_t, 25>(g, u, o0, o1, in, S, out_rows, part);
+    case 49: return gtu_rows<scalar_t, 49>(g, u, o0, o1, in, S, out_rows, part);
+    default: return gtu_rows<scalar_t, 0>(g, u, o0, o1, in, S, out_rows, part);
   }
-  for (int64_t k = 0; k < K; ++k) part[k] = static_cast<double>(acc[k]);   // (i, s) order
 }
 
 void check_mats(const char* op, at::TensorList grads, at::TensorList vecs, bool by_in) {

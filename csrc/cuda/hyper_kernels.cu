@@ -22,19 +22,19 @@ namespace hyperfused {
 
 template <>
 struct Convert<float, __half> {
-  __host__ __device__ static float run(__half v) { return __half2float(v); }
+  __host__ __device__ __forceinline__ static float run(__half v) { return __half2float(v); }
 };
 template <>
 struct Convert<__half, float> {
-  __host__ __device__ static __half run(float v) { return __float2half_rn(v); }
+  __host__ __device__ __forceinline__ static __half run(float v) { return __float2half_rn(v); }
 };
 template <>
 struct Convert<float, __nv_bfloat16> {
-  __host__ __device__ static float run(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __host__ __device__ __forceinline__ static float run(__nv_bfloat16 v) { return __bfloat162float(v); }
 };
 template <>
 struct Convert<__nv_bfloat16, float> {
-  __host__ __device__ static __nv_bfloat16 run(float v) { return __float2bfloat16_rn(v); }
+  __host__ __device__ __forceinline__ static __nv_bfloat16 run(float v) { return __float2bfloat16_rn(v); }
 };
 
 namespace cuda {

@@ -6,9 +6,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
+#include "agd_cuda.h"
 #include "hyper_cuda.h"
 
 namespace hyperfused {
@@ -218,34 +220,102 @@ at::Tensor multi_tensor_dot_cuda(at::TensorList a, at::TensorList b) {
 // (o * d_in + i) * S + s.
 int64_t slices_of(const at::Tensor& t) { return t.dim() == 2 ? 1 : t.size(2) * t.size(3); }
 
+// AGD: fill AgdTables chunk by chunk (a chunk of a tensor with S slices is (kChunk / S) * S elements) and call
+// `launch(table)` whenever one is full; a tensor whose chunks do not fit continues in the next table.
+template <typename Launch>
+void for_agd_tables(at::TensorList params, at::TensorList grads, const std::vector<int64_t>& slices,
+                    Launch&& launch) {
+  AgdTable tab{};
+  int64_t offset = 0;
+  auto add_tensor = [&](int64_t i, int64_t off) {
+    const int slot = tab.n_tensors++;
+    tab.x[slot] = params.empty() ? nullptr : params[i].data_ptr();
+    tab.g[slot] = grads[i].data_ptr();
+    tab.numel[slot] = grads[i].numel();
+    tab.slices[slot] = static_cast<int>(slices[i]);
+    tab.slice_offset[slot] = off;
+  };
+  for (int64_t i = 0; i < static_cast<int64_t>(grads.size()); ++i) {
+    const int64_t n = grads[i].numel(), S = slices[i];
+    if (n > 0) {
+      if (tab.n_tensors == kAgdMaxTensors) {
+        launch(tab);
+        tab = AgdTable{};
+      }
+      add_tensor(i, offset);
+      const int64_t chunks = (n + agd_chunk(static_cast<int>(S)) - 1) / agd_chunk(static_cast<int>(S));
+      for (int64_t c = 0; c < chunks; ++c) {
+        if (tab.n_blocks == kAgdMaxBlocks) {
+          launch(tab);
+          tab = AgdTable{};
+          add_tensor(i, offset);
+        }
+        tab.block_tensor[tab.n_blocks] = static_cast<unsigned char>(tab.n_tensors - 1);
+        tab.block_chunk[tab.n_blocks] = static_cast<int>(c);
+        ++tab.n_blocks;
+      }
+    }
+    offset += S;
+  }
+  if (tab.n_blocks > 0) launch(tab);
+}
+
+void check_agd(const char* op, at::TensorList grads, const std::vector<int64_t>& slices) {
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const auto& g = grads[i];
+    TORCH_CHECK(g.is_cuda() && g.is_contiguous(), op, ": gradient ", i, " must be a contiguous CUDA tensor");
+    TORCH_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
+    TORCH_CHECK(slices[i] >= 1 && slices[i] <= kAgdMaxSlices && g.numel() % slices[i] == 0, op, ": gradient ", i,
+                " of ", g.numel(), " elements cannot have ", slices[i], " slices (at most ", kAgdMaxSlices, ")");
+  }
+}
+
 at::Tensor agd_sumsq_cuda(at::TensorList grads, at::IntArrayRef slices) {
   TORCH_CHECK(grads.size() == slices.size(), "agd_sumsq: ", grads.size(), " gradients but ", slices.size(),
               " slice counts");
-  std::vector<at::Tensor> parts;
-  for (size_t i = 0; i < grads.size(); ++i) {
-    TORCH_CHECK(grads[i].is_cuda() && slices[i] >= 1 && grads[i].numel() % slices[i] == 0, "agd_sumsq: gradient ",
-                i, " must be a CUDA tensor whose size is a multiple of its slice count");
-    parts.push_back(grads[i].contiguous().to(at::kDouble).reshape({-1, slices[i]}).pow(2).sum(0));
+  const std::vector<int64_t> sl(slices.begin(), slices.end());
+  if (grads.empty()) return at::zeros({0}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA));
+  check_agd("agd_sumsq", grads, sl);
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  int64_t total = 0, width = 1;
+  for (auto s : sl) {
+    total += s;
+    width = std::max(width, s);
   }
-  if (parts.empty()) return at::zeros({0}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA));
-  return at::cat(parts);
+  auto out = at::zeros({total}, grads[0].options().dtype(at::kDouble));
+  auto partials = at::empty({kAgdMaxBlocks, width}, out.options());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  for_agd_tables({}, grads, sl, [&](const AgdTable& tab) {
+    launch_agd_sumsq(dtype_of(grads[0]), tab, partials.data_ptr<double>(), static_cast<int>(width),
+                     out.data_ptr<double>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
 }
 
 void agd_update_cuda(at::TensorList params, at::TensorList grads, const at::Tensor& coef) {
   TORCH_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
-  int64_t off = 0;
+  std::vector<int64_t> sl;
+  int64_t total = 0;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
-    TORCH_CHECK(p.is_cuda() && p.is_contiguous() && p.sizes() == grads[i].sizes() && (p.dim() == 2 || p.dim() == 4),
+    TORCH_CHECK(p.is_cuda() && p.is_contiguous() && p.sizes() == grads[i].sizes() &&
+                    p.scalar_type() == grads[i].scalar_type() && (p.dim() == 2 || p.dim() == 4),
                 "agd_update: parameter ", i, " must be a contiguous CUDA matrix or 4-D kernel shaped like its gradient");
-    const int64_t S = slices_of(p);
-    auto c = coef.narrow(0, off, S).to(p.device()).to(p.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-    auto pv = p.view({-1, S});
-    auto upd = grads[i].contiguous().view({-1, S}).to(c.scalar_type()) * c.unsqueeze(0);
-    pv.sub_(upd.to(p.scalar_type()));
-    off += S;
+    sl.push_back(slices_of(p));
+    total += sl.back();
   }
-  TORCH_CHECK(off == coef.numel(), "agd_update: ", coef.numel(), " coefficients for ", off, " slices");
+  TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.numel() == total, "agd_update: coef must be float64 with ",
+              total, " entries (one per slice), got ", coef.numel());
+  if (params.empty()) return;
+  check_agd("agd_update", grads, sl);
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  auto c = coef.to(params[0].device()).contiguous();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  for_agd_tables(params, grads, sl, [&](const AgdTable& tab) {
+    launch_agd_update(dtype_of(grads[0]), tab, c.data_ptr<double>(), nullptr, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> agd_gv_cuda(at::TensorList grads, at::TensorList vs) {
@@ -253,11 +323,19 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> agd_gv_cuda(at::TensorList grads
   std::vector<at::Tensor> sq, gv;
   for (size_t t = 0; t < grads.size(); ++t) {
     const auto& g = grads[t];
-    TORCH_CHECK(g.is_cuda() && (g.dim() == 2 || g.dim() == 4), "agd_gv: gradient ", t, " must be a CUDA matrix or 4-D kernel");
-    const int64_t S = slices_of(g);
-    auto g3 = g.contiguous().to(at::kDouble).view({g.size(0), g.size(1), S});
-    sq.push_back(g3.pow(2).sum({0, 1}));
-    gv.push_back(at::einsum("ois,si->so", {g3, vs[t].to(g3.device()).view({S, g.size(1)})}));
+    TORCH_CHECK(g.is_cuda() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), "agd_gv: gradient ", t,
+                " must be a contiguous CUDA matrix or 4-D kernel");
+    const c10::cuda::CUDAGuard guard(g.device());
+    const int64_t S = slices_of(g), d_out = g.size(0), d_in = g.size(1);
+    auto v = vs[t].to(g.device(), at::kDouble).contiguous();
+    TORCH_CHECK(v.numel() == S * d_in, "agd_gv: vector ", t, " must have shape (", S, ", ", d_in, ")");
+    auto out = at::empty({S, d_out}, g.options().dtype(at::kDouble));
+    auto rows = at::empty({S, d_out}, out.options());
+    launch_agd_gv(dtype_of(g), g.data_ptr(), d_out, d_in, static_cast<int>(S), v.data_ptr<double>(),
+                  out.data_ptr<double>(), rows.data_ptr<double>(), at::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sq.push_back(rows.sum(1));
+    gv.push_back(out);
   }
   auto all_sq = sq.empty() ? at::zeros({0}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA)) : at::cat(sq);
   return {all_sq, gv};
@@ -268,10 +346,17 @@ std::vector<at::Tensor> agd_gtu_cuda(at::TensorList grads, at::TensorList us) {
   std::vector<at::Tensor> out;
   for (size_t t = 0; t < grads.size(); ++t) {
     const auto& g = grads[t];
-    TORCH_CHECK(g.is_cuda() && (g.dim() == 2 || g.dim() == 4), "agd_gtu: gradient ", t, " must be a CUDA matrix or 4-D kernel");
-    const int64_t S = slices_of(g);
-    auto g3 = g.contiguous().to(at::kDouble).view({g.size(0), g.size(1), S});
-    out.push_back(at::einsum("ois,so->si", {g3, us[t].to(g3.device()).view({S, g.size(0)})}));
+    TORCH_CHECK(g.is_cuda() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), "agd_gtu: gradient ", t,
+                " must be a contiguous CUDA matrix or 4-D kernel");
+    const c10::cuda::CUDAGuard guard(g.device());
+    const int64_t S = slices_of(g), d_out = g.size(0), d_in = g.size(1);
+    auto u = us[t].to(g.device(), at::kDouble).contiguous();
+    TORCH_CHECK(u.numel() == S * d_out, "agd_gtu: vector ", t, " must have shape (", S, ", ", d_out, ")");
+    auto o = at::empty({S, d_in}, g.options().dtype(at::kDouble));
+    launch_agd_gtu(dtype_of(g), g.data_ptr(), d_out, d_in, static_cast<int>(S), u.data_ptr<double>(),
+                   o.data_ptr<double>(), at::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    out.push_back(o);
   }
   return out;
 }

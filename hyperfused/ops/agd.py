@@ -1,7 +1,7 @@
 """Automatic Gradient Descent's ops (SPEC.md part 2): per-slice norms, the batched power iteration, the update.
 
-Pure PyTorch; the multi-tensor passes run as the C++ ops ``hyperfused::agd_sumsq`` / ``agd_update`` when the
-extension is built and the tensors are on the CPU.
+Pure PyTorch; the multi-tensor passes run as the compiled ops ``hyperfused::agd_sumsq`` / ``agd_update`` when
+they are built for the tensors' device (the C++ extension for CPU tensors, the CUDA extension for CUDA ones).
 
 A weight of shape (d_out, d_in) is one slice; a convolution kernel (d_out, d_in, kh, kw) has kh*kw slices
 W[:, :, i, j]. In a contiguous kernel, flat element f belongs to slice f % (kh*kw).
@@ -39,11 +39,22 @@ def scale_of(t: Tensor) -> float:
     return scale_of_shape(t.shape)
 
 
+def _compiled_for(tensors: Sequence[Tensor]) -> bool:
+    """The compiled AGD ops run for these tensors: the C++ kernels for CPU tensors, the CUDA kernels (the CUDA
+    extension) for CUDA tensors."""
+    from . import _ext
+    if all(t.device.type == "cpu" for t in tensors):
+        return _ext.extension_available()
+    if all(t.device.type == "cuda" for t in tensors):
+        return _ext.cuda_extension_available()
+    return False
+
+
 def sumsq(grads: Sequence[Tensor]) -> List[Tensor]:
     """Per tensor, the per-slice sums of squares (float64), in one multi-tensor call when compiled."""
     from . import _ext
     grads = list(grads)
-    if grads and _ext.extension_available() and all(g.device.type == "cpu" for g in grads):
+    if grads and _compiled_for(grads):
         flat = torch.ops.hyperfused.agd_sumsq([g.contiguous() for g in grads], [slices_of(g) for g in grads])
         return list(torch.split(flat, [slices_of(g) for g in grads]))
     return [as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads]
@@ -53,7 +64,7 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], coef: Sequence[Ten
     """W <- W - coef[slice] * g for every tensor (coef: per-slice float64 vectors), in place."""
     from . import _ext
     params, grads, coef = list(params), list(grads), list(coef)
-    if (params and _ext.extension_available() and all(p.device.type == "cpu" and p.is_contiguous() for p in params)):
+    if params and _compiled_for(params) and all(p.is_contiguous() for p in params):
         torch.ops.hyperfused.agd_update([p.detach() for p in params], [g.contiguous() for g in grads],
                                         torch.cat(coef))
         return

@@ -8,7 +8,6 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 
 from ..ops import agd as agd_ops
-from ..ops._ext import extension_available as hf_ext_available
 
 Tensor = torch.Tensor
 
@@ -40,9 +39,9 @@ class AGD(torch.optim.Optimizer):
         gain: multiplies every step (1 is the method).
         norm: "frobenius" or "spectral".
         tol, max_iter: the power iteration's relative tolerance and iteration cap (spectral).
-        backend: "auto", "reference", "cpu" or "triton" (the Triton kernels: CUDA tensors, or CPU tensors under
-            TRITON_INTERPRET=1; its step reads nothing back to the host in the Frobenius variant). "cuda": not
-            yet (the AGD ops' CUDA registrations are composed of ATen operations).
+        backend: "auto", "reference", "cpu", "cuda" (the CUDA extension's kernels) or "triton" (the Triton
+            kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1; its step reads nothing back to the
+            host in the Frobenius variant). "auto" runs the compiled kernels built for the tensors' device.
     """
 
     def __init__(self, params, gain: float = 1.0, norm: str = "frobenius", *, tol: float = 1e-4,
@@ -51,11 +50,14 @@ class AGD(torch.optim.Optimizer):
             raise ValueError(f"AGD: norm must be 'frobenius' or 'spectral', got {norm!r}")
         if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain >= 0):
             raise ValueError(f"AGD: gain must be a finite number >= 0, got {gain!r}")
-        if backend not in ("auto", "reference", "cpu", "triton"):
-            if backend == "cuda":
-                raise NotImplementedError("AGD: backend='cuda' is not implemented yet; use 'auto', 'cpu', 'triton' "
-                                          "or 'reference'")
-            raise ValueError(f"AGD: unknown backend {backend!r}")
+        if backend not in ("auto", "reference", "cpu", "cuda", "triton"):
+            raise ValueError(f"AGD: unknown backend {backend!r}; choose auto, reference, cpu, cuda or triton")
+        if backend == "cuda":
+            from ..ops import _ext
+            if not _ext.cuda_extension_available():
+                raise NotImplementedError(
+                    f"AGD: backend='cuda' needs the CUDA extension hyperfused._C_cuda, which is not built here "
+                    f"({_ext.cuda_extension_error()}); build with a CUDA build of torch and CUDA_HOME set")
         if backend == "triton":
             from ..ops import triton as _tri
             if not _tri.available():
@@ -77,6 +79,11 @@ class AGD(torch.optim.Optimizer):
                         f"(or give AGD only the weights).")
                 if p.is_complex() or not p.is_floating_point():
                     raise TypeError(f"AGD optimizes real floating-point weights, got dtype {p.dtype}")
+        if backend == "cuda":
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.device.type != "cuda":
+                        raise ValueError(f"AGD: backend='cuda' runs on CUDA tensors; got a parameter on {p.device}")
         if backend == "triton":
             for group in self.param_groups:
                 for p in group["params"]:
@@ -106,7 +113,7 @@ class AGD(torch.optim.Optimizer):
                             p[:, :, i, j].copy_((w * s).to(p.dtype))
 
     def _use_kernels(self, params) -> bool:
-        return self.backend in ("auto", "cpu")
+        return self.backend in ("auto", "cpu", "cuda")
 
     def _tri_kernels(self):
         """The Triton AGD kernel module when backend='triton', else None."""
@@ -157,8 +164,7 @@ class AGD(torch.optim.Optimizer):
         if tri is not None:
             grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
         fused_spectral = self.norm == "spectral" and (tri is not None or (
-            self._use_kernels(params) and hf_ext_available()
-            and all(g.device.type == "cpu" and g.is_contiguous() for g in grads)))
+            self._use_kernels(params) and agd_ops._compiled_for(grads) and all(g.is_contiguous() for g in grads)))
         if fused_spectral:               # pass A: sums of squares and g v in one read
             sq, denom = self._sigmas_fused(params, grads)
         elif tri is not None:

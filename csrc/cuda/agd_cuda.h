@@ -1,0 +1,50 @@
+// Interface between the CUDA registrations of the AGD ops (ops_cuda.cpp, with torch) and their kernels
+// (agd_kernels.cu, without torch headers): raw pointers, sizes, a stream.
+#pragma once
+
+#include <cstdint>
+
+#include "hyper_cuda.h"
+
+namespace hyperfused {
+namespace cuda {
+
+constexpr int kAgdMaxTensors = 32;
+constexpr int kAgdMaxBlocks = 320;
+// Largest slice count (kh * kw) the kernels take: a block's threads are laid out as rows of S slices.
+constexpr int kAgdMaxSlices = kThreads;
+
+// One launch's worth of AGD tensors. A tensor of S slices is cut into chunks of (kChunk / S) * S elements,
+// so every chunk starts at slice 0 and thread j of a block always meets slice j % S.
+struct AgdTable {
+  void* x[kAgdMaxTensors];
+  const void* g[kAgdMaxTensors];
+  int64_t numel[kAgdMaxTensors];
+  int slices[kAgdMaxTensors];
+  int64_t slice_offset[kAgdMaxTensors];   // first entry of the tensor in the concatenated per-slice vector
+  unsigned char block_tensor[kAgdMaxBlocks];
+  int block_chunk[kAgdMaxBlocks];
+  int n_tensors;
+  int n_blocks;
+};
+
+HF_HOST_DEVICE int64_t agd_chunk(int slices) { return (kChunk / slices) * slices; }
+
+// Pass A: per-block per-slice sums of squares into partials[row][width] (row = block of this launch), then
+// added in block order into out[slice_offset + s] (out zeroed by the caller; launches are stream-ordered,
+// so the sums repeat bit for bit).
+void launch_agd_sumsq(DType dtype, const AgdTable& table, double* partials, int width, double* out, void* stream);
+
+// Pass B: x -= coef[slice_offset + slice] * g, nothing written when ok (device flag; may be null) is false.
+void launch_agd_update(DType dtype, const AgdTable& table, const double* coef, const bool* ok, void* stream);
+
+// Spectral AGD's half-iterations for one tensor of shape (d_out, d_in, S) (S = 1 for a matrix):
+// gv[s][o] = sum_i g[o][i][s] v[s][i] with sq_rows[s][o] = sum_i g[o][i][s]^2 (one read of g), and
+// gtu[s][i] = sum_o g[o][i][s] u[s][o]. Fixed summation orders: deterministic.
+void launch_agd_gv(DType dtype, const void* g, int64_t d_out, int64_t d_in, int slices, const double* v,
+                   double* gv, double* sq_rows, void* stream);
+void launch_agd_gtu(DType dtype, const void* g, int64_t d_out, int64_t d_in, int slices, const double* u,
+                    double* gtu, void* stream);
+
+}  // namespace cuda
+}  // namespace hyperfused

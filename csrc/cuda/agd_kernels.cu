@@ -1,0 +1,220 @@
+// CUDA kernels of Automatic Gradient Descent (SPEC.md part 2). No torch headers here (see hyper_cuda.h).
+//
+// sumsq / update: multi-tensor, one block per chunk of one tensor (tables by value, as hyper_kernels.cu).
+// A block's first (kThreads / S) * S threads are rows of S slices, so each thread meets one slice only:
+// it accumulates one sum (pass A) or reads one coefficient (pass B). Bytes per element (fp32): pass A reads
+// g (4); pass B reads w, g and writes w (12).
+// gv / gtu: one warp per (output row o, slice s) for g v (the row's d_in elements of slice s, read with
+// stride S: coalesced for matrices), one block of 32 x 8 threads per (32 columns, slice) for g^T u (32
+// consecutive columns per row read together). Every sum runs in a fixed order.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "agd_cuda.h"
+
+namespace hyperfused {
+namespace cuda {
+namespace {
+
+template <typename S>
+struct Acc {
+  using T = float;
+};
+template <>
+struct Acc<double> {
+  using T = double;
+};
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ double to_float(double v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename S>
+__device__ __forceinline__ S from_float(typename Acc<S>::T v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ double from_float<double>(double v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename S>
+__global__ void __launch_bounds__(kThreads) agd_sumsq_kernel(AgdTable tab, double* partials, int width) {
+  using T = typename Acc<S>::T;
+  const int t = tab.block_tensor[blockIdx.x];
+  const int ns = tab.slices[t];
+  const int64_t chunk = agd_chunk(ns);
+  const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * chunk;
+  const int64_t end = min(tab.numel[t], begin + chunk);
+  const int stride = (kThreads / ns) * ns;
+  const S* g = static_cast<const S*>(tab.g[t]);
+  T acc = 0;
+  if (int(threadIdx.x) < stride)
+    for (int64_t i = begin + threadIdx.x; i < end; i += stride) {
+      const T v = to_float(g[i]);
+      acc += v * v;
+    }
+  __shared__ double sh[kThreads];
+  sh[threadIdx.x] = int(threadIdx.x) < stride ? double(acc) : 0.0;
+  __syncthreads();
+  // rows r = tid / ns of one slice each column: halve the number of rows, in a fixed order
+  for (int h = stride / ns; h > 1;) {
+    const int half = (h + 1) / 2;
+    const int r = threadIdx.x / ns;
+    if (int(threadIdx.x) < stride && r < h - half) sh[threadIdx.x] += sh[threadIdx.x + half * ns];
+    __syncthreads();
+    h = half;
+  }
+  if (int(threadIdx.x) < ns) partials[int64_t(blockIdx.x) * width + threadIdx.x] = sh[threadIdx.x];
+}
+
+// One thread per (tensor slot, slice): this launch's block rows of that tensor, in block order, into out.
+__global__ void agd_sumsq_finish(AgdTable tab, const double* partials, int width, double* out) {
+  const int t = blockIdx.x;
+  const int s = threadIdx.x;
+  if (t >= tab.n_tensors || s >= tab.slices[t]) return;
+  double acc = out[tab.slice_offset[t] + s];
+  for (int b = 0; b < tab.n_blocks; ++b)
+    if (tab.block_tensor[b] == t) acc += partials[int64_t(b) * width + s];
+  out[tab.slice_offset[t] + s] = acc;
+}
+
+template <typename S>
+__global__ void __launch_bounds__(kThreads) agd_update_kernel(AgdTable tab, const double* coef, const bool* ok) {
+  using T = typename Acc<S>::T;
+  if (ok != nullptr && !*ok) return;
+  const int t = tab.block_tensor[blockIdx.x];
+  const int ns = tab.slices[t];
+  const int64_t chunk = agd_chunk(ns);
+  const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * chunk;
+  const int64_t end = min(tab.numel[t], begin + chunk);
+  const int stride = (kThreads / ns) * ns;
+  if (int(threadIdx.x) >= stride) return;
+  const T c = T(coef[tab.slice_offset[t] + threadIdx.x % ns]);
+  S* x = static_cast<S*>(tab.x[t]);
+  const S* g = static_cast<const S*>(tab.g[t]);
+  for (int64_t i = begin + threadIdx.x; i < end; i += stride)
+    x[i] = from_float<S>(T(to_float(x[i])) - c * T(to_float(g[i])));
+}
+
+// g v: warp w of the block handles (o, s) = pair blockIdx.x * warps + w of the (d_out x S) pairs.
+template <typename S>
+__global__ void __launch_bounds__(256) agd_gv_kernel(const S* g, int64_t d_out, int64_t d_in, int ns,
+                                                     const double* v, double* gv, double* sq_rows) {
+  const int warps = blockDim.x / 32;
+  const int64_t pair = int64_t(blockIdx.x) * warps + threadIdx.x / 32;
+  if (pair >= d_out * ns) return;
+  const int64_t o = pair / ns;
+  const int s = int(pair % ns);
+  const int lane = threadIdx.x % 32;
+  double acc = 0, sq = 0;
+  for (int64_t i = lane; i < d_in; i += 32) {
+    const double e = double(to_float(g[(o * d_in + i) * ns + s]));
+    acc += e * v[int64_t(s) * d_in + i];
+    sq += e * e;
+  }
+  for (int off = 16; off > 0; off >>= 1) {   // fixed butterfly order
+    acc += __shfl_down_sync(0xffffffffu, acc, off);
+    sq += __shfl_down_sync(0xffffffffu, sq, off);
+  }
+  if (lane == 0) {
+    gv[int64_t(s) * d_out + o] = acc;
+    sq_rows[int64_t(s) * d_out + o] = sq;
+  }
+}
+
+// g^T u: block (32 columns from blockIdx.x, slice blockIdx.y), threads (32, 8): thread row y sums rows o = y,
+// y + 8, ...; the 8 row sums are then added in order.
+template <typename S>
+__global__ void __launch_bounds__(256) agd_gtu_kernel(const S* g, int64_t d_out, int64_t d_in, int ns,
+                                                      const double* u, double* gtu) {
+  const int64_t i = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  const int s = blockIdx.y;
+  double acc = 0;
+  if (i < d_in)
+    for (int64_t o = threadIdx.y; o < d_out; o += 8)
+      acc += double(to_float(g[(o * d_in + i) * ns + s])) * u[int64_t(s) * d_out + o];
+  __shared__ double sh[8][32];
+  sh[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && i < d_in) {
+    double total = 0;
+    for (int y = 0; y < 8; ++y) total += sh[y][threadIdx.x];
+    gtu[int64_t(s) * d_in + i] = total;
+  }
+}
+
+template <template <typename> class K, typename... Args>
+void by_dtype(DType dtype, Args&&... args) {
+  switch (dtype) {
+    case DType::kFloat: K<float>::run(args...); break;
+    case DType::kDouble: K<double>::run(args...); break;
+    case DType::kHalf: K<__half>::run(args...); break;
+    default: K<__nv_bfloat16>::run(args...); break;
+  }
+}
+
+template <typename S>
+struct SumsqLaunch {
+  static void run(const AgdTable& tab, double* partials, int width, double* out, cudaStream_t st) {
+    agd_sumsq_kernel<S><<<tab.n_blocks, kThreads, 0, st>>>(tab, partials, width);
+    agd_sumsq_finish<<<tab.n_tensors, kAgdMaxSlices, 0, st>>>(tab, partials, width, out);
+  }
+};
+
+template <typename S>
+struct UpdateLaunch {
+  static void run(const AgdTable& tab, const double* coef, const bool* ok, cudaStream_t st) {
+    agd_update_kernel<S><<<tab.n_blocks, kThreads, 0, st>>>(tab, coef, ok);
+  }
+};
+
+template <typename S>
+struct GvLaunch {
+  static void run(const void* g, int64_t d_out, int64_t d_in, int ns, const double* v, double* gv, double* sq,
+                  cudaStream_t st) {
+    const int64_t pairs = d_out * ns;
+    agd_gv_kernel<S><<<unsigned((pairs + 7) / 8), 256, 0, st>>>(static_cast<const S*>(g), d_out, d_in, ns, v, gv,
+                                                                 sq);
+  }
+};
+
+template <typename S>
+struct GtuLaunch {
+  static void run(const void* g, int64_t d_out, int64_t d_in, int ns, const double* u, double* gtu,
+                  cudaStream_t st) {
+    const dim3 grid(unsigned((d_in + 31) / 32), unsigned(ns));
+    agd_gtu_kernel<S><<<grid, dim3(32, 8), 0, st>>>(static_cast<const S*>(g), d_out, d_in, ns, u, gtu);
+  }
+};
+
+}  // namespace
+
+void launch_agd_sumsq(DType dtype, const AgdTable& table, double* partials, int width, double* out, void* stream) {
+  if (table.n_blocks == 0) return;
+  by_dtype<SumsqLaunch>(dtype, table, partials, width, out, static_cast<cudaStream_t>(stream));
+}
+
+void launch_agd_update(DType dtype, const AgdTable& table, const double* coef, const bool* ok, void* stream) {
+  if (table.n_blocks == 0) return;
+  by_dtype<UpdateLaunch>(dtype, table, coef, ok, static_cast<cudaStream_t>(stream));
+}
+
+void launch_agd_gv(DType dtype, const void* g, int64_t d_out, int64_t d_in, int slices, const double* v,
+                   double* gv, double* sq_rows, void* stream) {
+  if (d_out * d_in * slices == 0) return;
+  by_dtype<GvLaunch>(dtype, g, d_out, d_in, slices, v, gv, sq_rows, static_cast<cudaStream_t>(stream));
+}
+
+void launch_agd_gtu(DType dtype, const void* g, int64_t d_out, int64_t d_in, int slices, const double* u,
+                    double* gtu, void* stream) {
+  if (d_out * d_in * slices == 0) return;
+  by_dtype<GtuLaunch>(dtype, g, d_out, d_in, slices, u, gtu, static_cast<cudaStream_t>(stream));
+}
+
+}  // namespace cuda
+}  // namespace hyperfused
