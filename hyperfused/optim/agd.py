@@ -208,42 +208,97 @@ class AGD(torch.optim.Optimizer):
             st["v"] = torch.nn.functional.normalize(torch.randn(S, n, generator=gen, dtype=torch.float64), dim=1).to(p.device)
         return st
 
+    def _layout(self, params):
+        """Index tables (cached per set of shapes) that put every tensor's u (S, d_out) and v (S, d_in) rows
+        into one zero-padded (rows, width) matrix, so the per-row work of a step is a few ops for all tensors
+        instead of a few per tensor."""
+        key = tuple(tuple(p.shape) for p in params) + (params[0].device,)
+        lay = getattr(self, "_lay", None)
+        if lay is not None and lay["key"] == key:
+            return lay
+        dev = params[0].device
+        S = [agd_ops.slices_of(p) for p in params]
+        dout, din = [p.shape[0] for p in params], [p.shape[1] for p in params]
+        rows = sum(S)
+        wo, wi = max(dout), max(din)
+
+        def flat_index(dims, width):
+            idx, r0 = [], 0
+            for s, d in zip(S, dims):
+                base = (torch.arange(s).unsqueeze(1) + r0) * width + torch.arange(d).unsqueeze(0)
+                idx.append(base.reshape(-1))
+                r0 += s
+            return torch.cat(idx).to(dev)
+
+        rank = torch.cat([torch.full((s,), float(min(o, i)), dtype=torch.float64) for s, o, i in zip(S, dout, din)])
+        lay = {"key": key, "S": S, "dout": dout, "din": din, "rows": rows, "wo": wo, "wi": wi,
+               "out": flat_index(dout, wo), "in": flat_index(din, wi), "inv_sqrt_rank": rank.rsqrt().to(dev),
+               "n_out": [s * d for s, d in zip(S, dout)], "n_in": [s * d for s, d in zip(S, din)]}
+        self._lay = lay
+        return lay
+
+    @staticmethod
+    def _normalize_rows(flat, idx, rows, width, old):
+        """Rows of the flat vector normalised (rows of norm 0 keep the old vector); returns (new flat, norms)."""
+        pad = torch.zeros(rows * width, dtype=flat.dtype, device=flat.device).index_put_((idx,), flat)
+        pad = pad.view(rows, width)
+        norm = pad.norm(dim=1)
+        unit = (pad / norm.clamp_min(1e-300).unsqueeze(1)).view(-1)[idx]
+        keep_old = (norm == 0).unsqueeze(1).expand(rows, width).reshape(-1)[idx]
+        return torch.where(keep_old, old, unit), norm
+
     def _sigmas_fused(self, params, grads):
-        """One power iteration on the native layout with the C++ ops: g v together with the sums of squares
+        """One power iteration on the native layout with the fused ops: g v together with the sums of squares
         (pass A), then g^T u (one more read); the two half-step estimates decide convergence, and only the
-        slices that have not settled continue with batched iterations."""
+        tensors with slices that have not settled continue with batched iterations. The per-row work (norms,
+        normalisation, convergence, clamping) runs on all tensors at once."""
         states = [self._init_uv(p) for p in params]
+        lay = self._layout(params)
         kern = self._tri_kernels() or torch.ops.hyperfused
+        u_old = torch.cat([st["u"].reshape(-1) for st in states])
+        v_old = torch.cat([st["v"].reshape(-1) for st in states])
         sq, gv = kern.agd_gv(list(grads), [st["v"].contiguous() for st in states])
-        s_b = [x.norm(dim=1) for x in gv]
-        u_new = [torch.where((n > 0).unsqueeze(1), x / n.clamp_min(1e-300).unsqueeze(1), st["u"])
-                 for x, n, st in zip(gv, s_b, states)]
+        u_flat, s_b = self._normalize_rows(torch.cat([x.reshape(-1) for x in gv]), lay["out"], lay["rows"],
+                                           lay["wo"], u_old)
+        u_new = [x.view(s, d) for x, s, d in zip(torch.split(u_flat, lay["n_out"]), lay["S"], lay["dout"])]
         gtu = kern.agd_gtu(list(grads), u_new)
-        sigmas, iters = [], []
-        fro = torch.split(sq.sqrt(), [agd_ops.slices_of(p) for p in params])
-        for p, g, st, u, y, sb, f in zip(params, grads, states, u_new, gtu, s_b, fro):
-            sa = y.norm(dim=1)
-            v = torch.where((sa > 0).unsqueeze(1), y / sa.clamp_min(1e-300).unsqueeze(1), st["v"])
-            sigma = sa
-            settled = ((sa - sb).abs() <= self.tol * sa) | (f == 0)
-            n_iter = 1
-            if not bool(settled.all()) and self.max_iter > 1:
-                mat = agd_ops.as_slices(g if g.dtype == torch.float64 else g.float())
-                (sig2,), (u2,), (v2,), (k,) = agd_ops.power_iteration([mat], [u], [v], tol=self.tol,
-                                                                      max_iter=self.max_iter - 1)
-                sigma = torch.where(settled, sigma, sig2.to(torch.float64))
-                u = torch.where(settled.unsqueeze(1), u, u2.to(torch.float64))
-                v = torch.where(settled.unsqueeze(1), v, v2.to(torch.float64))
-                n_iter += k
-            rank = min(p.shape[0], p.shape[1])
-            sigma = torch.where(f > 0, torch.minimum(torch.maximum(sigma, f / math.sqrt(rank)), f), torch.zeros_like(f))
-            keep = (f == 0).unsqueeze(1)                 # a zero gradient leaves u, v as they were
-            st["u"] = torch.where(keep, st["u"], u)
-            st["v"] = torch.where(keep, st["v"], v)
-            sigmas.append(sigma)
-            iters.append(n_iter)
+        v_flat, s_a = self._normalize_rows(torch.cat([y.reshape(-1) for y in gtu]), lay["in"], lay["rows"],
+                                           lay["wi"], v_old)
+        f = sq.sqrt()
+        sigma = s_a
+        settled = ((s_a - s_b).abs() <= self.tol * s_a) | (f == 0)
+        iters = [1] * len(params)
+        if self.max_iter > 1 and not bool(settled.all()):
+            # the rare case: continue the tensors that have unsettled slices with batched iterations
+            sigma, u_flat, v_flat = sigma.clone(), u_flat.clone(), v_flat.clone()
+            r0 = po = pi = 0
+            for t, (p, g) in enumerate(zip(params, grads)):
+                S, no, ni = lay["S"][t], lay["n_out"][t], lay["n_in"][t]
+                done = settled[r0:r0 + S]
+                if not bool(done.all()):
+                    u = u_flat[po:po + no].view(S, -1)
+                    v = v_flat[pi:pi + ni].view(S, -1)
+                    mat = agd_ops.as_slices(g if g.dtype == torch.float64 else g.float())
+                    (sig2,), (u2,), (v2,), (k,) = agd_ops.power_iteration([mat], [u], [v], tol=self.tol,
+                                                                          max_iter=self.max_iter - 1)
+                    sigma[r0:r0 + S] = torch.where(done, sigma[r0:r0 + S], sig2.to(torch.float64))
+                    u.copy_(torch.where(done.unsqueeze(1), u, u2.to(torch.float64)))
+                    v.copy_(torch.where(done.unsqueeze(1), v, v2.to(torch.float64)))
+                    iters[t] += k
+                r0, po, pi = r0 + S, po + no, pi + ni
+        sigma = torch.where(f > 0, torch.minimum(torch.maximum(sigma, f * lay["inv_sqrt_rank"]), f),
+                            torch.zeros_like(f))
+        # a zero gradient leaves u, v as they were
+        zero_rows = (f == 0)
+        keep_u = zero_rows.unsqueeze(1).expand(lay["rows"], lay["wo"]).reshape(-1)[lay["out"]]
+        keep_v = zero_rows.unsqueeze(1).expand(lay["rows"], lay["wi"]).reshape(-1)[lay["in"]]
+        u_fin = torch.where(keep_u, u_old, u_flat)
+        v_fin = torch.where(keep_v, v_old, v_flat)
+        for st, u, v, s, do, di in zip(states, torch.split(u_fin, lay["n_out"]), torch.split(v_fin, lay["n_in"]),
+                                       lay["S"], lay["dout"], lay["din"]):
+            st["u"], st["v"] = u.view(s, do), v.view(s, di)
         self.last_iterations = iters
-        return sq, torch.cat(sigmas)
+        return sq, sigma
 
     def _sigmas(self, params, grads, _unused):
         us, vs, mats = [], [], []
