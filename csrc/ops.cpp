@@ -33,6 +33,10 @@ TORCH_LIBRARY(hyperfused, m) {
   // read (vs[t]: float64 (slices, d_in)), and g^T u (us[t]: float64 (slices, d_out)).
   m.def("agd_gv(Tensor[] grads, Tensor[] vs) -> (Tensor, Tensor[])");
   m.def("agd_gtu(Tensor[] grads, Tensor[] us) -> Tensor[]");
+  // The power iteration's normalisation, for every row of every (rows, d) float64 tensor at once: writes
+  // xs[t][r] / |xs[t][r]| into dsts[t][r] (a row of norm 0 leaves dsts[t][r] as it was) and returns the row
+  // norms, concatenated (float64). Each norm is summed in a fixed order: deterministic.
+  m.def("agd_normalize_rows(Tensor[] xs, Tensor(a!)[] dsts) -> Tensor");
   // The instruction set the CPU loops run with (default, avx2, avx512).
   m.def("cpu_isa() -> str", &hyperfused::cpu_isa);
 }

@@ -220,3 +220,69 @@ def test_fused_spectral_pass_matches_the_batched_reference(net):
     for p, q in zip(a.parameters(), b.parameters()):
         assert float((p - q).norm() / q.norm()) <= 1e-4
     assert float(oa.eta) == pytest.approx(float(ob.eta), rel=1e-4)
+
+
+def _rows_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(9, 4, generator=g, dtype=torch.float64),
+          torch.randn(1, 300, generator=g, dtype=torch.float64), torch.randn(2, 1, generator=g, dtype=torch.float64)]
+    xs[1][4].zero_()                       # a zero row keeps its destination
+    dsts = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in xs]
+    return xs, dsts
+
+
+@pytest.mark.parametrize("how", ["compiled", "pytorch", "triton"])
+def test_normalize_rows_writes_unit_rows_and_keeps_zero_rows(how, monkeypatch):
+    xs, dsts = _rows_case()
+    before = [d.clone() for d in dsts]
+    if how == "triton":
+        pytest.importorskip("triton")
+        from hyperfused.ops.triton import agd as tri
+        norms = tri.agd_normalize_rows(xs, dsts)
+    else:
+        if how == "pytorch":
+            monkeypatch.setattr(agd_ops, "_compiled_for", lambda tensors: False)
+        elif not hf.ops.extension_available():
+            pytest.skip("the C++ extension is not built")
+        norms = agd_ops.normalize_rows_(xs, dsts)
+    want = torch.cat([x.norm(dim=1) for x in xs])
+    torch.testing.assert_close(norms, want, rtol=1e-15, atol=0)
+    for x, d, b in zip(xs, dsts, before):
+        n = x.norm(dim=1, keepdim=True)
+        expect = torch.where(n > 0, x / torch.where(n > 0, n, 1), b)
+        torch.testing.assert_close(d, expect, rtol=1e-15, atol=1e-16)
+    assert torch.equal(dsts[1][4], before[1][4])
+
+
+def test_normalize_rows_refuses_mismatched_arguments():
+    xs, dsts = _rows_case()
+    with pytest.raises((ValueError, RuntimeError), match="destination"):
+        agd_ops.normalize_rows_(xs, dsts[:-1] + [torch.zeros(3, dtype=torch.float64)])
+    with pytest.raises((ValueError, RuntimeError), match="float64"):
+        agd_ops.normalize_rows_([x.float() for x in xs], dsts)
+    with pytest.raises(ValueError, match="destinations"):
+        agd_ops.normalize_rows_(xs, dsts[:2])
+
+
+def test_spectral_state_loaded_into_float32_weights_resumes():
+    """torch casts loaded state to the weights' dtype; the power iteration's vectors are brought back to
+    float64, and training continues as if uninterrupted."""
+    model = fcn(dtype=torch.float32)
+    opt = hf.AGD(model.parameters(), norm="spectral")
+    batches = data(4, dtype=torch.float32)
+    for x, y in batches[:2]:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    clone = fcn(dtype=torch.float32)
+    clone.load_state_dict(model.state_dict())
+    opt2 = hf.AGD(clone.parameters(), norm="spectral")
+    opt2.load_state_dict(opt.state_dict())
+    for x, y in batches[2:]:
+        for m, o in ((model, opt), (clone, opt2)):
+            m.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    for p, q in zip(model.parameters(), clone.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert all(opt2.state[p]["u"].dtype == torch.float64 for p in clone.parameters())

@@ -142,6 +142,20 @@ def test_triton_step_does_not_synchronise_with_the_host():
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_agd_normalize_rows_on_cuda_matches_the_cpu_kernel():
+    g = torch.Generator().manual_seed(5)
+    shapes = [(3, 5), (9, 512), (1, 3000), (49, 7)] + [(2, 3)] * 40       # more tensors than one table holds
+    xs = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    xs[1][4].zero_()
+    dc = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    dg = [d.cuda() for d in dc]
+    nc = torch.ops.hyperfused.agd_normalize_rows(xs, dc)
+    ng = torch.ops.hyperfused.agd_normalize_rows([x.cuda() for x in xs], dg)
+    torch.testing.assert_close(ng.cpu(), nc, rtol=1e-14, atol=0)
+    for a, b in zip(dg, dc):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-14, atol=1e-16)
+
+
 def test_agd_kernels_on_cuda_many_tensors_and_large_ones():
     """More tensors than one table holds, a tensor larger than one table's blocks, 7x7 kernels (49 slices)."""
     from hyperfused.ops import agd as agd_ops

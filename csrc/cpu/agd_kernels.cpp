@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -389,9 +390,49 @@ std::vector<at::Tensor> agd_gtu_cpu(at::TensorList grads, at::TensorList us) {
   return out;
 }
 
+// Rows of every tensor, normalised in place into dsts (rows of norm 0 keep what dsts held); the norms, in row
+// order, are returned. Each row has one owner and is summed left to right in float64.
+at::Tensor agd_normalize_rows_cpu(at::TensorList xs, at::TensorList dsts) {
+  TORCH_CHECK(xs.size() == dsts.size(), "agd_normalize_rows: ", xs.size(), " tensors but ", dsts.size(),
+              " destinations");
+  std::vector<int64_t> row0(xs.size() + 1, 0);
+  for (size_t t = 0; t < xs.size(); ++t) {
+    const auto& x = xs[t];
+    const auto& d = dsts[t];
+    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kDouble && x.is_contiguous() && x.dim() == 2,
+                "agd_normalize_rows: tensor ", t, " must be a contiguous float64 CPU matrix (rows, d), got ",
+                x.scalar_type(), " of shape ", x.sizes());
+    TORCH_CHECK(d.device().is_cpu() && d.scalar_type() == at::kDouble && d.is_contiguous() &&
+                    d.numel() == x.numel(),
+                "agd_normalize_rows: destination ", t, " must be a contiguous float64 CPU tensor of ", x.numel(),
+                " elements");
+    row0[t + 1] = row0[t] + x.size(0);
+  }
+  auto norms = at::empty({row0.back()}, at::TensorOptions().dtype(at::kDouble));
+  double* pn = norms.data_ptr<double>();
+  at::parallel_for(0, static_cast<int64_t>(xs.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t rows = xs[t].size(0), d = xs[t].size(1);
+      const double* px = xs[t].const_data_ptr<double>();
+      double* pd = dsts[t].data_ptr<double>();
+      for (int64_t r = 0; r < rows; ++r) {
+        const double* xr = px + r * d;
+        double ss = 0.0;
+        for (int64_t j = 0; j < d; ++j) ss += xr[j] * xr[j];
+        const double n = std::sqrt(ss);
+        pn[row0[t] + r] = n;
+        if (n > 0.0)
+          for (int64_t j = 0; j < d; ++j) pd[r * d + j] = xr[j] / n;
+      }
+    }
+  });
+  return norms;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hyperfused, CPU, m) {
+  m.impl("agd_normalize_rows", &agd_normalize_rows_cpu);
   m.impl("agd_gv", &agd_gv_cpu);
   m.impl("agd_gtu", &agd_gtu_cpu);
 }

@@ -46,5 +46,19 @@ void launch_agd_gv(DType dtype, const void* g, int64_t d_out, int64_t d_in, int 
 void launch_agd_gtu(DType dtype, const void* g, int64_t d_out, int64_t d_in, int slices, const double* u,
                     double* gtu, void* stream);
 
+// The power iteration's row normalisation for up to kAgdMaxTensors (rows, d) float64 matrices per launch: one
+// block per row sums x^2 in a fixed tree order, writes the norm to norms[norm_offset + r] and, when it is not
+// zero, dst[r] = x[r] / norm (a zero row leaves dst as it was).
+struct AgdRowTable {
+  const double* x[kAgdMaxTensors];
+  double* dst[kAgdMaxTensors];
+  int64_t width[kAgdMaxTensors];
+  int64_t row_begin[kAgdMaxTensors + 1];   // block index of each tensor's first row within this launch
+  int64_t norm_offset[kAgdMaxTensors];     // each tensor's first row in the norms vector
+  int n_tensors;
+};
+
+void launch_agd_normalize_rows(const AgdRowTable& table, double* norms, void* stream);
+
 }  // namespace cuda
 }  // namespace hyperfused

@@ -148,6 +148,32 @@ __global__ void __launch_bounds__(256) agd_gtu_kernel(const S* g, int64_t d_out,
   }
 }
 
+// Row normalisation: block = one row of one tensor of the table; 256 threads stride over the row, then a fixed
+// shared-memory tree adds their sums (deterministic).
+constexpr int kRowThreads = 256;
+__global__ void __launch_bounds__(kRowThreads) agd_normalize_rows_kernel(AgdRowTable tab, double* norms) {
+  const int64_t row = blockIdx.x;
+  int t = 0;
+  while (t + 1 < tab.n_tensors && row >= tab.row_begin[t + 1]) ++t;
+  const int64_t r = row - tab.row_begin[t], d = tab.width[t];
+  const double* xr = tab.x[t] + r * d;
+  double ss = 0;
+  for (int64_t j = threadIdx.x; j < d; j += kRowThreads) ss += xr[j] * xr[j];
+  __shared__ double red[kRowThreads];
+  red[threadIdx.x] = ss;
+  __syncthreads();
+  for (int half = kRowThreads / 2; half > 0; half >>= 1) {
+    if (threadIdx.x < half) red[threadIdx.x] += red[threadIdx.x + half];
+    __syncthreads();
+  }
+  const double n = sqrt(red[0]);
+  if (threadIdx.x == 0) norms[tab.norm_offset[t] + r] = n;
+  if (n > 0) {
+    double* dr = tab.dst[t] + r * d;
+    for (int64_t j = threadIdx.x; j < d; j += kRowThreads) dr[j] = xr[j] / n;
+  }
+}
+
 template <template <typename> class K, typename... Args>
 void by_dtype(DType dtype, Args&&... args) {
   switch (dtype) {
@@ -193,6 +219,12 @@ struct GtuLaunch {
 };
 
 }  // namespace
+
+void launch_agd_normalize_rows(const AgdRowTable& table, double* norms, void* stream) {
+  const int64_t rows = table.row_begin[table.n_tensors];
+  if (rows == 0) return;
+  agd_normalize_rows_kernel<<<unsigned(rows), kRowThreads, 0, static_cast<cudaStream_t>(stream)>>>(table, norms);
+}
 
 void launch_agd_sumsq(DType dtype, const AgdTable& table, double* partials, int width, double* out, void* stream) {
   if (table.n_blocks == 0) return;

@@ -361,9 +361,59 @@ std::vector<at::Tensor> agd_gtu_cuda(at::TensorList grads, at::TensorList us) {
   return out;
 }
 
+at::Tensor agd_normalize_rows_cuda(at::TensorList xs, at::TensorList dsts) {
+  TORCH_CHECK(xs.size() == dsts.size(), "agd_normalize_rows: ", xs.size(), " tensors but ", dsts.size(),
+              " destinations");
+  int64_t total = 0;
+  for (size_t t = 0; t < xs.size(); ++t) {
+    const auto& x = xs[t];
+    const auto& d = dsts[t];
+    TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kDouble && x.is_contiguous() && x.dim() == 2,
+                "agd_normalize_rows: tensor ", t, " must be a contiguous float64 CUDA matrix (rows, d), got ",
+                x.scalar_type(), " of shape ", x.sizes(), " on ", x.device());
+    TORCH_CHECK(d.device() == x.device() && d.scalar_type() == at::kDouble && d.is_contiguous() &&
+                    d.numel() == x.numel(),
+                "agd_normalize_rows: destination ", t, " must be a contiguous float64 tensor of ", x.numel(),
+                " elements on ", x.device());
+    TORCH_CHECK(x.device() == xs[0].device(), "agd_normalize_rows: all tensors must be on one device");
+    total += x.size(0);
+  }
+  if (xs.empty()) return at::empty({0}, at::TensorOptions().dtype(at::kDouble));
+  const c10::cuda::CUDAGuard guard(xs[0].device());
+  auto norms = at::empty({total}, xs[0].options());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AgdRowTable tab{};
+  int64_t offset = 0;
+  for (size_t t = 0; t < xs.size(); ++t) {
+    if (xs[t].numel() == 0) {      // rows of width 0 have norm 0 (nothing to launch for them)
+      if (xs[t].size(0) > 0) norms.narrow(0, offset, xs[t].size(0)).zero_();
+      offset += xs[t].size(0);
+      continue;
+    }
+    if (tab.n_tensors == kAgdMaxTensors) {
+      launch_agd_normalize_rows(tab, norms.data_ptr<double>(), stream.stream());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      tab = AgdRowTable{};
+    }
+    const int k = tab.n_tensors++;
+    tab.x[k] = xs[t].const_data_ptr<double>();
+    tab.dst[k] = dsts[t].data_ptr<double>();
+    tab.width[k] = xs[t].size(1);
+    tab.norm_offset[k] = offset;
+    tab.row_begin[k + 1] = tab.row_begin[k] + xs[t].size(0);
+    offset += xs[t].size(0);
+  }
+  if (tab.n_tensors > 0) {
+    launch_agd_normalize_rows(tab, norms.data_ptr<double>(), stream.stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return norms;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hyperfused, CUDA, m) {
+  m.impl("agd_normalize_rows", &agd_normalize_rows_cuda);
   m.impl("agd_sumsq", &agd_sumsq_cuda);
   m.impl("agd_update", &agd_update_cuda);
   m.impl("agd_gv", &agd_gv_cuda);

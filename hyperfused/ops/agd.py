@@ -75,6 +75,31 @@ def update(params: Sequence[Tensor], grads: Sequence[Tensor], coef: Sequence[Ten
             p.sub_(c.to(p.dtype).reshape(1, 1, p.shape[2], p.shape[3]) * g)
 
 
+def normalize_rows_(xs: Sequence[Tensor], dsts: Sequence[Tensor]) -> Tensor:
+    """The power iteration's normalisation for many vectors at once: every row r of every float64 (rows, d)
+    tensor xs[t] gives dsts[t][r] = xs[t][r] / |xs[t][r]|, written in place; a row of norm 0 leaves
+    dsts[t][r] as it was. Returns the row norms, concatenated (float64). One compiled call for all tensors
+    (``hyperfused::agd_normalize_rows``) where the ops are built for the tensors' device."""
+    xs, dsts = list(xs), list(dsts)
+    if len(xs) != len(dsts):
+        raise ValueError(f"normalize_rows_: {len(xs)} tensors but {len(dsts)} destinations")
+    if not xs:
+        return torch.zeros(0, dtype=torch.float64)
+    if _compiled_for(xs + dsts):
+        return torch.ops.hyperfused.agd_normalize_rows(xs, dsts)
+    norms = []
+    for i, (x, d) in enumerate(zip(xs, dsts)):
+        if x.dtype != torch.float64 or x.dim() != 2 or d.dtype != torch.float64 or d.numel() != x.numel():
+            raise ValueError(f"normalize_rows_: tensor {i} must be a float64 matrix (rows, d) and its destination "
+                             f"a float64 tensor of as many elements; got {x.dtype} {tuple(x.shape)} and "
+                             f"{d.dtype} {tuple(d.shape)}")
+        n = x.norm(dim=1)
+        dv = d.view(x.shape)
+        dv.copy_(torch.where((n > 0).unsqueeze(1), x / torch.where(n > 0, n, 1.0).unsqueeze(1), dv))
+        norms.append(n)
+    return torch.cat(norms)
+
+
 def power_iteration(mats: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[Tensor], tol: float = 1e-4,
                     max_iter: int = 20) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[int]]:
     """Largest singular value of each matrix by power iteration, warm-started from (u, v).

@@ -206,97 +206,61 @@ class AGD(torch.optim.Optimizer):
             gen = torch.Generator().manual_seed(1234 + len(self.state))
             st["u"] = torch.nn.functional.normalize(torch.randn(S, m, generator=gen, dtype=torch.float64), dim=1).to(p.device)
             st["v"] = torch.nn.functional.normalize(torch.randn(S, n, generator=gen, dtype=torch.float64), dim=1).to(p.device)
+        for k in ("u", "v"):      # a state dict loaded into float32 weights comes back cast: the vectors are float64
+            x = st[k]
+            if x.dtype != torch.float64 or not x.is_contiguous() or x.device != p.device:
+                st[k] = x.to(device=p.device, dtype=torch.float64).contiguous()
         return st
 
-    def _layout(self, params):
-        """Index tables (cached per set of shapes) that put every tensor's u (S, d_out) and v (S, d_in) rows
-        into one zero-padded (rows, width) matrix, so the per-row work of a step is a few ops for all tensors
-        instead of a few per tensor."""
+    def _inv_sqrt_rank(self, params):
+        """Per slice 1 / sqrt(min(d_out, d_in)), cached per set of shapes (the lower clamp of sigma)."""
         key = tuple(tuple(p.shape) for p in params) + (params[0].device,)
-        lay = getattr(self, "_lay", None)
-        if lay is not None and lay["key"] == key:
-            return lay
-        dev = params[0].device
-        S = [agd_ops.slices_of(p) for p in params]
-        dout, din = [p.shape[0] for p in params], [p.shape[1] for p in params]
-        rows = sum(S)
-        wo, wi = max(dout), max(din)
-
-        def flat_index(dims, width):
-            idx, r0 = [], 0
-            for s, d in zip(S, dims):
-                base = (torch.arange(s).unsqueeze(1) + r0) * width + torch.arange(d).unsqueeze(0)
-                idx.append(base.reshape(-1))
-                r0 += s
-            return torch.cat(idx).to(dev)
-
-        rank = torch.cat([torch.full((s,), float(min(o, i)), dtype=torch.float64) for s, o, i in zip(S, dout, din)])
-        lay = {"key": key, "S": S, "dout": dout, "din": din, "rows": rows, "wo": wo, "wi": wi,
-               "out": flat_index(dout, wo), "in": flat_index(din, wi), "inv_sqrt_rank": rank.rsqrt().to(dev),
-               "n_out": [s * d for s, d in zip(S, dout)], "n_in": [s * d for s, d in zip(S, din)]}
-        self._lay = lay
-        return lay
-
-    @staticmethod
-    def _normalize_rows(flat, idx, rows, width, old):
-        """Rows of the flat vector normalised (rows of norm 0 keep the old vector); returns (new flat, norms)."""
-        pad = torch.zeros(rows * width, dtype=flat.dtype, device=flat.device).index_put_((idx,), flat)
-        pad = pad.view(rows, width)
-        norm = pad.norm(dim=1)
-        unit = (pad / norm.clamp_min(1e-300).unsqueeze(1)).view(-1)[idx]
-        keep_old = (norm == 0).unsqueeze(1).expand(rows, width).reshape(-1)[idx]
-        return torch.where(keep_old, old, unit), norm
+        hit = getattr(self, "_rank_cache", None)
+        if hit is None or hit[0] != key:
+            rank = torch.cat([torch.full((agd_ops.slices_of(p),), float(min(p.shape[0], p.shape[1])),
+                                         dtype=torch.float64) for p in params])
+            hit = self._rank_cache = (key, rank.rsqrt().to(params[0].device))
+        return hit[1]
 
     def _sigmas_fused(self, params, grads):
         """One power iteration on the native layout with the fused ops: g v together with the sums of squares
-        (pass A), then g^T u (one more read); the two half-step estimates decide convergence, and only the
-        tensors with slices that have not settled continue with batched iterations. The per-row work (norms,
-        normalisation, convergence, clamping) runs on all tensors at once."""
+        (pass A), u <- g v / |g v| for every row of every tensor in one call, g^T u (one more read), then
+        v <- g^T u / |g^T u| likewise; u and v are updated in place in the state (a zero row keeps its vector,
+        so a zero gradient leaves u, v as they were). The two half-step estimates decide convergence; only the
+        tensors with slices that have not settled continue with batched iterations."""
         states = [self._init_uv(p) for p in params]
-        lay = self._layout(params)
-        kern = self._tri_kernels() or torch.ops.hyperfused
-        u_old = torch.cat([st["u"].reshape(-1) for st in states])
-        v_old = torch.cat([st["v"].reshape(-1) for st in states])
-        sq, gv = kern.agd_gv(list(grads), [st["v"].contiguous() for st in states])
-        u_flat, s_b = self._normalize_rows(torch.cat([x.reshape(-1) for x in gv]), lay["out"], lay["rows"],
-                                           lay["wo"], u_old)
-        u_new = [x.view(s, d) for x, s, d in zip(torch.split(u_flat, lay["n_out"]), lay["S"], lay["dout"])]
-        gtu = kern.agd_gtu(list(grads), u_new)
-        v_flat, s_a = self._normalize_rows(torch.cat([y.reshape(-1) for y in gtu]), lay["in"], lay["rows"],
-                                           lay["wi"], v_old)
+        tri = self._tri_kernels()
+        kern = tri or torch.ops.hyperfused
+        normalize = tri.agd_normalize_rows if tri is not None else agd_ops.normalize_rows_
+        us, vs = [st["u"] for st in states], [st["v"] for st in states]
+        sq, gv = kern.agd_gv(list(grads), vs)
+        s_b = normalize(gv, us)
+        s_a = normalize(kern.agd_gtu(list(grads), us), vs)
         f = sq.sqrt()
         sigma = s_a
-        settled = ((s_a - s_b).abs() <= self.tol * s_a) | (f == 0)
         iters = [1] * len(params)
-        if self.max_iter > 1 and not bool(settled.all()):
-            # the rare case: continue the tensors that have unsettled slices with batched iterations
-            sigma, u_flat, v_flat = sigma.clone(), u_flat.clone(), v_flat.clone()
-            r0 = po = pi = 0
-            for t, (p, g) in enumerate(zip(params, grads)):
-                S, no, ni = lay["S"][t], lay["n_out"][t], lay["n_in"][t]
-                done = settled[r0:r0 + S]
-                if not bool(done.all()):
-                    u = u_flat[po:po + no].view(S, -1)
-                    v = v_flat[pi:pi + ni].view(S, -1)
-                    mat = agd_ops.as_slices(g if g.dtype == torch.float64 else g.float())
-                    (sig2,), (u2,), (v2,), (k,) = agd_ops.power_iteration([mat], [u], [v], tol=self.tol,
-                                                                          max_iter=self.max_iter - 1)
-                    sigma[r0:r0 + S] = torch.where(done, sigma[r0:r0 + S], sig2.to(torch.float64))
-                    u.copy_(torch.where(done.unsqueeze(1), u, u2.to(torch.float64)))
-                    v.copy_(torch.where(done.unsqueeze(1), v, v2.to(torch.float64)))
-                    iters[t] += k
-                r0, po, pi = r0 + S, po + no, pi + ni
-        sigma = torch.where(f > 0, torch.minimum(torch.maximum(sigma, f * lay["inv_sqrt_rank"]), f),
+        if self.max_iter > 1:
+            unsettled = ((s_a - s_b).abs() > self.tol * s_a) & (f > 0)
+            if bool(unsettled.any()):
+                # the rare case: continue the tensors that have unsettled slices with batched iterations
+                sigma = sigma.clone()
+                flags = unsettled.tolist()
+                r0 = 0
+                for t, (st, g) in enumerate(zip(states, grads)):
+                    S = st["u"].shape[0]
+                    if any(flags[r0:r0 + S]):
+                        done = ~unsettled[r0:r0 + S]
+                        u, v = st["u"], st["v"]
+                        mat = agd_ops.as_slices(g if g.dtype == torch.float64 else g.float())
+                        (sig2,), (u2,), (v2,), (k,) = agd_ops.power_iteration([mat], [u], [v], tol=self.tol,
+                                                                              max_iter=self.max_iter - 1)
+                        sigma[r0:r0 + S] = torch.where(done, sigma[r0:r0 + S], sig2.to(torch.float64))
+                        u.copy_(torch.where(done.unsqueeze(1), u, u2.to(torch.float64)))
+                        v.copy_(torch.where(done.unsqueeze(1), v, v2.to(torch.float64)))
+                        iters[t] += k
+                    r0 += S
+        sigma = torch.where(f > 0, torch.minimum(torch.maximum(sigma, f * self._inv_sqrt_rank(params)), f),
                             torch.zeros_like(f))
-        # a zero gradient leaves u, v as they were
-        zero_rows = (f == 0)
-        keep_u = zero_rows.unsqueeze(1).expand(lay["rows"], lay["wo"]).reshape(-1)[lay["out"]]
-        keep_v = zero_rows.unsqueeze(1).expand(lay["rows"], lay["wi"]).reshape(-1)[lay["in"]]
-        u_fin = torch.where(keep_u, u_old, u_flat)
-        v_fin = torch.where(keep_v, v_old, v_flat)
-        for st, u, v, s, do, di in zip(states, torch.split(u_fin, lay["n_out"]), torch.split(v_fin, lay["n_in"]),
-                                       lay["S"], lay["dout"], lay["din"]):
-            st["u"], st["v"] = u.view(s, do), v.view(s, di)
         self.last_iterations = iters
         return sq, sigma
 

@@ -6,6 +6,7 @@ Same arguments and results as the compiled ops (csrc/ops.cpp):
     agd_update(params, grads, coef, ok=None) -> None         pass B: W -= coef[slice] * g, nowhere if not ok
     agd_gv(grads, vs) -> (sumsq, [g v])                      spectral pass A: g v and the sums of squares
     agd_gtu(grads, us) -> [g^T u]                            the other half-iteration
+    agd_normalize_rows(xs, dsts) -> float64 [rows]           dsts[t][r] = xs[t][r] / |xs[t][r]| (kept if 0)
 
 Layout. A weight is a matrix (one slice) or a contiguous (d_out, d_in, kh, kw) kernel with S = kh*kw slices;
 element f of the flat tensor is row f // S (the pair (o, i)) and slice f % S. The kernels load 2-D tiles of
@@ -325,6 +326,77 @@ def agd_gtu(grads: List[Tensor], us: List[Tensor]) -> List[Tensor]:
     _launch(_gtu_kernel, (pt.numel(),), ptrs, len(grads), dout, din, sl, pt, pc, G_DT=_TL_DTYPE[grads[0].dtype],
             SP=SP, BO=BO, BI=BI, num_warps=AGD_CONFIG["num_warps"])
     return outs
+
+
+@triton.jit
+def _normalize_rows_kernel(ptrs, n_tensors, row_tensor_ptr, row_local_ptr, width_ptr, norm_ptr, BW: tl.constexpr):
+    """One program per row of one tensor: its norm (float64, summed over BW lanes then in a fixed tree), and
+    the row divided by it into the destination when the norm is not zero."""
+    row = tl.program_id(0)
+    t = tl.load(row_tensor_ptr + row)
+    r = tl.load(row_local_ptr + row)
+    d = tl.load(width_ptr + t)
+    xp = tl.load(ptrs + t).to(tl.pointer_type(tl.float64))
+    dp = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(tl.float64))
+    j = tl.arange(0, BW)
+    acc = tl.zeros([BW], dtype=tl.float64)
+    for k in range(0, tl.cdiv(d, BW)):
+        cols = k * BW + j
+        x = tl.load(xp + r * d + cols, mask=cols < d, other=0.0)
+        acc += x * x
+    n = tl.sqrt(tl.sum(acc, axis=0))
+    tl.store(norm_ptr + row, n)
+    if n > 0:
+        for k in range(0, tl.cdiv(d, BW)):
+            cols = k * BW + j
+            x = tl.load(xp + r * d + cols, mask=cols < d, other=0.0)
+            tl.store(dp + r * d + cols, x / n, mask=cols < d)
+
+
+def agd_normalize_rows(xs: List[Tensor], dsts: List[Tensor]) -> Tensor:
+    """Every row of every float64 (rows, d) tensor normalised into dsts (rows of norm 0 leave dsts as they
+    were); returns the row norms, concatenated. One launch for all tensors."""
+    xs, dsts = list(xs), list(dsts)
+    if len(xs) != len(dsts):
+        raise ValueError(f"agd_normalize_rows: {len(xs)} tensors but {len(dsts)} destinations")
+    for i, (x, d) in enumerate(zip(xs, dsts)):
+        if x.dtype != torch.float64 or x.dim() != 2 or not x.is_contiguous():
+            raise ValueError(f"agd_normalize_rows: tensor {i} must be a contiguous float64 matrix (rows, d), got "
+                             f"{x.dtype} of shape {tuple(x.shape)}")
+        if d.dtype != torch.float64 or not d.is_contiguous() or d.numel() != x.numel() or d.device != x.device:
+            raise ValueError(f"agd_normalize_rows: destination {i} must be a contiguous float64 tensor of "
+                             f"{x.numel()} elements on {x.device}")
+    if not xs:
+        return torch.zeros(0, dtype=torch.float64)
+    dev = xs[0].device
+    norms = torch.zeros(sum(x.shape[0] for x in xs), dtype=torch.float64, device=dev)
+    keep = [i for i, x in enumerate(xs) if x.numel() > 0]     # rows of width 0 have norm 0
+    if not keep:
+        return norms
+    rows = tuple(x.shape[0] for x in xs)
+    key = ("normrows", str(dev), rows, tuple(keep))
+    hit = _MAPS.get(key)
+    if hit is None:
+        tensor_of, local, glob = [], [], []
+        for k, i in enumerate(keep):
+            r0 = sum(rows[:i])
+            tensor_of += [k] * rows[i]
+            local += list(range(rows[i]))
+            glob += list(range(r0, r0 + rows[i]))
+        hit = _MAPS[key] = (torch.tensor(tensor_of, dtype=torch.int32).to(dev),
+                            torch.tensor(local, dtype=torch.int64).to(dev),
+                            torch.tensor(glob, dtype=torch.int64).to(dev))
+    tensor_of, local, glob = hit
+    xk, dk = [xs[i] for i in keep], [dsts[i] for i in keep]
+    widths = _dims_tensors(dev, tuple((x.shape[1], x.shape[1], 1) for x in xk))[0]
+    ptrs = _pointer_table(dev, (xk, dk), len(xk))
+    dense = len(keep) == len(xs)
+    out = norms if dense else torch.empty(tensor_of.numel(), dtype=torch.float64, device=dev)
+    _launch(_normalize_rows_kernel, (tensor_of.numel(),), ptrs, len(xk), tensor_of, local, widths, out,
+            BW=AGD_CONFIG["FB"], num_warps=AGD_CONFIG["num_warps"])
+    if not dense:
+        norms.index_copy_(0, glob, out)
+    return norms
 
 
 def _dims_tensors(device, dims):
