@@ -19,11 +19,15 @@ TORCH_LIBRARY(hyperfused, m) {
   // (exp_avg, exp_avg_sq, prev_grad); absent ones are empty lists. scal: float64 [n, 8] per-tensor scalars
   // (lr, h1, h2, raw_lr, dsigma1, dsigma2, step, valid); in hyper_update's table column 7 says instead whether
   // to write the gradient into the previous-gradient state. Both return float64 [n, 4]: per tensor
-  // sum(g*J_lr), sum(g*J_h1), sum(g*J_h2) and the number of non-finite gradient elements.
+  // sum(g*J_lr), sum(g*J_h1), sum(g*J_h2) and the number of non-finite gradient elements. inv_scale (optional,
+  // a one-element float64 tensor on the gradients' device): GradScaler's 1 / grad_scale, applied to every
+  // gradient element as it is read (the gradients stay as they are, scaled; what the state keeps of them is
+  // unscaled).
   m.def("hyper_reduce(int kind, int learn, bool momentum, float eps, Tensor[] grads, Tensor[] s0, "
-        "Tensor[] s1, Tensor[] s2, Tensor scal) -> Tensor");
+        "Tensor[] s1, Tensor[] s2, Tensor scal, Tensor? inv_scale=None) -> Tensor");
   m.def("hyper_update(int kind, int learn, bool momentum, float eps, Tensor(a!)[] params, Tensor[] grads, "
-        "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor? scal_jac, Tensor ok) -> Tensor");
+        "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor? scal_jac, Tensor ok, "
+        "Tensor? inv_scale=None) -> Tensor");
   m.def("nonfinite_count(Tensor[] grads) -> Tensor");
   // Automatic Gradient Descent: per-slice sums of squares of every gradient (float64, concatenated), and the
   // update W -= coef[slice] * g (coef: float64, one per slice, concatenated).

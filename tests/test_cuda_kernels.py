@@ -194,3 +194,40 @@ def test_agd_on_cuda_matches_the_reference(norm):
             o.step()
     for a, b in zip(net.parameters(), ref.parameters()):
         assert _rel(a.detach(), b.detach()) <= (1e-5 if norm == "frobenius" else 1e-3)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_grad_scaler_unscales_inside_the_kernels(backend, one_pass):
+    """torch.amp.GradScaler on CUDA: the kernels apply 1 / scale as they read the gradients (which stay scaled,
+    as with torch's fused optimizers); training equals unscaled training and an overflow skips the step."""
+    if backend == "triton" and not ops.triton_available():
+        pytest.skip("triton is not installed")
+    torch.manual_seed(0)
+    m1 = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).cuda()
+    m2 = copy.deepcopy(m1)
+    o1 = hf.Adam(m1.parameters(), lr=1e-2, hyper=hf.SGD(lr=1e-3), one_pass=one_pass, backend=backend)
+    o2 = hf.Adam(m2.parameters(), lr=1e-2, hyper=hf.SGD(lr=1e-3), one_pass=one_pass, backend=backend)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 12)
+    for t in range(5):
+        x, y = torch.randn(32, 12, device="cuda"), torch.randint(0, 3, (32,), device="cuda")
+        o1.zero_grad()
+        torch.nn.functional.cross_entropy(m1(x), y).backward()
+        o1.step()
+        o2.zero_grad()
+        scaler.scale(torch.nn.functional.cross_entropy(m2(x), y)).backward()
+        grads = [p.grad.clone() for p in m2.parameters()]
+        scaler.step(o2)
+        scaler.update()
+        assert all(torch.equal(p.grad, g) for p, g in zip(m2.parameters(), grads))   # left scaled
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+    o2.zero_grad()
+    x, y = torch.randn(32, 12, device="cuda"), torch.randint(0, 3, (32,), device="cuda")
+    scaler.scale(torch.nn.functional.cross_entropy(m2(x), y)).backward()
+    m2[0].weight.grad[0, 0] = float("inf")
+    before = [p.detach().clone() for p in m2.parameters()]
+    scaler.step(o2)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(m2.parameters(), before))
+    assert o2.skipped_steps == 1

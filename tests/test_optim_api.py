@@ -394,10 +394,12 @@ def test_reduced_precision_parameters_keep_float32_state():
 
 
 @pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_grad_scaler_protocol(one_pass, backend):
     """torch.amp.GradScaler passes grad_scale and found_inf; training equals unscaled training (the scale is a
     power of two, so unscaling is exact) and an overflowing step is skipped."""
+    if backend == "triton" and not hf.ops.triton_available():
+        pytest.skip("triton is not installed")
     data = _data(6)
     m1, m2 = _model(), _model()
     o1 = hf.Adam(m1.parameters(), lr=1e-2, hyper=hf.SGD(lr=1e-3), one_pass=one_pass, backend=backend)
@@ -423,3 +425,41 @@ def test_grad_scaler_protocol(one_pass, backend):
     scaler.update()
     assert all(torch.equal(p, b) for p, b in zip(m2.parameters(), before))
     assert o2.skipped_steps == 1 and scaler.get_scale() < scale
+
+
+@pytest.mark.parametrize("kernels", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_kernels_apply_inv_scale_as_they_read(kernels, dtype):
+    """The ops' inv_scale argument (GradScaler's 1 / scale): the same sums, update and stored previous gradient
+    as with gradients divided first, and the caller's gradients are left scaled."""
+    if kernels == "triton":
+        if not hf.ops.triton_available():
+            pytest.skip("triton is not installed")
+        from hyperfused.ops.triton import hyper as k
+    else:
+        if not hf.ops.extension_available():
+            pytest.skip("the C++ extension is not built")
+        k = torch.ops.hyperfused
+    g = torch.Generator().manual_seed(0)
+    sizes = [1, 7, 4097]
+    grads = [torch.randn(n, generator=g).to(dtype) for n in sizes]
+    scaled = [(x.float() * 1024).to(dtype) for x in grads]
+    kept = [x.clone() for x in scaled]
+    inv = torch.tensor([1 / 1024], dtype=torch.float64)
+    prev = [torch.randn(n, generator=g) for n in sizes]
+    scal = torch.zeros(len(sizes), 8, dtype=torch.float64)
+    scal[:, 0] = scal[:, 3] = 0.1
+    scal[:, 7] = 1.0
+    a = k.hyper_reduce(0, 1, False, 0.0, scaled, prev, [], [], scal, inv_scale=inv)
+    b = k.hyper_reduce(0, 1, False, 0.0, grads, prev, [], [], scal)
+    assert torch.equal(a, b)
+    ok = torch.ones((), dtype=torch.bool)
+    pa, pb = [torch.ones(n, dtype=dtype) for n in sizes], [torch.ones(n, dtype=dtype) for n in sizes]
+    sa, sb = [x.clone() for x in prev], [x.clone() for x in prev]
+    k.hyper_update(0, 1, False, 0.0, pa, scaled, sa, [], [], scal, None, ok, inv_scale=inv)
+    k.hyper_update(0, 1, False, 0.0, pb, grads, sb, [], [], scal, None, ok)
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+    assert all(torch.equal(x, y) for x, y in zip(sa, sb))          # the previous gradient is stored unscaled
+    assert all(torch.equal(x, y) for x, y in zip(scaled, kept))    # the caller's gradients are not touched
+    with pytest.raises((ValueError, RuntimeError), match="inv_scale"):
+        k.hyper_reduce(0, 1, False, 0.0, scaled, prev, [], [], scal, inv_scale=inv.float())

@@ -221,9 +221,33 @@ void check_lists(const char* op, at::TensorList grads, at::TensorList params, at
 template <typename scalar_t>
 using math_t = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
 
+// GradScaler's 1 / scale on CPU: the loops read unscaled copies of the gradients (the caller's gradients stay
+// as they were). The CUDA and Triton kernels apply the factor as they load instead.
+std::vector<at::Tensor> unscaled(const char* op, at::TensorList grads, const c10::optional<at::Tensor>& inv_scale) {
+  const auto& f = *inv_scale;
+  TORCH_CHECK(f.numel() == 1 && f.scalar_type() == at::kDouble && f.device().is_cpu(), op,
+              ": inv_scale must be a one-element float64 CPU tensor, got ", f.scalar_type(), " of ", f.numel(),
+              " elements on ", f.device());
+  const double inv = f.item<double>();
+  std::vector<at::Tensor> out;
+  out.reserve(grads.size());
+  for (const auto& g : grads) out.push_back(g.mul(inv));
+  return out;
+}
+
+at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
+                            at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
+                            const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
+                            const at::Tensor& ok, const c10::optional<at::Tensor>& inv_scale);
+
 // Pass A.
 at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads,
-                            at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal) {
+                            at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal,
+                            const c10::optional<at::Tensor>& inv_scale) {
+  if (inv_scale.has_value()) {
+    const auto g = unscaled("hyper_reduce", grads, inv_scale);
+    return hyper_reduce_cpu(kind, learn, momentum, eps, g, s0, s1, s2, scal, c10::nullopt);
+  }
   check_lists("hyper_reduce", grads, {}, s0, s1, s2, scal);
   const int64_t n = grads.size();
   const auto chunks = make_chunks(grads);
@@ -251,7 +275,11 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double e
 at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
                             at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
                             const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
-                            const at::Tensor& ok) {
+                            const at::Tensor& ok, const c10::optional<at::Tensor>& inv_scale) {
+  if (inv_scale.has_value()) {
+    const auto g = unscaled("hyper_update", grads, inv_scale);
+    return hyper_update_cpu(kind, learn, momentum, eps, params, g, s0, s1, s2, scal, scal_jac, ok, c10::nullopt);
+  }
   check_lists("hyper_update", grads, params, s0, s1, s2, scal);
   TORCH_CHECK(!params.empty() || grads.empty(), "hyper_update: params are required");
   const bool one_pass = scal_jac.has_value();
@@ -291,7 +319,7 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
 at::Tensor nonfinite_count_cpu(at::TensorList grads) {
   const int64_t n = grads.size();
   auto scal = at::zeros({n, kScalCols}, at::TensorOptions().dtype(at::kDouble));
-  auto rows = hyper_reduce_cpu(kSGD, 0, false, 0.0, grads, {}, {}, {}, scal);
+  auto rows = hyper_reduce_cpu(kSGD, 0, false, 0.0, grads, {}, {}, {}, scal, c10::nullopt);
   return rows.select(1, kOutCols - 1).contiguous();
 }
 

@@ -43,14 +43,15 @@ struct LaunchFlags {
 
 // Pass A (and the non-finite count): per-block partial sums [4] of g * J_{lr,h1,h2} and non-finite g into
 // `partials` at rows [block_offset, block_offset + n_blocks); `block_ids` gets each block's tensor index.
+// inv_scale (device pointer, may be null): GradScaler's 1 / scale, multiplied into every gradient element read.
 void launch_reduce(DType dtype, const TensorTable& table, const LaunchFlags& f, bool with_jac, const double* scal,
-                   double* partials, int* block_ids, int block_offset, void* stream);
+                   const double* inv_scale, double* partials, int* block_ids, int block_offset, void* stream);
 
 // Pass B: the update, skipped by every block when *ok is false; with `scal_jac` (one-pass mode) the blocks
 // also write pass A's partial sums from the state they read before writing it.
 void launch_update(DType dtype, const TensorTable& table, const LaunchFlags& f, const double* scal,
-                   const double* scal_jac, const bool* ok, double* partials, int* block_ids, int block_offset,
-                   void* stream);
+                   const double* scal_jac, const double* inv_scale, const bool* ok, double* partials,
+                   int* block_ids, int block_offset, void* stream);
 
 // Combine the partial sums of every block into per-tensor rows out[n_tensors][4], in block order (fixed:
 // deterministic, no atomics).

@@ -94,10 +94,10 @@ __device__ __forceinline__ void block_sums(const Sums acc, double* partials, int
 
 template <typename S, typename T, int KIND>
 __device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFlags& f, bool valid,
-                                           const Scalars<T>& c, int64_t begin, int64_t end) {
+                                           const Scalars<T>& c, T inv, int64_t begin, int64_t end) {
   T s0 = 0, s1 = 0, s2 = 0, bad = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const T g = Convert<T, S>::run(a.g[i]);
+    const T g = Convert<T, S>::run(a.g[i]) * inv;
     bad += (g - g == T(0)) ? T(0) : T(1);
     if (valid) {
       T j0, j1, j2;
@@ -112,8 +112,8 @@ __device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFl
 
 template <typename S, int KIND>
 __global__ void __launch_bounds__(kThreads)
-    reduce_kernel(TensorTable tab, LaunchFlags f, bool with_jac, const double* scal, double* partials,
-                  int* block_ids, int block_offset) {
+    reduce_kernel(TensorTable tab, LaunchFlags f, bool with_jac, const double* scal, const double* inv_scale,
+                  double* partials, int* block_ids, int block_offset) {
   using T = typename Math<S>::T;
   const int t = tab.block_tensor[blockIdx.x];
   const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
@@ -121,31 +121,33 @@ __global__ void __launch_bounds__(kThreads)
   const double* row = scal + int64_t(tab.global_index[t]) * 8;
   const bool valid = with_jac && row[7] != 0.0 && f.learn != 0;
   const Scalars<T> c = row_scalars(row, f.eps, T(0));
-  const Sums acc = chunk_sums<S, T, KIND>(arrays<S, T>(tab, t), f, valid, c, begin, end);
+  const T inv = inv_scale != nullptr ? T(*inv_scale) : T(1);
+  const Sums acc = chunk_sums<S, T, KIND>(arrays<S, T>(tab, t), f, valid, c, inv, begin, end);
   block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
 }
 
 template <typename S, int KIND>
 __global__ void __launch_bounds__(kThreads)
-    update_kernel(TensorTable tab, LaunchFlags f, const double* scal, const double* scal_jac, const bool* ok,
-                  double* partials, int* block_ids, int block_offset) {
+    update_kernel(TensorTable tab, LaunchFlags f, const double* scal, const double* scal_jac,
+                  const double* inv_scale, const bool* ok, double* partials, int* block_ids, int block_offset) {
   using T = typename Math<S>::T;
   const int t = tab.block_tensor[blockIdx.x];
   const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
   const int64_t end = min(tab.numel[t], begin + kChunk);
   const Arrays<S, T> a = arrays<S, T>(tab, t);
   const bool go = *ok;
+  const T inv = inv_scale != nullptr ? T(*inv_scale) : T(1);   // GradScaler's 1 / scale (1: unscaled gradients)
   if (scal_jac != nullptr) {  // one-pass mode: sums from the old state, before it is written
     const double* rj = scal_jac + int64_t(tab.global_index[t]) * 8;
     const bool valid = rj[7] != 0.0 && f.learn != 0;
     // each thread reads the old state of exactly the elements it then updates: no race with the writes below
-    const Sums acc = chunk_sums<S, T, KIND>(a, f, valid, row_scalars(rj, f.eps, T(0)), begin, end);
+    const Sums acc = chunk_sums<S, T, KIND>(a, f, valid, row_scalars(rj, f.eps, T(0)), inv, begin, end);
     block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
   }
   if (!go) return;
   const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * 8, f.eps, T(0));
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
-    element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, Convert<T, S>::run(a.g[i]));
+    element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, Convert<T, S>::run(a.g[i]) * inv);
 }
 
 template <typename S>
@@ -209,35 +211,36 @@ void by_kind(DType dtype, int kind, Args&&... args) {
 template <typename S, int KIND>
 struct ReduceLaunch {
   static void run(const TensorTable& tab, const LaunchFlags& f, bool with_jac, const double* scal,
-                  double* partials, int* block_ids, int block_offset, cudaStream_t stream) {
-    reduce_kernel<S, KIND><<<tab.n_blocks, kThreads, 0, stream>>>(tab, f, with_jac, scal, partials, block_ids,
-                                                                  block_offset);
+                  const double* inv_scale, double* partials, int* block_ids, int block_offset, cudaStream_t stream) {
+    reduce_kernel<S, KIND><<<tab.n_blocks, kThreads, 0, stream>>>(tab, f, with_jac, scal, inv_scale, partials,
+                                                                  block_ids, block_offset);
   }
 };
 
 template <typename S, int KIND>
 struct UpdateLaunch {
   static void run(const TensorTable& tab, const LaunchFlags& f, const double* scal, const double* scal_jac,
-                  const bool* ok, double* partials, int* block_ids, int block_offset, cudaStream_t stream) {
-    update_kernel<S, KIND><<<tab.n_blocks, kThreads, 0, stream>>>(tab, f, scal, scal_jac, ok, partials,
-                                                                  block_ids, block_offset);
+                  const double* inv_scale, const bool* ok, double* partials, int* block_ids, int block_offset,
+                  cudaStream_t stream) {
+    update_kernel<S, KIND><<<tab.n_blocks, kThreads, 0, stream>>>(tab, f, scal, scal_jac, inv_scale, ok,
+                                                                  partials, block_ids, block_offset);
   }
 };
 
 }  // namespace
 
 void launch_reduce(DType dtype, const TensorTable& table, const LaunchFlags& f, bool with_jac, const double* scal,
-                   double* partials, int* block_ids, int block_offset, void* stream) {
+                   const double* inv_scale, double* partials, int* block_ids, int block_offset, void* stream) {
   if (table.n_blocks == 0) return;
-  by_kind<ReduceLaunch>(dtype, f.kind, table, f, with_jac, scal, partials, block_ids, block_offset,
+  by_kind<ReduceLaunch>(dtype, f.kind, table, f, with_jac, scal, inv_scale, partials, block_ids, block_offset,
                         static_cast<cudaStream_t>(stream));
 }
 
 void launch_update(DType dtype, const TensorTable& table, const LaunchFlags& f, const double* scal,
-                   const double* scal_jac, const bool* ok, double* partials, int* block_ids, int block_offset,
-                   void* stream) {
+                   const double* scal_jac, const double* inv_scale, const bool* ok, double* partials,
+                   int* block_ids, int block_offset, void* stream) {
   if (table.n_blocks == 0) return;
-  by_kind<UpdateLaunch>(dtype, f.kind, table, f, scal, scal_jac, ok, partials, block_ids, block_offset,
+  by_kind<UpdateLaunch>(dtype, f.kind, table, f, scal, scal_jac, inv_scale, ok, partials, block_ids, block_offset,
                         static_cast<cudaStream_t>(stream));
 }
 

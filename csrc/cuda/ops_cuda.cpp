@@ -119,8 +119,19 @@ at::Tensor finish(const at::Tensor& partials, const at::Tensor& ids, int64_t n, 
   return out;
 }
 
+// GradScaler's 1 / scale: a one-element float64 tensor on the gradients' device, read by the kernels.
+const double* inv_scale_ptr(const char* op, const c10::optional<at::Tensor>& inv_scale, const at::Tensor& g0) {
+  if (!inv_scale.has_value()) return nullptr;
+  const auto& f = *inv_scale;
+  TORCH_CHECK(f.numel() == 1 && f.scalar_type() == at::kDouble && f.is_contiguous() && f.device() == g0.device(),
+              op, ": inv_scale must be a one-element float64 tensor on ", g0.device(), ", got ", f.scalar_type(),
+              " of ", f.numel(), " elements on ", f.device());
+  return f.data_ptr<double>();
+}
+
 at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads,
-                             at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal) {
+                             at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal,
+                             const c10::optional<at::Tensor>& inv_scale) {
   check("hyper_reduce", grads, {}, s0, s1, s2, scal);
   const int64_t n = grads.size();
   if (n == 0) return at::zeros({0, kOutCols}, scal.options());
@@ -131,8 +142,9 @@ at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double 
   auto ids = at::full({blocks}, -1, scal.options().dtype(at::kInt));
   const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps};
   const DType dt = dtype_of(grads[0]);
+  const double* inv = inv_scale_ptr("hyper_reduce", inv_scale, grads[0]);
   for_tables({}, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
-    launch_reduce(dt, tab, f, /*with_jac=*/true, scal.data_ptr<double>(), partials.data_ptr<double>(),
+    launch_reduce(dt, tab, f, /*with_jac=*/true, scal.data_ptr<double>(), inv, partials.data_ptr<double>(),
                   ids.data_ptr<int>(), offset, stream.stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -141,7 +153,8 @@ at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double 
 
 at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
                              at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
-                             const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac, const at::Tensor& ok) {
+                             const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac, const at::Tensor& ok,
+                             const c10::optional<at::Tensor>& inv_scale) {
   check("hyper_update", grads, params, s0, s1, s2, scal);
   TORCH_CHECK(ok.is_cuda() && ok.scalar_type() == at::kBool && ok.numel() == 1,
               "hyper_update: ok must be a one-element bool CUDA tensor (the skip flag stays on the device)");
@@ -156,8 +169,9 @@ at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double 
   auto ids = at::full({one_pass ? blocks : 1}, -1, scal.options().dtype(at::kInt));
   const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps};
   const DType dt = dtype_of(grads[0]);
+  const double* inv = inv_scale_ptr("hyper_update", inv_scale, grads[0]);
   for_tables(params, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
-    launch_update(dt, tab, f, scal.data_ptr<double>(), one_pass ? scal_jac->data_ptr<double>() : nullptr,
+    launch_update(dt, tab, f, scal.data_ptr<double>(), one_pass ? scal_jac->data_ptr<double>() : nullptr, inv,
                   ok.data_ptr<bool>(), partials.data_ptr<double>(), ids.data_ptr<int>(), one_pass ? offset : 0,
                   stream.stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -180,7 +194,7 @@ at::Tensor nonfinite_count_cuda(at::TensorList grads) {
   const LaunchFlags f{kSGD, 0, false, 0.0};
   const DType dt = dtype_of(grads[0]);
   for_tables({}, grads, {}, {}, {}, [&](const TensorTable& tab, int offset) {
-    launch_reduce(dt, tab, f, /*with_jac=*/false, scal.data_ptr<double>(), partials.data_ptr<double>(),
+    launch_reduce(dt, tab, f, /*with_jac=*/false, scal.data_ptr<double>(), nullptr, partials.data_ptr<double>(),
                   ids.data_ptr<int>(), offset, stream.stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

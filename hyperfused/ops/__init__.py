@@ -100,16 +100,30 @@ def _module(backend: str):
     raise NotImplementedError(f"no {backend!r} backend for the hypergradient ops yet")
 
 
-def hyper_reduce(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, grads, states, valid, hp, raw):
-    """Pass A of a hypergradient step (see ``reference.hyper_reduce``) on the chosen backend."""
-    return _module(backend).hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw)
+def _scale_kw(backend: str, inv_scale) -> dict:
+    if inv_scale is None:
+        return {}
+    if backend == "reference":
+        raise ValueError("inv_scale (GradScaler's 1 / scale applied inside the kernels) needs a compiled or Triton "
+                         "backend; with backend='reference' divide the gradients by the scale first")
+    return {"inv_scale": inv_scale}
+
+
+def hyper_reduce(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, grads, states, valid, hp, raw,
+                 inv_scale=None):
+    """Pass A of a hypergradient step (see ``reference.hyper_reduce``) on the chosen backend. ``inv_scale``:
+    GradScaler's 1 / scale (a one-element float64 tensor on the device) that the kernels multiply into every
+    gradient element they read, so the gradients need not be unscaled in a pass of their own."""
+    return _module(backend).hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
+                                         **_scale_kw(backend, inv_scale))
 
 
 def hyper_update(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, params, grads, states, hp, ok,
-                 raw=None, jac=None):
-    """Pass B of a hypergradient step (see ``reference.hyper_update``) on the chosen backend."""
+                 raw=None, jac=None, inv_scale=None):
+    """Pass B of a hypergradient step (see ``reference.hyper_update``) on the chosen backend (``inv_scale`` as
+    for ``hyper_reduce``)."""
     return _module(backend).hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok,
-                                         raw=raw, jac=jac)
+                                         raw=raw, jac=jac, **_scale_kw(backend, inv_scale))
 
 
 def grads_finite(backend: str, grads) -> torch.Tensor:

@@ -156,9 +156,10 @@ def _compiled():
     return torch.ops.hyperfused
 
 
-def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, kernels=None):
+def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, kernels=None, inv_scale=None):
     """Pass A on the compiled kernel (or ``kernels``, an object with the ops' functions, e.g. the Triton
-    module); same contract as ``reference.hyper_reduce``."""
+    module); same contract as ``reference.hyper_reduce``. ``inv_scale``: GradScaler's 1 / scale (one-element
+    float64 tensor on the device), applied by the kernels as they read the gradients."""
     kernels = kernels or _compiled()
     dt = hp["lr"].dtype
     n = len(grads)
@@ -171,14 +172,14 @@ def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, ra
     rows = _by_dtype(g, lambda idx: kernels.hyper_reduce(
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
         [g[i] for i in idx], [s0[i] for i in idx] if s0 else [], [s1[i] for i in idx] if s1 else [],
-        [s2[i] for i in idx] if s2 else [], scal[idx].contiguous()), n)
+        [s2[i] for i in idx] if s2 else [], scal[idx].contiguous(), **_scaled(inv_scale)), n)
     finite = rows[:, 3].sum() == 0
     return _deltas(kind, learned, per_tensor_lr, rows, dt), finite
 
 
 def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None,
                  jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None,
-                 kernels=None):
+                 kernels=None, inv_scale=None):
     """Pass B on the compiled kernel (or ``kernels``); same contract as ``reference.hyper_update``. With
     ``jac`` (one-pass mode: the values and raw values the last update used, and the valid flags) it also
     returns pass A's deltas, computed from the old state before it is overwritten."""
@@ -193,7 +194,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     dev = grads[0].device
     # keeping the gradient itself needs to know whether the step was taken: on the host, so only for the C++
     # kernels on CPU tensors (the Triton kernels never read a device value on the host, on any device)
-    on_cpu = dev.type == "cpu" and compiled
+    on_cpu = dev.type == "cpu" and compiled and inv_scale is None    # a scaled gradient is never kept
     keep = [on_cpu and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
     store = torch.tensor([0.0 if k else 1.0 for k in keep], dtype=torch.float64, device=dev)
     scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, store, dev)
@@ -206,7 +207,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
         [work[i] for i in idx], [g[i] for i in idx], [s0[i] for i in idx] if s0 else [],
         [s1[i] for i in idx] if s1 else [], [s2[i] for i in idx] if s2 else [], scal[idx].contiguous(),
-        None if scal_jac is None else scal_jac[idx].contiguous(), ok), n)
+        None if scal_jac is None else scal_jac[idx].contiguous(), ok, **_scaled(inv_scale)), n)
     for p, w in zip(params, work):
         if w.data_ptr() != p.data_ptr():          # a contiguous copy of a non-dense parameter: write it back
             p.detach().copy_(w)
@@ -221,6 +222,10 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     if jac is None:
         return None
     return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, 3].sum() == 0
+
+
+def _scaled(inv_scale) -> dict:
+    return {} if inv_scale is None else {"inv_scale": inv_scale}
 
 
 def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:

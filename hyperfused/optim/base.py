@@ -340,9 +340,15 @@ class HyperOptimizer(torch.optim.Optimizer):
         # (_step_supports_amp_scaling): it sets `grad_scale` (the gradients are still scaled) and `found_inf`
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        if grad_scale is not None:
-            for plan in plans:
-                if plan["grads"]:
+        for plan in plans:
+            plan["inv_scale"] = None
+            if grad_scale is not None and plan["grads"]:
+                if plan["backend"] in ("cuda", "triton"):
+                    # the GPU kernels unscale as they read (the gradients stay scaled, as with torch's fused
+                    # optimizers): no pass of its own over the gradients
+                    plan["inv_scale"] = torch.reciprocal(
+                        grad_scale.to(device=plan["grads"][0].device, dtype=torch.float64)).reshape(1)
+                else:            # the CPU kernels may keep the gradient tensor as the previous gradient
                     torch._foreach_div_(plan["grads"], grad_scale.to(plan["grads"][0].device))
         scaler_ok = None if found_inf is None else (found_inf == 0)
         if not self._one_pass:
@@ -488,7 +494,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         hp_rows = self._rows(plan["levels"][0]["hp"], plan["index"], per0)
         d0, finite = ops.hyper_reduce(plan["backend"], self.kind, cfg0, learned0, per0, plan["grads"],
                                       plan["states"], [st["moved"] for st in plan["states"]],
-                                      self._values_of(spec0, hp_rows), hp_rows)
+                                      self._values_of(spec0, hp_rows), hp_rows, inv_scale=plan.get("inv_scale"))
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
     def _pass_b(self, plan, ok: Tensor):
@@ -506,7 +512,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 jac = (self._values_of(spec0, used), used, [st["moved"] for st in plan["states"]])
             result = ops.hyper_update(plan["backend"], self.kind, cfg0, learned0, per0, plan["params"],
                                       plan["grads"], plan["states"], self._values_of(spec0, rows), ok,
-                                      raw=rows, jac=jac)
+                                      raw=rows, jac=jac, inv_scale=plan.get("inv_scale"))
             # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
             moved = [st["moved"] for st in plan["states"]]
             torch._foreach_maximum_(moved, [ok] * len(moved))                  # moved |= ok

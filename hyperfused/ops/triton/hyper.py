@@ -198,10 +198,10 @@ def _to_storage(x, X_DT: tl.constexpr):
 
 # ------------------------------------------------------------------------------------------------ kernels
 @triton.jit
-def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, eps_ptr, part_ptr, n_tensors,
-                   KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
+def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, eps_ptr, inv_scale_ptr, part_ptr,
+                   n_tensors, KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
                    NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, WITH_JAC: tl.constexpr,
-                   G_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr,
+                   G_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr, SCALED: tl.constexpr,
                    BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g."""
     pid = tl.program_id(0)
@@ -225,11 +225,15 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
     acc2 = tl.zeros([BLOCK], dtype=M_DT)
     bad = tl.zeros([BLOCK], dtype=tl.float32)
+    if SCALED:
+        inv = tl.load(inv_scale_ptr).to(M_DT)
     lane = tl.arange(0, BLOCK).to(tl.int64)
     for k in range(0, tl.cdiv(end - start, BLOCK)):     # only the tiles this chunk has
         offs = start + k * BLOCK + lane
         m = offs < end
         g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
+        if SCALED:                                       # GradScaler's 1 / scale, applied as the gradient is read
+            g = g * inv
         bad += tl.where((g - g) == 0.0, 0.0, 1.0)
         if WITH_JAC:
             a0 = g * 0.0
@@ -257,11 +261,11 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
 
 @triton.jit
 def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, jscal_ptr, eps_ptr, ok_ptr,
-                   part_ptr, n_tensors,
+                   inv_scale_ptr, part_ptr, n_tensors,
                    KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
                    NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, KEEP_PREV: tl.constexpr,
                    ONE_PASS: tl.constexpr, X_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr,
-                   BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+                   SCALED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Pass B: the update in place, nothing written where the device flag ``ok`` is 0; in one-pass mode also
     the next step's sums from the state as it was before this update (partials as in pass A)."""
     pid = tl.program_id(0)
@@ -292,12 +296,16 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     if ONE_PASS:
         (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jflag, _e) = _derived(jscal_ptr, t, eps_ptr)
         jvalid = (zi + (jflag != 0.0).to(tl.int32)) != 0
+    if SCALED:
+        inv = tl.load(inv_scale_ptr).to(M_DT)
     lane = tl.arange(0, BLOCK).to(tl.int64)
     for k in range(0, tl.cdiv(end - start, BLOCK)):     # only the tiles this chunk has
         offs = start + k * BLOCK + lane
         inb = offs < end
         m = inb & ok
         g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
+        if SCALED:
+            g = g * inv
         x = tl.load(xp + offs, mask=m, other=0.0).to(M_DT)
         a0 = g * 0.0
         a1 = g * 0.0
@@ -483,8 +491,15 @@ def _finish(part: Tensor, first: Tensor, n: int) -> Tensor:
     return out
 
 
+def _check_inv_scale(op: str, inv_scale: Optional[Tensor], device) -> None:
+    if inv_scale is not None and (inv_scale.numel() != 1 or inv_scale.dtype != torch.float64
+                                  or inv_scale.device != torch.device(device)):
+        raise ValueError(f"{op}: inv_scale must be a one-element float64 tensor on {device}, got "
+                         f"{inv_scale.dtype} of {inv_scale.numel()} elements on {inv_scale.device}")
+
+
 def hyper_reduce(kind: int, learn: int, momentum: bool, eps: float, grads: List[Tensor], s0: List[Tensor],
-                 s1: List[Tensor], s2: List[Tensor], scal: Tensor) -> Tensor:
+                 s1: List[Tensor], s2: List[Tensor], scal: Tensor, inv_scale: Optional[Tensor] = None) -> Tensor:
     """Pass A (same arguments and result as ``torch.ops.hyperfused.hyper_reduce``)."""
     n = len(grads)
     if n == 0:
@@ -492,22 +507,26 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: float, grads: List[
     mdt = _math_dtype(grads[0].dtype)
     _check("hyper_reduce", grads, [], s0, s1, s2, scal, mdt)
     dev = grads[0].device
+    _check_inv_scale("hyper_reduce", inv_scale, dev)
     ct, cs, first, numel = _chunk_map(dev, tuple(g.numel() for g in grads))
     lists = ([], grads, s0, s1, s2)
     ptrs = _pointer_table(dev, lists, n)
     chunks = ct.numel()
     part = torch.empty(chunks, 4, dtype=torch.float64, device=dev)
-    _launch(_reduce_kernel, (chunks,), ptrs, numel, ct, cs, scal, _eps_tensor(eps, dev), part, n,
+    epst = _eps_tensor(eps, dev)
+    _launch(_reduce_kernel, (chunks,), ptrs, numel, ct, cs, scal, epst, epst if inv_scale is None else inv_scale,
+            part, n,
             KIND=int(kind), LEARN=int(learn), MOMENTUM=bool(momentum),
             NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), WITH_JAC=bool(learn),
             G_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
+            SCALED=inv_scale is not None,
             BLOCK=CONFIG["BLOCK"], CHUNK=CONFIG["CHUNK"], num_warps=CONFIG["num_warps"])
     return _finish(part, first, n)
 
 
 def hyper_update(kind: int, learn: int, momentum: bool, eps: float, params: List[Tensor], grads: List[Tensor],
                  s0: List[Tensor], s1: List[Tensor], s2: List[Tensor], scal: Tensor, scal_jac: Optional[Tensor],
-                 ok: Tensor) -> Tensor:
+                 ok: Tensor, inv_scale: Optional[Tensor] = None) -> Tensor:
     """Pass B (same arguments and result as ``torch.ops.hyperfused.hyper_update``): in place on params and
     state where the 0-dim device flag ``ok`` is true; with ``scal_jac`` (one-pass mode) also pass A's sums
     from the state before the update."""
@@ -524,6 +543,7 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: float, params: List
     if ok.numel() != 1 or ok.dtype != torch.bool:
         raise ValueError("hyper_update: ok must be a 0-dim bool tensor")
     dev = grads[0].device
+    _check_inv_scale("hyper_update", inv_scale, dev)
     ct, cs, first, numel = _chunk_map(dev, tuple(g.numel() for g in grads))
     lists = (params, grads, s0, s1, s2)
     ptrs = _pointer_table(dev, lists, n)
@@ -532,11 +552,13 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: float, params: List
     # which state list holds the previous gradient (written with column 7 of the table)
     keep_prev = {SGD: (not momentum) and bool(learn & LEARN_LR), ADAGRAD: bool(learn), RMSPROP: bool(learn),
                  ADAM: bool(learn & (LEARN_H1 | LEARN_H2))}[int(kind)]
-    _launch(_update_kernel, (chunks,), ptrs, numel, ct, cs, scal, scal_jac if one_pass else scal, _eps_tensor(eps, dev),
-            ok.reshape(()).view(torch.uint8), part, n,
+    epst = _eps_tensor(eps, dev)
+    _launch(_update_kernel, (chunks,), ptrs, numel, ct, cs, scal, scal_jac if one_pass else scal, epst,
+            ok.reshape(()).view(torch.uint8), epst if inv_scale is None else inv_scale, part, n,
             KIND=int(kind), LEARN=int(learn), MOMENTUM=bool(momentum),
             NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), KEEP_PREV=keep_prev, ONE_PASS=one_pass,
             X_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
+            SCALED=inv_scale is not None,
             BLOCK=CONFIG["BLOCK"], CHUNK=CONFIG["CHUNK"], num_warps=CONFIG["num_warps"])
     if not one_pass:
         return torch.zeros(n, 4, dtype=torch.float64, device=dev)
