@@ -13,14 +13,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRCS = [os.path.join(HERE, "..", "csrc", "cuda", name) for name in ("hyper_kernels.cu", "agd_kernels.cu")]
 
 
-def report(arch: str):
-    return [row for src in SRCS for row in report_file(arch, src)]
+def report(arch: str, extra=()):
+    return [row for src in SRCS for row in report_file(arch, src, extra)]
 
 
-def report_file(arch: str, src: str):
+def report_file(arch: str, src: str, extra=()):
     nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
-    out = subprocess.run([nvcc, "-std=c++17", "-O3", f"-arch=sm_{arch}", "-Xptxas", "-v", "-c", src, "-o", os.devnull],
-                         capture_output=True, text=True)
+    out = subprocess.run([nvcc, "-std=c++17", "-O3", *extra, f"-arch=sm_{arch}", "-Xptxas", "-v", "-c", src, "-o",
+                          os.devnull], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(out.stderr)
     rows, current = [], None
@@ -52,6 +52,14 @@ def main():
         lines += [f"## sm_{arch}", "", f"{len(rows)} kernels; {len(spills)} with spills"
                   + (": " + ", ".join(f"`{r[0]}` ({r[3]} B stored)" for r in spills) if spills else "") + ".", "",
                   "| kernel | registers | stack B | spill stores B | spill loads B |", "|---|---|---|---|---|"]
+        if spills:      # where the spills come from: the same build with approximate division and square root
+            fast = report(arch, ("-prec-div=false", "-prec-sqrt=false"))
+            n_fast = sum(1 for r in fast if r[3] or r[4])
+            lines += [f"Diagnosis: built with `-prec-div=false -prec-sqrt=false` (not used: the kernels keep IEEE "
+                      f"division and square root, like the CPU kernels) {n_fast} kernels spill. The spills above are "
+                      f"stack saves around the calls to the IEEE slow-path subroutines of division / square root (at "
+                      f"{max(r[1] for r in spills)} registers or fewer, far from the 128 allowed), which run only for "
+                      f"special operands.", ""]
         lines += [f"| `{r[0]}` | {r[1]} | {r[2]} | {r[3]} | {r[4]} |" for r in rows]
         lines.append("")
     path = os.path.join(HERE, "PTXAS.md")

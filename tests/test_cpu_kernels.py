@@ -116,6 +116,15 @@ def test_cpu_matches_reference_reduced_precision(kind, dtype, one_pass):
     _compare(_maker(kind, LEVEL0[kind][0], 1), dtype, one_pass)
 
 
+@pytest.mark.parametrize("kind,variant", [(k, i) for k, vs in LEVEL0.items() for i in range(len(vs))])
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_cpu_matches_reference_bfloat16_every_variant(kind, variant, one_pass):
+    """bfloat16 parameters take the generic loops, which move elements through registers the way the CUDA
+    kernels' packed path does (update_pack / jac_pack): every learned subset checks which state arrays that
+    path loads and stores."""
+    _compare(_maker(kind, LEVEL0[kind][variant], 1), torch.bfloat16, one_pass)
+
+
 def test_mixed_dtypes_in_one_group():
     def make(params, backend, one_pass):
         return hf.Adam(params, lr=0.01, hyper=hf.SGD(lr=1e-3), backend=backend)

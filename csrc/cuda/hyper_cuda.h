@@ -39,7 +39,13 @@ struct LaunchFlags {
   int learn;
   bool momentum;
   double eps;
+  // every array of the call starts at a multiple of kVec elements' bytes: the kernels then move kVec
+  // consecutive elements per access (16 bytes for float32 arrays), with an element-wise tail
+  bool aligned = false;
 };
+
+// Elements per vector access of the packed paths.
+constexpr int kVec = 4;
 
 // Pass A (and the non-finite count): per-block partial sums [4] of g * J_{lr,h1,h2} and non-finite g into
 // `partials` at rows [block_offset, block_offset + n_blocks); `block_ids` gets each block's tensor index.

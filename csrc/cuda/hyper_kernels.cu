@@ -40,6 +40,28 @@ struct Convert<__nv_bfloat16, float> {
 namespace cuda {
 namespace {
 
+// kVec elements in one access: 16 bytes for float32 (8 for half and bfloat16, 2 x 16 for float64).
+template <typename P, int N>
+struct alignas(sizeof(P) * N) Pack {
+  P v[N];
+};
+
+struct VecMem {
+  template <typename P, int N>
+  __device__ __forceinline__ static void load(const P* p, P (&out)[N]) {
+    const Pack<P, N> pk = *reinterpret_cast<const Pack<P, N>*>(p);
+#pragma unroll
+    for (int e = 0; e < N; ++e) out[e] = pk.v[e];
+  }
+  template <typename P, int N>
+  __device__ __forceinline__ static void store(P* p, const P (&in)[N]) {
+    Pack<P, N> pk;
+#pragma unroll
+    for (int e = 0; e < N; ++e) pk.v[e] = in[e];
+    *reinterpret_cast<Pack<P, N>*>(p) = pk;
+  }
+};
+
 template <typename S>
 struct Math {
   using T = float;
@@ -96,7 +118,14 @@ template <typename S, typename T, int KIND>
 __device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFlags& f, bool valid,
                                            const Scalars<T>& c, T inv, int64_t begin, int64_t end) {
   T s0 = 0, s1 = 0, s2 = 0, bad = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+  int64_t tail = begin;
+  if (f.aligned) {   // chunks start at multiples of kChunk: aligned when the arrays are
+    const int64_t packs = (end - begin) / kVec;
+    for (int64_t v = threadIdx.x; v < packs; v += kThreads)
+      jac_pack<kVec, VecMem, S, T>(KIND, f.learn, f.momentum, valid, a, begin + v * kVec, c, inv, s0, s1, s2, bad);
+    tail = begin + packs * kVec;
+  }
+  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
     const T g = Convert<T, S>::run(a.g[i]) * inv;
     bad += (g - g == T(0)) ? T(0) : T(1);
     if (valid) {
@@ -146,7 +175,14 @@ __global__ void __launch_bounds__(kThreads)
   }
   if (!go) return;
   const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * 8, f.eps, T(0));
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+  int64_t tail = begin;
+  if (f.aligned) {
+    const int64_t packs = (end - begin) / kVec;
+    for (int64_t v = threadIdx.x; v < packs; v += kThreads)
+      update_pack<kVec, VecMem, S, T>(KIND, f.learn, f.momentum, a, begin + v * kVec, c, inv);
+    tail = begin + packs * kVec;
+  }
+  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads)
     element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, Convert<T, S>::run(a.g[i]) * inv);
 }
 

@@ -119,6 +119,14 @@ at::Tensor finish(const at::Tensor& partials, const at::Tensor& ids, int64_t n, 
   return out;
 }
 
+// Whether every array starts at a multiple of kVec elements' bytes (the kernels' packed loads then apply).
+bool vec_aligned(std::initializer_list<at::TensorList> lists) {
+  for (const auto& l : lists)
+    for (const auto& t : l)
+      if (reinterpret_cast<uintptr_t>(t.data_ptr()) % (kVec * t.element_size()) != 0) return false;
+  return true;
+}
+
 // GradScaler's 1 / scale: a one-element float64 tensor on the gradients' device, read by the kernels.
 const double* inv_scale_ptr(const char* op, const c10::optional<at::Tensor>& inv_scale, const at::Tensor& g0) {
   if (!inv_scale.has_value()) return nullptr;
@@ -140,7 +148,8 @@ at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double 
   const int64_t blocks = total_blocks(grads);
   auto partials = at::zeros({blocks, kOutCols}, scal.options());
   auto ids = at::full({blocks}, -1, scal.options().dtype(at::kInt));
-  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps};
+  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps,
+                      vec_aligned({grads, s0, s1, s2})};
   const DType dt = dtype_of(grads[0]);
   const double* inv = inv_scale_ptr("hyper_reduce", inv_scale, grads[0]);
   for_tables({}, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
@@ -167,7 +176,8 @@ at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double 
   const int64_t blocks = total_blocks(grads);
   auto partials = at::zeros({one_pass ? blocks : 1, kOutCols}, scal.options());
   auto ids = at::full({one_pass ? blocks : 1}, -1, scal.options().dtype(at::kInt));
-  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps};
+  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps,
+                      vec_aligned({params, grads, s0, s1, s2})};
   const DType dt = dtype_of(grads[0]);
   const double* inv = inv_scale_ptr("hyper_update", inv_scale, grads[0]);
   for_tables(params, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
@@ -191,7 +201,7 @@ at::Tensor nonfinite_count_cuda(at::TensorList grads) {
   const int64_t blocks = total_blocks(grads);
   auto partials = at::zeros({blocks, kOutCols}, opts);
   auto ids = at::full({blocks}, -1, opts.dtype(at::kInt));
-  const LaunchFlags f{kSGD, 0, false, 0.0};
+  const LaunchFlags f{kSGD, 0, false, 0.0, vec_aligned({grads})};
   const DType dt = dtype_of(grads[0]);
   for_tables({}, grads, {}, {}, {}, [&](const TensorTable& tab, int offset) {
     launch_reduce(dt, tab, f, /*with_jac=*/false, scal.data_ptr<double>(), nullptr, partials.data_ptr<double>(),

@@ -101,4 +101,93 @@ HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arr
   a.x[i] = Convert<scalar_t, T>::run(xn);
 }
 
+// Which state arrays the update reads before writing (which = 0, 1, 2 for s0, s1, s2), and which it writes:
+// the packed paths below move exactly these, as element_update above touches them. The arrays holding a
+// previous value (prev_grad, the previous momentum buffer) are written by the update and read only by pass A.
+HF_HOST_DEVICE bool update_reads(int kind, bool momentum, int which) {
+  return which == 0 ? (kind != kSGD || momentum) : (which == 1 && kind == kAdam);
+}
+HF_HOST_DEVICE bool update_writes(int kind, int learn, bool momentum, int which) {
+  if (which == 0) return kind != kSGD || momentum || (learn & kLearnLr) != 0;
+  if (which == 1)
+    return kind == kAdam || (kind == kSGD && momentum && (learn & kLearnH1) != 0) ||
+           ((kind == kAdagrad || kind == kRMSprop) && learn != 0);
+  return kind == kAdam && (learn & (kLearnH1 | kLearnH2)) != 0;
+}
+
+// Moves N consecutive elements between an array and registers, one at a time; the CUDA kernels use a
+// specialisation that moves them in one 16-byte access.
+struct ElementMem {
+  template <typename P, int N>
+  HF_HOST_DEVICE static void load(const P* p, P (&out)[N]) {
+    for (int e = 0; e < N; ++e) out[e] = p[e];
+  }
+  template <typename P, int N>
+  HF_HOST_DEVICE static void store(P* p, const P (&in)[N]) {
+    for (int e = 0; e < N; ++e) p[e] = in[e];
+  }
+};
+
+// The update of elements [i, i + N) through registers: the arrays it reads are loaded N elements at a time,
+// element_update runs on the registers, and the arrays it writes are stored back (Mem: how N elements move).
+// `inv` multiplies each gradient as it is read (GradScaler's 1 / scale; 1 otherwise).
+template <int N, typename Mem, typename scalar_t, typename T>
+HF_HOST_DEVICE void update_pack(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
+                                const Scalars<T>& c, T inv) {
+  scalar_t x[N], g[N];
+  T s0[N], s1[N], s2[N];
+  Mem::load(a.x + i, x);
+  Mem::load(a.g + i, g);
+  if (a.s0 != nullptr && update_reads(kind, momentum, 0)) Mem::load(a.s0 + i, s0);
+  if (a.s1 != nullptr && update_reads(kind, momentum, 1)) Mem::load(a.s1 + i, s1);
+  Arrays<scalar_t, T> r;
+  r.x = x;
+  r.g = g;
+  r.s0 = a.s0 != nullptr ? s0 : nullptr;
+  r.s1 = a.s1 != nullptr ? s1 : nullptr;
+  r.s2 = a.s2 != nullptr ? s2 : nullptr;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int e = 0; e < N; ++e)
+    element_update<scalar_t, T>(kind, learn, momentum, r, e, c, Convert<T, scalar_t>::run(g[e]) * inv);
+  Mem::store(a.x + i, x);
+  if (a.s0 != nullptr && update_writes(kind, learn, momentum, 0)) Mem::store(a.s0 + i, s0);
+  if (a.s1 != nullptr && update_writes(kind, learn, momentum, 1)) Mem::store(a.s1 + i, s1);
+  if (a.s2 != nullptr && update_writes(kind, learn, momentum, 2)) Mem::store(a.s2 + i, s2);
+}
+
+// Pass A over elements [i, i + N) through registers: g (times inv) and every state array given, then the
+// sums g * J and the non-finite count in element order.
+template <int N, typename Mem, typename scalar_t, typename T>
+HF_HOST_DEVICE void jac_pack(int kind, int learn, bool momentum, bool with_jac, const Arrays<scalar_t, T>& a,
+                             int64_t i, const Scalars<T>& c, T inv, T& acc0, T& acc1, T& acc2, T& bad) {
+  scalar_t g[N];
+  T s0[N], s1[N], s2[N];
+  Mem::load(a.g + i, g);
+  Arrays<scalar_t, T> r;
+  if (with_jac) {
+    if (a.s0 != nullptr) Mem::load(a.s0 + i, s0);
+    if (a.s1 != nullptr) Mem::load(a.s1 + i, s1);
+    if (a.s2 != nullptr) Mem::load(a.s2 + i, s2);
+    r.s0 = a.s0 != nullptr ? s0 : nullptr;
+    r.s1 = a.s1 != nullptr ? s1 : nullptr;
+    r.s2 = a.s2 != nullptr ? s2 : nullptr;
+  }
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int e = 0; e < N; ++e) {
+    const T ge = Convert<T, scalar_t>::run(g[e]) * inv;
+    bad += (ge - ge == T(0)) ? T(0) : T(1);
+    if (with_jac) {
+      T j0, j1, j2;
+      element_jac<scalar_t, T>(kind, learn, momentum, r, e, c, j0, j1, j2);
+      acc0 += ge * j0;
+      acc1 += ge * j1;
+      acc2 += ge * j2;
+    }
+  }
+}
+
 }  // namespace hyperfused
