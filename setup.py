@@ -53,7 +53,8 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
         ext_modules.append(
             cpp_extension.CUDAExtension(
                 name="hyperfused._C_cuda",
-                sources=["csrc/cuda/ops_cuda.cpp", "csrc/cuda/hyper_kernels.cu", "csrc/cuda/agd_kernels.cu"],
+                sources=["csrc/cuda/ops_cuda.cpp", "csrc/cuda/hyper_kernels.cu", "csrc/cuda/agd_kernels.cu",
+                         "csrc/cuda/tower_kernels.cu"],
                 include_dirs=[os.path.join(here, "csrc")] + extra_inc,
                 extra_compile_args={"cxx": ["-O3"],
                                     "nvcc": ["-O3", "-lineinfo", "-Xptxas=-v"]},

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRCS = [os.path.join(HERE, "..", "csrc", "cuda", name) for name in ("hyper_kernels.cu", "agd_kernels.cu")]
+SRCS = [os.path.join(HERE, "..", "csrc", "cuda", name) for name in ("hyper_kernels.cu", "agd_kernels.cu",
+                                                                             "tower_kernels.cu")]
 
 
 def report(arch: str, extra=()):

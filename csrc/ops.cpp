@@ -29,6 +29,12 @@ TORCH_LIBRARY(hyperfused, m) {
         "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor? scal_jac, Tensor ok, "
         "Tensor? inv_scale=None) -> Tensor");
   m.def("nonfinite_count(Tensor[] grads) -> Tensor");
+  // The levels above level 0 of a tower (csrc/hyperfused/tower.h): plan returns (scratch, ok) without writing
+  // anything the optimizer holds; commit writes the scratch back into the slots' tensors when ok.
+  // desc: [K, block, top_units] + per level [kind, learn, momentum, per, nstate, nlr, units]; eps per level;
+  // slots: 8 per level (lr, h1, h2, s0, s1, s2, step, valid; an empty tensor where a level has none).
+  m.def("hyper_tower_plan(int[] desc, float[] eps, Tensor[] slots, Tensor d0, Tensor finite) -> (Tensor, Tensor)");
+  m.def("hyper_tower_commit(int[] desc, float[] eps, Tensor(a!)[] slots, Tensor scratch, Tensor ok) -> ()");
   // Automatic Gradient Descent: per-slice sums of squares of every gradient (float64, concatenated), and the
   // update W -= coef[slice] * g (coef: float64, one per slice, concatenated).
   m.def("agd_sumsq(Tensor[] grads, int[] slices) -> Tensor");

@@ -293,3 +293,33 @@ def test_gradient_changed_in_place_behind_the_optimizer_is_detected():
         assert opt.state[p]["prev_grad"] is not p.grad
         assert torch.equal(opt.state[p]["prev_grad"], p.grad)   # a faithful copy of the last gradient
     assert math.isfinite(opt.hyperparameters()["lr"])
+
+
+def test_levels_above_run_as_the_compiled_tower_ops(monkeypatch):
+    """On the cpu backend the levels above level 0 are the C++ tower ops (the comparisons above hold them to
+    the reference); a tower taller than they take falls back to the Python tower, with the same results."""
+    from hyperfused.ops import tower
+    calls = []
+    real = tower.plan
+    monkeypatch.setattr(tower, "plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _compare(_maker("adam", {}, 3), torch.float64, False, steps=3)
+    assert len(calls) == 3
+
+    def tall(params, backend, one_pass):
+        hyper = hf.SGD(lr=1e-9)
+        for _ in range(tower.MAX_LEVELS - 1):
+            hyper = hf.SGD(lr=1e-7, hyper=hyper)
+        return hf.SGD(params, lr=0.05, hyper=hyper, backend=backend, one_pass=one_pass)
+    calls.clear()
+    _compare(tall, torch.float64, False, steps=3)
+    assert not calls and not tower.supported(*_tower_of(tall))      # 9 levels: the Python tower
+
+
+def _tower_of(make):
+    params = _params(torch.float64)
+    opt = make(params, "cpu", False)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    gt = opt._group_tower(0)
+    return gt["levels"], opt._level_specs(0)

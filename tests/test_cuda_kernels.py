@@ -131,6 +131,18 @@ def test_cuda_matches_triton(name, one_pass):
                         torch.tensor(v, dtype=torch.float64)) <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["adam/sgd", "rmsprop/sgd/sgd", "sgd per-tensor/sgd"])
+def test_cuda_step_does_not_synchronise_with_the_host(name):
+    """The cuda backend's step, levels above included (the compiled tower ops' one-thread kernels), never
+    waits for the device."""
+    params, opt = _run(MAKERS[name], torch.float32, "cuda", SIZES, steps=2)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_triton_step_does_not_synchronise_with_the_host():
     if not ops.triton_available():
         pytest.skip("triton is not installed")

@@ -10,8 +10,10 @@
 #include <tuple>
 #include <vector>
 
+#include "../hyperfused/tower_desc.h"
 #include "agd_cuda.h"
 #include "hyper_cuda.h"
+#include "tower_cuda.h"
 
 namespace hyperfused {
 namespace cuda {
@@ -434,9 +436,58 @@ at::Tensor agd_normalize_rows_cuda(at::TensorList xs, at::TensorList dsts) {
   return norms;
 }
 
+// The levels above level 0 in one-thread kernels: nothing here reads a device value.
+std::tuple<at::Tensor, at::Tensor> hyper_tower_plan_cuda(at::IntArrayRef desc, at::ArrayRef<double> eps,
+                                                         at::TensorList slots, const at::Tensor& d0,
+                                                         const at::Tensor& finite) {
+  TORCH_CHECK(d0.is_cuda() && d0.dim() == 1 && d0.is_contiguous(), "hyper_tower_plan: d0 must be a contiguous "
+              "CUDA vector");
+  TORCH_CHECK(finite.device() == d0.device() && finite.scalar_type() == at::kBool && finite.numel() == 1,
+              "hyper_tower_plan: finite must be a one-element bool tensor on ", d0.device());
+  for (const auto& t : slots)
+    TORCH_CHECK(t.numel() == 0 || t.device() == d0.device(), "hyper_tower_plan: every slot must be on ",
+                d0.device());
+  const c10::cuda::CUDAGuard guard(d0.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor scr, ok = at::empty({}, d0.options().dtype(at::kBool));
+  auto fin = finite.reshape({}).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(d0.scalar_type(), "hyper_tower_plan", [&] {
+    const auto d = tower_desc<scalar_t>("hyper_tower_plan", desc, eps, slots, d0.scalar_type());
+    TORCH_CHECK(d0.numel() >= d.lv[1].units, "hyper_tower_plan: d0 has ", d0.numel(), " entries, level 1 needs ",
+                d.lv[1].units);
+    scr = at::zeros({6 * d.K * d.block}, d0.options());
+    launch_tower_plan(d, d0.data_ptr<scalar_t>(), fin.data_ptr<bool>(), scr.data_ptr<scalar_t>(),
+                      ok.data_ptr<bool>(), stream.stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {scr, ok};
+}
+
+void hyper_tower_commit_cuda(at::IntArrayRef desc, at::ArrayRef<double> eps, at::TensorList slots,
+                             const at::Tensor& scratch, const at::Tensor& ok) {
+  TORCH_CHECK(scratch.is_cuda() && ok.device() == scratch.device() && ok.scalar_type() == at::kBool &&
+                  ok.numel() == 1,
+              "hyper_tower_commit: scratch and ok must be CUDA tensors (ok a one-element bool)");
+  for (const auto& t : slots)
+    TORCH_CHECK(t.numel() == 0 || t.device() == scratch.device(), "hyper_tower_commit: every slot must be on ",
+                scratch.device());
+  const c10::cuda::CUDAGuard guard(scratch.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto okc = ok.reshape({}).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(scratch.scalar_type(), "hyper_tower_commit", [&] {
+    const auto d = tower_desc<scalar_t>("hyper_tower_commit", desc, eps, slots, scratch.scalar_type());
+    TORCH_CHECK(scratch.is_contiguous() && scratch.numel() == 6 * d.K * d.block,
+                "hyper_tower_commit: scratch does not match the tower");
+    launch_tower_commit(d, scratch.data_ptr<scalar_t>(), okc.data_ptr<bool>(), stream.stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hyperfused, CUDA, m) {
+  m.impl("hyper_tower_plan", &hyper_tower_plan_cuda);
+  m.impl("hyper_tower_commit", &hyper_tower_commit_cuda);
   m.impl("agd_normalize_rows", &agd_normalize_rows_cuda);
   m.impl("agd_sumsq", &agd_sumsq_cuda);
   m.impl("agd_update", &agd_update_cuda);

@@ -553,8 +553,14 @@ class HyperOptimizer(torch.optim.Optimizer):
         if plan["backend"] == "triton" and len(specs) > 1:     # the whole tower in one Triton program
             from ..ops.triton import tower
             scr, ok = tower.plan(levels, specs, self._flatten(d0, specs[0][2]), finite)
-            plan.update(tower_scratch=scr, ok=ok)
+            plan.update(tower_scratch=scr, ok=ok, tower_ops=tower)
             return
+        if plan["backend"] in ("cpu", "cuda") and len(specs) > 1:
+            from ..ops import tower                             # the compiled tower ops (host / one CUDA thread)
+            if tower.supported(levels, specs):
+                scr, ok = tower.plan(levels, specs, self._flatten(d0, specs[0][2]), finite)
+                plan.update(tower_scratch=scr, ok=ok, tower_ops=tower)
+                return
         deltas: List[Dict[str, Tensor]] = [d0]
         for k in range(1, len(specs) - 1):
             lv, _, learned, per, cfg = specs[k]
@@ -590,8 +596,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def _commit_tower(self, plan: Dict[str, Any], ok: Tensor) -> None:
         if "tower_scratch" in plan:
-            from ..ops.triton import tower
-            tower.commit(plan["levels"], plan["specs"], plan["tower_scratch"], ok)
+            plan["tower_ops"].commit(plan["levels"], plan["specs"], plan["tower_scratch"], ok)
             return
         levels, new_hp = plan["levels"], plan["new_hp"]
         for k in range(len(levels)):

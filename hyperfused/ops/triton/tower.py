@@ -26,13 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..tower_shape import _H1, KIND_ID, _learn_bits, _nlr, _state_keys, shape_of, units_of  # noqa: F401
 from .hyper import _TL_DTYPE, _bias, _jac, _launch, _step
 
 Tensor = torch.Tensor
 
-KIND_ID = {"sgd": 0, "adagrad": 1, "rmsprop": 2, "adam": 3}
-_H1 = {"sgd": "momentum", "rmsprop": "alpha", "adam": "beta1"}
-_BIT = {"lr": 1, "momentum": 2, "alpha": 2, "beta1": 2, "beta2": 4}
 
 
 @triton.jit
@@ -268,19 +266,6 @@ _TABLES: Dict[tuple, Tensor] = {}
 _EPS: Dict[tuple, Tensor] = {}
 
 
-def _learn_bits(names: Sequence[str]) -> int:
-    return sum(_BIT[n] for n in names)
-
-
-def shape_of(specs) -> Dict[str, tuple]:
-    """The tower's compile-time shape: kinds, learned bits, momentum flags, per-tensor lrs, state arrays."""
-    return dict(KINDS=tuple(KIND_ID[lv.kind] for lv, *_ in specs),
-                LEARN=tuple(_learn_bits(learned) for _, _, learned, _, _ in specs),
-                MOM=tuple(bool(cfg.get("momentum", False)) for *_, cfg in specs),
-                PER=tuple(bool(per) for _, _, _, per, _ in specs),
-                NSTATE=tuple(len(_state_keys(lv.kind, cfg, learned)) for lv, _, learned, _, cfg in specs))
-
-
 def _table(levels, specs, device) -> Tensor:
     ptrs = []
     for k, (rec, (lv, _, learned, _, cfg)) in enumerate(zip(levels, specs)):
@@ -302,11 +287,6 @@ def _table(levels, specs, device) -> Tensor:
     return t
 
 
-def _state_keys(kind, cfg, learned):
-    from .. import fused
-    return fused.state_keys(kind, cfg, learned)
-
-
 def _eps(specs, device) -> Tensor:
     vals = tuple(float(cfg.get("eps", 0.0)) for *_, cfg in specs)
     key = (str(device), vals)
@@ -314,21 +294,6 @@ def _eps(specs, device) -> Tensor:
     if t is None:
         t = _EPS[key] = torch.tensor(vals, dtype=torch.float64).to(device)
     return t
-
-
-def _nlr(levels) -> Tuple[int, ...]:
-    """The length of every level's lr (one per tensor, or per entry of the vector below, when per-tensor)."""
-    return tuple(rec["hp"]["lr"].numel() for rec in levels)
-
-
-def units_of(levels, specs) -> Tuple[int, ...]:
-    """UNITS[k]: the length of the flat vector level k optimizes (k >= 1), and after the top one entry more
-    for the flat delta of the top's learned set (empty: 0)."""
-    out = [0]
-    for k in range(1, len(specs) + 1):
-        below_hp, below_learned = levels[k - 1]["hp"], specs[k - 1][2]
-        out.append(sum(below_hp[n].numel() for n in below_learned))
-    return tuple(out)
 
 
 def plan(levels, specs, d0_flat: Tensor, finite: Tensor):

@@ -1,0 +1,226 @@
+// The levels above level 0 of a hypergradient tower (SPEC.md 1.1 steps 1-2), on the small vectors of raw
+// hyperparameters, as one sequential routine: the CPU op runs it on the host, the CUDA op in a one-thread
+// kernel (so a step needs no host round trip), with the same code. It mirrors the Triton tower kernels
+// (hyperfused/ops/triton/tower.py) and the Python tower of hyperfused/optim/base.py, the oracle:
+//
+//   plan    bottom-up hypergradients delta_k = sum(delta_{k-1} * J_k) (per entry for per-tensor lrs), then
+//           top-down tentative updates of every level's raw hyperparameters and state, and the verdict
+//           ok = every delta and every new hyperparameter finite (and level 0's flag). Results go to a
+//           scratch buffer; nothing the optimizer holds is written.
+//   commit  writes the scratch back when ok, and sets every level's valid flag.
+//
+// Scratch layout (B entries a row): rows 0..K-1 delta_k; rows K..2K-1 the new flat raw hyperparameters of
+// level k (rows K + k - 1 for level k - 1's); rows 2K + 4 (k - 1) + j, j = 0..2, level k's new state arrays
+// and j = 3 its step. The per-element formulas are hyper_elem.h's: a level above is the same optimizer on a
+// small vector.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "hyper_elem.h"
+
+namespace hyperfused {
+
+constexpr int kMaxTowerLevels = 8;   // levels 0..7 (a taller tower runs the Python tower)
+
+template <typename T>
+struct TowerLevel {
+  int kind = 0, learn = 0, nstate = 0;
+  bool momentum = false, per = false;
+  int64_t nlr = 1;          // entries of this level's lr (more than one when per-tensor)
+  int64_t units = 0;        // k >= 1: length of the flat vector this level optimizes (level k - 1's learned set)
+  T eps = T(0);
+  T* lr = nullptr;
+  T* h1 = nullptr;          // momentum / alpha / beta1 (none for Adagrad)
+  T* h2 = nullptr;          // beta2
+  T* s[3] = {nullptr, nullptr, nullptr};
+  T* step = nullptr;        // Adam's step count
+  bool* valid = nullptr;    // k >= 1: whether the level's state holds a last update (its Jacobian exists)
+};
+
+template <typename T>
+struct TowerDesc {
+  int K = 0;                         // the top level
+  int64_t block = 0;                 // B: scratch entries a row (>= every units and delta length)
+  int64_t top_units = 0;             // length of the top level's flat delta (its learned set)
+  TowerLevel<T> lv[kMaxTowerLevels];
+};
+
+template <typename T>
+HF_HOST_DEVICE bool tower_finite(T x) { return x - x == T(0); }
+
+// The raw lr (entry r of a per-tensor vector), h1, h2 of level k: the current ones, or the tentative ones of
+// the scratch row `fresh` (non-null) for the names level k learns.
+template <typename T>
+HF_HOST_DEVICE void tower_raw(const TowerLevel<T>& L, const T* fresh, int64_t r, T& lr, T& h1, T& h2) {
+  lr = L.per ? L.lr[r] : L.lr[0];
+  h1 = (L.kind != kAdagrad && L.h1 != nullptr) ? L.h1[0] : T(0);
+  h2 = (L.kind == kAdam && L.h2 != nullptr) ? L.h2[0] : T(0);
+  if (fresh != nullptr) {
+    int64_t pos = 0;
+    if (L.learn & kLearnLr) {
+      lr = L.per ? fresh[r] : fresh[0];
+      pos = L.per ? L.nlr : 1;
+    }
+    if (L.learn & kLearnH1) h1 = fresh[pos++];
+    if (L.learn & kLearnH2) h2 = fresh[pos];
+  }
+}
+
+// Values of the raw hyperparameters and the scalars of one update at step t: RMSprop's lr = a^2 and every
+// beta / alpha = (tanh r + 1) / 2 where the level above learns them (reference.PARAMETRISATIONS).
+template <typename T>
+HF_HOST_DEVICE Scalars<T> tower_scalars(const TowerLevel<T>& L, T lr, T h1, T h2, T t) {
+  const T raw_lr = lr;
+  T ds1 = T(0), ds2 = T(0);
+  if (L.kind == kRMSprop && (L.learn & kLearnLr)) lr = raw_lr * raw_lr;
+  if ((L.kind == kRMSprop || L.kind == kAdam) && (L.learn & kLearnH1)) {
+    const T th = std::tanh(h1);
+    h1 = (th + T(1)) / T(2);
+    ds1 = (T(1) - th * th) / T(2);
+  }
+  if (L.kind == kAdam && (L.learn & kLearnH2)) {
+    const T th = std::tanh(h2);
+    h2 = (th + T(1)) / T(2);
+    ds2 = (T(1) - th * th) / T(2);
+  }
+  return make_scalars<T>(lr, h1, h2, L.eps, raw_lr, ds1, ds2, t);
+}
+
+// Level k - 1's learned raw hyperparameters as one flat vector (lr first, then h1, h2) into x.
+template <typename T>
+HF_HOST_DEVICE int64_t tower_flat_x(const TowerLevel<T>& L, T* x) {
+  int64_t pos = 0;
+  if (L.learn & kLearnLr) {
+    if (L.per) {
+      for (int64_t r = 0; r < L.nlr; ++r) x[r] = L.lr[r];
+      pos = L.nlr;
+    } else {
+      x[pos++] = L.lr[0];
+    }
+  }
+  if (L.learn & kLearnH1) x[pos++] = L.h1[0];
+  if (L.learn & kLearnH2) x[pos++] = L.h2[0];
+  return pos;
+}
+
+// The tentative step; returns ok. d0: level 0's flat hypergradients (desc.lv[1].units of them); finite:
+// whether pass A saw only finite gradients.
+template <typename T>
+HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, T* scr) {
+  const int K = d.K;
+  const int64_t B = d.block;
+  bool ok = finite;
+  for (int64_t r = 0; r < B; ++r) scr[r] = r < d.lv[1].units ? d0[r] : T(0);
+  for (int64_t r = 0; r < d.lv[1].units; ++r) ok = ok && tower_finite(scr[r]);
+  // 1. bottom-up: delta_k of every level below the top
+  for (int k = 1; k < K; ++k) {
+    const TowerLevel<T>& L = d.lv[k];
+    const T* g = scr + (k - 1) * B;
+    T* out = scr + k * B;
+    const T t = (L.kind == kAdam && L.step != nullptr) ? L.step[0] : T(0);
+    T zero[1] = {T(0)};
+    T sum0 = 0, sum1 = 0, sum2 = 0;
+    for (int64_t r = 0; r < B; ++r) out[r] = T(0);
+    for (int64_t r = 0; r < L.units; ++r) {
+      T lr, h1, h2;
+      tower_raw<T>(L, nullptr, r, lr, h1, h2);
+      const Scalars<T> c = tower_scalars<T>(L, lr, h1, h2, t);
+      Arrays<T, T> a;
+      a.s0 = L.nstate >= 1 ? L.s[0] + r : zero;
+      a.s1 = L.nstate >= 2 ? L.s[1] + r : zero;
+      a.s2 = L.nstate >= 3 ? L.s[2] + r : zero;
+      T j0, j1, j2;
+      element_jac<T, T>(L.kind, L.learn, L.momentum, a, 0, c, j0, j1, j2);
+      if (L.per) out[r] = g[r] * j0;
+      sum0 += g[r] * j0;
+      sum1 += g[r] * j1;
+      sum2 += g[r] * j2;
+    }
+    int64_t pos = 0;
+    if (L.learn & kLearnLr) {
+      if (L.per) {
+        pos = L.units;
+      } else {
+        out[0] = sum0;
+        pos = 1;
+      }
+    }
+    if (L.learn & kLearnH1) out[pos++] = sum1;
+    if (L.learn & kLearnH2) out[pos] = sum2;
+    const bool valid = L.valid != nullptr && L.valid[0];
+    const int64_t n_out = k + 1 <= K ? d.lv[k + 1].units : d.top_units;
+    for (int64_t r = 0; r < B; ++r) {
+      if (!valid) out[r] = T(0);
+      if (r < n_out) ok = ok && tower_finite(out[r]);
+    }
+  }
+  // 2. top-down: level k updates level k - 1's learned raw hyperparameters with its (new) values
+  for (int k = K; k >= 1; --k) {
+    const TowerLevel<T>& L = d.lv[k];
+    const T* g = scr + (k - 1) * B;
+    T* xn = scr + (K + k - 1) * B;
+    for (int64_t r = 0; r < B; ++r) xn[r] = T(0);
+    tower_flat_x<T>(d.lv[k - 1], xn);
+    const T* fresh = k < K ? scr + (K + k) * B : nullptr;
+    const T t = (L.kind == kAdam && L.step != nullptr) ? L.step[0] + T(1) : T(0);
+    T* st = scr + (2 * K + 4 * (k - 1)) * B;
+    for (int j = 0; j < 3; ++j)
+      for (int64_t r = 0; r < B; ++r) st[j * B + r] = (j < L.nstate && r < L.units) ? L.s[j][r] : T(0);
+    for (int64_t r = 0; r < B; ++r) st[3 * B + r] = t;
+    for (int64_t r = 0; r < L.units; ++r) {
+      T lr, h1, h2;
+      tower_raw<T>(L, fresh, r, lr, h1, h2);
+      const Scalars<T> c = tower_scalars<T>(L, lr, h1, h2, t);
+      Arrays<T, T> a;
+      a.x = xn + r;
+      a.g = g + r;
+      a.s0 = st + r;
+      a.s1 = st + B + r;
+      a.s2 = st + 2 * B + r;
+      element_update<T, T>(L.kind, L.learn, L.momentum, a, 0, c, g[r]);
+      // the previous gradient, where a Jacobian of this level needs it
+      if (L.kind == kSGD) {
+        if (!L.momentum) a.s0[0] = g[r];
+      } else if (L.kind == kAdam) {
+        a.s2[0] = g[r];
+      } else {
+        a.s1[0] = g[r];
+      }
+      ok = ok && tower_finite(xn[r]);
+    }
+  }
+  return ok;
+}
+
+// Writes the tentative step back (only called, or only acting, when ok).
+template <typename T>
+HF_HOST_DEVICE void tower_commit(const TowerDesc<T>& d, const T* scr, bool ok) {
+  if (!ok) return;
+  const int K = d.K;
+  const int64_t B = d.block;
+  for (int k = 1; k <= K; ++k) {
+    const TowerLevel<T>& below = d.lv[k - 1];
+    const T* xn = scr + (K + k - 1) * B;
+    int64_t pos = 0;
+    if (below.learn & kLearnLr) {
+      if (below.per) {
+        for (int64_t r = 0; r < below.nlr; ++r) below.lr[r] = xn[r];
+        pos = below.nlr;
+      } else {
+        below.lr[0] = xn[pos++];
+      }
+    }
+    if (below.learn & kLearnH1) below.h1[0] = xn[pos++];
+    if (below.learn & kLearnH2) below.h2[0] = xn[pos];
+    const TowerLevel<T>& L = d.lv[k];
+    const T* st = scr + (2 * K + 4 * (k - 1)) * B;
+    for (int j = 0; j < L.nstate && j < 3; ++j)
+      for (int64_t r = 0; r < L.units; ++r) L.s[j][r] = st[j * B + r];
+    if (L.kind == kAdam && L.step != nullptr) L.step[0] = st[3 * B];
+    if (L.valid != nullptr) L.valid[0] = true;
+  }
+}
+
+}  // namespace hyperfused

@@ -1,0 +1,67 @@
+"""The levels above level 0 as the compiled ops ``hyperfused::hyper_tower_plan`` / ``hyper_tower_commit``
+(csrc/hyperfused/tower.h: on the host for CPU tensors, in a one-thread kernel for CUDA tensors): two calls
+per param group instead of a few dozen small torch ops, and on CUDA no host round trip."""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from .tower_shape import _H1, _nlr, _state_keys, shape_of, units_of
+
+Tensor = torch.Tensor
+MAX_LEVELS = 8          # kMaxTowerLevels in tower.h
+
+
+def supported(levels, specs) -> bool:
+    """The compiled tower ops cover this tower: built for its device, at most MAX_LEVELS levels, one dtype."""
+    from . import _ext
+    if not 2 <= len(specs) <= MAX_LEVELS:
+        return False
+    dev = levels[0]["hp"]["lr"].device
+    if dev.type == "cpu":
+        if not _ext.extension_available():
+            return False
+    elif dev.type != "cuda" or not _ext.cuda_extension_available():
+        return False
+    dt = levels[0]["hp"]["lr"].dtype
+    return dt in (torch.float32, torch.float64) and all(
+        t.dtype == dt for rec in levels for t in rec["hp"].values())
+
+
+def _args(levels, specs, device, dtype) -> Tuple[List[int], List[float], List[Tensor]]:
+    shape = shape_of(specs)
+    units = units_of(levels, specs)
+    nlr = _nlr(levels)
+    K = len(specs) - 1
+    block = max(1, max(units))
+    desc = [K, block, units[K + 1]]
+    none = torch.empty(0, dtype=dtype, device=device)
+    slots: List[Tensor] = []
+    for k, (rec, (lv, _, learned, _, cfg)) in enumerate(zip(levels, specs)):
+        desc += [shape["KINDS"][k], shape["LEARN"][k], int(shape["MOM"][k]), int(shape["PER"][k]),
+                 shape["NSTATE"][k] if k else 0, nlr[k], units[k] if k else 0]
+        hp = rec["hp"]
+        h1 = _H1.get(lv.kind)
+        slots += [hp["lr"], hp[h1] if h1 in hp else none, hp["beta2"] if "beta2" in hp else none]
+        st = rec.get("state", {}) if k else {}
+        arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
+        slots += arrays + [none] * (3 - len(arrays))
+        slots += [st["step"] if "step" in st else none, st["valid"] if "valid" in st else none]
+    eps = [float(cfg.get("eps", 0.0)) for *_, cfg in specs]
+    return desc, eps, slots
+
+
+def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
+    """Tentative tower step: (scratch, ok) on the device; nothing the optimizer holds is written."""
+    dt = levels[0]["hp"]["lr"].dtype
+    desc, eps, slots = _args(levels, specs, d0_flat.device, dt)
+    scr, ok = torch.ops.hyperfused.hyper_tower_plan(desc, eps, slots, d0_flat.to(dt).contiguous(),
+                                                     finite.reshape(()))
+    return scr, ok
+
+
+def commit(levels, specs, scr: Tensor, ok: Tensor) -> None:
+    """Write the tentative step where ``ok`` (0-dim bool on the device) is set."""
+    desc, eps, slots = _args(levels, specs, scr.device, scr.dtype)
+    torch.ops.hyperfused.hyper_tower_commit(desc, eps, slots, scr, ok.reshape(()))
