@@ -53,7 +53,9 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     def col(v):
         if v is None:
             return torch.zeros(n, dtype=torch.float64, device=device)
-        return v.to(torch.float64).expand(n) if v.dim() == 0 else v.to(torch.float64)
+        if v.dtype != torch.float64:
+            v = v.to(torch.float64)
+        return v.expand(n) if v.dim() == 0 else v
 
     h1 = H1.get(kind)
     cols = [
@@ -87,6 +89,8 @@ def _deltas(kind, learned, per_tensor_lr, rows: Tensor, dt) -> Dict[str, Tensor]
 
 def _dense(t: Tensor) -> bool:
     """Non-overlapping and dense: the elements fill a block of memory in some dimension order."""
+    if t.is_contiguous():
+        return True
     dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
     expect = 1
     for st, sz in dims:

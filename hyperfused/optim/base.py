@@ -680,12 +680,17 @@ class HyperOptimizer(torch.optim.Optimizer):
                 self._publish_lr(gi)
 
 
+_DTENSOR: List[Any] = []
+
+
 def _is_dtensor(t) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:        # torch without distributed
-        return False
-    return isinstance(t, DTensor)
+    if not _DTENSOR:           # resolved once: the import machinery costs microseconds per call
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:    # torch without distributed
+            DTensor = None
+        _DTENSOR.append(DTensor)
+    return _DTENSOR[0] is not None and isinstance(t, _DTENSOR[0])
 
 
 def _all(flags: List[Tensor]) -> Tensor:
