@@ -323,3 +323,17 @@ def _tower_of(make):
     opt.step()
     gt = opt._group_tower(0)
     return gt["levels"], opt._level_specs(0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p, b, o: hf.SGD(p, lr=0.05, per_tensor=True, hyper=hf.Adam(lr=1e-3, per_tensor=True,
+                                                                       hyper=hf.SGD(lr=1e-4)), backend=b, one_pass=o),
+    lambda p, b, o: hf.Adagrad(p, lr=0.05, hyper=hf.RMSprop(lr=1e-3, hyper=hf.SGD(lr=1e-5, momentum=0.5)),
+                               backend=b, one_pass=o),
+    lambda p, b, o: hf.RMSprop(p, lr=0.01, per_tensor=True,
+                               hyper=hf.Adam(lr=1e-4, learn=("lr", "beta1"), hyper=hf.SGD(lr=1e-6)), backend=b,
+                               one_pass=o),
+], ids=["per-tensor levels 0 and 1", "adagrad/rmsprop/sgd(m)", "rmsprop per-tensor/adam[lr,beta1]/sgd"])
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_compiled_tower_on_mixed_towers(make, one_pass):
+    _compare(make, torch.float64, one_pass)
