@@ -73,24 +73,12 @@ void chunk_sums(int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t 
                 const Scalars<T>& c, double out[kOutCols]) {
   T acc[3][kLanes] = {};
   T bad[kLanes] = {};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      // the packed path of the CUDA kernels (hyper_elem.h), one element at a time: the CPU tests check it
-      jac_pack<1, ElementMem, scalar_t, T>(KIND, learn, momentum, WITH_JAC, a, i + l, c, T(1), acc[0][l],
-                                           acc[1][l], acc[2][l], bad[l]);
-    }
-  }
-  for (int l = 0; i < end; ++i, ++l) {
-    const T g = static_cast<T>(a.g[i]);
-    bad[l] += (g - g == T(0)) ? T(0) : T(1);
-    if (WITH_JAC) {
-      T j[3];
-      element_jac<scalar_t, T>(KIND, learn, momentum, a, i, c, j[0], j[1], j[2]);
-      acc[0][l] += g * j[0];
-      acc[1][l] += g * j[1];
-      acc[2][l] += g * j[2];
-    }
+  // element i goes to lane (i - begin) % kLanes; the packed path of the CUDA kernels (hyper_elem.h), one element
+  // at a time, so the CPU tests check it
+  for (int64_t i = begin; i < end; ++i) {
+    const int l = static_cast<int>((i - begin) % kLanes);
+    jac_pack<1, ElementMem, scalar_t, T>(KIND, learn, momentum, WITH_JAC, a, i, c, T(1), acc[0][l], acc[1][l],
+                                         acc[2][l], bad[l]);
   }
   for (int l = 0; l < kLanes; ++l) {
     out[0] += static_cast<double>(acc[0][l]);
@@ -139,7 +127,7 @@ template <typename scalar_t, typename T, int KIND>
 void update_chunk(int learn, bool momentum, const Arrays<scalar_t, T>& a, const Chunk& ch, const Scalars<T>& c) {
   int64_t i = ch.begin;
   for (; i + 4 <= ch.end; i += 4) update_pack<4, ElementMem, scalar_t, T>(KIND, learn, momentum, a, i, c, T(1));
-  for (; i < ch.end; ++i) element_update<scalar_t, T>(KIND, learn, momentum, a, i, c, static_cast<T>(a.g[i]));
+  for (; i < ch.end; ++i) update_pack<1, ElementMem, scalar_t, T>(KIND, learn, momentum, a, i, c, T(1));
 }
 
 template <typename scalar_t, typename T>

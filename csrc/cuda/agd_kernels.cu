@@ -7,55 +7,42 @@
 // gv / gtu: one warp per (output row o, slice s) for g v (the row's d_in elements of slice s, read with
 // stride S: coalesced for matrices), one block of 32 x 8 threads per (32 columns, slice) for g^T u (32
 // consecutive columns per row read together). Every sum runs in a fixed order.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "agd_cuda.h"
+#include "convert_cuda.cuh"
 
 namespace hyperfused {
 namespace cuda {
 namespace {
 
-template <typename S>
-struct Acc {
-  using T = float;
-};
-template <>
-struct Acc<double> {
-  using T = double;
+// The chunk of one tensor that block blockIdx.x of an AgdTable launch covers; its first `stride` threads are
+// rows of ns slices (thread j meets slice j % ns only).
+struct AgdChunk {
+  int t, ns, stride;
+  int64_t begin, end;
 };
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ double to_float(double v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename S>
-__device__ __forceinline__ S from_float(typename Acc<S>::T v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_float<double>(double v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ AgdChunk agd_block_chunk(const AgdTable& tab) {
+  AgdChunk c;
+  c.t = tab.block_tensor[blockIdx.x];
+  c.ns = tab.slices[c.t];
+  const int64_t chunk = agd_chunk(c.ns);
+  c.begin = int64_t(tab.block_chunk[blockIdx.x]) * chunk;
+  c.end = min(tab.numel[c.t], c.begin + chunk);
+  c.stride = (kThreads / c.ns) * c.ns;
+  return c;
+}
 
 template <typename S>
 __global__ void __launch_bounds__(kThreads) agd_sumsq_kernel(AgdTable tab, double* partials, int width) {
-  using T = typename Acc<S>::T;
-  const int t = tab.block_tensor[blockIdx.x];
-  const int ns = tab.slices[t];
-  const int64_t chunk = agd_chunk(ns);
-  const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * chunk;
-  const int64_t end = min(tab.numel[t], begin + chunk);
-  const int stride = (kThreads / ns) * ns;
-  const S* g = static_cast<const S*>(tab.g[t]);
-  T acc = 0;
+  const AgdChunk ch = agd_block_chunk(tab);
+  const int ns = ch.ns, stride = ch.stride;
+  const S* g = static_cast<const S*>(tab.g[ch.t]);
+  math_t<S> acc = 0;
   if (int(threadIdx.x) < stride)
-    for (int64_t i = begin + threadIdx.x; i < end; i += stride) {
-      const T v = to_float(g[i]);
+    for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += stride) {
+      const math_t<S> v = to_math(g[i]);
       acc += v * v;
     }
   __shared__ double sh[kThreads];
@@ -85,20 +72,15 @@ __global__ void agd_sumsq_finish(AgdTable tab, const double* partials, int width
 
 template <typename S>
 __global__ void __launch_bounds__(kThreads) agd_update_kernel(AgdTable tab, const double* coef, const bool* ok) {
-  using T = typename Acc<S>::T;
+  using T = math_t<S>;
   if (ok != nullptr && !*ok) return;
-  const int t = tab.block_tensor[blockIdx.x];
-  const int ns = tab.slices[t];
-  const int64_t chunk = agd_chunk(ns);
-  const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * chunk;
-  const int64_t end = min(tab.numel[t], begin + chunk);
-  const int stride = (kThreads / ns) * ns;
-  if (int(threadIdx.x) >= stride) return;
-  const T c = T(coef[tab.slice_offset[t] + threadIdx.x % ns]);
-  S* x = static_cast<S*>(tab.x[t]);
-  const S* g = static_cast<const S*>(tab.g[t]);
-  for (int64_t i = begin + threadIdx.x; i < end; i += stride)
-    x[i] = from_float<S>(T(to_float(x[i])) - c * T(to_float(g[i])));
+  const AgdChunk ch = agd_block_chunk(tab);
+  if (int(threadIdx.x) >= ch.stride) return;
+  const T c = T(coef[tab.slice_offset[ch.t] + threadIdx.x % ch.ns]);
+  S* x = static_cast<S*>(tab.x[ch.t]);
+  const S* g = static_cast<const S*>(tab.g[ch.t]);
+  for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += ch.stride)
+    x[i] = Convert<S, T>::run(to_math(x[i]) - c * to_math(g[i]));
 }
 
 // g v: warp w of the block handles (o, s) = pair blockIdx.x * warps + w of the (d_out x S) pairs.
@@ -113,7 +95,7 @@ __global__ void __launch_bounds__(256) agd_gv_kernel(const S* g, int64_t d_out, 
   const int lane = threadIdx.x % 32;
   double acc = 0, sq = 0;
   for (int64_t i = lane; i < d_in; i += 32) {
-    const double e = double(to_float(g[(o * d_in + i) * ns + s]));
+    const double e = double(to_math(g[(o * d_in + i) * ns + s]));
     acc += e * v[int64_t(s) * d_in + i];
     sq += e * e;
   }
@@ -137,7 +119,7 @@ __global__ void __launch_bounds__(256) agd_gtu_kernel(const S* g, int64_t d_out,
   double acc = 0;
   if (i < d_in)
     for (int64_t o = threadIdx.y; o < d_out; o += 8)
-      acc += double(to_float(g[(o * d_in + i) * ns + s])) * u[int64_t(s) * d_out + o];
+      acc += double(to_math(g[(o * d_in + i) * ns + s])) * u[int64_t(s) * d_out + o];
   __shared__ double sh[8][32];
   sh[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();

@@ -11,32 +11,13 @@
 // Bytes per parameter of each pass (fp32, SPEC.md 1.4): pass A reads g and the state the Jacobian needs
 // (Adam lr only 12, with betas 16); pass B reads w, g, state and writes w, state (Adam 28, +4 when it also
 // stores the previous gradient); one-pass mode adds nothing to pass B but the partial sums.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "../hyperfused/hyper_elem.h"
+#include "convert_cuda.cuh"
 #include "hyper_cuda.h"
 
 namespace hyperfused {
-
-template <>
-struct Convert<float, __half> {
-  __host__ __device__ __forceinline__ static float run(__half v) { return __half2float(v); }
-};
-template <>
-struct Convert<__half, float> {
-  __host__ __device__ __forceinline__ static __half run(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Convert<float, __nv_bfloat16> {
-  __host__ __device__ __forceinline__ static float run(__nv_bfloat16 v) { return __bfloat162float(v); }
-};
-template <>
-struct Convert<__nv_bfloat16, float> {
-  __host__ __device__ __forceinline__ static __nv_bfloat16 run(float v) { return __float2bfloat16_rn(v); }
-};
-
 namespace cuda {
 namespace {
 
@@ -60,15 +41,6 @@ struct VecMem {
     for (int e = 0; e < N; ++e) pk.v[e] = in[e];
     *reinterpret_cast<Pack<P, N>*>(p) = pk;
   }
-};
-
-template <typename S>
-struct Math {
-  using T = float;
-};
-template <>
-struct Math<double> {
-  using T = double;
 };
 
 __device__ __forceinline__ Scalars<float> row_scalars(const double* row, double eps, float) {
@@ -125,6 +97,7 @@ __device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFl
       jac_pack<kVec, VecMem, S, T>(KIND, f.learn, f.momentum, valid, a, begin + v * kVec, c, inv, s0, s1, s2, bad);
     tail = begin + packs * kVec;
   }
+  // unaligned arrays, and the chunk's tail, element by element (jac_pack<1> here gave an sm_90 spill)
   for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
     const T g = Convert<T, S>::run(a.g[i]) * inv;
     bad += (g - g == T(0)) ? T(0) : T(1);
@@ -182,6 +155,7 @@ __global__ void __launch_bounds__(kThreads)
       update_pack<kVec, VecMem, S, T>(KIND, f.learn, f.momentum, a, begin + v * kVec, c, inv);
     tail = begin + packs * kVec;
   }
+  // unaligned arrays, and the chunk's tail, element by element in place (update_pack<1> here gave more spills)
   for (int64_t i = tail + threadIdx.x; i < end; i += kThreads)
     element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, Convert<T, S>::run(a.g[i]) * inv);
 }

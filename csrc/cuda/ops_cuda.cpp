@@ -410,12 +410,7 @@ at::Tensor agd_normalize_rows_cuda(at::TensorList xs, at::TensorList dsts) {
   auto stream = at::cuda::getCurrentCUDAStream();
   AgdRowTable tab{};
   int64_t offset = 0;
-  for (size_t t = 0; t < xs.size(); ++t) {
-    if (xs[t].numel() == 0) {      // rows of width 0 have norm 0 (nothing to launch for them)
-      if (xs[t].size(0) > 0) norms.narrow(0, offset, xs[t].size(0)).zero_();
-      offset += xs[t].size(0);
-      continue;
-    }
+  for (size_t t = 0; t < xs.size(); ++t) {   // a row of width 0 gets norm 0 from the kernel, like any zero row
     if (tab.n_tensors == kAgdMaxTensors) {
       launch_agd_normalize_rows(tab, norms.data_ptr<double>(), stream.stream());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -437,6 +432,11 @@ at::Tensor agd_normalize_rows_cuda(at::TensorList xs, at::TensorList dsts) {
 }
 
 // The levels above level 0 in one-thread kernels: nothing here reads a device value.
+void check_slots_on(const char* op, at::TensorList slots, const at::Device& device) {
+  for (const auto& t : slots)
+    TORCH_CHECK(t.numel() == 0 || t.device() == device, op, ": every slot must be on ", device);
+}
+
 std::tuple<at::Tensor, at::Tensor> hyper_tower_plan_cuda(at::IntArrayRef desc, at::ArrayRef<double> eps,
                                                          at::TensorList slots, const at::Tensor& d0,
                                                          const at::Tensor& finite) {
@@ -444,9 +444,7 @@ std::tuple<at::Tensor, at::Tensor> hyper_tower_plan_cuda(at::IntArrayRef desc, a
               "CUDA vector");
   TORCH_CHECK(finite.device() == d0.device() && finite.scalar_type() == at::kBool && finite.numel() == 1,
               "hyper_tower_plan: finite must be a one-element bool tensor on ", d0.device());
-  for (const auto& t : slots)
-    TORCH_CHECK(t.numel() == 0 || t.device() == d0.device(), "hyper_tower_plan: every slot must be on ",
-                d0.device());
+  check_slots_on("hyper_tower_plan", slots, d0.device());
   const c10::cuda::CUDAGuard guard(d0.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor scr, ok = at::empty({}, d0.options().dtype(at::kBool));
@@ -468,9 +466,7 @@ void hyper_tower_commit_cuda(at::IntArrayRef desc, at::ArrayRef<double> eps, at:
   TORCH_CHECK(scratch.is_cuda() && ok.device() == scratch.device() && ok.scalar_type() == at::kBool &&
                   ok.numel() == 1,
               "hyper_tower_commit: scratch and ok must be CUDA tensors (ok a one-element bool)");
-  for (const auto& t : slots)
-    TORCH_CHECK(t.numel() == 0 || t.device() == scratch.device(), "hyper_tower_commit: every slot must be on ",
-                scratch.device());
+  check_slots_on("hyper_tower_commit", slots, scratch.device());
   const c10::cuda::CUDAGuard guard(scratch.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   auto okc = ok.reshape({}).contiguous();

@@ -113,20 +113,27 @@ def _update_kernel(ptrs, n_tensors, rows_ptr, slices_ptr, offset_ptr, chunk_tens
 
 
 @triton.jit
+def _mat_program(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, prog_start_ptr,
+                 G_DT: tl.constexpr):
+    """This program's tensor: its first row (g v) or column (g^T u), d_out, d_in, S, and the pointers of the
+    gradient, the input vectors and the output (the pointer table's three rows)."""
+    pid = tl.program_id(0)
+    t = tl.load(prog_tensor_ptr + pid)
+    start = tl.load(prog_start_ptr + pid)
+    gp = tl.load(ptrs + t).to(tl.pointer_type(G_DT))
+    vp = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(tl.float64))
+    op = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(tl.float64))
+    return pid, start, tl.load(dout_ptr + t), tl.load(din_ptr + t), tl.load(slices_ptr + t), gp, vp, op
+
+
+@triton.jit
 def _gv_kernel(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, prog_row_ptr, part_ptr,
                G_DT: tl.constexpr, SP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
     """g v for output rows [o0, o0 + BO) of every slice of one tensor (float64 out (S, d_out)), and those
     rows' per-slice sums of squares (a partial row per program)."""
     ACC: tl.constexpr = tl.float64 if G_DT == tl.float64 else tl.float32
-    pid = tl.program_id(0)
-    t = tl.load(prog_tensor_ptr + pid)
-    o0 = tl.load(prog_row_ptr + pid)
-    dout = tl.load(dout_ptr + t)
-    din = tl.load(din_ptr + t)
-    S = tl.load(slices_ptr + t)
-    gp = tl.load(ptrs + t).to(tl.pointer_type(G_DT))
-    vp = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(tl.float64))
-    op = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(tl.float64))
+    pid, o0, dout, din, S, gp, vp, op = _mat_program(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr,
+                                                     prog_tensor_ptr, prog_row_ptr, G_DT)
     o = o0 + tl.arange(0, BO).to(tl.int64)
     i0 = tl.arange(0, BI).to(tl.int64)
     c = tl.arange(0, SP)
@@ -150,15 +157,8 @@ def _gv_kernel(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, 
 def _gtu_kernel(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, prog_col_ptr,
                 G_DT: tl.constexpr, SP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
     """g^T u for columns [i0, i0 + BI) of every slice of one tensor (float64 out (S, d_in))."""
-    pid = tl.program_id(0)
-    t = tl.load(prog_tensor_ptr + pid)
-    i0 = tl.load(prog_col_ptr + pid)
-    dout = tl.load(dout_ptr + t)
-    din = tl.load(din_ptr + t)
-    S = tl.load(slices_ptr + t)
-    gp = tl.load(ptrs + t).to(tl.pointer_type(G_DT))
-    up = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(tl.float64))
-    op = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(tl.float64))
+    _pid, i0, dout, din, S, gp, up, op = _mat_program(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr,
+                                                      prog_tensor_ptr, prog_col_ptr, G_DT)
     i = i0 + tl.arange(0, BI).to(tl.int64)
     ob = tl.arange(0, BO).to(tl.int64)
     c = tl.arange(0, SP)
@@ -369,33 +369,18 @@ def agd_normalize_rows(xs: List[Tensor], dsts: List[Tensor]) -> Tensor:
     if not xs:
         return torch.zeros(0, dtype=torch.float64)
     dev = xs[0].device
-    norms = torch.zeros(sum(x.shape[0] for x in xs), dtype=torch.float64, device=dev)
-    keep = [i for i, x in enumerate(xs) if x.numel() > 0]     # rows of width 0 have norm 0
-    if not keep:
-        return norms
     rows = tuple(x.shape[0] for x in xs)
-    key = ("normrows", str(dev), rows, tuple(keep))
+    key = ("normrows", str(dev), rows)
     hit = _MAPS.get(key)
-    if hit is None:
-        tensor_of, local, glob = [], [], []
-        for k, i in enumerate(keep):
-            r0 = sum(rows[:i])
-            tensor_of += [k] * rows[i]
-            local += list(range(rows[i]))
-            glob += list(range(r0, r0 + rows[i]))
-        hit = _MAPS[key] = (torch.tensor(tensor_of, dtype=torch.int32).to(dev),
-                            torch.tensor(local, dtype=torch.int64).to(dev),
-                            torch.tensor(glob, dtype=torch.int64).to(dev))
-    tensor_of, local, glob = hit
-    xk, dk = [xs[i] for i in keep], [dsts[i] for i in keep]
-    widths = _dims_tensors(dev, tuple((x.shape[1], x.shape[1], 1) for x in xk))[0]
-    ptrs = _pointer_table(dev, (xk, dk), len(xk))
-    dense = len(keep) == len(xs)
-    out = norms if dense else torch.empty(tensor_of.numel(), dtype=torch.float64, device=dev)
-    _launch(_normalize_rows_kernel, (tensor_of.numel(),), ptrs, len(xk), tensor_of, local, widths, out,
-            BW=AGD_CONFIG["FB"], num_warps=AGD_CONFIG["num_warps"])
-    if not dense:
-        norms.index_copy_(0, glob, out)
+    if hit is None:      # program r: (tensor, row within it); a row of width 0 gets norm 0 like any zero row
+        hit = _MAPS[key] = (torch.tensor([t for t, n in enumerate(rows) for _ in range(n)], dtype=torch.int32).to(dev),
+                            torch.tensor([r for n in rows for r in range(n)], dtype=torch.int64).to(dev))
+    tensor_of, local = hit
+    norms = torch.empty(sum(rows), dtype=torch.float64, device=dev)
+    if norms.numel():
+        widths = _dims_tensors(dev, tuple((x.shape[1], x.shape[1], 1) for x in xs))[0]
+        _launch(_normalize_rows_kernel, (norms.numel(),), _pointer_table(dev, (xs, dsts), len(xs)), len(xs),
+                tensor_of, local, widths, norms, BW=AGD_CONFIG["FB"], num_warps=AGD_CONFIG["num_warps"])
     return norms
 
 

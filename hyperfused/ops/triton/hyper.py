@@ -198,29 +198,40 @@ def _to_storage(x, X_DT: tl.constexpr):
 
 # ------------------------------------------------------------------------------------------------ kernels
 @triton.jit
+def _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, n_tensors, X_DT: tl.constexpr,
+                   M_DT: tl.constexpr, ALIGNED: tl.constexpr, CHUNK: tl.constexpr):
+    """This program's chunk: its tensor t, [start, end), and the tensor's pointers from the table's rows
+    (param, grad, s0, s1, s2; a row the pass does not use holds 0 and is never read)."""
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)   # chunks start at multiples of CHUNK
+    end = tl.minimum(tl.load(numel_ptr + t), start + CHUNK)
+    xp = tl.load(ptrs + 0 * n_tensors + t).to(tl.pointer_type(X_DT))
+    gp = tl.load(ptrs + 1 * n_tensors + t).to(tl.pointer_type(X_DT))
+    p0 = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(M_DT))
+    p1 = tl.load(ptrs + 3 * n_tensors + t).to(tl.pointer_type(M_DT))
+    p2 = tl.load(ptrs + 4 * n_tensors + t).to(tl.pointer_type(M_DT))
+    if ALIGNED:
+        xp = tl.multiple_of(xp, 16)
+        gp = tl.multiple_of(gp, 16)
+        p0 = tl.multiple_of(p0, 16)
+        p1 = tl.multiple_of(p1, 16)
+        p2 = tl.multiple_of(p2, 16)
+    return pid, t, start, end, xp, gp, p0, p1, p2
+
+
+@triton.jit
 def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, eps_ptr, inv_scale_ptr, part_ptr,
                    n_tensors, KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
                    NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, WITH_JAC: tl.constexpr,
                    G_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr, SCALED: tl.constexpr,
                    BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)   # chunks start at multiples of CHUNK
-    n = tl.load(numel_ptr + t)
-    end = tl.minimum(n, start + CHUNK)
+    pid, t, start, end, _xp, gp, p0, p1, p2 = _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
+                                                             n_tensors, G_DT, M_DT, ALIGNED, CHUNK)
     lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps64 = _derived(scal_ptr, t, eps_ptr)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     valid = (zi + (flag != 0.0).to(tl.int32)) != 0     # broadcast first: scalar & block fails in the interpreter
-    gp = tl.load(ptrs + 1 * n_tensors + t).to(tl.pointer_type(G_DT))
-    p0 = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(M_DT))
-    p1 = tl.load(ptrs + 3 * n_tensors + t).to(tl.pointer_type(M_DT))
-    p2 = tl.load(ptrs + 4 * n_tensors + t).to(tl.pointer_type(M_DT))
-    if ALIGNED:
-        gp = tl.multiple_of(gp, 16)
-        p0 = tl.multiple_of(p0, 16)
-        p1 = tl.multiple_of(p1, 16)
-        p2 = tl.multiple_of(p2, 16)
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
     acc2 = tl.zeros([BLOCK], dtype=M_DT)
@@ -268,26 +279,12 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
                    SCALED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Pass B: the update in place, nothing written where the device flag ``ok`` is 0; in one-pass mode also
     the next step's sums from the state as it was before this update (partials as in pass A)."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor_ptr + pid)
-    start = tl.multiple_of(tl.load(chunk_start_ptr + pid), CHUNK)   # chunks start at multiples of CHUNK
-    n = tl.load(numel_ptr + t)
-    end = tl.minimum(n, start + CHUNK)
+    pid, t, start, end, xp, gp, p0, p1, p2 = _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
+                                                            n_tensors, X_DT, M_DT, ALIGNED, CHUNK)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0      # broadcast first: scalar & block fails in the interpreter
     lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, store_prev, eps64 = _derived(scal_ptr, t, eps_ptr)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
-    xp = tl.load(ptrs + 0 * n_tensors + t).to(tl.pointer_type(X_DT))
-    gp = tl.load(ptrs + 1 * n_tensors + t).to(tl.pointer_type(X_DT))
-    p0 = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(M_DT))
-    p1 = tl.load(ptrs + 3 * n_tensors + t).to(tl.pointer_type(M_DT))
-    p2 = tl.load(ptrs + 4 * n_tensors + t).to(tl.pointer_type(M_DT))
-    if ALIGNED:
-        xp = tl.multiple_of(xp, 16)
-        gp = tl.multiple_of(gp, 16)
-        p0 = tl.multiple_of(p0, 16)
-        p1 = tl.multiple_of(p1, 16)
-        p2 = tl.multiple_of(p2, 16)
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
     acc2 = tl.zeros([BLOCK], dtype=M_DT)
