@@ -19,7 +19,6 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -280,8 +279,14 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
     using T = math_t<scalar_t>;
     const auto sc = scalars_table<T>(ps, n, eps);
     const auto sj = one_pass ? scalars_table<T>(pj, n, eps) : std::vector<Scalars<T>>();
+    // Chunks in reverse order: pass A (or the non-finite read) has just swept the same arrays in forward order,
+    // so the arrays of its last chunks, each thread's most recent, are still in the last-level cache and the
+    // update starts there instead of where the cache has long been overwritten. Elementwise, so the order
+    // changes no result; one-pass sums still land in their chunk's slot and are combined in chunk order.
+    const int64_t last = static_cast<int64_t>(chunks.size()) - 1;
     at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t k = last - i;
         const Chunk& ch = chunks[k];
         const auto a = arrays_of<scalar_t, T>(ch.tensor, params, grads, s0, s1, s2);
         if (one_pass) {  // sums from the old state, before this chunk is written

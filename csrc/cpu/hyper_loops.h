@@ -155,43 +155,46 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
                  int64_t begin, int64_t end, const Scalars<T>& c, double* out) {
   const BothScalars<T> sc(c);
   const bool h1 = (f.learn & kLearnH1) != 0, h12 = (f.learn & (kLearnH1 | kLearnH2)) != 0;
-  const Streams<T> streams{{g, with_jac ? s0 : nullptr, with_jac ? s1 : nullptr, with_jac ? s2 : nullptr}};
+  // prefetch exactly the streams the body reads: an array the caller passes but the body does not use (the
+  // previous gradient where only g and s0 enter) would otherwise be pulled through memory for nothing
+  const Streams<T> g_only{{g, nullptr, nullptr, nullptr}}, g_s0{{g, s0, nullptr, nullptr}},
+      g_s01{{g, s0, s1, nullptr}}, g_s012{{g, s0, s1, s2}};
   if (!with_jac) {
-    return reduce_loop<T, false>(streams, g, begin, end, out, [](auto, int64_t, auto&, auto&, auto&) {});
+    return reduce_loop<T, false>(g_only, g, begin, end, out, [](auto, int64_t, auto&, auto&, auto&) {});
   }
   switch (f.kind) {
     case kSGD:
       if (f.momentum && h1) {  // J_lr = -buf, J_mu = -lr buf_prev
-        return reduce_loop<T, true>(streams, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
+        return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
           using V = decltype(z);
           j0 = -ld<V>(s0, k);
           j1 = -sc.template get<V>().lr * ld<V>(s1, k);
         });
       }
       // J_lr = -buf (momentum) or -g_prev (no momentum): both are s0
-      return reduce_loop<T, true>(streams, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
+      return reduce_loop<T, true>(g_s0, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
         using V = decltype(z);
         j0 = -ld<V>(s0, k);
       });
     case kAdagrad:
-      return reduce_loop<T, true>(streams, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
+      return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
         using V = decltype(z);
         j0 = adagrad_jac_lr(ld<V>(s1, k), ld<V>(s0, k), sc.template get<V>().eps);
       });
     case kRMSprop:
-      return reduce_loop<T, true>(streams, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
+      return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
         using V = decltype(z);
         rmsprop_jac(ld<V>(s1, k), ld<V>(s0, k), sc.template get<V>(), j0, j1);
         if (!h1) j1 = V(0);
       });
     default:
       if (h12) {
-        return reduce_loop<T, true>(streams, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto& j2) {
+        return reduce_loop<T, true>(g_s012, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto& j2) {
           using V = decltype(z);
           adam_jac(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.template get<V>(), j0, j1, j2);
         });
       }
-      return reduce_loop<T, true>(streams, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
+      return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
         using V = decltype(z);
         j0 = adam_jac_lr(ld<V>(s0, k), ld<V>(s1, k), sc.template get<V>());
       });
@@ -203,7 +206,8 @@ template <typename T>
 void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int64_t begin, int64_t end,
                  const Scalars<T>& c) {
   const BothScalars<T> sc(c);
-  const Streams<T> streams{{x, g, s0, s1}};
+  // the streams each body reads (see reduce_impl); written-only arrays are not prefetched
+  const Streams<T> x_g{{x, g, nullptr, nullptr}}, x_g_s0{{x, g, s0, nullptr}}, x_g_s01{{x, g, s0, s1}};
   const bool h1 = (f.learn & kLearnH1) != 0;
   // which kinds write the previous gradient (SPEC.md 1.3), unless the caller keeps the gradient itself
   const bool lr = (f.learn & kLearnLr) != 0 && f.store_prev;
@@ -212,7 +216,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
   switch (f.kind) {
     case kSGD:
       if (f.momentum) {
-        return update_loop<T>(streams, begin, end, [&](auto z, int64_t k) {
+        return update_loop<T>(x_g_s0, begin, end, [&](auto z, int64_t k) {
           using V = decltype(z);
           const auto& cc = sc.template get<V>();
           V buf = ld<V>(s0, k);
@@ -221,14 +225,14 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
           st<V>(s0, k, buf);
         });
       }
-      return update_loop<T>(streams, begin, end, [&](auto z, int64_t k) {
+      return update_loop<T>(x_g, begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const V gk = ld<V>(g, k);
         st<V>(x, k, sgd_step(ld<V>(x, k), gk, sc.template get<V>().lr));
         if (lr) st<V>(s0, k, gk);                       // the previous gradient, for J_lr
       });
     case kAdagrad:
-      return update_loop<T>(streams, begin, end, [&](auto z, int64_t k) {
+      return update_loop<T>(x_g_s0, begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
@@ -238,7 +242,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         if (any) st<V>(s1, k, gk);
       });
     case kRMSprop:
-      return update_loop<T>(streams, begin, end, [&](auto z, int64_t k) {
+      return update_loop<T>(x_g_s0, begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
@@ -248,7 +252,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         if (any) st<V>(s1, k, gk);
       });
     default:
-      return update_loop<T>(streams, begin, end, [&](auto z, int64_t k) {
+      return update_loop<T>(x_g_s01, begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const V gk = ld<V>(g, k);
         V m = ld<V>(s0, k), v = ld<V>(s1, k);

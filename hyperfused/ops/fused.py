@@ -50,25 +50,27 @@ def _eps(kind: str, cfg: dict) -> float:
 def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], raw: Dict[str, Tensor],
             steps: Optional[Tensor], valid: Optional[Tensor], device) -> Tensor:
     """The float64 [n, 8] table: lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2), step, valid."""
-    def col(v):
-        if v is None:
-            return torch.zeros(n, dtype=torch.float64, device=device)
-        if v.dtype != torch.float64:
-            v = v.to(torch.float64)
-        return v.expand(n) if v.dim() == 0 else v
+    out = torch.zeros((n, 8), dtype=torch.float64, device=device)
+
+    def put(j, v):     # copy_ broadcasts a one-element value down the column and casts it to float64
+        if v is not None:
+            out.select(1, j).copy_(v)
 
     h1 = H1.get(kind)
-    cols = [
-        col(hp["lr"]),
-        col(hp.get(h1)) if h1 else col(None),
-        col(hp.get("beta2")) if kind == "adam" else col(None),
-        col(raw["lr"]) if (kind == "rmsprop" and "lr" in learned) else col(None),
-        col(ref.dsigma(raw[h1])) if (h1 in learned and kind in ("adam", "rmsprop")) else col(None),
-        col(ref.dsigma(raw["beta2"])) if "beta2" in learned else col(None),
-        col(steps),
-        col(valid),
-    ]
-    return torch.stack(cols, dim=1).contiguous()
+    put(0, hp["lr"])
+    if h1:
+        put(1, hp.get(h1))
+    if kind == "adam":
+        put(2, hp.get("beta2"))
+    if kind == "rmsprop" and "lr" in learned:
+        put(3, raw["lr"])
+    if h1 in learned and kind in ("adam", "rmsprop"):
+        put(4, ref.dsigma(raw[h1]))
+    if "beta2" in learned:
+        put(5, ref.dsigma(raw["beta2"]))
+    put(6, steps)
+    put(7, valid)
+    return out
 
 
 def _lists(kind, cfg, learned, states):
@@ -175,8 +177,7 @@ def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, ra
     g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
     rows = _by_dtype(g, lambda idx: kernels.hyper_reduce(
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
-        [g[i] for i in idx], [s0[i] for i in idx] if s0 else [], [s1[i] for i in idx] if s1 else [],
-        [s2[i] for i in idx] if s2 else [], scal[idx].contiguous(), **_scaled(inv_scale)), n)
+        _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx), _pick(scal, idx), **_scaled(inv_scale)), n)
     finite = rows[:, 3].sum() == 0
     return _deltas(kind, learned, per_tensor_lr, rows, dt), finite
 
@@ -209,9 +210,8 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), dev)
     rows = _by_dtype(g, lambda idx: kernels.hyper_update(
         KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
-        [work[i] for i in idx], [g[i] for i in idx], [s0[i] for i in idx] if s0 else [],
-        [s1[i] for i in idx] if s1 else [], [s2[i] for i in idx] if s2 else [], scal[idx].contiguous(),
-        None if scal_jac is None else scal_jac[idx].contiguous(), ok, **_scaled(inv_scale)), n)
+        _pick(work, idx), _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx), _pick(scal, idx),
+        _pick(scal_jac, idx), ok, **_scaled(inv_scale)), n)
     for p, w in zip(params, work):
         if w.data_ptr() != p.data_ptr():          # a contiguous copy of a non-dense parameter: write it back
             p.detach().copy_(w)
@@ -232,14 +232,25 @@ def _scaled(inv_scale) -> dict:
     return {} if inv_scale is None else {"inv_scale": inv_scale}
 
 
+def _pick(items, idx: Optional[List[int]]):
+    """The entries ``idx`` of a list (an empty list stays empty) or the rows ``idx`` of a table; everything
+    for ``idx=None`` (one dtype: no copies)."""
+    if idx is None or items is None or (isinstance(items, list) and not items):
+        return items
+    if isinstance(items, Tensor):
+        return items[idx].contiguous()
+    return [items[i] for i in idx]
+
+
 def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
-    """Run ``call(indices)`` once per gradient dtype and put the [k, 4] rows back in tensor order."""
+    """Run ``call(indices)`` once per gradient dtype (``call(None)``: all of them, when there is one dtype)
+    and put the [k, 4] rows back in tensor order."""
     dtypes = []
     for t in grads:
         if t.dtype not in dtypes:
             dtypes.append(t.dtype)
     if len(dtypes) == 1:
-        return call(list(range(n)))
+        return call(None)
     out = torch.zeros(n, 4, dtype=torch.float64, device=grads[0].device)
     for d in dtypes:
         idx = [i for i, t in enumerate(grads) if t.dtype == d]

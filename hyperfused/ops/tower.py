@@ -53,15 +53,15 @@ def _args(levels, specs, device, dtype) -> Tuple[List[int], List[float], List[Te
 
 
 def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
-    """Tentative tower step: (scratch, ok) on the device; nothing the optimizer holds is written."""
+    """Tentative tower step: (scratch, ok) on the device; nothing the optimizer holds is written. The scratch
+    also carries the op's argument lists, which ``commit`` of the same step reuses."""
     dt = levels[0]["hp"]["lr"].dtype
-    desc, eps, slots = _args(levels, specs, d0_flat.device, dt)
-    scr, ok = torch.ops.hyperfused.hyper_tower_plan(desc, eps, slots, d0_flat.to(dt).contiguous(),
-                                                     finite.reshape(()))
-    return scr, ok
+    args = _args(levels, specs, d0_flat.device, dt)
+    scr, ok = torch.ops.hyperfused.hyper_tower_plan(*args, d0_flat.to(dt).contiguous(), finite.reshape(()))
+    return (scr, args), ok
 
 
-def commit(levels, specs, scr: Tensor, ok: Tensor) -> None:
+def commit(levels, specs, scratch, ok: Tensor) -> None:
     """Write the tentative step where ``ok`` (0-dim bool on the device) is set."""
-    desc, eps, slots = _args(levels, specs, scr.device, scr.dtype)
-    torch.ops.hyperfused.hyper_tower_commit(desc, eps, slots, scr, ok.reshape(()))
+    scr, args = scratch
+    torch.ops.hyperfused.hyper_tower_commit(*args, scr, ok.reshape(()))
