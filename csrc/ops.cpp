@@ -34,6 +34,13 @@ TORCH_LIBRARY(hyperfused, m) {
   // desc: [K, block, top_units] + per level [kind, learn, momentum, per, nstate, nlr, units]; eps per level;
   // slots: 8 per level (lr, h1, h2, s0, s1, s2, step, valid; an empty tensor where a level has none).
   m.def("hyper_tower_plan(int[] desc, float[] eps, Tensor[] slots, Tensor d0, Tensor finite) -> (Tensor, Tensor)");
+  // hyper_reduce, its finishing step and hyper_tower_plan in one op (on CUDA the finishing kernel runs the tower):
+  // returns (rows, scratch, ok). d0_map = [per_lr, the rows' column of each name level 0 learns, in order]: how
+  // the rows make level 0's flat hypergradient (columns summed over the tensors in tensor order; a per-tensor lr
+  // column as it is, the tensors then being the whole group in order).
+  m.def("hyper_reduce_tower(int kind, int learn, bool momentum, float eps, Tensor[] grads, Tensor[] s0, "
+        "Tensor[] s1, Tensor[] s2, Tensor scal, int[] d0_map, int[] desc, float[] tower_eps, Tensor[] slots, "
+        "Tensor? inv_scale=None) -> (Tensor, Tensor, Tensor)");
   m.def("hyper_tower_commit(int[] desc, float[] eps, Tensor(a!)[] slots, Tensor scratch, Tensor ok) -> ()");
   // Automatic Gradient Descent: per-slice sums of squares of every gradient (float64, concatenated), and the
   // update W -= coef[slice] * g (coef: float64, one per slice, concatenated).

@@ -300,10 +300,15 @@ def test_levels_above_run_as_the_compiled_tower_ops(monkeypatch):
     the reference); a tower taller than they take falls back to the Python tower, with the same results."""
     from hyperfused.ops import tower
     calls = []
-    real = tower.plan
-    monkeypatch.setattr(tower, "plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("plan", "reduce_plan"):        # reduce_plan: pass A and the tower in one op (exact mode)
+        real_fn = getattr(tower, name)
+        monkeypatch.setattr(tower, name, lambda *a, _f=real_fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     _compare(_maker("adam", {}, 3), torch.float64, False, steps=3)
-    assert len(calls) == 3
+    assert calls == ["reduce_plan"] * 3
+    calls.clear()
+    _compare(_maker("adam", {}, 3), torch.float64, True, steps=3)
+    assert calls == ["plan"] * 3                 # one-pass: the sums come from pass B, then the tower op
+    real = tower.plan
 
     def tall(params, backend, one_pass):
         hyper = hf.SGD(lr=1e-9)
@@ -312,7 +317,8 @@ def test_levels_above_run_as_the_compiled_tower_ops(monkeypatch):
         return hf.SGD(params, lr=0.05, hyper=hyper, backend=backend, one_pass=one_pass)
     calls.clear()
     _compare(tall, torch.float64, False, steps=3)
-    assert not calls and not tower.supported(*_tower_of(tall))      # 9 levels: the Python tower
+    assert not calls and not tower.supported(*_tower_of(tall))
+    del real      # 9 levels: the Python tower
 
 
 def _tower_of(make):
@@ -337,3 +343,75 @@ def _tower_of(make):
 @pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
 def test_compiled_tower_on_mixed_towers(make, one_pass):
     _compare(make, torch.float64, one_pass)
+
+
+def _fusion_run(make, fused, monkeypatch, steps=5, drop=None):
+    """Train with pass A and the tower as the one op hyper_reduce_tower (fused=True) or as hyper_reduce then
+    hyper_tower_plan; ``drop``: the index of a parameter that gets no gradient at odd steps."""
+    from hyperfused.ops import tower
+    used = []
+    real = tower.reduce_plan
+    monkeypatch.setattr(tower, "reduce_plan", lambda *a, **k: used.append(1) or real(*a, **k))
+    if not fused:
+        monkeypatch.setattr(tower, "fusable", lambda *a, **k: False)
+    params = _params(torch.float64)
+    opt = make(params, "cpu", False)
+    for t in range(steps):
+        for i, (p, g) in enumerate(zip(params, _grads(params, t))):
+            p.grad = None if (drop == i and t % 2) else g
+        opt.step()
+    monkeypatch.undo()
+    return params, opt, len(used)
+
+
+@pytest.mark.parametrize("make", [
+    _maker("adam", {}, 2),
+    _maker("sgd", dict(momentum=0.9), 3),
+    _maker("sgd", dict(per_tensor=True), 1),
+    lambda p, b, o: hf.RMSprop(p, lr=0.01, hyper=hf.Adam(lr=1e-4, hyper=hf.SGD(lr=1e-5)), backend=b),
+    lambda p, b, o: hf.Adagrad(p, lr=0.05, per_tensor=True, hyper=hf.SGD(lr=1e-6, per_tensor=True,
+                                                                         hyper=hf.SGD(lr=1e-9)), backend=b),
+], ids=["adam-2", "sgd-momentum-3", "sgd-per-tensor-1", "rmsprop-adam-sgd", "adagrad-per-tensor-3"])
+@pytest.mark.parametrize("drop", [None, 2], ids=["all-grads", "a-tensor-without-grad"])
+def test_pass_a_and_tower_in_one_op_match_the_two_ops(make, drop, monkeypatch):
+    """hyper_reduce_tower (pass A, its rows made into level 0's flat hypergradient, the tower's plan) gives the
+    trajectory of hyper_reduce + the Python glue + hyper_tower_plan, in float64 to rounding; where a per-tensor
+    lr misses a gradient the optimizer takes the two-op path (the rows are not the group's vector then)."""
+    p1, o1, n1 = _fusion_run(make, True, monkeypatch, drop=drop)
+    p2, o2, n2 = _fusion_run(make, False, monkeypatch, drop=drop)
+    per = o1.param_groups[0].get("per_tensor", False)
+    assert n1 == (1 + 2 if (drop is not None and per) else 5) and n2 == 0
+    for a, b in zip(p1, p2):
+        assert _rel(a.detach(), b.detach()) <= 1e-13
+    for la, lb in zip(o1.levels, o2.levels):
+        ha, hb = la.hyperparameters(), lb.hyperparameters()
+        for name in hb:
+            a, b = torch.tensor(ha[name], dtype=torch.float64), torch.tensor(hb[name], dtype=torch.float64)
+            assert torch.isfinite(b).all(), f"{name} diverged: the test setup is too aggressive"
+            assert _rel(a, b) <= 1e-13, name
+
+
+def test_reduce_tower_op_rejects_a_map_that_does_not_fit_the_tower():
+    from hyperfused.ops import fused, tower
+    params = _params(torch.float64)
+    opt = hf.Adam(params, lr=1e-3, hyper=hf.SGD(lr=1e-5), backend="cpu")
+    for p, g in zip(params, _grads(params, 0)):
+        p.grad = g
+    opt.step()
+    levels, specs = _tower_of(lambda p, b, o: hf.Adam(p, lr=1e-3, hyper=hf.SGD(lr=1e-5), backend=b))
+    args = tower._args(levels, specs, torch.device("cpu"), torch.float64)
+    states = [opt.state[p] for p in params]
+    head, g, s0, s1, s2, scal = fused._reduce_args("adam", {"eps": 1e-8}, ("lr", "beta1", "beta2"),
+                                                    [p.grad for p in params], states,
+                                                    [st["moved"] for st in states],
+                                                    opt._values_of(opt._level_specs(0)[0], levels[0]["hp"]),
+                                                    levels[0]["hp"])
+    op = torch.ops.hyperfused.hyper_reduce_tower
+    rows, scr, ok = op(*head, g, s0, s1, s2, scal, [0, 0, 1, 2], *args)
+    assert rows.shape == (len(params), 4) and bool(ok)
+    with pytest.raises(RuntimeError, match="delta of 2 entries; level 1 optimizes 3"):
+        op(*head, g, s0, s1, s2, scal, [0, 0, 1], *args)
+    with pytest.raises(RuntimeError, match="column 5 is not 0, 1 or 2"):
+        op(*head, g, s0, s1, s2, scal, [0, 0, 1, 5], *args)
+    with pytest.raises(RuntimeError, match="d0_map must be"):
+        op(*head, g, s0, s1, s2, scal, [0], *args)

@@ -20,10 +20,12 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "../hyperfused/hyper_elem.h"
+#include "../hyperfused/tower_desc.h"
 #include "hyper_loops_api.h"
 
 namespace hyperfused {
@@ -305,6 +307,28 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
   return combine(chunks, part, n);
 }
 
+// Pass A and the levels above: the rows, then level 0's flat hypergradient from them and the tower's plan.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cpu(
+    int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads, at::TensorList s0,
+    at::TensorList s1, at::TensorList s2, const at::Tensor& scal, at::IntArrayRef d0_map, at::IntArrayRef desc,
+    at::ArrayRef<double> tower_eps, at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
+  TORCH_CHECK(!slots.empty(), "hyper_reduce_tower: no tower slots");
+  const auto dtype = slots[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "hyper_reduce_tower: the tower's dtype must be float32 "
+              "or float64, got ", dtype);
+  auto rows = hyper_reduce_cpu(kind, learn, momentum, eps, grads, s0, s1, s2, scal, inv_scale);
+  at::Tensor scr, ok = at::empty({}, at::TensorOptions().dtype(at::kBool));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "hyper_reduce_tower", [&] {
+    const auto d = tower_desc<scalar_t>("hyper_reduce_tower", desc, tower_eps, slots, dtype);
+    const auto m = d0_map_of("hyper_reduce_tower", d0_map, rows.size(0), d);
+    std::vector<scalar_t> d0(static_cast<size_t>(d.lv[1].units));
+    const bool finite = tower_d0_from_rows<scalar_t>(rows.const_data_ptr<double>(), rows.size(0), m, d0.data());
+    scr = at::zeros({6 * d.K * d.block}, at::TensorOptions().dtype(dtype));
+    ok.fill_(tower_plan<scalar_t>(d, d0.data(), finite, scr.data_ptr<scalar_t>()));
+  });
+  return {rows, scr, ok};
+}
+
 // One read of the gradients: the number of non-finite elements per tensor (float64, shape [n]).
 at::Tensor nonfinite_count_cpu(at::TensorList grads) {
   const int64_t n = grads.size();
@@ -338,6 +362,7 @@ TORCH_LIBRARY_IMPL(hyperfused, CPU, m) {
   m.impl("hyper_reduce", &hyper_reduce_cpu);
   m.impl("hyper_update", &hyper_update_cpu);
   m.impl("nonfinite_count", &nonfinite_count_cpu);
+  m.impl("hyper_reduce_tower", &hyper_reduce_tower_cpu);
 }
 
 }  // namespace hyperfused

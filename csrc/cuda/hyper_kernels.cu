@@ -15,6 +15,7 @@
 
 #include "../hyperfused/hyper_elem.h"
 #include "convert_cuda.cuh"
+#include "finish.cuh"
 #include "hyper_cuda.h"
 
 namespace hyperfused {
@@ -191,13 +192,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void finish_kernel(const double* partials, const int* block_ids, int total_blocks, double* out,
                               int n_tensors) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= n_tensors) return;
-  double acc[4] = {0, 0, 0, 0};
-  for (int b = 0; b < total_blocks; ++b) {
-    if (block_ids[b] != t) continue;
-    for (int q = 0; q < 4; ++q) acc[q] += partials[int64_t(b) * 4 + q];
-  }
-  for (int q = 0; q < 4; ++q) out[int64_t(t) * 4 + q] = acc[q];
+  if (t < n_tensors) finish_row(partials, block_ids, total_blocks, out, t);
 }
 
 template <template <typename, int> class Launch, typename... Args>

@@ -139,6 +139,26 @@ const double* inv_scale_ptr(const char* op, const c10::optional<at::Tensor>& inv
   return f.data_ptr<double>();
 }
 
+// Pass A's kernels: the per-block partial sums and the blocks' tensor indices.
+std::tuple<at::Tensor, at::Tensor> reduce_partials(const char* op, int64_t kind, int64_t learn, bool momentum,
+                                                   double eps, at::TensorList grads, at::TensorList s0,
+                                                   at::TensorList s1, at::TensorList s2, const at::Tensor& scal,
+                                                   const c10::optional<at::Tensor>& inv_scale, cudaStream_t stream) {
+  const int64_t blocks = total_blocks(grads);
+  auto partials = at::zeros({blocks, kOutCols}, scal.options());
+  auto ids = at::full({blocks}, -1, scal.options().dtype(at::kInt));
+  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps,
+                      vec_aligned({grads, s0, s1, s2})};
+  const DType dt = dtype_of(grads[0]);
+  const double* inv = inv_scale_ptr(op, inv_scale, grads[0]);
+  for_tables({}, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
+    launch_reduce(dt, tab, f, /*with_jac=*/true, scal.data_ptr<double>(), inv, partials.data_ptr<double>(),
+                  ids.data_ptr<int>(), offset, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {partials, ids};
+}
+
 at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads,
                              at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal,
                              const c10::optional<at::Tensor>& inv_scale) {
@@ -147,19 +167,42 @@ at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double 
   if (n == 0) return at::zeros({0, kOutCols}, scal.options());
   const c10::cuda::CUDAGuard guard(grads[0].device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t blocks = total_blocks(grads);
-  auto partials = at::zeros({blocks, kOutCols}, scal.options());
-  auto ids = at::full({blocks}, -1, scal.options().dtype(at::kInt));
-  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps,
-                      vec_aligned({grads, s0, s1, s2})};
-  const DType dt = dtype_of(grads[0]);
-  const double* inv = inv_scale_ptr("hyper_reduce", inv_scale, grads[0]);
-  for_tables({}, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
-    launch_reduce(dt, tab, f, /*with_jac=*/true, scal.data_ptr<double>(), inv, partials.data_ptr<double>(),
-                  ids.data_ptr<int>(), offset, stream.stream());
+  auto [partials, ids] = reduce_partials("hyper_reduce", kind, learn, momentum, eps, grads, s0, s1, s2, scal,
+                                         inv_scale, stream.stream());
+  return finish(partials, ids, n, stream.stream());
+}
+
+void check_slots_on(const char* op, at::TensorList slots, const at::Device& device);
+
+// Pass A, then one kernel that finishes its sums and runs the levels above (tower_kernels.cu).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cuda(
+    int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads, at::TensorList s0,
+    at::TensorList s1, at::TensorList s2, const at::Tensor& scal, at::IntArrayRef d0_map, at::IntArrayRef desc,
+    at::ArrayRef<double> tower_eps, at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
+  check("hyper_reduce_tower", grads, {}, s0, s1, s2, scal);
+  const int64_t n = grads.size();
+  TORCH_CHECK(n > 0 && !slots.empty(), "hyper_reduce_tower: no gradients or no tower slots");
+  check_slots_on("hyper_reduce_tower", slots, grads[0].device());
+  const auto dtype = slots[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "hyper_reduce_tower: the tower's dtype must be float32 "
+              "or float64, got ", dtype);
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto [partials, ids] = reduce_partials("hyper_reduce_tower", kind, learn, momentum, eps, grads, s0, s1, s2,
+                                         scal, inv_scale, stream.stream());
+  auto rows = at::empty({n, kOutCols}, scal.options());
+  at::Tensor scr, ok = at::empty({}, scal.options().dtype(at::kBool));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "hyper_reduce_tower", [&] {
+    const auto d = tower_desc<scalar_t>("hyper_reduce_tower", desc, tower_eps, slots, dtype);
+    const auto m = d0_map_of("hyper_reduce_tower", d0_map, n, d);
+    auto d0 = at::empty({d.lv[1].units}, scal.options().dtype(dtype));
+    scr = at::zeros({6 * d.K * d.block}, scal.options().dtype(dtype));
+    launch_finish_tower(partials.data_ptr<double>(), ids.data_ptr<int>(), static_cast<int>(partials.size(0)),
+                        rows.data_ptr<double>(), static_cast<int>(n), m, d, d0.data_ptr<scalar_t>(),
+                        scr.data_ptr<scalar_t>(), ok.data_ptr<bool>(), stream.stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return finish(partials, ids, n, stream.stream());
+  return {rows, scr, ok};
 }
 
 at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
@@ -490,6 +533,7 @@ TORCH_LIBRARY_IMPL(hyperfused, CUDA, m) {
   m.impl("agd_gv", &agd_gv_cuda);
   m.impl("agd_gtu", &agd_gtu_cuda);
   m.impl("hyper_reduce", &hyper_reduce_cuda);
+  m.impl("hyper_reduce_tower", &hyper_reduce_tower_cuda);
   m.impl("hyper_update", &hyper_update_cuda);
   m.impl("nonfinite_count", &nonfinite_count_cuda);
   m.impl("multi_tensor_dot", &multi_tensor_dot_cuda);

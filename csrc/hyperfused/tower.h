@@ -47,6 +47,35 @@ struct TowerDesc {
   TowerLevel<T> lv[kMaxTowerLevels];
 };
 
+// How pass A's per-tensor rows [n, 4] (sum g*J_lr, g*J_h1, g*J_h2, non-finite count; float64) become level 0's
+// flat hypergradient, the vector level 1 optimizes: per learned name in level 0's order, the column summed over
+// the tensors (in tensor order, in T), or for a per-tensor lr the column itself (one entry per tensor).
+struct D0Map {
+  int ncols = 0;
+  int col[3] = {0, 0, 0};   // the rows' column of each learned name
+  bool per_lr = false;      // column 0 (lr) is per tensor
+};
+
+// Writes the flat delta to d0; returns whether every gradient element was finite (no row counted one).
+template <typename T>
+HF_HOST_DEVICE bool tower_d0_from_rows(const double* rows, int64_t n, const D0Map& m, T* d0) {
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) finite = finite && rows[i * 4 + 3] == 0.0;
+  int64_t pos = 0;
+  for (int c = 0; c < m.ncols; ++c) {
+    const int col = m.col[c];
+    if (col == 0 && m.per_lr) {
+      for (int64_t i = 0; i < n; ++i) d0[pos + i] = static_cast<T>(rows[i * 4]);
+      pos += n;
+    } else {
+      T acc = T(0);
+      for (int64_t i = 0; i < n; ++i) acc += static_cast<T>(rows[i * 4 + col]);
+      d0[pos++] = acc;
+    }
+  }
+  return finite;
+}
+
 template <typename T>
 HF_HOST_DEVICE bool tower_finite(T x) { return x - x == T(0); }
 

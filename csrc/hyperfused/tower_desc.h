@@ -68,4 +68,24 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
   return d;
 }
 
+// The D0Map (tower.h) of the reduce-and-tower op: d0_map = [per_lr, column of each learned name of level 0...];
+// n rows (tensors). Checks that the flat vector it makes is the one level 1 optimizes.
+template <typename T>
+D0Map d0_map_of(const char* op, at::IntArrayRef map, int64_t n, const TowerDesc<T>& d) {
+  TORCH_CHECK(map.size() >= 2 && map.size() <= 4, op, ": d0_map must be [per_lr, 1 to 3 columns], got ",
+              map.size(), " entries");
+  D0Map m;
+  m.per_lr = map[0] != 0;
+  m.ncols = static_cast<int>(map.size()) - 1;
+  int64_t len = 0;
+  for (int c = 0; c < m.ncols; ++c) {
+    TORCH_CHECK(map[c + 1] >= 0 && map[c + 1] <= 2, op, ": d0_map column ", map[c + 1], " is not 0, 1 or 2");
+    m.col[c] = static_cast<int>(map[c + 1]);
+    len += (m.col[c] == 0 && m.per_lr) ? n : 1;
+  }
+  TORCH_CHECK(len == d.lv[1].units, op, ": the rows of ", n, " tensors make a delta of ", len,
+              " entries; level 1 optimizes ", d.lv[1].units);
+  return m;
+}
+
 }  // namespace hyperfused

@@ -162,24 +162,41 @@ def _compiled():
     return torch.ops.hyperfused
 
 
+def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw):
+    """hyper_reduce's positional arguments (for one gradient dtype: the caller splits by dtype)."""
+    n = len(grads)
+    valid = _check_prev_grads(states, list(valid))
+    s0, s1, s2 = _lists(kind, cfg, learned, states)
+    steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
+    scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), grads[0].device)
+    g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
+    head = (KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg))
+    return head, g, s0, s1, s2, scal
+
+
 def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, kernels=None, inv_scale=None):
     """Pass A on the compiled kernel (or ``kernels``, an object with the ops' functions, e.g. the Triton
     module); same contract as ``reference.hyper_reduce``. ``inv_scale``: GradScaler's 1 / scale (one-element
     float64 tensor on the device), applied by the kernels as they read the gradients."""
     kernels = kernels or _compiled()
-    dt = hp["lr"].dtype
-    n = len(grads)
-    valid = _check_prev_grads(states, list(valid))
-    s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
-    dev = grads[0].device
-    scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), dev)
-    g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
+    head, g, s0, s1, s2, scal = _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw)
     rows = _by_dtype(g, lambda idx: kernels.hyper_reduce(
-        KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
-        _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx), _pick(scal, idx), **_scaled(inv_scale)), n)
+        *head, _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx), _pick(scal, idx),
+        **_scaled(inv_scale)), len(g))
     finite = rows[:, 3].sum() == 0
-    return _deltas(kind, learned, per_tensor_lr, rows, dt), finite
+    return _deltas(kind, learned, per_tensor_lr, rows, hp["lr"].dtype), finite
+
+
+def hyper_reduce_tower(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, tower_args,
+                       inv_scale=None) -> Tuple[Tensor, Tensor]:
+    """Pass A and the levels above in one compiled op (one gradient dtype; the tensors are the whole group, in
+    order, when the lr is per tensor): ``tower_args`` are the tower ops' (desc, eps, slots). Returns the tower's
+    (scratch, ok), as ``tower.plan`` does after ``hyper_reduce``."""
+    head, g, s0, s1, s2, scal = _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw)
+    d0_map = [int(per_tensor_lr)] + [COLUMN[(kind, name)] for name in learned]
+    _, scr, ok = _compiled().hyper_reduce_tower(*head, g, s0, s1, s2, scal, d0_map, *tower_args,
+                                                **_scaled(inv_scale))
+    return scr, ok
 
 
 def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None,

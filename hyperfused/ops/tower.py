@@ -61,6 +61,25 @@ def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
     return (scr, args), ok
 
 
+def fusable(levels, specs, grads, per_tensor_lr: bool, n_group: int) -> bool:
+    """Pass A and the tower can run as the one op ``hyper_reduce_tower``: the compiled tower covers it, the
+    gradients share one dtype, level 0 learns something, and a per-tensor lr has a gradient for every tensor of
+    the group (the op's rows are then the group's vector)."""
+    learned0 = specs[0][2]
+    return (bool(grads) and bool(learned0) and supported(levels, specs)
+            and all(g.dtype == grads[0].dtype for g in grads)
+            and not (per_tensor_lr and "lr" in learned0 and len(grads) != n_group))
+
+
+def reduce_plan(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, levels, specs, inv_scale=None):
+    """Pass A and the tentative tower step in one op (see ``fusable``): (scratch, ok) as ``plan`` returns."""
+    from . import fused
+    args = _args(levels, specs, grads[0].device, levels[0]["hp"]["lr"].dtype)
+    scr, ok = fused.hyper_reduce_tower(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, args,
+                                       inv_scale=inv_scale)
+    return (scr, args), ok
+
+
 def commit(levels, specs, scratch, ok: Tensor) -> None:
     """Write the tentative step where ``ok`` (0-dim bool on the device) is set."""
     scr, args = scratch

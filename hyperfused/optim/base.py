@@ -354,8 +354,9 @@ class HyperOptimizer(torch.optim.Optimizer):
         if not self._one_pass:
             # exact: pass A, the tower on scalars, then pass B with the new hyperparameters
             for plan in plans:
-                d0, finite = self._pass_a(plan)
-                self._plan_tower(plan, d0, finite)
+                if not self._pass_a_and_tower(plan):
+                    d0, finite = self._pass_a(plan)
+                    self._plan_tower(plan, d0, finite)
             ok = _all([plan["ok"] for plan in plans] + ([] if scaler_ok is None else [scaler_ok]))
             for plan in plans:
                 self._commit_tower(plan, ok)
@@ -496,6 +497,24 @@ class HyperOptimizer(torch.optim.Optimizer):
                                       plan["states"], [st["moved"] for st in plan["states"]],
                                       self._values_of(spec0, hp_rows), hp_rows, inv_scale=plan.get("inv_scale"))
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
+
+    def _pass_a_and_tower(self, plan) -> bool:
+        """Pass A and the levels above as one compiled op (cpu, cuda: on CUDA pass A's finishing kernel runs the
+        tower), where it applies: not sharded (the partial sums are all-reduced between the two), see
+        ``tower.fusable``. Returns False to leave it to ``_pass_a`` and ``_plan_tower``."""
+        if plan["backend"] not in ("cpu", "cuda") or plan["group"] is not None or len(plan["specs"]) < 2:
+            return False
+        from ..ops import tower
+        spec0 = plan["specs"][0]
+        _, _, learned0, per0, cfg0 = spec0
+        if not tower.fusable(plan["levels"], plan["specs"], plan["grads"], per0, plan["n"]):
+            return False
+        hp_rows = plan["levels"][0]["hp"]          # every tensor has a gradient where the lr is per tensor
+        scr, ok = tower.reduce_plan(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
+                                    [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
+                                    hp_rows, plan["levels"], plan["specs"], inv_scale=plan.get("inv_scale"))
+        plan.update(tower_scratch=scr, ok=ok, tower_ops=tower)
+        return True
 
     def _pass_b(self, plan, ok: Tensor):
         """Level 0's update with its current hyperparameters (exact mode: already the new ones). In one-pass
