@@ -243,3 +243,95 @@ def test_grad_scaler_unscales_inside_the_kernels(backend, one_pass):
     scaler.update()
     assert all(torch.equal(p, b) for p, b in zip(m2.parameters(), before))
     assert o2.skipped_steps == 1
+
+
+@pytest.mark.parametrize("name", ["adam/sgd", "rmsprop/sgd/sgd", "sgd per-tensor/sgd"])
+def test_cuda_exact_step_runs_pass_a_and_the_tower_as_one_op(name, monkeypatch):
+    """In exact mode the cuda backend runs pass A with hyper_reduce_tower (its finishing kernel runs the levels
+    above in the same launch) and matches the two-op path (hyper_reduce, then hyper_tower_plan) in float64."""
+    from hyperfused.ops import tower
+    used = []
+    real = tower.reduce_plan
+    monkeypatch.setattr(tower, "reduce_plan", lambda *a, **k: used.append(1) or real(*a, **k))
+    p1, o1 = _run(MAKERS[name], torch.float64, "cuda", SIZES)
+    assert len(used) == 5
+    monkeypatch.setattr(tower, "fusable", lambda *a, **k: False)
+    p2, o2 = _run(MAKERS[name], torch.float64, "cuda", SIZES)
+    assert len(used) == 5
+    for a, b in zip(p1, p2):
+        assert _rel(a, b) <= 1e-13
+    for la, lb in zip(o1.levels, o2.levels):
+        for k, v in lb.hyperparameters().items():
+            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
+                        torch.tensor(v, dtype=torch.float64)) <= 1e-13
+
+
+def test_reduce_tower_op_on_cuda_matches_the_cpu_op():
+    """hyper_reduce_tower on CUDA tensors (one launch for the finish and the tower) = the CPU op, float64."""
+    from hyperfused.ops import fused, tower
+    make = MAKERS["adam/sgd"]
+    results = {}
+    for dev in ("cpu", "cuda"):
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.5).double().to(dev)) for s in SIZES]
+        opt = make(params, dev, False)
+        for t in range(3):
+            gg = torch.Generator().manual_seed(100 + t)
+            for p in params:
+                p.grad = (torch.randn(p.shape, generator=gg, dtype=torch.float64) * 0.1).to(dev)
+            opt.step()
+        gt, specs = opt._group_tower(0), opt._level_specs(0)
+        levels = gt["levels"]
+        states = [opt.state[p] for p in params]
+        _, _, learned, per, cfg = specs[0]
+        (scr, _), ok = tower.reduce_plan("adam", cfg, learned, per, [p.grad for p in params], states,
+                                         [st["moved"] for st in states], opt._values_of(specs[0], levels[0]["hp"]),
+                                         levels[0]["hp"], levels, specs)
+        results[dev] = (scr.cpu(), bool(ok))
+    assert results["cuda"][1] == results["cpu"][1]
+    assert _rel(results["cuda"][0], results["cpu"][0]) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["adam/sgd", "rmsprop/sgd/sgd", "sgd(m)/adam"])
+def test_cuda_step_can_be_captured_in_a_cuda_graph(name):
+    """A whole step (pass A, the tower, pass B) captured once in a CUDA graph and replayed on new gradients
+    gives the trajectory of the eager step."""
+    def build():
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.5).cuda()) for s in SIZES]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        return params, MAKERS[name](params, "cuda", False)
+
+    def grads(t, params):
+        gg = torch.Generator().manual_seed(100 + t)
+        return [(torch.randn(p.shape, generator=gg).cuda() + 0.3 * p.detach()) * 0.1 for p in params]
+
+    p_eager, o_eager = build()
+    p_graph, o_graph = build()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):                     # warm-up steps (state created) outside the capture
+        for t in range(3):
+            for opt, params in ((o_eager, p_eager), (o_graph, p_graph)):
+                for p, gr in zip(params, grads(t, params)):
+                    p.grad.copy_(gr)
+                opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_graph.step()
+    for t in range(3, 8):
+        for p, gr in zip(p_eager, grads(t, p_eager)):
+            p.grad.copy_(gr)
+        o_eager.step()
+        for p, gr in zip(p_graph, grads(t, p_graph)):
+            p.grad.copy_(gr)
+        graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(p_graph, p_eager):
+        assert _rel(a.detach(), b.detach()) <= 1e-6
+    for la, lb in zip(o_graph.levels, o_eager.levels):
+        for k, v in lb.hyperparameters().items():
+            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
+                        torch.tensor(v, dtype=torch.float64)) <= 1e-6

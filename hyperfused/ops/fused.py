@@ -218,7 +218,10 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     # kernels on CPU tensors (the Triton kernels never read a device value on the host, on any device)
     on_cpu = dev.type == "cpu" and compiled and inv_scale is None    # a scaled gradient is never kept
     keep = [on_cpu and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
-    store = torch.tensor([0.0 if k else 1.0 for k in keep], dtype=torch.float64, device=dev)
+    # column 7 of the update's table: write the previous gradient (1) or keep the gradient tensor (0). Off the
+    # CPU nothing is kept: a fill, not a copy from host memory (which a CUDA graph capture would refuse)
+    store = (torch.tensor([0.0 if k else 1.0 for k in keep], dtype=torch.float64) if any(keep)
+             else torch.ones(n, dtype=torch.float64, device=dev))
     scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, store, dev)
     scal_jac = None
     if jac is not None:
