@@ -41,6 +41,11 @@ TORCH_LIBRARY(hyperfused, m) {
   m.def("hyper_reduce_tower(int kind, int learn, bool momentum, float eps, Tensor[] grads, Tensor[] s0, "
         "Tensor[] s1, Tensor[] s2, Tensor scal, int[] d0_map, int[] desc, float[] tower_eps, Tensor[] slots, "
         "Tensor? inv_scale=None) -> (Tensor, Tensor, Tensor)");
+  // One-pass mode's counterpart: hyper_update with scal_jac (required), its sums finished and the tower's plan
+  // run on them (on CUDA in the finishing kernel's launch). Returns (rows, scratch, ok).
+  m.def("hyper_update_tower(int kind, int learn, bool momentum, float eps, Tensor(a!)[] params, Tensor[] grads, "
+        "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor scal_jac, Tensor ok, int[] d0_map, "
+        "int[] desc, float[] tower_eps, Tensor[] slots, Tensor? inv_scale=None) -> (Tensor, Tensor, Tensor)");
   m.def("hyper_tower_commit(int[] desc, float[] eps, Tensor(a!)[] slots, Tensor scratch, Tensor ok) -> ()");
   // Automatic Gradient Descent: per-slice sums of squares of every gradient (float64, concatenated), and the
   // update W -= coef[slice] * g (coef: float64, one per slice, concatenated).

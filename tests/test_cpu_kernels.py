@@ -300,14 +300,15 @@ def test_levels_above_run_as_the_compiled_tower_ops(monkeypatch):
     the reference); a tower taller than they take falls back to the Python tower, with the same results."""
     from hyperfused.ops import tower
     calls = []
-    for name in ("plan", "reduce_plan"):        # reduce_plan: pass A and the tower in one op (exact mode)
+    # reduce_plan / update_plan: pass A (one-pass mode: pass B) and the tower in one op
+    for name in ("plan", "reduce_plan", "update_plan"):
         real_fn = getattr(tower, name)
         monkeypatch.setattr(tower, name, lambda *a, _f=real_fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     _compare(_maker("adam", {}, 3), torch.float64, False, steps=3)
     assert calls == ["reduce_plan"] * 3
     calls.clear()
     _compare(_maker("adam", {}, 3), torch.float64, True, steps=3)
-    assert calls == ["plan"] * 3                 # one-pass: the sums come from pass B, then the tower op
+    assert calls == ["update_plan"] * 3
     real = tower.plan
 
     def tall(params, backend, one_pass):
@@ -345,17 +346,18 @@ def test_compiled_tower_on_mixed_towers(make, one_pass):
     _compare(make, torch.float64, one_pass)
 
 
-def _fusion_run(make, fused, monkeypatch, steps=5, drop=None):
-    """Train with pass A and the tower as the one op hyper_reduce_tower (fused=True) or as hyper_reduce then
-    hyper_tower_plan; ``drop``: the index of a parameter that gets no gradient at odd steps."""
+def _fusion_run(make, fused, monkeypatch, steps=5, drop=None, one_pass=False):
+    """Train with pass A (one-pass: pass B) and the tower as one op, hyper_reduce_tower / hyper_update_tower
+    (fused=True), or as two (then hyper_tower_plan); ``drop``: a parameter that gets no gradient at odd steps."""
     from hyperfused.ops import tower
     used = []
-    real = tower.reduce_plan
-    monkeypatch.setattr(tower, "reduce_plan", lambda *a, **k: used.append(1) or real(*a, **k))
+    name = "update_plan" if one_pass else "reduce_plan"
+    real = getattr(tower, name)
+    monkeypatch.setattr(tower, name, lambda *a, **k: used.append(1) or real(*a, **k))
     if not fused:
         monkeypatch.setattr(tower, "fusable", lambda *a, **k: False)
     params = _params(torch.float64)
-    opt = make(params, "cpu", False)
+    opt = make(params, "cpu", one_pass)
     for t in range(steps):
         for i, (p, g) in enumerate(zip(params, _grads(params, t))):
             p.grad = None if (drop == i and t % 2) else g
@@ -368,17 +370,21 @@ def _fusion_run(make, fused, monkeypatch, steps=5, drop=None):
     _maker("adam", {}, 2),
     _maker("sgd", dict(momentum=0.9), 3),
     _maker("sgd", dict(per_tensor=True), 1),
-    lambda p, b, o: hf.RMSprop(p, lr=0.01, hyper=hf.Adam(lr=1e-4, hyper=hf.SGD(lr=1e-5)), backend=b),
+    lambda p, b, o: hf.RMSprop(p, lr=0.01, hyper=hf.Adam(lr=1e-4, hyper=hf.SGD(lr=1e-5)), backend=b,
+                               one_pass=o),
     lambda p, b, o: hf.Adagrad(p, lr=0.05, per_tensor=True, hyper=hf.SGD(lr=1e-6, per_tensor=True,
-                                                                         hyper=hf.SGD(lr=1e-9)), backend=b),
+                                                                         hyper=hf.SGD(lr=1e-9)), backend=b,
+                               one_pass=o),
 ], ids=["adam-2", "sgd-momentum-3", "sgd-per-tensor-1", "rmsprop-adam-sgd", "adagrad-per-tensor-3"])
 @pytest.mark.parametrize("drop", [None, 2], ids=["all-grads", "a-tensor-without-grad"])
-def test_pass_a_and_tower_in_one_op_match_the_two_ops(make, drop, monkeypatch):
-    """hyper_reduce_tower (pass A, its rows made into level 0's flat hypergradient, the tower's plan) gives the
-    trajectory of hyper_reduce + the Python glue + hyper_tower_plan, in float64 to rounding; where a per-tensor
-    lr misses a gradient the optimizer takes the two-op path (the rows are not the group's vector then)."""
-    p1, o1, n1 = _fusion_run(make, True, monkeypatch, drop=drop)
-    p2, o2, n2 = _fusion_run(make, False, monkeypatch, drop=drop)
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_pass_a_and_tower_in_one_op_match_the_two_ops(make, drop, one_pass, monkeypatch):
+    """hyper_reduce_tower (pass A, its rows made into level 0's flat hypergradient, the tower's plan), and in
+    one-pass mode hyper_update_tower, give the trajectory of the pass's op + the Python glue +
+    hyper_tower_plan, in float64 to rounding; where a per-tensor lr misses a gradient the optimizer takes the
+    two-op path (the rows are not the group's vector then)."""
+    p1, o1, n1 = _fusion_run(make, True, monkeypatch, drop=drop, one_pass=one_pass)
+    p2, o2, n2 = _fusion_run(make, False, monkeypatch, drop=drop, one_pass=one_pass)
     per = o1.param_groups[0].get("per_tensor", False)
     assert n1 == (1 + 2 if (drop is not None and per) else 5) and n2 == 0
     for a, b in zip(p1, p2):
@@ -415,3 +421,35 @@ def test_reduce_tower_op_rejects_a_map_that_does_not_fit_the_tower():
         op(*head, g, s0, s1, s2, scal, [0, 0, 1, 5], *args)
     with pytest.raises(RuntimeError, match="d0_map must be"):
         op(*head, g, s0, s1, s2, scal, [0], *args)
+
+
+def test_update_tower_op_checks_its_tower_arguments_before_writing():
+    """A bad d0_map is refused before pass B writes: the parameters and the state stay as they were."""
+    from hyperfused.ops import fused, tower
+    make = lambda p, b, o: hf.Adam(p, lr=1e-3, hyper=hf.SGD(lr=1e-5), backend=b, one_pass=o)
+    params = _params(torch.float64)
+    opt = make(params, "cpu", True)
+    for t in range(2):
+        for p, g in zip(params, _grads(params, t)):
+            p.grad = g
+        opt.step()
+    levels, specs = opt._group_tower(0)["levels"], opt._level_specs(0)
+    args = tower._args(levels, specs, torch.device("cpu"), torch.float64)
+    states = [opt.state[p] for p in params]
+    before = [p.detach().clone() for p in params], [st["exp_avg"].clone() for st in states]
+    hp = levels[0]["hp"]
+    vals = opt._values_of(specs[0], hp)
+    jac = (vals, hp, [st["moved"] for st in states])
+    ok = torch.ones((), dtype=torch.bool)
+    monkey = fused._d0_map
+    try:
+        fused._d0_map = lambda *a: [0, 0, 1]           # two entries; level 1 optimizes three
+        with pytest.raises(RuntimeError, match="level 1 optimizes 3"):
+            fused.hyper_update("adam", specs[0][4], specs[0][2], False, params, [p.grad for p in params], states,
+                               vals, ok, raw=hp, jac=jac, tower_args=args)
+    finally:
+        fused._d0_map = monkey
+    for p, b in zip(params, before[0]):
+        assert torch.equal(p.detach(), b)
+    for st, b in zip(states, before[1]):
+        assert torch.equal(st["exp_avg"], b)

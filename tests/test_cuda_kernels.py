@@ -246,17 +246,20 @@ def test_grad_scaler_unscales_inside_the_kernels(backend, one_pass):
 
 
 @pytest.mark.parametrize("name", ["adam/sgd", "rmsprop/sgd/sgd", "sgd per-tensor/sgd"])
-def test_cuda_exact_step_runs_pass_a_and_the_tower_as_one_op(name, monkeypatch):
-    """In exact mode the cuda backend runs pass A with hyper_reduce_tower (its finishing kernel runs the levels
-    above in the same launch) and matches the two-op path (hyper_reduce, then hyper_tower_plan) in float64."""
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_cuda_step_runs_its_pass_and_the_tower_as_one_op(name, one_pass, monkeypatch):
+    """The cuda backend runs pass A (one-pass mode: pass B) with hyper_reduce_tower (hyper_update_tower), whose
+    finishing kernel runs the levels above in the same launch, and matches the two-op path (the pass's op, then
+    hyper_tower_plan) in float64."""
     from hyperfused.ops import tower
     used = []
-    real = tower.reduce_plan
-    monkeypatch.setattr(tower, "reduce_plan", lambda *a, **k: used.append(1) or real(*a, **k))
-    p1, o1 = _run(MAKERS[name], torch.float64, "cuda", SIZES)
+    fn = "update_plan" if one_pass else "reduce_plan"
+    real = getattr(tower, fn)
+    monkeypatch.setattr(tower, fn, lambda *a, **k: used.append(1) or real(*a, **k))
+    p1, o1 = _run(MAKERS[name], torch.float64, "cuda", SIZES, one_pass=one_pass)
     assert len(used) == 5
     monkeypatch.setattr(tower, "fusable", lambda *a, **k: False)
-    p2, o2 = _run(MAKERS[name], torch.float64, "cuda", SIZES)
+    p2, o2 = _run(MAKERS[name], torch.float64, "cuda", SIZES, one_pass=one_pass)
     assert len(used) == 5
     for a, b in zip(p1, p2):
         assert _rel(a, b) <= 1e-13

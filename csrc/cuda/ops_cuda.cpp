@@ -173,6 +173,11 @@ at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double 
 }
 
 void check_slots_on(const char* op, at::TensorList slots, const at::Device& device);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_and_tower(const char* op, const at::Tensor& partials,
+                                                                const at::Tensor& ids, int64_t n,
+                                                                at::IntArrayRef d0_map, at::IntArrayRef desc,
+                                                                at::ArrayRef<double> tower_eps, at::TensorList slots,
+                                                                cudaStream_t stream);
 
 // Pass A, then one kernel that finishes its sums and runs the levels above (tower_kernels.cu).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cuda(
@@ -183,56 +188,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cuda(
   const int64_t n = grads.size();
   TORCH_CHECK(n > 0 && !slots.empty(), "hyper_reduce_tower: no gradients or no tower slots");
   check_slots_on("hyper_reduce_tower", slots, grads[0].device());
-  const auto dtype = slots[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "hyper_reduce_tower: the tower's dtype must be float32 "
-              "or float64, got ", dtype);
+  check_tower_args("hyper_reduce_tower", n, d0_map, desc, tower_eps, slots);
   const c10::cuda::CUDAGuard guard(grads[0].device());
   auto stream = at::cuda::getCurrentCUDAStream();
   auto [partials, ids] = reduce_partials("hyper_reduce_tower", kind, learn, momentum, eps, grads, s0, s1, s2,
                                          scal, inv_scale, stream.stream());
-  auto rows = at::empty({n, kOutCols}, scal.options());
-  at::Tensor scr, ok = at::empty({}, scal.options().dtype(at::kBool));
-  AT_DISPATCH_FLOATING_TYPES(dtype, "hyper_reduce_tower", [&] {
-    const auto d = tower_desc<scalar_t>("hyper_reduce_tower", desc, tower_eps, slots, dtype);
-    const auto m = d0_map_of("hyper_reduce_tower", d0_map, n, d);
-    auto d0 = at::empty({d.lv[1].units}, scal.options().dtype(dtype));
-    scr = at::zeros({6 * d.K * d.block}, scal.options().dtype(dtype));
-    launch_finish_tower(partials.data_ptr<double>(), ids.data_ptr<int>(), static_cast<int>(partials.size(0)),
-                        rows.data_ptr<double>(), static_cast<int>(n), m, d, d0.data_ptr<scalar_t>(),
-                        scr.data_ptr<scalar_t>(), ok.data_ptr<bool>(), stream.stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {rows, scr, ok};
+  return finish_and_tower("hyper_reduce_tower", partials, ids, n, d0_map, desc, tower_eps, slots, stream.stream());
 }
 
 at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
                              at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
                              const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac, const at::Tensor& ok,
                              const c10::optional<at::Tensor>& inv_scale) {
-  check("hyper_update", grads, params, s0, s1, s2, scal);
-  TORCH_CHECK(ok.is_cuda() && ok.scalar_type() == at::kBool && ok.numel() == 1,
-              "hyper_update: ok must be a one-element bool CUDA tensor (the skip flag stays on the device)");
-  const bool one_pass = scal_jac.has_value();
-  if (one_pass) check("hyper_update", grads, params, s0, s1, s2, *scal_jac);
+  check_update("hyper_update", params, grads, s0, s1, s2, scal, scal_jac, ok);
   const int64_t n = grads.size();
   if (n == 0) return at::zeros({0, kOutCols}, scal.options());
   const c10::cuda::CUDAGuard guard(grads[0].device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t blocks = total_blocks(grads);
-  auto partials = at::zeros({one_pass ? blocks : 1, kOutCols}, scal.options());
-  auto ids = at::full({one_pass ? blocks : 1}, -1, scal.options().dtype(at::kInt));
-  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps,
-                      vec_aligned({params, grads, s0, s1, s2})};
-  const DType dt = dtype_of(grads[0]);
-  const double* inv = inv_scale_ptr("hyper_update", inv_scale, grads[0]);
-  for_tables(params, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
-    launch_update(dt, tab, f, scal.data_ptr<double>(), one_pass ? scal_jac->data_ptr<double>() : nullptr, inv,
-                  ok.data_ptr<bool>(), partials.data_ptr<double>(), ids.data_ptr<int>(), one_pass ? offset : 0,
-                  stream.stream());
+  auto [partials, ids] = update_partials("hyper_update", kind, learn, momentum, eps, params, grads, s0, s1, s2,
+                                         scal, scal_jac, ok, inv_scale, stream.stream());
+  if (!scal_jac.has_value()) return at::zeros({n, kOutCols}, scal.options());
+  return finish(partials, ids, n, stream.stream());
+}
+
+// One kernel: the partial sums finished into rows and the levels above run on them (tower_kernels.cu).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_and_tower(const char* op, const at::Tensor& partials,
+                                                                const at::Tensor& ids, int64_t n,
+                                                                at::IntArrayRef d0_map, at::IntArrayRef desc,
+                                                                at::ArrayRef<double> tower_eps, at::TensorList slots,
+                                                                cudaStream_t stream) {
+  const auto dtype = slots[0].scalar_type();      // checked by check_tower_args before the pass
+  auto rows = at::empty({n, kOutCols}, partials.options());
+  at::Tensor scr, ok = at::empty({}, partials.options().dtype(at::kBool));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "hyperfused_tower", [&] {
+    const auto d = tower_desc<scalar_t>(op, desc, tower_eps, slots, dtype);
+    const auto m = d0_map_of(op, d0_map, n, d);
+    auto d0 = at::empty({d.lv[1].units}, partials.options().dtype(dtype));
+    scr = at::zeros({6 * d.K * d.block}, partials.options().dtype(dtype));
+    launch_finish_tower(partials.data_ptr<double>(), ids.data_ptr<int>(), static_cast<int>(partials.size(0)),
+                        rows.data_ptr<double>(), static_cast<int>(n), m, d, d0.data_ptr<scalar_t>(),
+                        scr.data_ptr<scalar_t>(), ok.data_ptr<bool>(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (!one_pass) return at::zeros({n, kOutCols}, scal.options());
-  return finish(partials, ids, n, stream.stream());
+  return {rows, scr, ok};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cuda(
+    int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params, at::TensorList grads,
+    at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal, const at::Tensor& scal_jac,
+    const at::Tensor& ok, at::IntArrayRef d0_map, at::IntArrayRef desc, at::ArrayRef<double> tower_eps,
+    at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
+  check_update("hyper_update_tower", params, grads, s0, s1, s2, scal, scal_jac, ok);
+  const int64_t n = grads.size();
+  TORCH_CHECK(n > 0 && !slots.empty(), "hyper_update_tower: no gradients or no tower slots");
+  check_slots_on("hyper_update_tower", slots, grads[0].device());
+  check_tower_args("hyper_update_tower", n, d0_map, desc, tower_eps, slots);   // before the update writes
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto [partials, ids] = update_partials("hyper_update_tower", kind, learn, momentum, eps, params, grads, s0, s1, s2,
+                                         scal, scal_jac, ok, inv_scale, stream.stream());
+  return finish_and_tower("hyper_update_tower", partials, ids, n, d0_map, desc, tower_eps, slots, stream.stream());
 }
 
 at::Tensor nonfinite_count_cuda(at::TensorList grads) {
@@ -534,6 +549,7 @@ TORCH_LIBRARY_IMPL(hyperfused, CUDA, m) {
   m.impl("agd_gtu", &agd_gtu_cuda);
   m.impl("hyper_reduce", &hyper_reduce_cuda);
   m.impl("hyper_reduce_tower", &hyper_reduce_tower_cuda);
+  m.impl("hyper_update_tower", &hyper_update_tower_cuda);
   m.impl("hyper_update", &hyper_update_cuda);
   m.impl("nonfinite_count", &nonfinite_count_cuda);
   m.impl("multi_tensor_dot", &multi_tensor_dot_cuda);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include "tower.h"
 
@@ -86,6 +87,19 @@ D0Map d0_map_of(const char* op, at::IntArrayRef map, int64_t n, const TowerDesc<
   TORCH_CHECK(len == d.lv[1].units, op, ": the rows of ", n, " tensors make a delta of ", len,
               " entries; level 1 optimizes ", d.lv[1].units);
   return m;
+}
+
+// The tower arguments of the ops that run a pass and then the levels above, checked before the pass writes
+// anything (bad arguments must not leave the parameters updated and the tower not).
+inline void check_tower_args(const char* op, int64_t n, at::IntArrayRef d0_map, at::IntArrayRef desc,
+                             at::ArrayRef<double> eps, at::TensorList slots) {
+  TORCH_CHECK(!slots.empty(), op, ": no tower slots");
+  const auto dtype = slots[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": the tower's dtype must be float32 or float64, "
+              "got ", dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "hyperfused_tower", [&] {
+    d0_map_of(op, d0_map, n, tower_desc<scalar_t>(op, desc, eps, slots, dtype));
+  });
 }
 
 }  // namespace hyperfused

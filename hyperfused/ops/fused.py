@@ -193,18 +193,19 @@ def hyper_reduce_tower(kind, cfg, learned, per_tensor_lr, grads, states, valid, 
     order, when the lr is per tensor): ``tower_args`` are the tower ops' (desc, eps, slots). Returns the tower's
     (scratch, ok), as ``tower.plan`` does after ``hyper_reduce``."""
     head, g, s0, s1, s2, scal = _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw)
-    d0_map = [int(per_tensor_lr)] + [COLUMN[(kind, name)] for name in learned]
-    _, scr, ok = _compiled().hyper_reduce_tower(*head, g, s0, s1, s2, scal, d0_map, *tower_args,
-                                                **_scaled(inv_scale))
+    _, scr, ok = _compiled().hyper_reduce_tower(*head, g, s0, s1, s2, scal, _d0_map(kind, learned, per_tensor_lr),
+                                                *tower_args, **_scaled(inv_scale))
     return scr, ok
 
 
 def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None,
                  jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None,
-                 kernels=None, inv_scale=None):
+                 kernels=None, inv_scale=None, tower_args=None):
     """Pass B on the compiled kernel (or ``kernels``); same contract as ``reference.hyper_update``. With
     ``jac`` (one-pass mode: the values and raw values the last update used, and the valid flags) it also
-    returns pass A's deltas, computed from the old state before it is overwritten."""
+    returns pass A's deltas, computed from the old state before it is overwritten. With ``tower_args`` too (the
+    tower ops' (desc, eps, slots); compiled kernels, one gradient dtype) the op hyper_update_tower runs the
+    levels above on those sums and this returns the tower's (scratch, ok) instead."""
     compiled = kernels is None
     kernels = kernels or _compiled()
     dt = hp["lr"].dtype
@@ -228,10 +229,17 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         jhp, jraw, jvalid = jac
         jvalid = _check_prev_grads(states, list(jvalid))
         scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), dev)
-    rows = _by_dtype(g, lambda idx: kernels.hyper_update(
-        KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg),
-        _pick(work, idx), _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx), _pick(scal, idx),
-        _pick(scal_jac, idx), ok, **_scaled(inv_scale)), n)
+    head = (KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg))
+    if tower_args is not None:
+        if scal_jac is None or not compiled:
+            raise ValueError("hyper_update: tower_args needs one-pass mode (jac) and the compiled kernels")
+        tower_out = kernels.hyper_update_tower(*head, work, g, s0, s1, s2, scal, scal_jac, ok,
+                                               _d0_map(kind, learned, per_tensor_lr), *tower_args,
+                                               **_scaled(inv_scale))[1:]
+    else:
+        rows = _by_dtype(g, lambda idx: kernels.hyper_update(
+            *head, _pick(work, idx), _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx),
+            _pick(scal, idx), _pick(scal_jac, idx), ok, **_scaled(inv_scale)), n)
     for p, w in zip(params, work):
         if w.data_ptr() != p.data_ptr():          # a contiguous copy of a non-dense parameter: write it back
             p.detach().copy_(w)
@@ -245,7 +253,14 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         torch._foreach_add_(steps_l, ok.to(steps_l[0].dtype))
     if jac is None:
         return None
+    if tower_args is not None:
+        return tower_out
     return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, 3].sum() == 0
+
+
+def _d0_map(kind, learned, per_tensor_lr) -> List[int]:
+    """The tower ops' d0_map: [per_lr, the rows' column of each learned name, in order]."""
+    return [int(per_tensor_lr)] + [COLUMN[(kind, name)] for name in learned]
 
 
 def _scaled(inv_scale) -> dict:

@@ -62,7 +62,8 @@ def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
 
 
 def fusable(levels, specs, grads, per_tensor_lr: bool, n_group: int) -> bool:
-    """Pass A and the tower can run as the one op ``hyper_reduce_tower``: the compiled tower covers it, the
+    """Pass A (one-pass mode: pass B) and the tower can run as the one op ``hyper_reduce_tower``
+    (``hyper_update_tower``): the compiled tower covers it, the
     gradients share one dtype, level 0 learns something, and a per-tensor lr has a gradient for every tensor of
     the group (the op's rows are then the group's vector)."""
     learned0 = specs[0][2]
@@ -78,6 +79,16 @@ def reduce_plan(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw
     scr, ok = fused.hyper_reduce_tower(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, args,
                                        inv_scale=inv_scale)
     return (scr, args), ok
+
+
+def update_plan(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac, levels, specs,
+                inv_scale=None):
+    """One-pass mode's pass B and the tentative tower step in one op (see ``fusable``): (scratch, ok)."""
+    from . import fused
+    args = _args(levels, specs, grads[0].device, levels[0]["hp"]["lr"].dtype)
+    scr, tok = fused.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac,
+                                  inv_scale=inv_scale, tower_args=args)
+    return (scr, args), tok
 
 
 def commit(levels, specs, scratch, ok: Tensor) -> None:

@@ -367,8 +367,9 @@ class HyperOptimizer(torch.optim.Optimizer):
             # the gradients are read once for the skip decision, unless GradScaler has made it already
             ok_g = scaler_ok if scaler_ok is not None else _all([self._grads_finite(plan) for plan in plans])
             for plan in plans:
-                d0, finite = self._pass_b(plan, ok_g)
-                self._plan_tower(plan, d0, finite)
+                res = self._pass_b(plan, ok_g)
+                if res is not None:                       # None: the tower ran in pass B's op
+                    self._plan_tower(plan, *res)
             ok = ok_g & _all([plan["ok"] for plan in plans])
             for plan in plans:
                 used = plan["levels"][0]["used"]
@@ -498,17 +499,22 @@ class HyperOptimizer(torch.optim.Optimizer):
                                       self._values_of(spec0, hp_rows), hp_rows, inv_scale=plan.get("inv_scale"))
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
+    def _tower_fusable(self, plan) -> bool:
+        """Whether the pass that makes level 0's hypergradient and the levels above run as one compiled op."""
+        if plan["backend"] not in ("cpu", "cuda") or plan["group"] is not None or len(plan["specs"]) < 2:
+            return False
+        from ..ops import tower
+        return tower.fusable(plan["levels"], plan["specs"], plan["grads"], plan["specs"][0][3], plan["n"])
+
     def _pass_a_and_tower(self, plan) -> bool:
         """Pass A and the levels above as one compiled op (cpu, cuda: on CUDA pass A's finishing kernel runs the
         tower), where it applies: not sharded (the partial sums are all-reduced between the two), see
         ``tower.fusable``. Returns False to leave it to ``_pass_a`` and ``_plan_tower``."""
-        if plan["backend"] not in ("cpu", "cuda") or plan["group"] is not None or len(plan["specs"]) < 2:
+        if not self._tower_fusable(plan):
             return False
         from ..ops import tower
         spec0 = plan["specs"][0]
         _, _, learned0, per0, cfg0 = spec0
-        if not tower.fusable(plan["levels"], plan["specs"], plan["grads"], per0, plan["n"]):
-            return False
         hp_rows = plan["levels"][0]["hp"]          # every tensor has a gradient where the lr is per tensor
         scr, ok = tower.reduce_plan(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
                                     [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
@@ -529,16 +535,23 @@ class HyperOptimizer(torch.optim.Optimizer):
             if self._one_pass:
                 used = self._rows(rec["used"], plan["index"], per0)
                 jac = (self._values_of(spec0, used), used, [st["moved"] for st in plan["states"]])
-            result = ops.hyper_update(plan["backend"], self.kind, cfg0, learned0, per0, plan["params"],
-                                      plan["grads"], plan["states"], self._values_of(spec0, rows), ok,
-                                      raw=rows, jac=jac, inv_scale=plan.get("inv_scale"))
+            if jac is not None and self._tower_fusable(plan):   # the levels above in the same op (launch)
+                from ..ops import tower
+                scr, tok = tower.update_plan(self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
+                                             plan["states"], self._values_of(spec0, rows), ok, rows, jac,
+                                             plan["levels"], plan["specs"], inv_scale=plan.get("inv_scale"))
+                plan.update(tower_scratch=scr, ok=tok, tower_ops=tower)
+            else:
+                result = ops.hyper_update(plan["backend"], self.kind, cfg0, learned0, per0, plan["params"],
+                                          plan["grads"], plan["states"], self._values_of(spec0, rows), ok,
+                                          raw=rows, jac=jac, inv_scale=plan.get("inv_scale"))
             # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
             moved = [st["moved"] for st in plan["states"]]
             torch._foreach_maximum_(moved, [ok] * len(moved))                  # moved |= ok
         if plan["idle"]:              # no gradient this step: did not move, so no Jacobian next step
             idle = [st["moved"] for st in plan["idle"]]
             torch._foreach_minimum_(idle, [~ok] * len(idle))                   # moved &= ~ok
-        if not self._one_pass:
+        if not self._one_pass or "tower_scratch" in plan:     # exact mode, or the tower already planned
             return None
         if result is None:
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
