@@ -196,6 +196,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cuda(
   return finish_and_tower("hyper_reduce_tower", partials, ids, n, d0_map, desc, tower_eps, slots, stream.stream());
 }
 
+void check_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList s0, at::TensorList s1,
+                  at::TensorList s2, const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
+                  const at::Tensor& ok) {
+  check(op, grads, params, s0, s1, s2, scal);
+  TORCH_CHECK(ok.is_cuda() && ok.scalar_type() == at::kBool && ok.numel() == 1,
+              op, ": ok must be a one-element bool CUDA tensor (the skip flag stays on the device)");
+  if (scal_jac.has_value()) check(op, grads, params, s0, s1, s2, *scal_jac);
+}
+
+// Pass B's kernels; with scal_jac (one-pass mode) also the per-block partial sums and their tensor indices.
+std::tuple<at::Tensor, at::Tensor> update_partials(const char* op, int64_t kind, int64_t learn, bool momentum,
+                                                   double eps, at::TensorList params, at::TensorList grads,
+                                                   at::TensorList s0, at::TensorList s1, at::TensorList s2,
+                                                   const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
+                                                   const at::Tensor& ok, const c10::optional<at::Tensor>& inv_scale,
+                                                   cudaStream_t stream) {
+  const bool one_pass = scal_jac.has_value();
+  const int64_t blocks = total_blocks(grads);
+  auto partials = at::zeros({one_pass ? blocks : 1, kOutCols}, scal.options());
+  auto ids = at::full({one_pass ? blocks : 1}, -1, scal.options().dtype(at::kInt));
+  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps,
+                      vec_aligned({params, grads, s0, s1, s2})};
+  const DType dt = dtype_of(grads[0]);
+  const double* inv = inv_scale_ptr(op, inv_scale, grads[0]);
+  for_tables(params, grads, s0, s1, s2, [&](const TensorTable& tab, int offset) {
+    launch_update(dt, tab, f, scal.data_ptr<double>(), one_pass ? scal_jac->data_ptr<double>() : nullptr, inv,
+                  ok.data_ptr<bool>(), partials.data_ptr<double>(), ids.data_ptr<int>(), one_pass ? offset : 0,
+                  stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {partials, ids};
+}
+
 at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
                              at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
                              const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac, const at::Tensor& ok,
