@@ -308,19 +308,14 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
 }
 
 // The levels above from a pass's rows: level 0's flat hypergradient made from them, then the tower's plan.
-std::tuple<at::Tensor, at::Tensor> tower_from_rows(const char* op, const at::Tensor& rows, at::IntArrayRef d0_map,
-                                                   at::IntArrayRef desc, at::ArrayRef<double> tower_eps,
-                                                   at::TensorList slots) {
-  const auto dtype = slots[0].scalar_type();      // checked by check_tower_args before the pass
-  at::Tensor scr, ok = at::empty({}, at::TensorOptions().dtype(at::kBool));
-  AT_DISPATCH_FLOATING_TYPES(dtype, "hyperfused_tower", [&] {
-    const auto d = tower_desc<scalar_t>(op, desc, tower_eps, slots, dtype);
-    const auto m = d0_map_of(op, d0_map, rows.size(0), d);
-    std::vector<scalar_t> d0(static_cast<size_t>(d.lv[1].units));
-    const bool finite = tower_d0_from_rows<scalar_t>(rows.const_data_ptr<double>(), rows.size(0), m, d0.data());
-    scr = at::zeros({6 * d.K * d.block}, at::TensorOptions().dtype(dtype));
-    ok.fill_(tower_plan<scalar_t>(d, d0.data(), finite, scr.data_ptr<scalar_t>()));
-  });
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> tower_from_rows(const at::Tensor& rows, const TowerDesc<T>& d, const D0Map& m) {
+  std::vector<T> d0(static_cast<size_t>(d.lv[1].units));
+  const bool finite = tower_d0_from_rows<T>(rows.const_data_ptr<double>(), rows.size(0), m, d0.data());
+  at::Tensor scr = at::zeros({6 * d.K * d.block},
+                             at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  auto ok = at::empty({}, at::TensorOptions().dtype(at::kBool));
+  ok.fill_(tower_plan<T>(d, d0.data(), finite, scr.data_ptr<T>()));
   return {scr, ok};
 }
 
@@ -329,9 +324,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cpu(
     int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads, at::TensorList s0,
     at::TensorList s1, at::TensorList s2, const at::Tensor& scal, at::IntArrayRef d0_map, at::IntArrayRef desc,
     at::ArrayRef<double> tower_eps, at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
-  check_tower_args("hyper_reduce_tower", grads.size(), d0_map, desc, tower_eps, slots);
-  auto rows = hyper_reduce_cpu(kind, learn, momentum, eps, grads, s0, s1, s2, scal, inv_scale);
-  auto [scr, ok] = tower_from_rows("hyper_reduce_tower", rows, d0_map, desc, tower_eps, slots);
+  at::Tensor rows, scr, ok;
+  with_tower_args("hyper_reduce_tower", grads.size(), d0_map, desc, tower_eps, slots,
+                  [&](const auto& d, const D0Map& m) {
+    rows = hyper_reduce_cpu(kind, learn, momentum, eps, grads, s0, s1, s2, scal, inv_scale);
+    std::tie(scr, ok) = tower_from_rows(rows, d, m);
+  });
   return {rows, scr, ok};
 }
 
@@ -341,10 +339,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cpu(
     at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal, const at::Tensor& scal_jac,
     const at::Tensor& ok, at::IntArrayRef d0_map, at::IntArrayRef desc, at::ArrayRef<double> tower_eps,
     at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
-  check_tower_args("hyper_update_tower", grads.size(), d0_map, desc, tower_eps, slots);
   TORCH_CHECK(scal_jac.defined(), "hyper_update_tower: scal_jac is required (one-pass mode)");
-  auto rows = hyper_update_cpu(kind, learn, momentum, eps, params, grads, s0, s1, s2, scal, scal_jac, ok, inv_scale);
-  auto [scr, tok] = tower_from_rows("hyper_update_tower", rows, d0_map, desc, tower_eps, slots);
+  at::Tensor rows, scr, tok;
+  with_tower_args("hyper_update_tower", grads.size(), d0_map, desc, tower_eps, slots,
+                  [&](const auto& d, const D0Map& m) {
+    rows = hyper_update_cpu(kind, learn, momentum, eps, params, grads, s0, s1, s2, scal, scal_jac, ok, inv_scale);
+    std::tie(scr, tok) = tower_from_rows(rows, d, m);
+  });
   return {rows, scr, tok};
 }
 

@@ -173,11 +173,23 @@ at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double 
 }
 
 void check_slots_on(const char* op, at::TensorList slots, const at::Device& device);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_and_tower(const char* op, const at::Tensor& partials,
-                                                                const at::Tensor& ids, int64_t n,
-                                                                at::IntArrayRef d0_map, at::IntArrayRef desc,
-                                                                at::ArrayRef<double> tower_eps, at::TensorList slots,
-                                                                cudaStream_t stream);
+
+// One kernel: the partial sums finished into rows and the levels above run on them (tower_kernels.cu).
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_and_tower(const at::Tensor& partials, const at::Tensor& ids,
+                                                                int64_t n, const TowerDesc<T>& d, const D0Map& m,
+                                                                cudaStream_t stream) {
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  auto rows = at::empty({n, kOutCols}, partials.options());
+  auto ok = at::empty({}, partials.options().dtype(at::kBool));
+  at::Tensor d0 = at::empty({d.lv[1].units}, partials.options().dtype(dtype));
+  at::Tensor scr = at::zeros({6 * d.K * d.block}, partials.options().dtype(dtype));
+  launch_finish_tower(partials.data_ptr<double>(), ids.data_ptr<int>(), static_cast<int>(partials.size(0)),
+                      rows.data_ptr<double>(), static_cast<int>(n), m, d, d0.data_ptr<T>(), scr.data_ptr<T>(),
+                      ok.data_ptr<bool>(), stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {rows, scr, ok};
+}
 
 // Pass A, then one kernel that finishes its sums and runs the levels above (tower_kernels.cu).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cuda(
@@ -188,12 +200,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cuda(
   const int64_t n = grads.size();
   TORCH_CHECK(n > 0 && !slots.empty(), "hyper_reduce_tower: no gradients or no tower slots");
   check_slots_on("hyper_reduce_tower", slots, grads[0].device());
-  check_tower_args("hyper_reduce_tower", n, d0_map, desc, tower_eps, slots);
   const c10::cuda::CUDAGuard guard(grads[0].device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  auto [partials, ids] = reduce_partials("hyper_reduce_tower", kind, learn, momentum, eps, grads, s0, s1, s2,
-                                         scal, inv_scale, stream.stream());
-  return finish_and_tower("hyper_reduce_tower", partials, ids, n, d0_map, desc, tower_eps, slots, stream.stream());
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  with_tower_args("hyper_reduce_tower", n, d0_map, desc, tower_eps, slots, [&](const auto& d, const D0Map& m) {
+    auto [partials, ids] = reduce_partials("hyper_reduce_tower", kind, learn, momentum, eps, grads, s0, s1, s2,
+                                           scal, inv_scale, stream.stream());
+    out = finish_and_tower(partials, ids, n, d, m, stream.stream());
+  });
+  return out;
 }
 
 void check_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList s0, at::TensorList s1,
@@ -244,28 +259,6 @@ at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double 
   return finish(partials, ids, n, stream.stream());
 }
 
-// One kernel: the partial sums finished into rows and the levels above run on them (tower_kernels.cu).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_and_tower(const char* op, const at::Tensor& partials,
-                                                                const at::Tensor& ids, int64_t n,
-                                                                at::IntArrayRef d0_map, at::IntArrayRef desc,
-                                                                at::ArrayRef<double> tower_eps, at::TensorList slots,
-                                                                cudaStream_t stream) {
-  const auto dtype = slots[0].scalar_type();      // checked by check_tower_args before the pass
-  auto rows = at::empty({n, kOutCols}, partials.options());
-  at::Tensor scr, ok = at::empty({}, partials.options().dtype(at::kBool));
-  AT_DISPATCH_FLOATING_TYPES(dtype, "hyperfused_tower", [&] {
-    const auto d = tower_desc<scalar_t>(op, desc, tower_eps, slots, dtype);
-    const auto m = d0_map_of(op, d0_map, n, d);
-    auto d0 = at::empty({d.lv[1].units}, partials.options().dtype(dtype));
-    scr = at::zeros({6 * d.K * d.block}, partials.options().dtype(dtype));
-    launch_finish_tower(partials.data_ptr<double>(), ids.data_ptr<int>(), static_cast<int>(partials.size(0)),
-                        rows.data_ptr<double>(), static_cast<int>(n), m, d, d0.data_ptr<scalar_t>(),
-                        scr.data_ptr<scalar_t>(), ok.data_ptr<bool>(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {rows, scr, ok};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cuda(
     int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params, at::TensorList grads,
     at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal, const at::Tensor& scal_jac,
@@ -275,12 +268,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cuda(
   const int64_t n = grads.size();
   TORCH_CHECK(n > 0 && !slots.empty(), "hyper_update_tower: no gradients or no tower slots");
   check_slots_on("hyper_update_tower", slots, grads[0].device());
-  check_tower_args("hyper_update_tower", n, d0_map, desc, tower_eps, slots);   // before the update writes
   const c10::cuda::CUDAGuard guard(grads[0].device());
   auto stream = at::cuda::getCurrentCUDAStream();
-  auto [partials, ids] = update_partials("hyper_update_tower", kind, learn, momentum, eps, params, grads, s0, s1, s2,
-                                         scal, scal_jac, ok, inv_scale, stream.stream());
-  return finish_and_tower("hyper_update_tower", partials, ids, n, d0_map, desc, tower_eps, slots, stream.stream());
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  with_tower_args("hyper_update_tower", n, d0_map, desc, tower_eps, slots, [&](const auto& d, const D0Map& m) {
+    auto [partials, ids] = update_partials("hyper_update_tower", kind, learn, momentum, eps, params, grads, s0, s1,
+                                           s2, scal, scal_jac, ok, inv_scale, stream.stream());
+    out = finish_and_tower(partials, ids, n, d, m, stream.stream());
+  });
+  return out;
 }
 
 at::Tensor nonfinite_count_cuda(at::TensorList grads) {

@@ -89,16 +89,19 @@ D0Map d0_map_of(const char* op, at::IntArrayRef map, int64_t n, const TowerDesc<
   return m;
 }
 
-// The tower arguments of the ops that run a pass and then the levels above, checked before the pass writes
-// anything (bad arguments must not leave the parameters updated and the tower not).
-inline void check_tower_args(const char* op, int64_t n, at::IntArrayRef d0_map, at::IntArrayRef desc,
-                             at::ArrayRef<double> eps, at::TensorList slots) {
+// The tower arguments of the ops that run a pass and then the levels above, parsed once, before the pass writes
+// anything (bad arguments must not leave the parameters updated and the tower not): fn(desc, map) is called
+// with the TowerDesc<T> of the tower's dtype (float or double) and runs the pass and the tower.
+template <typename Fn>
+void with_tower_args(const char* op, int64_t n, at::IntArrayRef d0_map, at::IntArrayRef desc,
+                     at::ArrayRef<double> eps, at::TensorList slots, Fn&& fn) {
   TORCH_CHECK(!slots.empty(), op, ": no tower slots");
   const auto dtype = slots[0].scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": the tower's dtype must be float32 or float64, "
               "got ", dtype);
   AT_DISPATCH_FLOATING_TYPES(dtype, "hyperfused_tower", [&] {
-    d0_map_of(op, d0_map, n, tower_desc<scalar_t>(op, desc, eps, slots, dtype));
+    const auto d = tower_desc<scalar_t>(op, desc, eps, slots, dtype);
+    fn(d, d0_map_of(op, d0_map, n, d));
   });
 }
 
