@@ -170,8 +170,7 @@ def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw):
     steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
     scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), grads[0].device)
     g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
-    head = (KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg))
-    return head, g, s0, s1, s2, scal
+    return _head(kind, cfg, learned), g, s0, s1, s2, scal
 
 
 def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, kernels=None, inv_scale=None):
@@ -229,7 +228,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         jhp, jraw, jvalid = jac
         jvalid = _check_prev_grads(states, list(jvalid))
         scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), dev)
-    head = (KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg))
+    head = _head(kind, cfg, learned)
     if tower_args is not None:
         if scal_jac is None or not compiled:
             raise ValueError("hyper_update: tower_args needs one-pass mode (jac) and the compiled kernels")
@@ -256,6 +255,11 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     if tower_args is not None:
         return tower_out
     return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, 3].sum() == 0
+
+
+def _head(kind, cfg, learned) -> tuple:
+    """The ops' first four arguments: kind, learned bits, momentum on/off, eps."""
+    return KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg)
 
 
 def _d0_map(kind, learned, per_tensor_lr) -> List[int]:

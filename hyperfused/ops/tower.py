@@ -63,9 +63,9 @@ def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
 
 def fusable(levels, specs, grads, per_tensor_lr: bool, n_group: int) -> bool:
     """Pass A (one-pass mode: pass B) and the tower can run as the one op ``hyper_reduce_tower``
-    (``hyper_update_tower``): the compiled tower covers it, the
-    gradients share one dtype, level 0 learns something, and a per-tensor lr has a gradient for every tensor of
-    the group (the op's rows are then the group's vector)."""
+    (``hyper_update_tower``): the compiled tower covers it, the gradients share one dtype, level 0 learns
+    something, and a per-tensor lr has a gradient for every tensor of the group (the op's rows are then the
+    group's vector)."""
     learned0 = specs[0][2]
     return (bool(grads) and bool(learned0) and supported(levels, specs)
             and all(g.dtype == grads[0].dtype for g in grads)
