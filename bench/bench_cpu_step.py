@@ -7,6 +7,17 @@ tensors per parameter as a new one comes from every backward. Every configuratio
 same run, round-robin (one step of each in turn, so machine noise hits all alike), and reported as the
 median step time, the ratio to torch's fused optimizer and the effective bandwidth: bytes moved per
 parameter (SPEC.md 1.4's model) x N / time.
+
+The same run also times read-only probes (torch.sum, torch.dot, hyperfused's non-finite count) and gives each
+configuration a floor: the ratio that an implementation keeping the optimizers' contract cannot beat on this
+machine. On a machine where a core's reads are limited by how many cache misses it keeps in flight, write-backs
+cost little (an in-place a += b, 8 B read and 4 B written, takes the time of a dot product's 8 B read), so a
+pass costs its bytes *read*: the floor is
+    (read-only bytes / fastest read-only probe + update bytes read / the baseline's read rate) / baseline time,
+with the bytes each pass must read (READS below): exact mode's pass A must finish before anything is written (the
+new hyperparameters and the skip decision come from it) and reads the gradient and the state its Jacobian needs;
+the update reads what torch's fused update reads (one-pass and plain steps read the gradients once first for the
+skip decision). The BW ceiling is the bandwidth ratio that the floor allows.
 """
 from __future__ import annotations
 
@@ -41,6 +52,43 @@ CONFIGS = {
 }
 
 
+# bytes per parameter each configuration must read: (read-only passes, the update pass); for the baselines the
+# update's reads
+READS = {
+    "torch Adam fused": (0, 16),
+    "hf Adam (lr, betas) exact": (16, 16),      # pass A: g, m, v, g_prev; update: x, g, m, v
+    "hf Adam (lr) exact": (12, 16),             # pass A: g, m, v
+    "hf Adam (lr) one-pass": (4, 16),           # the non-finite read of g; update (+ sums from the old m, v)
+    "hf Adam (lr, betas) one-pass": (4, 20),    # ... the update also reads g_prev for the sums
+    "hf Adam plain (no tower)": (4, 16),
+    "torch SGD momentum fused": (0, 12),
+    "hf SGD (lr) exact": (8, 8),                # pass A: g, g_prev; update: x, g
+}
+
+# the issue's targets (ratio to the baseline, measured at 16M and 64M elements)
+TARGETS = {"hf Adam (lr, betas) exact": 1.8, "hf Adam (lr) exact": 1.5, "hf Adam (lr) one-pass": 1.2,
+           "hf SGD (lr) exact": 1.4}
+
+
+def probes(n: int):
+    """Read-only kernels over n-element float32 tensors: name -> (callable, bytes read per element). Besides
+    torch's reductions, hyperfused's own pass A over 3 and 4 streams (Adam's Jacobian sums, as in exact mode):
+    the floor takes the fastest of them, so it never assumes reads slower than this machine has shown."""
+    from hyperfused import ops
+    g = torch.Generator().manual_seed(1)
+    a, b, c, d = (torch.randn(n, generator=g).abs() for _ in range(4))
+    out = {"torch.sum": (lambda: a.sum(), 4), "torch.dot": (lambda: torch.dot(a, b), 8)}
+    if ops.extension_available():
+        hfo = torch.ops.hyperfused
+        # one tensor's scalars: lr, beta1, beta2, raw lr, dsigma1, dsigma2, step, valid
+        scal = torch.tensor([[1e-3, 0.9, 0.999, 0.0, 0.09, 0.001, 5.0, 1.0]], dtype=torch.float64)
+        out["hf nonfinite_count"] = (lambda: hfo.nonfinite_count([a]), 4)
+        out["hf pass A, Adam (lr)"] = (lambda: hfo.hyper_reduce(3, 1, False, 1e-8, [a], [b], [c], [], scal), 12)
+        out["hf pass A, Adam (lr, betas)"] = (
+            lambda: hfo.hyper_reduce(3, 7, False, 1e-8, [a], [b], [c], [d], scal), 16)
+    return out
+
+
 def parse_n(text: str) -> int:
     text = text.upper()
     mult = {"K": 10 ** 3, "M": 2 ** 20}.get(text[-1], 1)
@@ -71,12 +119,15 @@ def run(n: int, reps: int, warmup: int, names):
         build = CONFIGS[name][0]
         params, grads = make_params(n)
         opts[name] = (build(params), params, grads)
-    times = {name: [] for name in names}
+    probe = probes(n)
+    times = {name: [] for name in list(names) + list(probe)}
     for i in range(warmup):
         for name in names:
             opt, params, grads = opts[name]
             set_grads(params, grads, i)
             opt.step()
+        for f, _ in probe.values():
+            f()
     for i in range(reps):
         for name in names:
             opt, params, grads = opts[name]
@@ -84,6 +135,12 @@ def run(n: int, reps: int, warmup: int, names):
             t0 = time.perf_counter()
             opt.step()
             times[name].append(time.perf_counter() - t0)
+        for name, (f, _) in probe.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    read_rate = {name: nbytes * n / statistics.median(times[name]) for name, (_, nbytes) in probe.items()}
+    best_read = max(read_rate.values())
     out = {}
     for name in names:
         med = statistics.median(times[name])
@@ -95,6 +152,16 @@ def run(n: int, reps: int, warmup: int, names):
         if base in out:
             out[name]["ratio"] = out[name]["median_ms"] / out[base]["median_ms"]
             out[name]["bw_vs_baseline"] = out[name]["gbps"] / out[base]["gbps"]
+            ro, upd = READS[name]
+            t_base = out[base]["median_ms"] / 1e3
+            base_rate = READS[base][1] * n / t_base            # the baseline update's read rate
+            floor = (ro * n / best_read + upd * n / base_rate) / t_base
+            out[name]["floor"] = floor
+            out[name]["bw_ceiling"] = out[name]["bytes_per_param"] / CONFIGS[base][1] / floor
+            if name in TARGETS:
+                out[name]["target"] = TARGETS[name]
+    out["_probes"] = {name: {"median_ms": 1e3 * statistics.median(times[name]), "read_gbps": read_rate[name] / 1e9}
+                      for name in probe}
     return out
 
 
@@ -116,11 +183,20 @@ def main(argv=None):
         res = run(n, args.reps, args.warmup, names)
         results[text] = res
         print(f"\n{text} float32 elements in 8 tensors")
-        print(f"{'configuration':<32} {'B/param':>7} {'median ms':>10} {'GB/s':>7} {'ratio':>6} {'BW vs base':>10}")
+        print(f"{'configuration':<32} {'B/param':>7} {'median ms':>10} {'GB/s':>7} {'ratio':>6} {'floor':>6} "
+              f"{'target':>6} {'BW vs base':>10} {'BW ceiling':>10}")
         for name, r in res.items():
+            if name.startswith("_"):
+                continue
             ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+            floor = f"{r['floor']:.2f}x" if "floor" in r else ""
+            target = f"{r['target']:.2f}x" if "target" in r else ""
             bw = f"{100 * r['bw_vs_baseline']:.0f}%" if "bw_vs_baseline" in r else ""
-            print(f"{name:<32} {r['bytes_per_param']:>7} {r['median_ms']:>10.2f} {r['gbps']:>7.2f} {ratio:>6} {bw:>10}")
+            ceil = f"{100 * r['bw_ceiling']:.0f}%" if "bw_ceiling" in r else ""
+            print(f"{name:<32} {r['bytes_per_param']:>7} {r['median_ms']:>10.2f} {r['gbps']:>7.2f} {ratio:>6} "
+                  f"{floor:>6} {target:>6} {bw:>10} {ceil:>10}")
+        for name, r in res["_probes"].items():
+            print(f"read-only probe {name:<20} {r['median_ms']:8.2f} ms {r['read_gbps']:6.1f} GB/s read")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "reps": args.reps, "torch": torch.__version__, "results": results},

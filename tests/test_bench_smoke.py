@@ -10,9 +10,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 def test_cpu_step_benchmark_runs(capsys):
     import bench_cpu_step
     res = bench_cpu_step.main(["--elements", "64K", "--reps", "2", "--warmup", "1"])
-    assert set(res["64K"]) == set(bench_cpu_step.CONFIGS)
-    for r in res["64K"].values():
+    rows = {k: v for k, v in res["64K"].items() if not k.startswith("_")}
+    assert set(rows) == set(bench_cpu_step.CONFIGS)
+    for name, r in rows.items():
         assert r["median_ms"] > 0 and r["gbps"] > 0
+        if r["baseline"] is not None:
+            # the floor charges at least the update's reads at the baseline's rate, plus the read-only passes
+            ro, upd = bench_cpu_step.READS[name]
+            assert r["floor"] >= upd / bench_cpu_step.READS[r["baseline"]][1]
+            assert (r["floor"] > upd / bench_cpu_step.READS[r["baseline"]][1]) == (ro > 0)
+    assert {"torch.sum", "torch.dot", "hf pass A, Adam (lr)"} <= set(res["64K"]["_probes"])
     assert "hf Adam (lr, betas) exact" in capsys.readouterr().out
 
 
