@@ -72,9 +72,11 @@ struct BothScalars {
 
 // out[0..2] += sum over [begin, end) of g * J_{lr, h1, h2}; out[3] += the number of non-finite g.
 // body(V zero, k, j0, j1, j2) fills the Jacobians of the element(s) at k, as V (vector or scalar).
-// Software prefetch, 4 KB ahead, of every stream a loop reads (null pointers are skipped). Measured on the
+// Software prefetch, 4 KB ahead, of every stream a reduction reads (null pointers are skipped). Measured on the
 // machine of bench/RESULTS.md: the read-only reduction passes went from about 28 to 40 GB/s on tensors
-// larger than the cache; the hardware prefetcher alone keeps too few lines in flight.
+// larger than the cache; the hardware prefetcher alone keeps too few lines in flight. The update loop does
+// not prefetch: its stores keep enough misses in flight, and prefetching there cost 10-25% on tensors that
+// fit the cache (256K-1M elements, AMD EPYC, AVX2) and gained nothing beyond it.
 constexpr int64_t kPrefetchBytes = 4096;
 
 template <typename T>
@@ -97,7 +99,7 @@ inline void reduce_loop(const Streams<T>& streams, const T* g, int64_t begin, in
   for (; k + W <= end; k += W) {
     streams.prefetch(k);
     const Vec gv = Vec::loadu(g + k);
-    bad = bad + (Vec(1) - (gv - gv).eq(Vec(0)));
+    bad = bad + (gv - gv).ne(Vec(0));        // inf - inf and NaN - NaN are NaN, unequal to 0
     if (JAC) {
       Vec j0(0), j1(0), j2(0);
       body(Vec(0), k, j0, j1, j2);
@@ -138,12 +140,11 @@ inline void reduce_loop(const Streams<T>& streams, const T* g, int64_t begin, in
 
 // body(V zero, k) updates the element(s) at k in place.
 template <typename T, typename Body>
-inline void update_loop(const Streams<T>& streams, int64_t begin, int64_t end, Body&& body) {
+inline void update_loop(int64_t begin, int64_t end, Body&& body) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t W = Vec::size();
   int64_t k = begin;
   for (; k + W <= end; k += W) {
-    streams.prefetch(k);
     body(Vec(0), k);
   }
   for (; k < end; ++k) body(T(0), k);
@@ -206,8 +207,6 @@ template <typename T>
 void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int64_t begin, int64_t end,
                  const Scalars<T>& c) {
   const BothScalars<T> sc(c);
-  // the streams each body reads (see reduce_impl); written-only arrays are not prefetched
-  const Streams<T> x_g{{x, g, nullptr, nullptr}}, x_g_s0{{x, g, s0, nullptr}}, x_g_s01{{x, g, s0, s1}};
   const bool h1 = (f.learn & kLearnH1) != 0;
   // which kinds write the previous gradient (SPEC.md 1.3), unless the caller keeps the gradient itself
   const bool lr = (f.learn & kLearnLr) != 0 && f.store_prev;
@@ -216,7 +215,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
   switch (f.kind) {
     case kSGD:
       if (f.momentum) {
-        return update_loop<T>(x_g_s0, begin, end, [&](auto z, int64_t k) {
+        return update_loop<T>(begin, end, [&](auto z, int64_t k) {
           using V = decltype(z);
           const auto& cc = sc.template get<V>();
           V buf = ld<V>(s0, k);
@@ -225,14 +224,14 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
           st<V>(s0, k, buf);
         });
       }
-      return update_loop<T>(x_g, begin, end, [&](auto z, int64_t k) {
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const V gk = ld<V>(g, k);
         st<V>(x, k, sgd_step(ld<V>(x, k), gk, sc.template get<V>().lr));
         if (lr) st<V>(s0, k, gk);                       // the previous gradient, for J_lr
       });
     case kAdagrad:
-      return update_loop<T>(x_g_s0, begin, end, [&](auto z, int64_t k) {
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
@@ -242,7 +241,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         if (any) st<V>(s1, k, gk);
       });
     case kRMSprop:
-      return update_loop<T>(x_g_s0, begin, end, [&](auto z, int64_t k) {
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
@@ -252,7 +251,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         if (any) st<V>(s1, k, gk);
       });
     default:
-      return update_loop<T>(x_g_s01, begin, end, [&](auto z, int64_t k) {
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const V gk = ld<V>(g, k);
         V m = ld<V>(s0, k), v = ld<V>(s1, k);
