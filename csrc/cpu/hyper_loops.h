@@ -190,9 +190,15 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
       });
     default:
       if (h12) {
+        const AdamJacK<T> ks = adam_jac_consts(c);
+        const AdamJacK<at::vec::Vectorized<T>> kv = cast_adam_jac_consts<at::vec::Vectorized<T>>(ks);
         return reduce_loop<T, true>(g_s012, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto& j2) {
           using V = decltype(z);
-          adam_jac(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.template get<V>(), j0, j1, j2);
+          if constexpr (std::is_same<V, T>::value) {
+            adam_jac(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.s, ks, j0, j1, j2);
+          } else {
+            adam_jac(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.v, kv, j0, j1, j2);
+          }
         });
       }
       return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {

@@ -54,12 +54,6 @@ struct Scalars {
   T ic1, ic2;      // 1 / c1, 1 / c2
   T ih1c1, ih2c2;  // 1 / (h1 c1), 1 / (h2 c2): Adam's (m - g) / b1 / c1 and (v - g^2) / b2 / c2
   T ih1;           // 1 / h1: RMSprop's 1 / gamma
-  // Adam's Jacobians with the per-tensor factors folded (fewer vector operations per element: the betas' pass
-  // is bound by arithmetic, not memory, on CPUs)
-  T nic1;          // -1 / c1
-  T a1, a2;        // ih1c1 + dc1, ih2c2 + dc2
-  T nlrd1;         // -lr sigma'(b1)
-  T nhlrd2;        // -lr sigma'(b2) / 2
 };
 
 template <typename T>
@@ -77,11 +71,6 @@ HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T raw_lr, T dsig
   s.ih1c1 = T(1) / (h1 * s.c1);
   s.ih2c2 = T(1) / (h2 * s.c2);
   s.ih1 = T(1) / h1;
-  s.nic1 = -s.ic1;
-  s.a1 = s.ih1c1 + s.dc1;
-  s.a2 = s.ih2c2 + s.dc2;
-  s.nlrd1 = -lr * dsig1;
-  s.nhlrd2 = -lr * dsig2 * T(0.5);
   return s;
 }
 
@@ -93,7 +82,6 @@ HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
   o.dsig1 = V(c.dsig1); o.dsig2 = V(c.dsig2); o.c1 = V(c.c1); o.c2 = V(c.c2); o.dc1 = V(c.dc1);
   o.dc2 = V(c.dc2); o.om1 = V(c.om1); o.om2 = V(c.om2); o.ic1 = V(c.ic1); o.ic2 = V(c.ic2);
   o.ih1c1 = V(c.ih1c1); o.ih2c2 = V(c.ih2c2); o.ih1 = V(c.ih1);
-  o.nic1 = V(c.nic1); o.a1 = V(c.a1); o.a2 = V(c.a2); o.nlrd1 = V(c.nlrd1); o.nhlrd2 = V(c.nhlrd2);
   return o;
 }
 
@@ -149,19 +137,41 @@ HF_HOST_DEVICE T adam_jac_lr(T m, T v, const Scalars<T>& c) {
   return -((m * c.ic1) / (MathOps<T>::sqrt(v * c.ic2) + c.eps));
 }
 
+// Adam's betas Jacobian with its per-tensor factors folded (fewer vector operations per element: on CPUs this
+// pass is bound by arithmetic, not memory). A struct of its own rather than more Scalars fields: the GPU
+// kernels that carry Scalars per level (the tower) would pay for them in registers.
+template <typename T>
+struct AdamJacK {
+  T nic1;    // -1 / c1
+  T a1, a2;  // ih1c1 + dc1, ih2c2 + dc2
+  T nlrd1;   // -lr sigma'(b1)
+  T nhlrd2;  // -lr sigma'(b2) / 2
+};
+
+template <typename T>
+HF_HOST_DEVICE AdamJacK<T> adam_jac_consts(const Scalars<T>& c) {
+  return AdamJacK<T>{-c.ic1, c.ih1c1 + c.dc1, c.ih2c2 + c.dc2, -c.lr * c.dsig1, -c.lr * c.dsig2 * T(0.5)};
+}
+
+template <typename V, typename T>
+HF_HOST_DEVICE AdamJacK<V> cast_adam_jac_consts(const AdamJacK<T>& k) {
+  return AdamJacK<V>{V(k.nic1), V(k.a1), V(k.a2), V(k.nlrd1), V(k.nhlrd2)};
+}
+
 // J_b1 = -lr [(m_prev - g)/c1 + m t b1^(t-1)/c1^2] / (S + eps) sigma'(b1),  m_prev - g = (m - g) / b1
 // J_b2 = lr mh / (S + eps)^2 / (2 S) [(v_prev - g^2)/c2 + v t b2^(t-1)/c2^2] sigma'(b2), 0 where S = 0
-// Written with the per-tensor factors of Scalars folded: (m - g)/(b1 c1) + m dc1 = m a1 - g/(b1 c1), and
+// Written with the factors of AdamJacK: (m - g)/(b1 c1) + m dc1 = m a1 - g/(b1 c1), and
 // J_b2 = (-lr sigma'(b2) / 2) J_lr / (S + eps) [v a2 - g^2 / (b2 c2)] / S.
 template <typename T>
-HF_HOST_DEVICE void adam_jac(T m, T v, T g_prev, const Scalars<T>& c, T& j_lr, T& j_b1, T& j_b2) {
+HF_HOST_DEVICE void adam_jac(T m, T v, T g_prev, const Scalars<T>& c, const AdamJacK<T>& k, T& j_lr, T& j_b1,
+                             T& j_b2) {
   const T S = MathOps<T>::sqrt(v * c.ic2);
   const T rden = T(1) / (S + c.eps);
-  j_lr = (m * c.nic1) * rden;
-  const T dmh = m * c.a1 - g_prev * c.ih1c1;
-  j_b1 = (c.nlrd1 * rden) * dmh;
-  const T dvh = v * c.a2 - (g_prev * g_prev) * c.ih2c2;
-  const T term = c.nhlrd2 * (j_lr * rden) * dvh / S;
+  j_lr = (m * k.nic1) * rden;
+  const T dmh = m * k.a1 - g_prev * c.ih1c1;
+  j_b1 = (k.nlrd1 * rden) * dmh;
+  const T dvh = v * k.a2 - (g_prev * g_prev) * c.ih2c2;
+  const T term = k.nhlrd2 * (j_lr * rden) * dvh / S;
   j_b2 = MathOps<T>::where_pos(S, term);
 }
 
