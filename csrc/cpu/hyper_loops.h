@@ -195,9 +195,9 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
         return reduce_loop<T, true>(g_s012, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto& j2) {
           using V = decltype(z);
           if constexpr (std::is_same<V, T>::value) {
-            adam_jac(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.s, ks, j0, j1, j2);
+            adam_jac_folded(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.s, ks, j0, j1, j2);
           } else {
-            adam_jac(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.v, kv, j0, j1, j2);
+            adam_jac_folded(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.v, kv, j0, j1, j2);
           }
         });
       }

@@ -49,7 +49,7 @@ HF_HOST_DEVICE void element_jac(int kind, int learn, bool momentum, const Arrays
       break;
     case kAdam:
       if (learn & (kLearnH1 | kLearnH2)) {
-        adam_jac(a.s0[i], a.s1[i], a.s2[i], c, adam_jac_consts(c), j0, j1, j2);
+        adam_jac(a.s0[i], a.s1[i], a.s2[i], c, j0, j1, j2);
       } else {
         j0 = adam_jac_lr(a.s0[i], a.s1[i], c);
       }

@@ -137,9 +137,25 @@ HF_HOST_DEVICE T adam_jac_lr(T m, T v, const Scalars<T>& c) {
   return -((m * c.ic1) / (MathOps<T>::sqrt(v * c.ic2) + c.eps));
 }
 
-// Adam's betas Jacobian with its per-tensor factors folded (fewer vector operations per element: on CPUs this
-// pass is bound by arithmetic, not memory). A struct of its own rather than more Scalars fields: the GPU
-// kernels that carry Scalars per level (the tower) would pay for them in registers.
+// J_b1 = -lr [(m_prev - g)/c1 + m t b1^(t-1)/c1^2] / (S + eps) sigma'(b1),  m_prev - g = (m - g) / b1
+// J_b2 = lr mh / (S + eps)^2 / (2 S) [(v_prev - g^2)/c2 + v t b2^(t-1)/c2^2] sigma'(b2), 0 where S = 0
+template <typename T>
+HF_HOST_DEVICE void adam_jac(T m, T v, T g_prev, const Scalars<T>& c, T& j_lr, T& j_b1, T& j_b2) {
+  const T mh = m * c.ic1;
+  const T S = MathOps<T>::sqrt(v * c.ic2);
+  const T rden = T(1) / (S + c.eps);
+  j_lr = -(mh * rden);
+  const T dmh = (m - g_prev) * c.ih1c1 + m * c.dc1;
+  j_b1 = -c.lr * dmh * rden * c.dsig1;
+  const T dvh = (v - g_prev * g_prev) * c.ih2c2 + v * c.dc2;
+  const T term = c.lr * mh * (rden * rden) / (T(2) * S) * dvh * c.dsig2;
+  j_b2 = MathOps<T>::where_pos(S, term);
+}
+
+// The same Jacobians with the per-tensor factors folded, for the CPU's vector loops (float, double): 9 fewer
+// vector operations per element, and that pass is bound by arithmetic there, not memory. The GPU kernels (and
+// the CPU's half/bfloat16 loops) keep adam_jac above: with these five more constants live, ptxas spilled in
+// three sm_90 kernels that had none.
 template <typename T>
 struct AdamJacK {
   T nic1;    // -1 / c1
@@ -149,22 +165,19 @@ struct AdamJacK {
 };
 
 template <typename T>
-HF_HOST_DEVICE AdamJacK<T> adam_jac_consts(const Scalars<T>& c) {
+inline AdamJacK<T> adam_jac_consts(const Scalars<T>& c) {
   return AdamJacK<T>{-c.ic1, c.ih1c1 + c.dc1, c.ih2c2 + c.dc2, -c.lr * c.dsig1, -c.lr * c.dsig2 * T(0.5)};
 }
 
 template <typename V, typename T>
-HF_HOST_DEVICE AdamJacK<V> cast_adam_jac_consts(const AdamJacK<T>& k) {
+inline AdamJacK<V> cast_adam_jac_consts(const AdamJacK<T>& k) {
   return AdamJacK<V>{V(k.nic1), V(k.a1), V(k.a2), V(k.nlrd1), V(k.nhlrd2)};
 }
 
-// J_b1 = -lr [(m_prev - g)/c1 + m t b1^(t-1)/c1^2] / (S + eps) sigma'(b1),  m_prev - g = (m - g) / b1
-// J_b2 = lr mh / (S + eps)^2 / (2 S) [(v_prev - g^2)/c2 + v t b2^(t-1)/c2^2] sigma'(b2), 0 where S = 0
-// Written with the factors of AdamJacK: (m - g)/(b1 c1) + m dc1 = m a1 - g/(b1 c1), and
-// J_b2 = (-lr sigma'(b2) / 2) J_lr / (S + eps) [v a2 - g^2 / (b2 c2)] / S.
+// (m - g)/(b1 c1) + m dc1 = m a1 - g/(b1 c1);  J_b2 = (-lr sigma'(b2) / 2) J_lr / (S + eps) [v a2 - g^2/(b2 c2)] / S
 template <typename T>
-HF_HOST_DEVICE void adam_jac(T m, T v, T g_prev, const Scalars<T>& c, const AdamJacK<T>& k, T& j_lr, T& j_b1,
-                             T& j_b2) {
+inline void adam_jac_folded(T m, T v, T g_prev, const Scalars<T>& c, const AdamJacK<T>& k, T& j_lr, T& j_b1,
+                            T& j_b2) {
   const T S = MathOps<T>::sqrt(v * c.ic2);
   const T rden = T(1) / (S + c.eps);
   j_lr = (m * k.nic1) * rden;
