@@ -47,3 +47,11 @@ def test_triton_benchmark_runs_and_says_when_no_gpu_numbers_were_taken(capsys):
         small, big = counts[f"{mode}, 24 tensors"], counts[f"{mode}, 240 tensors"]
         assert small == big
     assert counts["exact, 240 tensors"]["triton_launches"] == 5      # A, its finish, the tower (2), B
+
+
+def test_cpu_ops_benchmark_runs(capsys):
+    import bench_cpu_ops
+    res = bench_cpu_ops.main(["--elements", "4K"])
+    assert set(res["4K"]) == set(bench_cpu_ops.cases())
+    assert all(v > 0 for v in res["4K"].values())
+    assert "hf pass A, Adam (lr, betas)" in capsys.readouterr().out
