@@ -20,6 +20,17 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def _assert_same_run(params_a, opt_a, params_b, opt_b, tol_params, tol_hyper):
+    """Two runs agree: every parameter within tol_params, every level's hyperparameters within tol_hyper
+    (relative norms)."""
+    for a, b in zip(params_a, params_b):
+        assert _rel(a.detach(), b.detach()) <= tol_params
+    for la, lb in zip(opt_a.levels, opt_b.levels):
+        for k, v in lb.hyperparameters().items():
+            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
+                        torch.tensor(v, dtype=torch.float64)) <= tol_hyper
+
+
 def _run(make, dtype, backend, sizes, steps=5, one_pass=False):
     g = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.5).to(dtype).cuda()) for s in sizes]
@@ -51,12 +62,7 @@ def test_cuda_matches_reference(name, dtype, one_pass):
     p_ref, o_ref = _run(MAKERS[name], dtype, "reference", SIZES, one_pass=one_pass)
     p_cu, o_cu = _run(MAKERS[name], dtype, "cuda", SIZES, one_pass=one_pass)
     assert o_cu._group_backend(o_cu.param_groups[0]) == "cuda"
-    for a, b in zip(p_cu, p_ref):
-        assert _rel(a, b) <= TOL[dtype]
-    for la, lb in zip(o_cu.levels, o_ref.levels):
-        for k, v in lb.hyperparameters().items():
-            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
-                        torch.tensor(v, dtype=torch.float64)) <= max(TOL[dtype], 1e-6)
+    _assert_same_run(p_cu, o_cu, p_ref, o_ref, TOL[dtype], max(TOL[dtype], 1e-6))
 
 
 def test_many_tensors_in_one_call():
@@ -123,12 +129,7 @@ def test_cuda_matches_triton(name, one_pass):
     """The two GPU backends agree with each other (each is also held to the reference above)."""
     p_tri, o_tri = _run(MAKERS[name], torch.float32, "triton", SIZES, one_pass=one_pass)
     p_cu, o_cu = _run(MAKERS[name], torch.float32, "cuda", SIZES, one_pass=one_pass)
-    for a, b in zip(p_cu, p_tri):
-        assert _rel(a, b) <= 2e-5
-    for la, lb in zip(o_cu.levels, o_tri.levels):
-        for k, v in lb.hyperparameters().items():
-            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
-                        torch.tensor(v, dtype=torch.float64)) <= 1e-5
+    _assert_same_run(p_cu, o_cu, p_tri, o_tri, 2e-5, 1e-5)
 
 
 @pytest.mark.parametrize("name", ["adam/sgd", "rmsprop/sgd/sgd", "sgd per-tensor/sgd"])
@@ -261,12 +262,7 @@ def test_cuda_step_runs_its_pass_and_the_tower_as_one_op(name, one_pass, monkeyp
     monkeypatch.setattr(tower, "fusable", lambda *a, **k: False)
     p2, o2 = _run(MAKERS[name], torch.float64, "cuda", SIZES, one_pass=one_pass)
     assert len(used) == 5
-    for a, b in zip(p1, p2):
-        assert _rel(a, b) <= 1e-13
-    for la, lb in zip(o1.levels, o2.levels):
-        for k, v in lb.hyperparameters().items():
-            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
-                        torch.tensor(v, dtype=torch.float64)) <= 1e-13
+    _assert_same_run(p1, o1, p2, o2, 1e-13, 1e-13)
 
 
 def test_reduce_tower_op_on_cuda_matches_the_cpu_op():
@@ -332,9 +328,4 @@ def test_cuda_step_can_be_captured_in_a_cuda_graph(name):
             p.grad.copy_(gr)
         graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(p_graph, p_eager):
-        assert _rel(a.detach(), b.detach()) <= 1e-6
-    for la, lb in zip(o_graph.levels, o_eager.levels):
-        for k, v in lb.hyperparameters().items():
-            assert _rel(torch.tensor(la.hyperparameters()[k], dtype=torch.float64),
-                        torch.tensor(v, dtype=torch.float64)) <= 1e-6
+    _assert_same_run(p_graph, o_graph, p_eager, o_eager, 1e-6, 1e-6)
