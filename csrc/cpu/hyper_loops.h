@@ -53,19 +53,31 @@ inline void st(T* p, int64_t k, const V& v) {
   }
 }
 
-// Both forms of the per-tensor scalars; `get<V>()` gives the one a body is instantiated with.
+// Both forms of the per-tensor scalars (and of Adam's folded Jacobian factors); `get<V>()` and `adam_k<V>()` give
+// the one a body is instantiated with.
 template <typename T>
 struct BothScalars {
   using Vec = at::vec::Vectorized<T>;
   Scalars<T> s;
   Scalars<Vec> v;
-  explicit BothScalars(const Scalars<T>& c) : s(c), v(cast_scalars<Vec>(c)) {}
+  AdamJacK<T> ks;
+  AdamJacK<Vec> kv;
+  explicit BothScalars(const Scalars<T>& c)
+      : s(c), v(cast_scalars<Vec>(c)), ks(adam_jac_consts(c)), kv(cast_adam_jac_consts<Vec>(ks)) {}
   template <typename V>
   const Scalars<V>& get() const {
     if constexpr (std::is_same<V, T>::value) {
       return s;
     } else {
       return v;
+    }
+  }
+  template <typename V>
+  const AdamJacK<V>& adam_k() const {
+    if constexpr (std::is_same<V, T>::value) {
+      return ks;
+    } else {
+      return kv;
     }
   }
 };
@@ -190,15 +202,10 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
       });
     default:
       if (h12) {
-        const AdamJacK<T> ks = adam_jac_consts(c);
-        const AdamJacK<at::vec::Vectorized<T>> kv = cast_adam_jac_consts<at::vec::Vectorized<T>>(ks);
         return reduce_loop<T, true>(g_s012, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto& j2) {
           using V = decltype(z);
-          if constexpr (std::is_same<V, T>::value) {
-            adam_jac_folded(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.s, ks, j0, j1, j2);
-          } else {
-            adam_jac_folded(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.v, kv, j0, j1, j2);
-          }
+          adam_jac_folded(ld<V>(s0, k), ld<V>(s1, k), ld<V>(s2, k), sc.template get<V>(), sc.template adam_k<V>(),
+                          j0, j1, j2);
         });
       }
       return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
