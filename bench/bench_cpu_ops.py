@@ -18,16 +18,16 @@ import torch
 
 from hyperfused import ops
 
+from bench_cpu_step import parse_n
+
 # one tensor's scalars: lr, beta1, beta2, raw lr, dsigma1, dsigma2, step, valid (the update's table: column 7 is
 # "write the previous gradient", 0 here)
 _SCAL = [[1e-3, 0.9, 0.999, 0.0, 0.09, 0.001, 5.0, 0.0]]
 _SCAL_JAC = [[1e-3, 0.9, 0.999, 0.0, 0.09, 0.001, 4.0, 1.0]]
 
 
-def parse_n(text: str) -> int:
-    text = text.upper()
-    mult = {"K": 2 ** 10, "M": 2 ** 20}.get(text[-1], 1)
-    return int(float(text.rstrip("KM")) * mult)
+# the read-only ops among the cases: bytes each reads per element (bench_cpu_step's floors use them as probes)
+READ_ONLY = {"hf pass A, Adam (lr)": 12, "hf pass A, Adam (lr, betas)": 16, "hf non-finite count": 4}
 
 
 def cases():

@@ -72,20 +72,18 @@ TARGETS = {"hf Adam (lr, betas) exact": 1.8, "hf Adam (lr) exact": 1.5, "hf Adam
 
 def probes(n: int):
     """Read-only kernels over n-element float32 tensors: name -> (callable, bytes read per element). Besides
-    torch's reductions, hyperfused's own pass A over 3 and 4 streams (Adam's Jacobian sums, as in exact mode):
-    the floor takes the fastest of them, so it never assumes reads slower than this machine has shown."""
+    torch's reductions, hyperfused's own read-only passes (bench_cpu_ops.READ_ONLY: pass A over 3 and 4 streams,
+    as in exact mode, and the non-finite count): the floor takes the fastest of them, so it never assumes reads
+    slower than this machine has shown."""
     from hyperfused import ops
     g = torch.Generator().manual_seed(1)
-    a, b, c, d = (torch.randn(n, generator=g).abs() for _ in range(4))
+    arrays = [torch.randn(n, generator=g).abs() for _ in range(5)]
+    a, b = arrays[0], arrays[1]
     out = {"torch.sum": (lambda: a.sum(), 4), "torch.dot": (lambda: torch.dot(a, b), 8)}
     if ops.extension_available():
-        hfo = torch.ops.hyperfused
-        # one tensor's scalars: lr, beta1, beta2, raw lr, dsigma1, dsigma2, step, valid
-        scal = torch.tensor([[1e-3, 0.9, 0.999, 0.0, 0.09, 0.001, 5.0, 1.0]], dtype=torch.float64)
-        out["hf nonfinite_count"] = (lambda: hfo.nonfinite_count([a]), 4)
-        out["hf pass A, Adam (lr)"] = (lambda: hfo.hyper_reduce(3, 1, False, 1e-8, [a], [b], [c], [], scal), 12)
-        out["hf pass A, Adam (lr, betas)"] = (
-            lambda: hfo.hyper_reduce(3, 7, False, 1e-8, [a], [b], [c], [d], scal), 16)
+        import bench_cpu_ops
+        calls = bench_cpu_ops.cases()
+        out.update({name: (calls[name](arrays), nbytes) for name, nbytes in bench_cpu_ops.READ_ONLY.items()})
     return out
 
 
