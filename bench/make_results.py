@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 import bench_cpu_step  # noqa: E402
 import bench_mlp_step  # noqa: E402
+import bench_step_overhead  # noqa: E402
 import bench_onepass_mnist  # noqa: E402
 import bench_agd  # noqa: E402
 import paper_experiments  # noqa: E402
@@ -60,9 +61,13 @@ def main(argv=None):
     if only:
         lines = open(args.out).read().splitlines()
         for name in only:
-            new = {"agd": lambda: agd_section(reps, args.quick), "step": lambda: step_section(reps)}[name]()
+            new = {"agd": lambda: agd_section(reps, args.quick), "step": lambda: step_section(reps),
+                   "overhead": lambda: overhead_section(reps)}[name]()
             new = new[:1] + ["", f"This section regenerated alone on {datetime.date.today()} "
                                  f"(`python bench/make_results.py --only {name}`); machine: {machine()}."] + new[1:]
+            if SECTIONS[name] not in lines:            # a section new since the file was written: add it
+                at = next((k for k, ln in enumerate(lines) if ln.startswith("## Whole training step")), len(lines))
+                lines[at:at] = [SECTIONS[name]]
             i = lines.index(SECTIONS[name])
             j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
             lines[i:j] = new + ([""] if new[-1] else [])
@@ -88,6 +93,7 @@ def main(argv=None):
          "Shared 2-core machine: absolute times vary by tens of percent between runs; every ratio below comes "
          "from configurations measured side by side in one run (round-robin, medians).", ""]
     L += step_section(reps)
+    L += overhead_section(reps)
     L += ["## Whole training step, 784-2048-2048-10 MLP, batch 256 (CPU, 2 threads)", "",
           f"Command: `python bench/bench_mlp_step.py {' '.join(mlp_cmd[:-2])}`", "",
           "| configuration | ms/step | vs torch fused Adam | peak memory growth MB | vs torch |", "|---|---|---|---|---|"]
@@ -116,7 +122,24 @@ def main(argv=None):
     write(args.out, L + agd_section(reps, args.quick))
 
 
-SECTIONS = {"agd": "## Automatic Gradient Descent", "step": "## Optimizer step, 8 float32 tensors (CPU, 2 threads)"}
+SECTIONS = {"agd": "## Automatic Gradient Descent", "step": "## Optimizer step, 8 float32 tensors (CPU, 2 threads)",
+            "overhead": "## Optimizer step of a small model: dispatch and Python (CPU, 2 threads)"}
+
+
+def overhead_section(reps):
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["--threads", "2", "--tensors", "8", "64", "--reps", str(reps * 15), "--json", f"{tmp}/o.json"]
+        bench_step_overhead.main(cmd)
+        res = json.load(open(f"{tmp}/o.json"))["results"]
+    L = [SECTIONS["overhead"], "",
+         f"Command: `python bench/bench_step_overhead.py {' '.join(cmd[:-2])}` (1000-element float32 tensors: "
+         "the time is dispatch and Python, not memory).", "",
+         "| configuration | " + " | ".join(f"{n} tensors: us/step | vs torch fused Adam" for n in res) + " |",
+         "|---|" + "---|---|" * len(res)]
+    for name in next(iter(res.values())):
+        L.append(f"| {name} | " + " | ".join(f"{res[n][name]['median_us']:.0f} | {res[n][name]['ratio']:.2f}x"
+                                             for n in res) + " |")
+    return L + [""]
 
 
 def step_section(reps):

@@ -55,3 +55,15 @@ def test_cpu_ops_benchmark_runs(capsys):
     assert set(res["4K"]) == set(bench_cpu_ops.cases())
     assert all(v > 0 for v in res["4K"].values())
     assert "hf pass A, Adam (lr, betas)" in capsys.readouterr().out
+
+
+def test_step_overhead_benchmark_runs(capsys):
+    import bench_step_overhead
+    res = bench_step_overhead.main(["--tensors", "3", "--numel", "10", "--reps", "2", "--warmup", "1"])
+    rows = res["3"]
+    assert set(rows) == set(bench_step_overhead.configs())
+    assert rows["torch Adam fused"]["ratio"] == 1.0
+    assert all(r["median_us"] > 0 for r in rows.values())
+    assert "hf Adam/SGD exact" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_step_overhead.main(["--tensors", "0"])

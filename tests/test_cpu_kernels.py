@@ -194,6 +194,52 @@ def test_many_tensors_in_one_call():
     assert o_cpu.hyperparameters()["lr"] == pytest.approx(o_ref.hyperparameters()["lr"], rel=1e-5)
 
 
+MANY = [((i * 37) % 301 + 1,) for i in range(140)]     # more tensors than the host-built scalar table takes
+
+
+@pytest.mark.parametrize("kind,variant", [("adam", 0), ("adam", 5), ("rmsprop", 0), ("rmsprop", 3)])
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_many_tensors_every_table_column(kind, variant, one_pass, monkeypatch):
+    """140 tensors (the scalar table built with tensor ops), and again with the host-built table forced: step
+    counts, dsigma columns, per-tensor lrs and the previous-gradient flags reach the kernels right either way."""
+    from hyperfused.ops import fused
+    assert len(MANY) > fused._HOST_TABLE_MAX
+    make = _maker(kind, LEVEL0[kind][variant], 2)
+    p_ref, o_ref = _run(make, torch.float64, "reference", 4, one_pass, MANY)
+    runs = [_run(make, torch.float64, "cpu", 4, one_pass, MANY)]
+    monkeypatch.setattr(fused, "_HOST_TABLE_MAX", 1000)
+    runs.append(_run(make, torch.float64, "cpu", 4, one_pass, MANY))
+    for p_cpu, o_cpu in runs:
+        for a, b in zip(p_cpu, p_ref):
+            assert _rel(a, b) <= 1e-12
+        for la, lb in zip(o_cpu.levels, o_ref.levels):
+            ha, hb = la.hyperparameters(), lb.hyperparameters()
+            for name in hb:
+                assert _rel(torch.tensor(ha[name], dtype=torch.float64),
+                            torch.tensor(hb[name], dtype=torch.float64)) <= 1e-12, name
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_scalar_table_host_and_tensor_paths_agree(per_tensor):
+    from hyperfused.ops import fused
+    n = 5
+    g = torch.Generator().manual_seed(3)
+    lr = torch.rand(n, generator=g, dtype=torch.float64) if per_tensor else torch.tensor(0.01, dtype=torch.float64)
+    raw = {"lr": lr, "beta1": torch.tensor(1.1, dtype=torch.float64), "beta2": torch.tensor(2.3, dtype=torch.float64)}
+    hp = {"lr": lr, "beta1": fused.ref.sigma(raw["beta1"]), "beta2": fused.ref.sigma(raw["beta2"])}
+    steps = [torch.tensor(float(i + 3)) for i in range(n)]
+    for valid in ([torch.tensor(i % 2 == 0) for i in range(n)], [0.0, 1.0, 1.0, 0.0, 1.0]):
+        for offset in (0.0, 1.0):
+            args = ("adam", ("lr", "beta1", "beta2"), n, hp, raw, steps, valid, "cpu", offset)
+            host = fused.scalars(*args, host=True)
+            ops_path = fused.scalars(*args, host=False)
+            assert host.shape == (n, 8) and host.dtype == torch.float64
+            torch.testing.assert_close(host, ops_path, rtol=1e-15, atol=0)
+            assert host[:, 6].tolist() == [i + 3 + offset for i in range(n)]
+            assert host[:, 7].tolist() == [float(v) for v in valid]
+            assert host[:, 4].tolist() == pytest.approx([float(fused.ref.dsigma(raw["beta1"]))] * n, rel=1e-15)
+
+
 @pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_non_finite_gradient_skips_the_step_on_cpu(one_pass, dtype):

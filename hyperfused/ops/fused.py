@@ -9,6 +9,7 @@ CUDA nothing here reads a device value on the host, so a step can be captured in
 """
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -48,29 +49,87 @@ def _eps(kind: str, cfg: dict) -> float:
 
 
 def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], raw: Dict[str, Tensor],
-            steps: Optional[Tensor], valid: Optional[Tensor], device) -> Tensor:
-    """The float64 [n, 8] table: lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2), step, valid."""
+            steps: Optional[List[Tensor]], valid: List, device, step_offset: float = 0.0,
+            host: bool = False) -> Tensor:
+    """The float64 [n, 8] table: lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2), step, valid. ``steps``: the
+    tensors' step counts (0-dim tensors, plus ``step_offset``); ``valid``: one 0-dim tensor or number per
+    tensor. ``host``: the tensors are on the CPU and the table may be built from host numbers (the compiled
+    CPU kernels; the Triton kernels keep the tensor-op path they take on a GPU, also under the interpreter)."""
+    h1 = H1.get(kind)
+    cols: List[Tuple[int, Optional[Tensor]]] = [(0, hp["lr"])]
+    if h1:
+        cols.append((1, hp.get(h1)))
+    if kind == "adam":
+        cols.append((2, hp.get("beta2")))
+    if kind == "rmsprop" and "lr" in learned:
+        cols.append((3, raw["lr"]))
+    sig = []                                   # the columns of dsigma(raw)
+    if h1 in learned and kind in ("adam", "rmsprop"):
+        sig.append((4, raw[h1]))
+    if "beta2" in learned:
+        sig.append((5, raw["beta2"]))
+    if host and n <= _HOST_TABLE_MAX:
+        return _scalars_on_host(n, cols, sig, steps, valid, step_offset)
     out = torch.zeros((n, 8), dtype=torch.float64, device=device)
 
     def put(j, v):     # copy_ broadcasts a one-element value down the column and casts it to float64
         if v is not None:
             out.select(1, j).copy_(v)
 
-    h1 = H1.get(kind)
-    put(0, hp["lr"])
-    if h1:
-        put(1, hp.get(h1))
-    if kind == "adam":
-        put(2, hp.get("beta2"))
-    if kind == "rmsprop" and "lr" in learned:
-        put(3, raw["lr"])
-    if h1 in learned and kind in ("adam", "rmsprop"):
-        put(4, ref.dsigma(raw[h1]))
-    if "beta2" in learned:
-        put(5, ref.dsigma(raw["beta2"]))
-    put(6, steps)
-    put(7, valid)
+    for j, v in cols:
+        put(j, v)
+    for j, r in sig:
+        put(j, ref.dsigma(r))
+    if steps is not None:
+        st = torch.stack(list(steps))
+        put(6, st + step_offset if step_offset else st)
+    if isinstance(valid, Tensor):
+        put(7, valid)
+    elif valid and isinstance(valid[0], Tensor):
+        put(7, torch.stack(list(valid)))
+    else:                                      # numbers, known on the host
+        put(7, torch.tensor([float(v) for v in valid], dtype=torch.float64, device=device))
     return out
+
+
+# Up to this many tensors, a CPU table is built from host numbers: reading a 0-dim CPU tensor costs ~0.2 us,
+# a tensor op ~3 us (stacking 64 step counts ~21 us, reading them ~14 us), and a small model's step is made of
+# such costs. Beyond it the Python lists cost about what the tensor ops do.
+_HOST_TABLE_MAX = 128
+
+
+def _dsigma_host(r: Tensor) -> float:
+    t = math.tanh(r.item())
+    return (1.0 - t * t) / 2.0
+
+
+def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Tensor:
+    """``scalars`` for a few CPU tensors, with one tensor op: every entry read as a host number (the same
+    float64 values; dsigma of a one-element raw value computed in float64)."""
+    row = [0.0] * 8
+    per = []
+    for j, v in cols:
+        if v is None:
+            continue
+        if v.numel() == 1:
+            row[j] = v.item()
+        else:
+            per.append((j, v.reshape(-1).tolist()))
+    for j, r in sig:
+        if r.numel() == 1:
+            row[j] = _dsigma_host(r)
+        else:
+            per.append((j, ref.dsigma(r).reshape(-1).tolist()))
+    if steps is not None:
+        per.append((6, [t.item() + step_offset for t in steps]))
+    per.append((7, [float(v.item()) if isinstance(v, Tensor) else float(v) for v in valid]))
+    rows = []
+    for i in range(n):
+        r = list(row)
+        for j, col in per:
+            r[j] = col[i]
+        rows.append(r)
+    return torch.tensor(rows, dtype=torch.float64)
 
 
 def _lists(kind, cfg, learned, states):
@@ -103,6 +162,8 @@ def _dense(t: Tensor) -> bool:
 
 
 def _dense_like(g: Tensor, p: Tensor) -> Tensor:
+    if g.is_contiguous() and p.is_contiguous():        # the usual case, without building stride tuples
+        return g
     return g if (g.stride() == p.stride() and _dense(g)) else torch.empty_like(p).copy_(g)
 
 
@@ -162,13 +223,14 @@ def _compiled():
     return torch.ops.hyperfused
 
 
-def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw):
+def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw, compiled=True):
     """hyper_reduce's positional arguments (for one gradient dtype: the caller splits by dtype)."""
     n = len(grads)
     valid = _check_prev_grads(states, list(valid))
     s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
-    scal = scalars(kind, learned, n, hp, raw, steps, torch.stack(list(valid)), grads[0].device)
+    steps = [st["step"] for st in states] if kind == "adam" else None
+    dev = grads[0].device
+    scal = scalars(kind, learned, n, hp, raw, steps, valid, dev, host=compiled and dev.type == "cpu")
     g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
     return _head(kind, cfg, learned), g, s0, s1, s2, scal
 
@@ -177,8 +239,9 @@ def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, ra
     """Pass A on the compiled kernel (or ``kernels``, an object with the ops' functions, e.g. the Triton
     module); same contract as ``reference.hyper_reduce``. ``inv_scale``: GradScaler's 1 / scale (one-element
     float64 tensor on the device), applied by the kernels as they read the gradients."""
+    head, g, s0, s1, s2, scal = _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw,
+                                             compiled=kernels is None)
     kernels = kernels or _compiled()
-    head, g, s0, s1, s2, scal = _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw)
     rows = _by_dtype(g, lambda idx: kernels.hyper_reduce(
         *head, _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx), _pick(scal, idx),
         **_scaled(inv_scale)), len(g))
@@ -210,7 +273,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     dt = hp["lr"].dtype
     n = len(params)
     s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = torch.stack([st["step"] for st in states]) if kind == "adam" else None
+    steps = [st["step"] for st in states] if kind == "adam" else None
     work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
     g = [_dense_like(x, w) for x, w in zip(grads, work)]
     dev = grads[0].device
@@ -220,14 +283,14 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     keep = [on_cpu and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
     # column 7 of the update's table: write the previous gradient (1) or keep the gradient tensor (0). Off the
     # CPU nothing is kept: a fill, not a copy from host memory (which a CUDA graph capture would refuse)
-    store = (torch.tensor([0.0 if k else 1.0 for k in keep], dtype=torch.float64) if any(keep)
-             else torch.ones(n, dtype=torch.float64, device=dev))
-    scal = scalars(kind, learned, n, hp, raw or {}, None if steps is None else steps + 1, store, dev)
+    host = compiled and dev.type == "cpu"
+    store = [0.0 if k else 1.0 for k in keep] if host else torch.ones(n, dtype=torch.float64, device=dev)
+    scal = scalars(kind, learned, n, hp, raw or {}, steps, store, dev, step_offset=1.0, host=host)
     scal_jac = None
     if jac is not None:
         jhp, jraw, jvalid = jac
         jvalid = _check_prev_grads(states, list(jvalid))
-        scal_jac = scalars(kind, learned, n, jhp, jraw, steps, torch.stack(list(jvalid)), dev)
+        scal_jac = scalars(kind, learned, n, jhp, jraw, steps, jvalid, dev, host=host)
     head = _head(kind, cfg, learned)
     if tower_args is not None:
         if scal_jac is None or not compiled:

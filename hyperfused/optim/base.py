@@ -243,12 +243,18 @@ class HyperOptimizer(torch.optim.Optimizer):
         lv, _, learned, _, _ = spec
         return {name: (ref.to_value(lv.kind, name, t) if name in learned else t) for name, t in hp.items()}
 
+    @staticmethod
+    def _value_of(spec, hp: Dict[str, Tensor], name: str) -> Tensor:
+        """One entry of ``_values_of`` (each parametrised value costs tensor ops)."""
+        lv, _, learned, _, _ = spec
+        return ref.to_value(lv.kind, name, hp[name]) if name in learned else hp[name]
+
     # ---------------------------------------------------------------- learning-rate alias for loggers
-    def _publish_lr(self, gi: int) -> None:
+    def _publish_lr(self, gi: int, spec=None) -> None:
         group = self.param_groups[gi]
         gt = self._group_tower(gi)
-        spec = self._level_specs(gi)[0]
-        lr = self._values_of(spec, gt["levels"][0]["hp"])["lr"]
+        spec = spec or self._level_specs(gi)[0]
+        lr = self._value_of(spec, gt["levels"][0]["hp"], "lr")
         lr = lr.mean() if lr.dim() else lr
         alias = self._lr_alias.get(gi)
         if alias is None or alias.dtype != lr.dtype or alias.device != lr.device:
@@ -377,7 +383,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                     used[name].copy_(torch.where(ok_g, t, used[name]))
                 self._commit_tower(plan, ok)
         for plan in plans:
-            self._publish_lr(plan["gi"])
+            self._publish_lr(plan["gi"], plan["specs"][0])
         self._tower()["skipped_steps"].add_((~ok).to(torch.int64))
         return loss
 
