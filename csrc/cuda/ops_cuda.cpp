@@ -191,24 +191,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_and_tower(const at::Tensor
   return {rows, scr, ok};
 }
 
-// Pass A, then one kernel that finishes its sums and runs the levels above (tower_kernels.cu).
+// The ops that run a pass and then the levels above: the tower arguments are parsed before the pass writes
+// anything (with_tower_args), then partials(stream) runs the pass's kernels and returns their per-block sums, and
+// one kernel finishes those sums and runs the tower (tower_kernels.cu). Returns (rows, scratch, ok).
+template <typename Partials>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pass_then_tower(const char* op, at::TensorList grads,
+                                                               at::IntArrayRef d0_map, at::IntArrayRef desc,
+                                                               at::ArrayRef<double> tower_eps, at::TensorList slots,
+                                                               Partials&& partials) {
+  const int64_t n = grads.size();
+  TORCH_CHECK(n > 0 && !slots.empty(), op, ": no gradients or no tower slots");
+  check_slots_on(op, slots, grads[0].device());
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  with_tower_args(op, n, d0_map, desc, tower_eps, slots, [&](const auto& d, const D0Map& m) {
+    auto [sums, ids] = partials(stream.stream());
+    out = finish_and_tower(sums, ids, n, d, m, stream.stream());
+  });
+  return out;
+}
+
+// Pass A, then one kernel that finishes its sums and runs the levels above.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cuda(
     int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads, at::TensorList s0,
     at::TensorList s1, at::TensorList s2, const at::Tensor& scal, at::IntArrayRef d0_map, at::IntArrayRef desc,
     at::ArrayRef<double> tower_eps, at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
   check("hyper_reduce_tower", grads, {}, s0, s1, s2, scal);
-  const int64_t n = grads.size();
-  TORCH_CHECK(n > 0 && !slots.empty(), "hyper_reduce_tower: no gradients or no tower slots");
-  check_slots_on("hyper_reduce_tower", slots, grads[0].device());
-  const c10::cuda::CUDAGuard guard(grads[0].device());
-  auto stream = at::cuda::getCurrentCUDAStream();
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
-  with_tower_args("hyper_reduce_tower", n, d0_map, desc, tower_eps, slots, [&](const auto& d, const D0Map& m) {
-    auto [partials, ids] = reduce_partials("hyper_reduce_tower", kind, learn, momentum, eps, grads, s0, s1, s2,
-                                           scal, inv_scale, stream.stream());
-    out = finish_and_tower(partials, ids, n, d, m, stream.stream());
+  return pass_then_tower("hyper_reduce_tower", grads, d0_map, desc, tower_eps, slots, [&](cudaStream_t stream) {
+    return reduce_partials("hyper_reduce_tower", kind, learn, momentum, eps, grads, s0, s1, s2, scal, inv_scale,
+                           stream);
   });
-  return out;
 }
 
 void check_update(const char* op, at::TensorList params, at::TensorList grads, at::TensorList s0, at::TensorList s1,
@@ -265,18 +278,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cuda(
     const at::Tensor& ok, at::IntArrayRef d0_map, at::IntArrayRef desc, at::ArrayRef<double> tower_eps,
     at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
   check_update("hyper_update_tower", params, grads, s0, s1, s2, scal, scal_jac, ok);
-  const int64_t n = grads.size();
-  TORCH_CHECK(n > 0 && !slots.empty(), "hyper_update_tower: no gradients or no tower slots");
-  check_slots_on("hyper_update_tower", slots, grads[0].device());
-  const c10::cuda::CUDAGuard guard(grads[0].device());
-  auto stream = at::cuda::getCurrentCUDAStream();
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
-  with_tower_args("hyper_update_tower", n, d0_map, desc, tower_eps, slots, [&](const auto& d, const D0Map& m) {
-    auto [partials, ids] = update_partials("hyper_update_tower", kind, learn, momentum, eps, params, grads, s0, s1,
-                                           s2, scal, scal_jac, ok, inv_scale, stream.stream());
-    out = finish_and_tower(partials, ids, n, d, m, stream.stream());
+  return pass_then_tower("hyper_update_tower", grads, d0_map, desc, tower_eps, slots, [&](cudaStream_t stream) {
+    return update_partials("hyper_update_tower", kind, learn, momentum, eps, params, grads, s0, s1, s2, scal,
+                           scal_jac, ok, inv_scale, stream);
   });
-  return out;
 }
 
 at::Tensor nonfinite_count_cuda(at::TensorList grads) {

@@ -9,7 +9,6 @@ CUDA nothing here reads a device value on the host, so a step can be captured in
 """
 from __future__ import annotations
 
-import math
 import warnings
 import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -98,11 +97,6 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
 _HOST_TABLE_MAX = 128
 
 
-def _dsigma_host(r: Tensor) -> float:
-    t = math.tanh(r.item())
-    return (1.0 - t * t) / 2.0
-
-
 def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Tensor:
     """``scalars`` for a few CPU tensors, with one tensor op: every entry read as a host number (the same
     float64 values; dsigma of a one-element raw value computed in float64)."""
@@ -117,7 +111,7 @@ def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Ten
             per.append((j, v.reshape(-1).tolist()))
     for j, r in sig:
         if r.numel() == 1:
-            row[j] = _dsigma_host(r)
+            row[j] = ref.dsigma(r.item())
         else:
             per.append((j, ref.dsigma(r).reshape(-1).tolist()))
     if steps is not None:
@@ -279,11 +273,11 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     dev = grads[0].device
     # keeping the gradient itself needs to know whether the step was taken: on the host, so only for the C++
     # kernels on CPU tensors (the Triton kernels never read a device value on the host, on any device)
-    on_cpu = dev.type == "cpu" and compiled and inv_scale is None    # a scaled gradient is never kept
-    keep = [on_cpu and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
+    host = compiled and dev.type == "cpu"
+    may_keep = host and inv_scale is None                              # a scaled gradient is never kept
+    keep = [may_keep and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
     # column 7 of the update's table: write the previous gradient (1) or keep the gradient tensor (0). Off the
     # CPU nothing is kept: a fill, not a copy from host memory (which a CUDA graph capture would refuse)
-    host = compiled and dev.type == "cpu"
     store = [0.0 if k else 1.0 for k in keep] if host else torch.ones(n, dtype=torch.float64, device=dev)
     scal = scalars(kind, learned, n, hp, raw or {}, steps, store, dev, step_offset=1.0, host=host)
     scal_jac = None
@@ -311,8 +305,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
                 st["prev_grad"] = gi
                 _keep(gi)
     if kind == "adam":                              # one multi-tensor op, not one per tensor
-        steps_l = [st["step"] for st in states]
-        torch._foreach_add_(steps_l, ok.to(steps_l[0].dtype))
+        torch._foreach_add_(steps, ok.to(steps[0].dtype))
     if jac is None:
         return None
     if tower_args is not None:

@@ -18,7 +18,8 @@ formula. Values are computed in ``x``'s (math) dtype; callers upcast reduced-pre
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+import math
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -34,9 +35,9 @@ def sigma(r: Tensor) -> Tensor:
     return (r.tanh() + 1.0) / 2.0
 
 
-def dsigma(r: Tensor) -> Tensor:
-    """d sigma / d r = (1 - tanh^2 r) / 2."""
-    t = r.tanh()
+def dsigma(r: Union[Tensor, float]) -> Union[Tensor, float]:
+    """d sigma / d r = (1 - tanh^2 r) / 2 (of a tensor, or of a host number in float64)."""
+    t = r.tanh() if isinstance(r, Tensor) else math.tanh(r)
     return (1.0 - t * t) / 2.0
 
 

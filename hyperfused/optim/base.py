@@ -239,15 +239,14 @@ class HyperOptimizer(torch.optim.Optimizer):
         return specs
 
     @staticmethod
-    def _values_of(spec, hp: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        lv, _, learned, _, _ = spec
-        return {name: (ref.to_value(lv.kind, name, t) if name in learned else t) for name, t in hp.items()}
-
-    @staticmethod
     def _value_of(spec, hp: Dict[str, Tensor], name: str) -> Tensor:
-        """One entry of ``_values_of`` (each parametrised value costs tensor ops)."""
+        """The value of hyperparameter ``name`` from its raw form (each parametrised one costs tensor ops)."""
         lv, _, learned, _, _ = spec
         return ref.to_value(lv.kind, name, hp[name]) if name in learned else hp[name]
+
+    @classmethod
+    def _values_of(cls, spec, hp: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return {name: cls._value_of(spec, hp, name) for name in hp}
 
     # ---------------------------------------------------------------- learning-rate alias for loggers
     def _publish_lr(self, gi: int, spec=None) -> None:
