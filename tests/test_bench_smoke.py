@@ -67,3 +67,35 @@ def test_step_overhead_benchmark_runs(capsys):
     assert "hf Adam/SGD exact" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench_step_overhead.main(["--tensors", "0"])
+
+
+def test_gpu_proof_dry_run(tmp_path):
+    """bench/gpu/run.sh --dry-run: argument handling, the phases' summary lines, the environment report, test
+    collection of the GPU test files and the benchmark harness on CPU tensors at tiny sizes, with its JSON and
+    Markdown writers. A typo in the GPU proof fails here, not on a lent GPU."""
+    import json
+    import subprocess
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
+    bad = subprocess.run(["bash", "bench/gpu/run.sh", "--fast"], cwd=root, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument '--fast'" in bad.stderr
+    out = subprocess.run(["bash", "bench/gpu/run.sh", "--dry-run"], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    for phase in ("env: ok", "build: skipped", "tests: ok", "bench: ok"):
+        assert f"phase {phase}" in summary, summary
+    assert "test_gpu.py" in (tmp_path / "tests.log").read_text()
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert res["dry_run"] and res["env"]["torch"]
+    sec = res["step"][0]
+    assert {"torch Adam fused", "torch AdamW fused", "torch SGD momentum fused"} <= set(sec["rows"])
+    hf_rows = [r for r in sec["rows"].values() if r["backend"] != "torch"]
+    assert hf_rows and all(r["ratio"] > 0 and r["gbps"] > 0 for r in hf_rows)
+    # the bytes model: fp32 Adam learning lr and betas moves 48 B per parameter, bf16 params halve x and g
+    assert sec["rows"][f"hf Adam (lr, betas) exact [{hf_rows[0]['backend']}]"]["bytes_per_param"] == 48
+    assert res["step"][1]["rows"]["torch Adam fused"]["bytes_per_param"] == 22
+    assert all(r["bitwise"] and not r["captured"] for r in res["graph"].values())
+    assert res["power"]["warm"]["rel_error"] < 1e-2
+    md = (tmp_path / "bench.md").read_text()
+    assert "## GPU: no GPU (dry run" in md and "| torch Adam fused |" in md and "### Power iteration" in md
