@@ -50,7 +50,7 @@ TORCH_LIBRARY(hyperfused, m) {
   // Automatic Gradient Descent: per-slice sums of squares of every gradient (float64, concatenated), and the
   // update W -= coef[slice] * g (coef: float64, one per slice, concatenated).
   m.def("agd_sumsq(Tensor[] grads, int[] slices) -> Tensor");
-  m.def("agd_update(Tensor(a!)[] params, Tensor[] grads, Tensor coef) -> ()");
+  m.def("agd_update(Tensor(a!)[] params, Tensor[] grads, Tensor coef, Tensor? ok=None) -> ()");
   // Spectral AGD's half-iterations on the native layout: g v with the per-slice sums of squares from the same
   // read (vs[t]: float64 (slices, d_in)), and g^T u (us[t]: float64 (slices, d_out)).
   m.def("agd_gv(Tensor[] grads, Tensor[] vs) -> (Tensor, Tensor[])");

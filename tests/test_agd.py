@@ -238,6 +238,8 @@ def test_normalize_rows_writes_unit_rows_and_keeps_zero_rows(how, monkeypatch):
     if how == "triton":
         pytest.importorskip("triton")
         from hyperfused.ops.triton import agd as tri
+        if torch.cuda.is_available():       # the Triton kernels run on CUDA tensors there (no interpreter)
+            xs, dsts, before = ([t.cuda() for t in ts] for ts in (xs, dsts, before))
         norms = tri.agd_normalize_rows(xs, dsts)
     else:
         if how == "pytorch":

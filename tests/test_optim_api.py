@@ -400,11 +400,13 @@ def test_grad_scaler_protocol(one_pass, backend):
     power of two, so unscaling is exact) and an overflowing step is skipped."""
     if backend == "triton" and not hf.ops.triton_available():
         pytest.skip("triton is not installed")
-    data = _data(6)
-    m1, m2 = _model(), _model()
+    # the Triton kernels run on CUDA tensors where there is a GPU (CPU tensors only under the interpreter)
+    dev = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    data = [(x.to(dev), y.to(dev)) for x, y in _data(6)]
+    m1, m2 = _model().to(dev), _model().to(dev)
     o1 = hf.Adam(m1.parameters(), lr=1e-2, hyper=hf.SGD(lr=1e-3), one_pass=one_pass, backend=backend)
     o2 = hf.Adam(m2.parameters(), lr=1e-2, hyper=hf.SGD(lr=1e-3), one_pass=one_pass, backend=backend)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaler = torch.amp.GradScaler(dev, init_scale=2.0 ** 10)
     for x, y in data:
         o1.zero_grad()
         nn.functional.cross_entropy(m1(x), y).backward()
@@ -436,25 +438,28 @@ def test_kernels_apply_inv_scale_as_they_read(kernels, dtype):
         if not hf.ops.triton_available():
             pytest.skip("triton is not installed")
         from hyperfused.ops.triton import hyper as k
+        dev = "cuda" if torch.cuda.is_available() else "cpu"     # CPU tensors only under the interpreter
     else:
         if not hf.ops.extension_available():
             pytest.skip("the C++ extension is not built")
         k = torch.ops.hyperfused
+        dev = "cpu"
     g = torch.Generator().manual_seed(0)
     sizes = [1, 7, 4097]
-    grads = [torch.randn(n, generator=g).to(dtype) for n in sizes]
+    grads = [torch.randn(n, generator=g).to(dtype).to(dev) for n in sizes]
     scaled = [(x.float() * 1024).to(dtype) for x in grads]
     kept = [x.clone() for x in scaled]
-    inv = torch.tensor([1 / 1024], dtype=torch.float64)
-    prev = [torch.randn(n, generator=g) for n in sizes]
-    scal = torch.zeros(len(sizes), 8, dtype=torch.float64)
+    inv = torch.tensor([1 / 1024], dtype=torch.float64, device=dev)
+    prev = [torch.randn(n, generator=g).to(dev) for n in sizes]
+    scal = torch.zeros(len(sizes), 8, dtype=torch.float64, device=dev)
     scal[:, 0] = scal[:, 3] = 0.1
     scal[:, 7] = 1.0
     a = k.hyper_reduce(0, 1, False, 0.0, scaled, prev, [], [], scal, inv_scale=inv)
     b = k.hyper_reduce(0, 1, False, 0.0, grads, prev, [], [], scal)
     assert torch.equal(a, b)
-    ok = torch.ones((), dtype=torch.bool)
-    pa, pb = [torch.ones(n, dtype=dtype) for n in sizes], [torch.ones(n, dtype=dtype) for n in sizes]
+    ok = torch.ones((), dtype=torch.bool, device=dev)
+    pa, pb = [torch.ones(n, dtype=dtype, device=dev) for n in sizes], [torch.ones(n, dtype=dtype, device=dev)
+                                                                        for n in sizes]
     sa, sb = [x.clone() for x in prev], [x.clone() for x in prev]
     k.hyper_update(0, 1, False, 0.0, pa, scaled, sa, [], [], scal, None, ok, inv_scale=inv)
     k.hyper_update(0, 1, False, 0.0, pb, grads, sb, [], [], scal, None, ok)

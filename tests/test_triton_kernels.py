@@ -5,6 +5,7 @@ tensors; on a GPU machine the same tests run them compiled, on CUDA tensors. Int
 tensors are small except where a size is the point (278011 elements, 200+ tensors).
 """
 import copy
+import importlib.util
 import os
 import subprocess
 import sys
@@ -265,7 +266,7 @@ def test_trap_catches_a_host_read_inside_step(monkeypatch):
         opt.step()
 
 
-@pytest.mark.skipif(__import__("gradient_descent_the_ultimate_optimizer", fromlist=["gdtuo"]) is None,
+@pytest.mark.skipif(importlib.util.find_spec("gradient_descent_the_ultimate_optimizer") is None,
                     reason="the paper's package is not installed")
 @pytest.mark.parametrize("tower", [
     [("adam", dict(lr=0.01)), ("sgd", dict(lr=1e-4))],

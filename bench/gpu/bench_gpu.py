@@ -85,8 +85,13 @@ RESNET18 = ([(64, 3, 7, 7)] + [(64, 64, 3, 3)] * 4 + [(128, 64, 3, 3)] + [(128, 
             + [(512, 512, 3, 3)] * 3 + [(512, 256, 1, 1)] + [(1000, 512)])
 
 
+ONLY = []          # --backends: a subset
+
+
 def backends() -> list:
     """The compiled backends that run on this device (dry run: the CPU kernels stand in for cuda)."""
+    if ONLY:
+        return list(ONLY)
     out = []
     if GPU and ops.cuda_extension_available():
         out.append("cuda")
@@ -400,7 +405,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="CPU tensors, tiny sizes: the harness only")
     ap.add_argument("--elements", type=int, default=None, help="elements per step benchmark (default 2^28)")
     ap.add_argument("--sections", default="copy,step,graph,agd,power")
+    ap.add_argument("--backends", default="", help="comma-separated subset of the backends (default: all here)")
     args = ap.parse_args(argv)
+    ONLY[:] = [b for b in args.backends.split(",") if b]
     if not GPU and not args.dry_run:
         print("bench_gpu.py: no CUDA device; use --dry-run to exercise the harness on CPU", file=sys.stderr)
         return 2

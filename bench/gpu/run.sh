@@ -4,6 +4,7 @@
 #   bash bench/gpu/run.sh              # full: environment, build (local arch only), GPU tests, benchmarks
 #   bash bench/gpu/run.sh --quick      # a warm machine: reuse the build, shorter benchmarks
 #   bash bench/gpu/run.sh --dry-run    # no GPU needed: everything that does not need one (CI runs this)
+#   bash bench/gpu/run.sh --quick --diag   # also: isolated cases, one process each (bench/gpu/diag.py)
 #
 # Run from anywhere; it works in the repo root with the machine's python3 (PYTHON=... to choose), builds the
 # extensions in place (setup.py build_ext --inplace, no network, no pip) and imports hyperfused from the tree.
@@ -13,12 +14,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODE=full
+DIAG=0
 for arg in "$@"; do
   case "$arg" in
     --quick) MODE=quick ;;
+    --diag) DIAG=1 ;;
     --dry-run) MODE=dry ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "bench/gpu/run.sh: unknown argument '$arg' (expected --quick or --dry-run)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "bench/gpu/run.sh: unknown argument '$arg' (expected --quick, --dry-run or --diag)" >&2; exit 2 ;;
   esac
 done
 OUT=${OUT:-./gpu-out}
@@ -71,7 +74,19 @@ else
 fi
 $PY -c "import hyperfused.ops as o; print('extension:', o.extension_available(), o._ext.extension_error() or '', '| cuda extension:', o.cuda_extension_available(), '' if o.cuda_extension_available() else o._ext.cuda_extension_error(), '| triton:', o.triton_available())" 2>&1 | tee -a "$SUMMARY"
 
+# ---- 2b. isolated cases (--diag): each in a process of its own, so a device fault names its case
+if [ "$DIAG" = 1 ]; then
+  td=$(date +%s)
+  $PY bench/gpu/diag.py $([ "$MODE" = dry ] && echo --dry-run) 2>&1 | tee -a "$SUMMARY"
+  phase diag done "$(( $(date +%s) - td )) s"
+fi
+
 # ---- 3. tests on the GPU
+# the paper's package (the towers' oracle) is pure Python; a machine without network gets it from wheels carried in
+# .whl (pip download --no-deps -d .whl gradient-descent-the-ultimate-optimizer==1.0), else those tests skip
+if [ "$MODE" != dry ] && ! $PY -c "import gradient_descent_the_ultimate_optimizer" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --target /tmp/hf-site .whl/*.whl >> "$SUMMARY" 2>&1 && export PYTHONPATH="$PYTHONPATH:/tmp/hf-site"
+fi
 TESTS="tests/test_cuda_kernels.py tests/test_triton_kernels.py tests/test_triton_agd.py tests/test_agd.py tests/test_optim_api.py tests/test_gpu.py"
 if [ "$MODE" = dry ]; then
   if $PY -m pytest -q --collect-only -p no:cacheprovider $TESTS > "$OUT/tests.log" 2>&1; then
@@ -106,6 +121,14 @@ if timeout $([ "$MODE" = full ] && echo 170 || echo 110) $PY bench/gpu/bench_gpu
 else
   phase bench FAIL "rc $? after $(( $(date +%s) - tb )) s; last lines of bench.log follow"
   tail -30 "$OUT/bench.log" >> "$SUMMARY"
+  if [ "$MODE" != dry ]; then   # a device fault ends the process: the other backends' numbers, without cuda
+    tb=$(date +%s)
+    if timeout 110 $PY bench/gpu/bench_gpu.py $bargs --backends triton >> "$OUT/bench.log" 2>&1; then
+      phase bench-triton ok "$(( $(date +%s) - tb )) s; bench.md holds torch and triton only"
+    else
+      phase bench-triton FAIL "rc $?"
+    fi
+  fi
 fi
 cat "$OUT/bench.log"
 echo

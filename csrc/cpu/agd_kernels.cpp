@@ -153,7 +153,9 @@ void update_chunk(scalar_t* w, const scalar_t* g, int64_t begin, int64_t end, in
   }
 }
 
-void agd_update_cpu(at::TensorList params, at::TensorList grads, const at::Tensor& coef) {
+// ok (optional one-element bool): when false nothing is written (the caller's skip decision, as on CUDA)
+void agd_update_cpu(at::TensorList params, at::TensorList grads, const at::Tensor& coef,
+                    const std::optional<at::Tensor>& ok) {
   TORCH_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
   TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.is_contiguous() && coef.device().is_cpu(),
               "agd_update: coef must be a contiguous float64 CPU tensor");
@@ -169,6 +171,11 @@ void agd_update_cpu(at::TensorList params, at::TensorList grads, const at::Tenso
   }
   TORCH_CHECK(coef.numel() == offset.back(), "agd_update: ", coef.numel(), " coefficients for ", offset.back(),
               " slices");
+  if (ok.has_value()) {
+    TORCH_CHECK(ok->scalar_type() == at::kBool && ok->numel() == 1 && ok->device().is_cpu(),
+                "agd_update: ok must be a one-element bool CPU tensor");
+    if (!ok->item<bool>()) return;
+  }
   const double* pc = coef.const_data_ptr<double>();
   const auto chunks = chunks_of(grads, slices);
   at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {

@@ -411,7 +411,10 @@ at::Tensor agd_sumsq_cuda(at::TensorList grads, at::IntArrayRef slices) {
   return out;
 }
 
-void agd_update_cuda(at::TensorList params, at::TensorList grads, const at::Tensor& coef) {
+// ok (optional one-element bool on the device): read by the kernel, which writes nothing when it is false, so the
+// skip decision needs no host synchronisation
+void agd_update_cuda(at::TensorList params, at::TensorList grads, const at::Tensor& coef,
+                     const c10::optional<at::Tensor>& ok) {
   TORCH_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
   std::vector<int64_t> sl;
   int64_t total = 0;
@@ -425,13 +428,18 @@ void agd_update_cuda(at::TensorList params, at::TensorList grads, const at::Tens
   }
   TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.numel() == total, "agd_update: coef must be float64 with ",
               total, " entries (one per slice), got ", coef.numel());
+  if (ok.has_value())
+    TORCH_CHECK(ok->scalar_type() == at::kBool && ok->numel() == 1 && ok->is_cuda(),
+                "agd_update: ok must be a one-element bool CUDA tensor");
   if (params.empty()) return;
   check_agd("agd_update", grads, sl);
   const c10::cuda::CUDAGuard guard(params[0].device());
   auto c = coef.to(params[0].device()).contiguous();
+  at::Tensor okd = ok.has_value() ? ok->to(params[0].device()).contiguous() : at::Tensor();
+  const bool* okp = ok.has_value() ? okd.data_ptr<bool>() : nullptr;
   auto stream = at::cuda::getCurrentCUDAStream();
   for_agd_tables(params, grads, sl, [&](const AgdTable& tab) {
-    launch_agd_update(dtype_of(grads[0]), tab, c.data_ptr<double>(), nullptr, stream);
+    launch_agd_update(dtype_of(grads[0]), tab, c.data_ptr<double>(), okp, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -60,14 +60,19 @@ def sumsq(grads: Sequence[Tensor]) -> List[Tensor]:
     return [as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads]
 
 
-def update(params: Sequence[Tensor], grads: Sequence[Tensor], coef: Sequence[Tensor]) -> None:
-    """W <- W - coef[slice] * g for every tensor (coef: per-slice float64 vectors), in place."""
+def update(params: Sequence[Tensor], grads: Sequence[Tensor], coef: Sequence[Tensor],
+           ok: Optional[Tensor] = None) -> None:
+    """W <- W - coef[slice] * g for every tensor (coef: per-slice float64 vectors), in place; nothing is written
+    when the one-element bool ``ok`` (on the tensors' device) is false."""
     from . import _ext
     params, grads, coef = list(params), list(grads), list(coef)
     if params and _compiled_for(params) and all(p.is_contiguous() for p in params):
         torch.ops.hyperfused.agd_update([p.detach() for p in params], [g.contiguous() for g in grads],
-                                        torch.cat(coef))
+                                        torch.cat(coef), ok)
         return
+    if ok is not None:                               # the PyTorch loop: the decision read on the host
+        if not bool(ok):
+            return
     for p, g, c in zip(params, grads, coef):
         if p.dim() == 2:
             p.sub_((c.to(p.dtype) * g))

@@ -305,7 +305,10 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
                 st["prev_grad"] = gi
                 _keep(gi)
     if kind == "adam":                              # one multi-tensor op, not one per tensor
-        torch._foreach_add_(steps, ok.to(steps[0].dtype))
+        # the list overload: the one taking a single 0-dim tensor reads it on the host (.item()) when it
+        # leaves its fast route, a synchronisation (seen on an H200 with torch 2.11)
+        inc = ok.to(steps[0].dtype)
+        torch._foreach_add_(steps, [inc] * len(steps))
     if jac is None:
         return None
     if tower_args is not None:

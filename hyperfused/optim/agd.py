@@ -190,6 +190,12 @@ class AGD(torch.optim.Optimizer):
             tri.agd_update(params, grads, coef, ok)
             self.eta = torch.where(ok, eta, self.eta)
             return loss
+        if self._use_kernels(params) and params[0].is_cuda:
+            # the CUDA kernels read the skip decision on the device: no host synchronisation
+            ok = torch.isfinite(coef).all() & torch.isfinite(eta)
+            agd_ops.update(params, grads, list(torch.split(coef, counts)), ok)
+            self.eta = torch.where(ok, eta, self.eta)
+            return loss
         if bool(torch.isfinite(coef).all() & torch.isfinite(eta)):
             if self._use_kernels(params):
                 agd_ops.update(params, grads, list(torch.split(coef, counts)))

@@ -149,7 +149,7 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
     tl.debug_barrier()
     # 1. bottom-up: delta_k of every level below the top
     for k in tl.static_range(1, K):
-        U: tl.constexpr = UNITS[k]
+        U = UNITS[k]
         m = r < U
         g = tl.load(scr + (k - 1) * BLOCK + r)
         lr, h1, h2 = _raw(tab, scr, k, r, False, KINDS[k], LEARN[k], PER[k], U, K, BLOCK, DT)
@@ -183,8 +183,9 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         tl.debug_barrier()
     # 2. top-down: level k updates level k-1's learned raw hyperparameters with its (new) values
     for kk in tl.static_range(0, K):
-        k: tl.constexpr = K - kk
-        U: tl.constexpr = UNITS[k]
+        k = K - kk                   # compile-time values (constexpr operands), not annotated: Triton 3.6
+                                     # refuses a constexpr annotation on a name that is assigned again
+        U = UNITS[k]
         m = r < U
         x = _flat_x(tab, k - 1, r, LEARN[k - 1], PER[k - 1], NLR[k - 1], BLOCK, DT)
         g = tl.load(scr + (k - 1) * BLOCK + r)
@@ -225,7 +226,7 @@ def _tower_commit(tab, scr, ok_ptr, K: tl.constexpr, KINDS: tl.constexpr, LEARN:
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0
     for k in tl.static_range(1, K + 1):
-        U: tl.constexpr = UNITS[k]
+        U = UNITS[k]
         m = (r < U) & ok
         # level k-1's raw hyperparameters (its lr vector has NLR[k - 1] entries when per-tensor)
         xn = tl.load(scr + (K + k - 1) * BLOCK + r)
@@ -247,7 +248,7 @@ def _tower_commit(tab, scr, ok_ptr, K: tl.constexpr, KINDS: tl.constexpr, LEARN:
             tl.store(hp + (r - pos), xn, mask=(r == pos) & ok)
         # level k's state, step and valid flag
         base = scr + (2 * K + 4 * (k - 1)) * BLOCK
-        ns: tl.constexpr = NSTATE[k]
+        ns = NSTATE[k]
         if ns >= 1:
             tl.store(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, tl.load(base + r), mask=m)
         if ns >= 2:
