@@ -149,10 +149,9 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
     tl.debug_barrier()
     # 1. bottom-up: delta_k of every level below the top
     for k in tl.static_range(1, K):
-        U = UNITS[k]
-        m = r < U
+        m = r < UNITS[k]
         g = tl.load(scr + (k - 1) * BLOCK + r)
-        lr, h1, h2 = _raw(tab, scr, k, r, False, KINDS[k], LEARN[k], PER[k], U, K, BLOCK, DT)
+        lr, h1, h2 = _raw(tab, scr, k, r, False, KINDS[k], LEARN[k], PER[k], UNITS[k], K, BLOCK, DT)
         lr, h1, h2, raw_lr, ds1, ds2 = _values(KINDS[k], LEARN[k], lr, h1, h2)
         t = tl.zeros([BLOCK], dtype=DT)
         if KINDS[k] == 3:
@@ -167,7 +166,7 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         if LEARN[k] & 1:
             if PER[k]:
                 out = c0
-                pos = U
+                pos = UNITS[k]
             else:
                 out = tl.where(r == 0, tl.sum(c0, axis=0), out)
                 pos = 1
@@ -182,14 +181,13 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         tl.store(scr + k * BLOCK + r, out)
         tl.debug_barrier()
     # 2. top-down: level k updates level k-1's learned raw hyperparameters with its (new) values
-    for kk in tl.static_range(0, K):
-        k = K - kk                   # compile-time values (constexpr operands), not annotated: Triton 3.6
-                                     # refuses a constexpr annotation on a name that is assigned again
-        U = UNITS[k]
-        m = r < U
+    # (the loop variable is the only compile-time name: Triton turns a plainly assigned constant into a tensor,
+    # and 3.6 refuses a constexpr annotation on a name assigned again in an unrolled loop)
+    for k in tl.static_range(K, 0, -1):
+        m = r < UNITS[k]
         x = _flat_x(tab, k - 1, r, LEARN[k - 1], PER[k - 1], NLR[k - 1], BLOCK, DT)
         g = tl.load(scr + (k - 1) * BLOCK + r)
-        lr, h1, h2 = _raw(tab, scr, k, r, k < K, KINDS[k], LEARN[k], PER[k], U, K, BLOCK, DT)
+        lr, h1, h2 = _raw(tab, scr, k, r, k < K, KINDS[k], LEARN[k], PER[k], UNITS[k], K, BLOCK, DT)
         lr, h1, h2, raw_lr, ds1, ds2 = _values(KINDS[k], LEARN[k], lr, h1, h2)
         t = tl.zeros([BLOCK], dtype=DT)
         if KINDS[k] == 3:
@@ -226,8 +224,7 @@ def _tower_commit(tab, scr, ok_ptr, K: tl.constexpr, KINDS: tl.constexpr, LEARN:
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0
     for k in tl.static_range(1, K + 1):
-        U = UNITS[k]
-        m = (r < U) & ok
+        m = (r < UNITS[k]) & ok
         # level k-1's raw hyperparameters (its lr vector has NLR[k - 1] entries when per-tensor)
         xn = tl.load(scr + (K + k - 1) * BLOCK + r)
         pos = 0
@@ -248,12 +245,11 @@ def _tower_commit(tab, scr, ok_ptr, K: tl.constexpr, KINDS: tl.constexpr, LEARN:
             tl.store(hp + (r - pos), xn, mask=(r == pos) & ok)
         # level k's state, step and valid flag
         base = scr + (2 * K + 4 * (k - 1)) * BLOCK
-        ns = NSTATE[k]
-        if ns >= 1:
+        if NSTATE[k] >= 1:
             tl.store(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, tl.load(base + r), mask=m)
-        if ns >= 2:
+        if NSTATE[k] >= 2:
             tl.store(tl.load(tab + k * 8 + 4).to(tl.pointer_type(DT)) + r, tl.load(base + BLOCK + r), mask=m)
-        if ns >= 3:
+        if NSTATE[k] >= 3:
             tl.store(tl.load(tab + k * 8 + 5).to(tl.pointer_type(DT)) + r, tl.load(base + 2 * BLOCK + r), mask=m)
         if KINDS[k] == 3:
             sp = tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT))
