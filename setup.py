@@ -14,6 +14,11 @@ from setuptools import find_packages, setup
 
 ext_modules = []
 cmdclass = {}
+# Link libstdc++ as the shared library torch itself uses, also where the compiler driver links it statically by
+# default (seen on a GPU image whose g++ wrapper did): a private static copy inside the extension has its own
+# locale, never set up, so every number written into an error message (TORCH_CHECK) came out missing or crashed
+# the process. An explicit -lstdc++ before the driver's own libraries resolves every use to the shared library.
+SHARED_LIBSTDCXX = ["-lstdc++"]
 if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
@@ -32,7 +37,7 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
             # -fopenmp: at::parallel_for is inline OpenMP code in torch's headers (serial without it);
             # the extension then shares the libgomp.so.1 that torch has already loaded
             extra_compile_args={"cxx": ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp"] + SHARED_LIBSTDCXX,
         )
     )
     cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
@@ -58,6 +63,7 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
                 include_dirs=[os.path.join(here, "csrc")] + extra_inc,
                 extra_compile_args={"cxx": ["-O3"],
                                     "nvcc": ["-O3", "-lineinfo", "-Xptxas=-v"]},
+                extra_link_args=SHARED_LIBSTDCXX,
             )
         )
 

@@ -7,6 +7,7 @@
 
 namespace hyperfused {
 std::string cpu_isa();
+at::Tensor cuda_table_plan(c10::IntArrayRef numels);
 }
 
 TORCH_LIBRARY(hyperfused, m) {
@@ -61,6 +62,8 @@ TORCH_LIBRARY(hyperfused, m) {
   m.def("agd_normalize_rows(Tensor[] xs, Tensor(a!)[] dsts) -> Tensor");
   // The instruction set the CPU loops run with (default, avx2, avx512).
   m.def("cpu_isa() -> str", &hyperfused::cpu_isa);
+  // the CUDA kernels' tensor tables, walked on the host with stand-in pointers (tests; csrc/cuda/tables.h)
+  m.def("_cuda_table_plan(int[] numels) -> Tensor", &hyperfused::cuda_table_plan);
 }
 
 // A Python module so that `import hyperfused._C` loads the library and runs the registrations above.

@@ -13,6 +13,7 @@
 #include "../hyperfused/tower_desc.h"
 #include "agd_cuda.h"
 #include "hyper_cuda.h"
+#include "tables.h"
 #include "tower_cuda.h"
 
 namespace hyperfused {
@@ -39,51 +40,21 @@ int64_t total_blocks(at::TensorList grads) {
   return b;
 }
 
-// Walk the tensors chunk by chunk, filling tables and calling `launch(table, block_offset)` whenever one is full.
+// Walk the tensors chunk by chunk, filling tables and calling `launch(table, block_offset)` whenever one is full
+// (tables.h).
 template <typename Launch>
 void for_tables(at::TensorList params, at::TensorList grads, at::TensorList s0, at::TensorList s1,
                 at::TensorList s2, Launch&& launch) {
-  TensorTable tab{};
-  int offset = 0;
-  auto flush = [&] {
-    if (tab.n_blocks > 0) launch(tab, offset);
-    offset += tab.n_blocks;
-    tab = TensorTable{};
-  };
-  for (int64_t i = 0; i < static_cast<int64_t>(grads.size()); ++i) {
-    const int64_t n = grads[i].numel();
-    if (n == 0) continue;
-    if (tab.n_tensors == kMaxTensors) flush();
-    const int slot = tab.n_tensors++;
-    tab.x[slot] = params.empty() ? nullptr : params[i].data_ptr();
-    tab.g[slot] = grads[i].data_ptr();
-    tab.s[0][slot] = s0.empty() ? nullptr : s0[i].data_ptr();
-    tab.s[1][slot] = s1.empty() ? nullptr : s1[i].data_ptr();
-    tab.s[2][slot] = s2.empty() ? nullptr : s2[i].data_ptr();
-    tab.numel[slot] = n;
-    tab.global_index[slot] = static_cast<int>(i);
-    const int64_t chunks = (n + kChunk - 1) / kChunk;
-    for (int64_t c = 0; c < chunks; ++c) {
-      if (tab.n_blocks == kMaxBlocks) {
-        // keep the current tensor in the next table, continuing from chunk c
-        TensorTable next{};
-        next.x[0] = tab.x[slot];
-        next.g[0] = tab.g[slot];
-        for (int q = 0; q < 3; ++q) next.s[q][0] = tab.s[q][slot];
-        next.numel[0] = n;
-        next.global_index[0] = static_cast<int>(i);
-        next.n_tensors = 1;
-        launch(tab, offset);
-        offset += tab.n_blocks;
-        tab = next;
-      }
-      const int cur = tab.n_tensors - 1;
-      tab.block_tensor[tab.n_blocks] = static_cast<unsigned char>(cur);
-      tab.block_chunk[tab.n_blocks] = static_cast<int>(c);
-      ++tab.n_blocks;
-    }
-  }
-  flush();
+  walk_tables(
+      static_cast<int64_t>(grads.size()), [&](int64_t i) { return grads[i].numel(); },
+      [&](TensorTable& tab, int slot, int64_t i) {
+        tab.x[slot] = params.empty() ? nullptr : params[i].data_ptr();
+        tab.g[slot] = grads[i].data_ptr();
+        tab.s[0][slot] = s0.empty() ? nullptr : s0[i].data_ptr();
+        tab.s[1][slot] = s1.empty() ? nullptr : s1[i].data_ptr();
+        tab.s[2][slot] = s2.empty() ? nullptr : s2[i].data_ptr();
+      },
+      launch);
 }
 
 void check(const char* op, at::TensorList grads, at::TensorList params, at::TensorList s0, at::TensorList s1,
