@@ -119,7 +119,7 @@ def main(argv=None):
                 L += open(f"{tmp}/paper.md").read().splitlines()
             except Exception as exc:          # data missing: say so in the results
                 L += ["## The paper's experiments", "", f"Not run: {exc}", ""]
-    write(args.out, L + agd_section(reps, args.quick))
+    write(args.out, L + agd_section(reps, args.quick) + gpu_sections(args.out))
 
 
 SECTIONS = {"agd": "## Automatic Gradient Descent", "step": "## Optimizer step, 8 float32 tensors (CPU, 2 threads)",
@@ -184,6 +184,21 @@ def agd_section(reps, quick):
             return open(f"{tmp}/agd.md").read().splitlines()
         except Exception as exc:
             return ["## Automatic Gradient Descent", "", f"Not run: {exc}", ""]
+
+
+def gpu_sections(path) -> list:
+    """The "## GPU: ..." sections of the existing file, kept as they are: they come from bench/gpu/run.sh on a
+    lent GPU machine, which this script cannot rerun."""
+    if not os.path.exists(path):
+        return []
+    lines = open(path).read().splitlines()
+    out, keep = [], False
+    for ln in lines:
+        if ln.startswith("## "):
+            keep = ln.startswith("## GPU")
+        if keep:
+            out.append(ln)
+    return ([""] + out) if out else []
 
 
 def write(path, lines):

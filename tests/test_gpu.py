@@ -13,7 +13,7 @@ import hyperfused as hf
 from hyperfused import ops
 
 import test_agd
-from test_optim_api import _assert_same, _snapshot
+from test_optim_api import _assert_same, _snapshot, check_resume_is_bitwise
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -99,27 +99,10 @@ def test_training_on_cuda_matches_the_reference_backend(name, one_pass, backend)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", ["adam/sgd/adam", "sgd(m)/sgd per-tensor", "rmsprop per-tensor/adagrad"])
 def test_resume_from_a_checkpoint_on_cuda_is_bitwise_identical(name, dtype, backend):
-    data = _data(16, dtype)
-    m = _model(dtype)
-    opt = TOWERS[name](m.parameters(), backend, False)
-    _train(m, opt, data[:8])
-    buf = io.BytesIO()
-    torch.save({"model": m.state_dict(), "opt": opt.state_dict()}, buf)
-    _train(m, opt, data[8:])
-    buf.seek(0)
-    ckpt = torch.load(buf)
-    m2 = _model(dtype, seed=5)
-    m2.load_state_dict(ckpt["model"])
-    opt2 = TOWERS[name](m2.parameters(), backend, False)
-    opt2.load_state_dict(ckpt["opt"])
-    for st in opt2.state.values():
-        for v in st.values():
-            if isinstance(v, torch.Tensor) and v.dim() > 0:
-                assert v.is_cuda
-    _train(m2, opt2, data[8:])
-    for p, q in zip(m.parameters(), m2.parameters()):
-        assert torch.equal(p, q)
-    assert [lv.hyperparameters() for lv in opt.levels] == [lv.hyperparameters() for lv in opt2.levels]
+    opt2 = check_resume_is_bitwise(lambda p: TOWERS[name](p, backend, False), lambda seed: _model(dtype, seed),
+                                   _data(16, dtype))
+    assert all(v.is_cuda for st in opt2.state.values() for v in st.values()
+               if isinstance(v, torch.Tensor) and v.dim() > 0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -287,40 +270,13 @@ def test_captured_step_replays_the_eager_trajectory_bitwise(name, backend):
 @pytest.mark.parametrize("backend", ["auto"] + BACKENDS)
 @pytest.mark.parametrize("net", ["fcn", "cnn"])
 def test_frobenius_agd_on_cuda_reproduces_the_authors_algorithm(net, backend):
-    make = test_agd.fcn if net == "fcn" else test_agd.cnn
-    ours, theirs = make().cuda(), make().cuda()
-    opt = hf.AGD(ours.parameters(), backend=backend)
-    batches = [(x.cuda(), y.cuda()) for x, y in test_agd.data(10)]
-    ps = list(theirs.parameters())
-    e_theirs = test_agd._train(theirs, lambda: test_agd.authors_step(ps), batches)
-    e_ours = test_agd._train(ours, lambda: (opt.step(), float(opt.eta))[1], batches)
-    for a, b in zip(ours.parameters(), theirs.parameters()):
-        assert float((a - b).norm() / b.norm()) <= 1e-10
-    assert e_ours == pytest.approx(e_theirs, rel=1e-10)
+    test_agd.check_frobenius_against_the_authors(test_agd.fcn if net == "fcn" else test_agd.cnn, backend, "cuda")
 
 
 @pytest.mark.parametrize("backend", ["auto"] + BACKENDS)
 @pytest.mark.parametrize("net", ["fcn", "cnn"])
 def test_spectral_agd_on_cuda_matches_exact_spectral_norms(net, backend):
-    make = test_agd.fcn if net == "fcn" else test_agd.cnn
-    ours, exact = make().cuda(), make().cuda()
-    opt = hf.AGD(ours.parameters(), norm="spectral", tol=1e-7, max_iter=100, backend=backend)
-    ps = list(exact.parameters())
-    for x, y in test_agd.data(6):
-        x, y = x.cuda(), y.cuda()
-        for m in (ours, exact):
-            m.zero_grad()
-            nn.functional.cross_entropy(m(x), y).backward()
-        w0 = [p.detach().clone() for p in ours.parameters()]
-        opt.step()
-        with torch.no_grad():
-            test_agd._exact_spectral_step(ps)
-        for a, b, w in zip(ours.parameters(), exact.parameters(), w0):
-            step_ours, step_exact = a.detach() - w, b.detach() - w
-            assert float((step_ours - step_exact).norm() / step_exact.norm()) <= 1e-3
-        with torch.no_grad():
-            for a, b in zip(ours.parameters(), exact.parameters()):
-                b.copy_(a)
+    test_agd.check_spectral_against_exact_norms(test_agd.fcn if net == "fcn" else test_agd.cnn, backend, "cuda")
 
 
 def test_state_dict_of_a_cuda_run_loads_into_a_cpu_run():

@@ -334,30 +334,40 @@ def test_parameters_without_gradient_are_left_alone_and_do_not_feed_the_hypergra
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_resume_from_a_checkpoint_is_bitwise_identical(make, dtype):
-    data = _data(20, dtype)
-    m = _model(dtype)
+    check_resume_is_bitwise(make, lambda seed: _model(dtype, seed), _data(20, dtype))
+
+
+def check_resume_is_bitwise(make, model, data):
+    """Train on the first half of `data`, checkpoint through torch.save, train on; a new model (``model(seed)``)
+    and optimizer loaded from the checkpoint then train to the same weights and every level's hyperparameters,
+    bitwise. The checkpoint dict is not altered by loading; reduced-precision parameters keep float32 state.
+    Returns the resumed optimizer."""
+    half = len(data) // 2
+    m = model(0)
     opt = make(m.parameters())
-    _train(m, opt, data[:10])
+    _train(m, opt, data[:half])
     buf = io.BytesIO()
     torch.save({"model": m.state_dict(), "opt": opt.state_dict()}, buf)
-    _train(m, opt, data[10:])
+    _train(m, opt, data[half:])
 
     buf.seek(0)
     ckpt = torch.load(buf)
-    m2 = _model(dtype, seed=5)
+    m2 = model(5)
     m2.load_state_dict(ckpt["model"])
     opt2 = make(m2.parameters())
     saved = copy.deepcopy(ckpt["opt"])
     opt2.load_state_dict(ckpt["opt"])
     _assert_same(ckpt["opt"]["state"], saved["state"])     # the caller's dict is not aliased or altered
+    dtype = next(m2.parameters()).dtype
     for st in opt2.state.values():                         # reduced-precision params keep float32 state
         for k, v in st.items():
             if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() > 0:
                 assert v.dtype == (torch.float32 if dtype != torch.float64 else torch.float64), k
-    _train(m2, opt2, data[10:])
+    _train(m2, opt2, data[half:])
     for p, q in zip(m.parameters(), m2.parameters()):
         assert torch.equal(p, q)
     assert [lv.hyperparameters() for lv in opt.levels] == [lv.hyperparameters() for lv in opt2.levels]
+    return opt2
 
 
 # ------------------------------------------------------------------------------------------- memory
