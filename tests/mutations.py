@@ -84,6 +84,16 @@ MUTATIONS = [
              "            term = lr * mh * (rden * rden) / (2.0 * S) * dvh * dsig2",
              "            term = -(lr * mh * (rden * rden) / (2.0 * S) * dvh * dsig2)",
              ["tests/test_hypergradient_precision.py"], k="triton"),
+    Mutation("M13", "one-pass Jacobian evaluated with the new instead of the previous hyperparameters",
+             "hyperfused/optim/base.py",
+             "                used = self._rows(rec[\"used\"], plan[\"index\"], per0)",
+             "                used = self._rows(rec[\"hp\"], plan[\"index\"], per0)",
+             ["tests/test_one_pass_oracle.py"], k="cpu"),
+    Mutation("M14", "one-pass oracle: old tests alone (the stale-hyperparameter bug of M13)", "hyperfused/optim/base.py",
+             "                used = self._rows(rec[\"used\"], plan[\"index\"], per0)",
+             "                used = self._rows(rec[\"hp\"], plan[\"index\"], per0)",
+             ["tests/test_cpu_kernels.py"], k="one_pass or one-pass",
+             expect="survives: the backends are compared with the reference, which shares base.py"),
     Mutation("M11", "AGD ignores its gain", "hyperfused/optim/agd.py",
              "        super().__init__(params, dict(gain=float(gain)))", "        super().__init__(params, dict(gain=1.0))",
              ["tests/test_agd.py"], k="gain"),
@@ -92,6 +102,7 @@ MUTATIONS = [
              "        sigma = torch.where(nonzero, sigma, sigma)",
              ["tests/test_agd.py"], k="clamp"),
 ]
+MUTATIONS.sort(key=lambda m: m.id)
 
 
 def _copy_tree(dst: str, with_build: bool) -> None:
