@@ -64,14 +64,14 @@ def test_frobenius_agd_reproduces_the_authors_algorithm(net, backend):
     check_frobenius_against_the_authors(fcn if net == "fcn" else cnn, backend)
 
 
-def check_frobenius_against_the_authors(make, backend, device="cpu"):
+def check_frobenius_against_the_authors(make, backend, device="cpu", gain=1.0):
     """hf.AGD (Frobenius) and the authors' loop train two copies of a float64 network for 10 steps: weights and
     eta agree to 1e-10."""
     ours, theirs = make().to(device), make().to(device)
-    opt = hf.AGD(ours.parameters(), backend=backend)
+    opt = hf.AGD(ours.parameters(), gain=gain, backend=backend)
     batches = [(x.to(device), y.to(device)) for x, y in data(10)]
     ps = list(theirs.parameters())
-    e_theirs = _train(theirs, lambda: authors_step(ps), batches)
+    e_theirs = _train(theirs, lambda: authors_step(ps, gain), batches)
     e_ours = _train(ours, lambda: (opt.step(), float(opt.eta))[1], batches)
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert float((a - b).norm() / b.norm()) <= 1e-10
@@ -104,11 +104,11 @@ def test_spectral_agd_steps_match_exact_spectral_norms(net, backend):
     check_spectral_against_exact_norms(fcn if net == "fcn" else cnn, backend)
 
 
-def check_spectral_against_exact_norms(make, backend, device="cpu"):
+def check_spectral_against_exact_norms(make, backend, device="cpu", gain=1.0):
     """Each spectral AGD step (tol 1e-7) within 1e-3 of the step made with exact spectral norms, both continued
     from the same weights for 6 steps."""
     ours, exact = make().to(device), make().to(device)
-    opt = hf.AGD(ours.parameters(), norm="spectral", tol=1e-7, max_iter=100, backend=backend)
+    opt = hf.AGD(ours.parameters(), gain=gain, norm="spectral", tol=1e-7, max_iter=100, backend=backend)
     ps = list(exact.parameters())
     for x, y in data(6):
         x, y = x.to(device), y.to(device)
@@ -118,13 +118,90 @@ def check_spectral_against_exact_norms(make, backend, device="cpu"):
         w0 = [p.detach().clone() for p in ours.parameters()]
         opt.step()
         with torch.no_grad():
-            _exact_spectral_step(ps)
+            _exact_spectral_step(ps, gain)
         for a, b, w in zip(ours.parameters(), exact.parameters(), w0):
             step_ours, step_exact = a.detach() - w, b.detach() - w
             assert float((step_ours - step_exact).norm() / step_exact.norm()) <= 1e-3
         with torch.no_grad():          # continue both from the same weights
             for a, b in zip(ours.parameters(), exact.parameters()):
                 b.copy_(a)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("norm", ["frobenius", "spectral"])
+@pytest.mark.parametrize("gain", [0.5, 2.0])
+def test_gain_multiplies_every_step_as_in_the_authors_algorithm(gain, norm, backend):
+    """gain != 1 against the authors' loop (Frobenius) and exact spectral norms (spectral), both with the same
+    gain, on the convolutional network (conv kernels and a matrix: gain applies to every slice)."""
+    if backend == "triton" and (torch.cuda.is_available() or not hf.ops.triton_available()):
+        pytest.skip("the Triton AGD kernels run here under the interpreter on CPU tensors")
+    if norm == "frobenius":
+        check_frobenius_against_the_authors(cnn, backend, gain=gain)
+    else:
+        check_spectral_against_exact_norms(cnn, backend, gain=gain)
+
+
+def _clamp_case(m, n, slices, device="cpu"):
+    """Per slice g = diag(10, 1, ..., 1) of shape (m, n), and unit start vectors u, v = normalize(e_2 + 1e-3 e_1),
+    nearly orthogonal to the top singular vectors e_1: one iteration leaves the estimate of sigma near 1, below
+    the lower clamp |g|_F / sqrt(min(m, n)); later iterations would rise towards sigma_1 = 10."""
+    g = torch.zeros(slices, m, n, dtype=torch.float64)
+    g.diagonal(dim1=1, dim2=2).fill_(1.0)
+    g[:, 0, 0] = 10.0
+    u, v = torch.zeros(slices, m, dtype=torch.float64), torch.zeros(slices, n, dtype=torch.float64)
+    u[:, 1], v[:, 1] = 1.0, 1.0
+    u[:, 0], v[:, 0] = 1e-3, 1e-3
+    u, v = nn.functional.normalize(u, dim=1), nn.functional.normalize(v, dim=1)
+    bound = g.flatten(1).norm(dim=1) / math.sqrt(min(m, n))
+    for one, start in ((g.transpose(1, 2), u), (g, v)):      # one iteration from either half-step: below the clamp
+        x = nn.functional.normalize(torch.bmm(one, start.unsqueeze(2)).squeeze(2), dim=1)
+        raw = torch.bmm(one.transpose(1, 2), x.unsqueeze(2)).squeeze(2).norm(dim=1)
+        assert bool((raw < 0.7 * bound).all())
+    return g.to(device), u.to(device), v.to(device), bound.to(device)
+
+
+def test_power_iteration_estimate_is_clamped_to_the_frobenius_bounds():
+    """max_iter=1 from start vectors nearly orthogonal to the top singular vectors: the estimate (about 1) is
+    raised to |g|_F / sqrt(rank); a slice started on its top singular vectors keeps its exact sigma (10)."""
+    wide, u_w, v_w, bound_w = _clamp_case(40, 60, 3)
+    tall, u_t, v_t, bound_t = _clamp_case(9, 4, 1)
+    u_w[0].zero_()[0] = 1.0
+    v_w[0].zero_()[0] = 1.0
+    sig, _, _, iters = hf.ops.power_iteration([wide, tall[0]], [u_w, u_t[0]], [v_w, v_t[0]], tol=1e-9, max_iter=1)
+    assert iters == [1, 1]
+    assert float(sig[0][0]) == 10.0
+    torch.testing.assert_close(sig[0][1:], bound_w[1:], rtol=1e-14, atol=0)
+    torch.testing.assert_close(sig[1], bound_t[0], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_spectral_agd_steps_with_the_clamped_sigma(backend):
+    if backend == "triton" and (torch.cuda.is_available() or not hf.ops.triton_available()):
+        pytest.skip("the Triton AGD kernels run here under the interpreter on CPU tensors")
+    check_spectral_clamp(backend)
+
+
+def check_spectral_clamp(backend, device="cpu"):
+    """hf.AGD(norm="spectral", max_iter=1) from the start vectors of _clamp_case on a matrix and a convolution
+    kernel: every slice's sigma is the lower clamp |g|_F / sqrt(rank), in G and in the step."""
+    cases = [((40, 60), _clamp_case(40, 60, 1, device)), ((6, 4, 2, 2), _clamp_case(6, 4, 4, device))]
+    gen = torch.Generator().manual_seed(0)
+    params = [nn.Parameter(torch.randn(shape, generator=gen, dtype=torch.float64).to(device)) for shape, _ in cases]
+    opt = hf.AGD(params, norm="spectral", max_iter=1, backend=backend)
+    for p, (shape, (g, u, v, _)) in zip(params, cases):        # slices (kh*kw, d_out, d_in) back to the kernel
+        p.grad = g[0] if len(shape) == 2 else g.reshape(*shape[2:], *shape[:2]).permute(2, 3, 0, 1).contiguous()
+        opt.state[p]["u"], opt.state[p]["v"] = u.clone(), v.clone()
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    L = len(params)
+    G = sum(agd_ops.scale_of(p) * float((g.pow(2).sum(dim=(1, 2)) / bound).sum())
+            for p, (_, (g, _, _, bound)) in zip(params, cases)) / L
+    eta = math.log((1 + math.sqrt(1 + 4 * G)) / 2)
+    assert float(opt.eta) == pytest.approx(eta, rel=1e-12)
+    for p, w, (_, (_, _, _, bound)) in zip(params, before, cases):
+        c = eta / L * agd_ops.scale_of(p) / bound
+        want = w - (c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c) * p.grad
+        torch.testing.assert_close(p.detach(), want, rtol=1e-12, atol=1e-14)
 
 
 def test_zero_gradient_gives_zero_step_and_keeps_u_v():

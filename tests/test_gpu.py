@@ -279,6 +279,19 @@ def test_spectral_agd_on_cuda_matches_exact_spectral_norms(net, backend):
     test_agd.check_spectral_against_exact_norms(test_agd.fcn if net == "fcn" else test_agd.cnn, backend, "cuda")
 
 
+@pytest.mark.parametrize("backend", ["auto"] + BACKENDS)
+@pytest.mark.parametrize("norm", ["frobenius", "spectral"])
+def test_agd_gain_on_cuda_multiplies_every_step_as_in_the_authors_algorithm(norm, backend):
+    check = (test_agd.check_frobenius_against_the_authors if norm == "frobenius" else
+             test_agd.check_spectral_against_exact_norms)
+    check(test_agd.cnn, backend, "cuda", gain=2.0)
+
+
+@pytest.mark.parametrize("backend", ["auto"] + BACKENDS)
+def test_spectral_agd_on_cuda_steps_with_the_clamped_sigma(backend):
+    test_agd.check_spectral_clamp(backend, "cuda")
+
+
 def test_state_dict_of_a_cuda_run_loads_into_a_cpu_run():
     """A checkpoint taken on the GPU resumes on CPU tensors (map_location='cpu') and continues to the same
     result as the GPU run, within float32 round-off."""

@@ -51,14 +51,19 @@ def test_short_run_on_digits_learns_and_writes_metrics_and_plots(capsys, tmp_pat
     assert (out_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_other_models_and_synthetic_data(tmp_path):
-    for model in ("deep-mlp", "cnn"):
-        data = "synthetic" if model == "deep-mlp" else "digits"
-        if data == "digits":
-            pytest.importorskip("sklearn")
-        res = train.main(["--data", data, "--model", model, "--epochs", "1", "--no-progress",
-                          "--opt", "sgd(0.05)/sgd(0.01)"])
-        assert res[0].test_error < 0.9
+# Measured test errors (seeds 0-4, 2 epochs): deep-mlp on synthetic 0.33-0.38 (5 classes: chance 0.8, always
+# predicting the test split's most common class 0.715-0.76); cnn on digits 0.137-0.187 (10 classes: chance 0.9,
+# the most common class 0.858-0.883). Each bound lies well above what the model reaches and well below what a
+# constant prediction scores. (The cnn with sgd(0.05)/sgd(0.01) reached only 0.69-0.81 after one epoch, seeds 0-2.)
+@pytest.mark.parametrize("model,data,opt,bound", [
+    ("deep-mlp", "synthetic", "sgd(0.05)/sgd(0.01)", 0.5),
+    ("cnn", "digits", "adam(3e-3)/sgd(1e-5)", 0.35),
+])
+def test_other_models_and_synthetic_data_learn_well_below_chance(model, data, opt, bound):
+    if data == "digits":
+        pytest.importorskip("sklearn")
+    res = train.main(["--data", data, "--model", model, "--epochs", "2", "--no-progress", "--opt", opt])
+    assert res[0].test_error < bound
 
 
 def test_missing_data_gives_the_command(tmp_path, monkeypatch, capsys):
