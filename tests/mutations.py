@@ -94,6 +94,13 @@ MUTATIONS = [
              "                used = self._rows(rec[\"hp\"], plan[\"index\"], per0)",
              ["tests/test_cpu_kernels.py"], k="one_pass or one-pass",
              expect="survives: the backends are compared with the reference, which shares base.py"),
+    Mutation("M15", "the Python tower's check of the hypergradients themselves removed", "hyperfused/optim/base.py",
+             "        ok = finite\n        for d in deltas:\n            for t in d.values():\n"
+             "                ok = ok & torch.isfinite(t).all()\n",
+             "        ok = finite\n",
+             ["tests/test_skip_contract.py"], k="reference",
+             expect="survives: a non-finite hypergradient always makes a new hyperparameter non-finite, which the "
+                    "next check catches (kept as defence in depth)"),
     Mutation("M11", "AGD ignores its gain", "hyperfused/optim/agd.py",
              "        super().__init__(params, dict(gain=float(gain)))", "        super().__init__(params, dict(gain=1.0))",
              ["tests/test_agd.py"], k="gain"),
