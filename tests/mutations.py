@@ -79,7 +79,7 @@ MUTATIONS = [
              ["tests/test_hypergradient_precision.py"], k="cpu"),
     Mutation("M09", "CPU vector loop counts no non-finite gradient", "csrc/cpu/hyper_loops.h",
              "    bad = bad + (gv - gv).ne(Vec(0));", "    bad = bad;",
-             ["tests/test_skip_contract.py"], k="cpu"),
+             ["tests/test_skip_contract.py"], k="cpu and long_tensor"),
     Mutation("M10", "Triton Adam beta2 Jacobian with the wrong sign", "hyperfused/ops/triton/hyper.py",
              "            term = lr * mh * (rden * rden) / (2.0 * S) * dvh * dsig2",
              "            term = -(lr * mh * (rden * rden) / (2.0 * S) * dvh * dsig2)",
@@ -89,7 +89,8 @@ MUTATIONS = [
              "                used = self._rows(rec[\"used\"], plan[\"index\"], per0)",
              "                used = self._rows(rec[\"hp\"], plan[\"index\"], per0)",
              ["tests/test_one_pass_oracle.py"], k="cpu"),
-    Mutation("M14", "one-pass oracle: old tests alone (the stale-hyperparameter bug of M13)", "hyperfused/optim/base.py",
+    Mutation("M14", "one-pass oracle: old tests alone (the stale-hyperparameter bug of M13)",
+             "hyperfused/optim/base.py",
              "                used = self._rows(rec[\"used\"], plan[\"index\"], per0)",
              "                used = self._rows(rec[\"hp\"], plan[\"index\"], per0)",
              ["tests/test_cpu_kernels.py"], k="one_pass or one-pass",
@@ -102,10 +103,12 @@ MUTATIONS = [
              expect="survives: a non-finite hypergradient always makes a new hyperparameter non-finite, which the "
                     "next check catches (kept as defence in depth)"),
     Mutation("M11", "AGD ignores its gain", "hyperfused/optim/agd.py",
-             "        super().__init__(params, dict(gain=float(gain)))", "        super().__init__(params, dict(gain=1.0))",
+             "        super().__init__(params, dict(gain=float(gain)))",
+             "        super().__init__(params, dict(gain=1.0))",
              ["tests/test_agd.py"], k="gain"),
-    Mutation("M12", "power iteration without the clamp to [|g|_F / sqrt(rank), |g|_F]", "hyperfused/ops/agd.py",
-             "        sigma = torch.where(nonzero, torch.minimum(torch.maximum(sigma, fro / math.sqrt(rank)), fro), sigma)",
+    Mutation("M12", "power iteration without the clamp to [norm_F / sqrt(rank), norm_F]", "hyperfused/ops/agd.py",
+             "        sigma = torch.where(nonzero, torch.minimum(torch.maximum(sigma, fro / math.sqrt(rank)), fro), "
+             "sigma)",
              "        sigma = torch.where(nonzero, sigma, sigma)",
              ["tests/test_agd.py"], k="clamp"),
 ]
@@ -177,7 +180,7 @@ def table(rows, by_id) -> str:
     for r in rows:
         m = by_id[r["id"]]
         tests = ", ".join(os.path.basename(t) for t in m.tests) + (f" (-k {m.k})" if m.k else "")
-        out.append(f"| {m.id} | {m.what} | `{m.path}` | {tests} | {m.expect} | {r['result']} | "
+        out.append(f"| {m.id} | {m.what.replace('|', '/')} | `{m.path}` | {tests} | {m.expect} | {r['result']} | "
                    f"{r['detail'].replace('|', '/')} |")
     return "\n".join(out)
 

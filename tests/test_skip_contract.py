@@ -110,6 +110,27 @@ def test_non_finite_gradient_skips_a_plain_optimizer_bitwise(backend, one_pass, 
     _check_non_finite_gradient_skip(PLAIN[kind], backend, one_pass, bad_step, bad)
 
 
+@pytest.mark.parametrize("index", [0, 1000, 4097], ids=["first", "vector-body", "tail"])
+@pytest.mark.parametrize("make", [PLAIN["adam"], TOWERS_AT_STEP_1["adam/sgd"]], ids=["adam", "adam/sgd-step1"])
+@MODES
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_gradient_anywhere_in_a_long_tensor_skips(backend, one_pass, make, index):
+    """The compiled loops read long tensors a vector at a time and only the last elements one by one: a NaN in the
+    vector body must be counted as well as one in the tail (the small tensors above fit in one tail)."""
+    dev = _device(backend)
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(4099, generator=g).to(dev)),
+              torch.nn.Parameter(torch.randn(5, generator=g).to(dev))]
+    opt = make(params, backend=backend, one_pass=one_pass)
+    opt.init_state()
+    before = _everything(params, opt)
+    grads = _grads(params, 1)
+    grads[0][index] = NAN
+    _step(opt, params, grads)
+    assert opt.skipped_steps == 1
+    _assert_same(_everything(params, opt), before)
+
+
 @pytest.mark.parametrize("tower", list(TOWERS_AT_STEP_1))
 @MODES
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -87,7 +87,7 @@ fi
 if [ "$MODE" != dry ] && ! $PY -c "import gradient_descent_the_ultimate_optimizer" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --target /tmp/hf-site .whl/*.whl >> "$SUMMARY" 2>&1 && export PYTHONPATH="$PYTHONPATH:/tmp/hf-site"
 fi
-TESTS="tests/test_cuda_kernels.py tests/test_triton_kernels.py tests/test_triton_agd.py tests/test_agd.py tests/test_optim_api.py tests/test_gpu.py tests/test_hypergradient_precision.py"
+TESTS="tests/test_cuda_kernels.py tests/test_triton_kernels.py tests/test_triton_agd.py tests/test_agd.py tests/test_optim_api.py tests/test_gpu.py tests/test_hypergradient_precision.py tests/test_skip_contract.py"
 if [ "$MODE" = dry ]; then
   if $PY -m pytest -q --collect-only -p no:cacheprovider $TESTS > "$OUT/tests.log" 2>&1; then
     phase tests ok "dry run: $(tail -1 "$OUT/tests.log")"
