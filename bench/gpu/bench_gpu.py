@@ -11,7 +11,7 @@ temperature hit all alike), CUDA events around each call, medians:
    tensors per parameter used on alternate steps (backward makes a new one each step). torch's fused Adam,
    AdamW and SGD with momentum, and hyperfused's configurations on each GPU backend (cuda, triton), all on the
    same parameters and gradients. Ratio to the baseline, effective bandwidth = the bytes the configuration must
-   move (SPEC's bytes model: each stream read or written once per pass) over time, as a share of the baseline's
+   move (the bytes model: each stream read or written once per pass) over time, as a share of the baseline's
    and of the copy's bandwidth.
 3. graph: a step captured in a CUDA graph and replayed vs the eager step (64 small tensors, where launches
    matter), and whether the replayed trajectory equals the eager one bitwise.
