@@ -40,7 +40,22 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
             extra_link_args=["-fopenmp"] + SHARED_LIBSTDCXX,
         )
     )
-    cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=True)
+
+    class BuildExt(BuildExtension.with_options(use_ninja=True)):
+        """Also records, next to the extensions, the torch they were built against (hyperfused/_build_info.json):
+        the package refuses, with a message that says so, to load them under another torch."""
+
+        def run(self):
+            super().run()
+            import json
+
+            import torch as _torch
+            dirs = {os.path.dirname(self.get_ext_fullpath(ext.name)) for ext in self.extensions}
+            for d in dirs:
+                with open(os.path.join(d, "_build_info.json"), "w") as f:
+                    json.dump({"torch": _torch.__version__, "cuda": _torch.version.cuda}, f)
+
+    cmdclass["build_ext"] = BuildExt
 
     import torch
     from torch.utils import cpp_extension

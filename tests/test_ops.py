@@ -1,4 +1,6 @@
 """The op layer: backend resolution and the first C++ op against its pure-PyTorch reference."""
+import os
+
 import pytest
 import torch
 
@@ -94,3 +96,19 @@ def test_refusals_of_the_compiled_ops_print_their_numbers():
                                                      torch.zeros(3, dtype=torch.float64)])
     with pytest.raises(RuntimeError, match=r"agd_update: 2 params for 1 grads"):
         torch.ops.hyperfused.agd_update(xs, xs[:1], torch.zeros(2, dtype=torch.float64))
+
+
+def test_extensions_built_for_another_torch_are_refused_with_a_message(tmp_path):
+    """The build records its torch (hyperfused/_build_info.json); under another torch the package says to rebuild
+    instead of loading the extension (an unreadable symbol error at best)."""
+    import json
+    from hyperfused.ops import _ext
+    info = tmp_path / "_build_info.json"
+    info.write_text(json.dumps({"torch": "0.0.1+other", "cuda": None}))
+    msg = _ext.build_mismatch(str(info))
+    assert "built against torch 0.0.1+other" in msg and torch.__version__ in msg and "rebuild" in msg
+    info.write_text(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda}))
+    assert _ext.build_mismatch(str(info)) is None
+    assert _ext.build_mismatch(str(tmp_path / "absent.json")) is None
+    if ops.extension_available() and os.path.exists(_ext.BUILD_INFO):      # this tree's own build matches
+        assert _ext.build_mismatch() is None

@@ -5,8 +5,27 @@ The package works without it: every op has a pure-PyTorch reference.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 
 _state = {"tried": False, "ok": False, "error": None}
+BUILD_INFO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_build_info.json")
+
+
+def build_mismatch(path: str = BUILD_INFO):
+    """Why the compiled extensions must not be loaded under this torch (None when they may): the build records
+    the torch it compiled against in hyperfused/_build_info.json; an extension built against another torch
+    either fails to load with an unreadable symbol error or, worse, loads and misbehaves."""
+    if not os.path.exists(path):
+        return None
+    import torch
+    with open(path) as f:
+        built = json.load(f).get("torch")
+    if built != torch.__version__:
+        return (f"hyperfused's compiled extensions were built against torch {built}, but this is torch "
+                f"{torch.__version__}: rebuild them (pip install --no-build-isolation -e . or "
+                f"python setup.py build_ext --inplace)")
+    return None
 
 
 def load_extension() -> bool:
@@ -15,9 +34,12 @@ def load_extension() -> bool:
         _state["tried"] = True
         try:
             import torch  # noqa: F401  (the extension links against torch's libraries)
+            mismatch = build_mismatch()
+            if mismatch:
+                raise ImportError(mismatch)
             importlib.import_module("hyperfused._C")
             _state["ok"] = True
-        except ImportError as exc:  # not built: the reference backend still works
+        except ImportError as exc:  # not built (or built for another torch): the reference backend still works
             _state["error"] = exc
     return _state["ok"]
 
