@@ -45,6 +45,11 @@ class Mutation:
         return self.path.startswith("csrc/")
 
 
+# (path, old, new) of M13 and M14: the same bug, run against the new oracle and against the older tests alone
+STALE_ONE_PASS = ("hyperfused/optim/base.py",
+                  "                used = self._rows(rec[\"used\"], plan[\"index\"], per0)",
+                  "                used = self._rows(rec[\"hp\"], plan[\"index\"], per0)")
+
 MUTATIONS = [
     Mutation("M01", "reference Adam update without bias correction of m", "hyperfused/ops/reference.py",
              "    mh = m / (1.0 - b1 ** t)\n", "    mh = m\n",
@@ -85,15 +90,9 @@ MUTATIONS = [
              "            term = -(lr * mh * (rden * rden) / (2.0 * S) * dvh * dsig2)",
              ["tests/test_hypergradient_precision.py"], k="triton"),
     Mutation("M13", "one-pass Jacobian evaluated with the new instead of the previous hyperparameters",
-             "hyperfused/optim/base.py",
-             "                used = self._rows(rec[\"used\"], plan[\"index\"], per0)",
-             "                used = self._rows(rec[\"hp\"], plan[\"index\"], per0)",
-             ["tests/test_one_pass_oracle.py"], k="cpu"),
+             *STALE_ONE_PASS, ["tests/test_one_pass_oracle.py"], k="cpu"),
     Mutation("M14", "one-pass oracle: old tests alone (the stale-hyperparameter bug of M13)",
-             "hyperfused/optim/base.py",
-             "                used = self._rows(rec[\"used\"], plan[\"index\"], per0)",
-             "                used = self._rows(rec[\"hp\"], plan[\"index\"], per0)",
-             ["tests/test_cpu_kernels.py"], k="one_pass or one-pass",
+             *STALE_ONE_PASS, ["tests/test_cpu_kernels.py"], k="one_pass or one-pass",
              expect="survives: the backends are compared with the reference, which shares base.py"),
     Mutation("M15", "the Python tower's check of the hypergradients themselves removed", "hyperfused/optim/base.py",
              "        ok = finite\n        for d in deltas:\n            for t in d.values():\n"

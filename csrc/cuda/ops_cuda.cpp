@@ -314,39 +314,21 @@ int64_t slices_of(const at::Tensor& t) { return t.dim() == 2 ? 1 : t.size(2) * t
 template <typename Launch>
 void for_agd_tables(at::TensorList params, at::TensorList grads, const std::vector<int64_t>& slices,
                     Launch&& launch) {
-  AgdTable tab{};
-  int64_t offset = 0;
-  auto add_tensor = [&](int64_t i, int64_t off) {
-    const int slot = tab.n_tensors++;
-    tab.x[slot] = params.empty() ? nullptr : params[i].data_ptr();
-    tab.g[slot] = grads[i].data_ptr();
-    tab.numel[slot] = grads[i].numel();
-    tab.slices[slot] = static_cast<int>(slices[i]);
-    tab.slice_offset[slot] = off;
-  };
-  for (int64_t i = 0; i < static_cast<int64_t>(grads.size()); ++i) {
-    const int64_t n = grads[i].numel(), S = slices[i];
-    if (n > 0) {
-      if (tab.n_tensors == kAgdMaxTensors) {
-        launch(tab);
-        tab = AgdTable{};
-      }
-      add_tensor(i, offset);
-      const int64_t chunks = (n + agd_chunk(static_cast<int>(S)) - 1) / agd_chunk(static_cast<int>(S));
-      for (int64_t c = 0; c < chunks; ++c) {
-        if (tab.n_blocks == kAgdMaxBlocks) {
-          launch(tab);
-          tab = AgdTable{};
-          add_tensor(i, offset);
-        }
-        tab.block_tensor[tab.n_blocks] = static_cast<unsigned char>(tab.n_tensors - 1);
-        tab.block_chunk[tab.n_blocks] = static_cast<int>(c);
-        ++tab.n_blocks;
-      }
-    }
-    offset += S;
-  }
-  if (tab.n_blocks > 0) launch(tab);
+  std::vector<int64_t> first(grads.size() + 1, 0);     // each tensor's first entry in the per-slice vectors
+  for (size_t i = 0; i < grads.size(); ++i) first[i + 1] = first[i] + slices[i];
+  walk<AgdTable, kAgdMaxTensors, kAgdMaxBlocks>(
+      static_cast<int64_t>(grads.size()),
+      [&](int64_t i) {
+        return std::pair<int64_t, int64_t>(grads[i].numel(), agd_chunk(static_cast<int>(slices[i])));
+      },
+      [&](AgdTable& tab, int slot, int64_t i) {
+        tab.x[slot] = params.empty() ? nullptr : params[i].data_ptr();
+        tab.g[slot] = grads[i].data_ptr();
+        tab.numel[slot] = grads[i].numel();
+        tab.slices[slot] = static_cast<int>(slices[i]);
+        tab.slice_offset[slot] = first[i];
+      },
+      [&](const AgdTable& tab, int) { launch(tab); });
 }
 
 void check_agd(const char* op, at::TensorList grads, const std::vector<int64_t>& slices) {

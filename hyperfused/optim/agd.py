@@ -185,24 +185,16 @@ class AGD(torch.optim.Optimizer):
         G = G / self.L
         eta = torch.log((1 + torch.sqrt(1 + 4 * G)) / 2)
         coef = torch.where(denom > 0, gain * (eta / self.L) * scale / denom.clamp_min(1e-300), torch.zeros_like(denom))
-        if tri is not None:              # the skip decision stays on the device: no host synchronisation
-            ok = torch.isfinite(coef).all() & torch.isfinite(eta)
+        # the skip decision: the kernels read it where it is (on a GPU, no host synchronisation)
+        ok = torch.isfinite(coef).all() & torch.isfinite(eta)
+        if tri is not None:
             tri.agd_update(params, grads, coef, ok)
-            self.eta = torch.where(ok, eta, self.eta)
-            return loss
-        if self._use_kernels(params) and params[0].is_cuda:
-            # the CUDA kernels read the skip decision on the device: no host synchronisation
-            ok = torch.isfinite(coef).all() & torch.isfinite(eta)
+        elif self._use_kernels(params):
             agd_ops.update(params, grads, list(torch.split(coef, counts)), ok)
-            self.eta = torch.where(ok, eta, self.eta)
-            return loss
-        if bool(torch.isfinite(coef).all() & torch.isfinite(eta)):
-            if self._use_kernels(params):
-                agd_ops.update(params, grads, list(torch.split(coef, counts)))
-            else:
-                for p, g, c in zip(params, grads, torch.split(coef, counts)):
-                    p.sub_((c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g)
-            self.eta = eta
+        elif bool(ok):
+            for p, g, c in zip(params, grads, torch.split(coef, counts)):
+                p.sub_((c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g)
+        self.eta = torch.where(ok, eta, self.eta)
         return loss
 
     def _init_uv(self, p):
