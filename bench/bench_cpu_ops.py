@@ -44,13 +44,13 @@ def cases():
 
     return {
         "torch fused Adam": torch_adam,
-        "hf update, Adam": lambda a: lambda: H.hyper_update(3, 0, False, 1e-8, [a[0]], [a[1]], [a[2]], [a[3]], [],
+        "hf update, Adam": lambda a: lambda: H.hyper_update(3, 0, False, [1e-8, 0.0], [a[0]], [a[1]], [a[2]], [a[3]], [],
                                                              scal, None, ok),
         "hf update + sums, Adam (lr) one-pass": lambda a: lambda: H.hyper_update(
-            3, 1, False, 1e-8, [a[0]], [a[1]], [a[2]], [a[3]], [], scal, scal_jac, ok),
-        "hf pass A, Adam (lr)": lambda a: lambda: H.hyper_reduce(3, 1, False, 1e-8, [a[1]], [a[2]], [a[3]], [],
+            3, 1, False, [1e-8, 0.0], [a[0]], [a[1]], [a[2]], [a[3]], [], scal, scal_jac, ok),
+        "hf pass A, Adam (lr)": lambda a: lambda: H.hyper_reduce(3, 1, False, [1e-8, 0.0], [a[1]], [a[2]], [a[3]], [],
                                                                   scal_jac),
-        "hf pass A, Adam (lr, betas)": lambda a: lambda: H.hyper_reduce(3, 7, False, 1e-8, [a[1]], [a[2]], [a[3]],
+        "hf pass A, Adam (lr, betas)": lambda a: lambda: H.hyper_reduce(3, 7, False, [1e-8, 0.0], [a[1]], [a[2]], [a[3]],
                                                                          [a[4]], scal_jac),
         "hf non-finite count": lambda a: lambda: H.nonfinite_count([a[1]]),
     }

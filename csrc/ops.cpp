@@ -24,9 +24,9 @@ TORCH_LIBRARY(hyperfused, m) {
   // a one-element float64 tensor on the gradients' device): GradScaler's 1 / grad_scale, applied to every
   // gradient element as it is read (the gradients stay as they are, scaled; what the state keeps of them is
   // unscaled).
-  m.def("hyper_reduce(int kind, int learn, bool momentum, float eps, Tensor[] grads, Tensor[] s0, "
+  m.def("hyper_reduce(int kind, int learn, bool momentum, float[] eps, Tensor[] grads, Tensor[] s0, "
         "Tensor[] s1, Tensor[] s2, Tensor scal, Tensor? inv_scale=None) -> Tensor");
-  m.def("hyper_update(int kind, int learn, bool momentum, float eps, Tensor(a!)[] params, Tensor[] grads, "
+  m.def("hyper_update(int kind, int learn, bool momentum, float[] eps, Tensor(a!)[] params, Tensor[] grads, "
         "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor? scal_jac, Tensor ok, "
         "Tensor? inv_scale=None) -> Tensor");
   m.def("nonfinite_count(Tensor[] grads) -> Tensor");
@@ -39,12 +39,12 @@ TORCH_LIBRARY(hyperfused, m) {
   // returns (rows, scratch, ok). d0_map = [per_lr, the rows' column of each name level 0 learns, in order]: how
   // the rows make level 0's flat hypergradient (columns summed over the tensors in tensor order; a per-tensor lr
   // column as it is, the tensors then being the whole group in order).
-  m.def("hyper_reduce_tower(int kind, int learn, bool momentum, float eps, Tensor[] grads, Tensor[] s0, "
+  m.def("hyper_reduce_tower(int kind, int learn, bool momentum, float[] eps, Tensor[] grads, Tensor[] s0, "
         "Tensor[] s1, Tensor[] s2, Tensor scal, int[] d0_map, int[] desc, float[] tower_eps, Tensor[] slots, "
         "Tensor? inv_scale=None) -> (Tensor, Tensor, Tensor)");
   // One-pass mode's counterpart: hyper_update with scal_jac (required), its sums finished and the tower's plan
   // run on them (on CUDA in the finishing kernel's launch). Returns (rows, scratch, ok).
-  m.def("hyper_update_tower(int kind, int learn, bool momentum, float eps, Tensor(a!)[] params, Tensor[] grads, "
+  m.def("hyper_update_tower(int kind, int learn, bool momentum, float[] eps, Tensor(a!)[] params, Tensor[] grads, "
         "Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor scal, Tensor scal_jac, Tensor ok, int[] d0_map, "
         "int[] desc, float[] tower_eps, Tensor[] slots, Tensor? inv_scale=None) -> (Tensor, Tensor, Tensor)");
   m.def("hyper_tower_commit(int[] desc, float[] eps, Tensor(a!)[] slots, Tensor scratch, Tensor ok) -> ()");

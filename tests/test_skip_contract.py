@@ -58,7 +58,7 @@ def _everything(params, opt):
 def _tower(opt):
     """Every level's hyperparameters and the state of the levels above level 0. Level 0's "used" values (those
     the last weight update used) are left out: in one-pass mode that update stands on a skipped step."""
-    groups = copy.deepcopy(opt.state_dict()["state"]["hyperfused"]["groups"])
+    groups = copy.deepcopy(opt.state_dict()["state"][0]["hyperfused"]["groups"])
     for gt in groups.values():
         gt["levels"][0].pop("used", None)
     return groups, [lv.hyperparameters() for lv in opt.levels]

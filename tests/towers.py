@@ -48,11 +48,19 @@ def loss_fn(out, y):
 
 
 # ------------------------------------------------------------------ hyperfused side
+# The paper's package's conventions, which hyperfused's torch-like defaults leave one argument away: SGD's lr
+# 0.01, Adam's v starting at eps, Adagrad's accumulator at 0.1, eps under the square root for Adagrad/RMSprop.
+PAPER = {"sgd": dict(lr=0.01), "sgd_per": dict(lr=0.01), "adam": dict(initial_exp_avg_sq=1e-8),
+         "adam_lr": dict(initial_exp_avg_sq=1e-8), "rmsprop": dict(eps_inside_sqrt=True),
+         "rmsprop_lr": dict(eps_inside_sqrt=True),
+         "adagrad": dict(initial_accumulator_value=0.1, eps_inside_sqrt=True)}
+
+
 def build_hf(tower, params=None, **extra):
     hyper = None
     for depth in range(len(tower) - 1, -1, -1):
         kind, kw = tower[depth]
-        kw = dict(kw)
+        kw = dict(PAPER[kind], **kw)
         args = {}
         if kind == "sgd_per":
             cls, kw["per_tensor"] = hf.SGD, True

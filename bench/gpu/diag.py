@@ -44,7 +44,7 @@ else:
 g = [torch.randn(7)]
 scal = torch.zeros(1, 8, dtype=torch.float64)
 try:
-    torch.ops.hyperfused.hyper_reduce(0, 1, False, 0.0, g, [torch.randn(7)], [], [], scal,
+    torch.ops.hyperfused.hyper_reduce(0, 1, False, [0.0, 0.0], g, [torch.randn(7)], [], [], scal,
                                       inv_scale=torch.ones(1, dtype=torch.float32))
     print("no error raised")
 except (RuntimeError, ValueError) as e:

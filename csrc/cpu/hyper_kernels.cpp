@@ -48,14 +48,16 @@ std::vector<Chunk> make_chunks(at::TensorList ts) {
   return out;
 }
 
+// eps: [eps, eps_root] (hyper_math.h's D(s) = sqrt(s + eps_root) + eps), checked by check_eps
 template <typename T>
-Scalars<T> scalars_row(const double* row, double eps) {
-  return make_scalars<T>(T(row[0]), T(row[1]), T(row[2]), T(eps), T(row[3]), T(row[4]), T(row[5]), T(row[6]));
+Scalars<T> scalars_row(const double* row, at::ArrayRef<double> eps) {
+  return make_scalars<T>(T(row[0]), T(row[1]), T(row[2]), T(eps[0]), T(eps[1]), T(row[3]), T(row[4]), T(row[5]),
+                         T(row[6]));
 }
 
 // The scalars of every tensor, computed once per call (not once per chunk).
 template <typename T>
-std::vector<Scalars<T>> scalars_table(const double* rows, int64_t n, double eps) {
+std::vector<Scalars<T>> scalars_table(const double* rows, int64_t n, at::ArrayRef<double> eps) {
   std::vector<Scalars<T>> out;
   out.reserve(n);
   for (int64_t i = 0; i < n; ++i) out.push_back(scalars_row<T>(rows + i * kScalCols, eps));
@@ -221,13 +223,13 @@ std::vector<at::Tensor> unscaled(const char* op, at::TensorList grads, const c10
   return out;
 }
 
-at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
+at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList params,
                             at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
                             const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
                             const at::Tensor& ok, const c10::optional<at::Tensor>& inv_scale);
 
 // Pass A.
-at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads,
+at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList grads,
                             at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal,
                             const c10::optional<at::Tensor>& inv_scale) {
   if (inv_scale.has_value()) {
@@ -235,6 +237,7 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double e
     return hyper_reduce_cpu(kind, learn, momentum, eps, g, s0, s1, s2, scal, c10::nullopt);
   }
   check_lists("hyper_reduce", grads, {}, s0, s1, s2, scal);
+  check_eps("hyper_reduce", eps);
   const int64_t n = grads.size();
   const auto chunks = make_chunks(grads);
   std::vector<double> part(chunks.size() * kOutCols, 0.0);
@@ -258,7 +261,7 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, double e
 }
 
 // Pass B (and, with scal_jac given, one-pass mode's sums from the old state).
-at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
+at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList params,
                             at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
                             const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
                             const at::Tensor& ok, const c10::optional<at::Tensor>& inv_scale) {
@@ -267,6 +270,7 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, double e
     return hyper_update_cpu(kind, learn, momentum, eps, params, g, s0, s1, s2, scal, scal_jac, ok, c10::nullopt);
   }
   check_lists("hyper_update", grads, params, s0, s1, s2, scal);
+  check_eps("hyper_update", eps);
   TORCH_CHECK(!params.empty() || grads.empty(), "hyper_update: params are required");
   const bool one_pass = scal_jac.has_value();
   if (one_pass) check_lists("hyper_update", grads, params, s0, s1, s2, *scal_jac);
@@ -321,7 +325,7 @@ std::tuple<at::Tensor, at::Tensor> tower_from_rows(const at::Tensor& rows, const
 
 // Pass A and the levels above.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cpu(
-    int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads, at::TensorList s0,
+    int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList grads, at::TensorList s0,
     at::TensorList s1, at::TensorList s2, const at::Tensor& scal, at::IntArrayRef d0_map, at::IntArrayRef desc,
     at::ArrayRef<double> tower_eps, at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
   at::Tensor rows, scr, ok;
@@ -335,7 +339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cpu(
 
 // One-pass mode's pass B and the levels above.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cpu(
-    int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params, at::TensorList grads,
+    int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList params, at::TensorList grads,
     at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal, const at::Tensor& scal_jac,
     const at::Tensor& ok, at::IntArrayRef d0_map, at::IntArrayRef desc, at::ArrayRef<double> tower_eps,
     at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
@@ -353,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cpu(
 at::Tensor nonfinite_count_cpu(at::TensorList grads) {
   const int64_t n = grads.size();
   auto scal = at::zeros({n, kScalCols}, at::TensorOptions().dtype(at::kDouble));
-  auto rows = hyper_reduce_cpu(kSGD, 0, false, 0.0, grads, {}, {}, {}, scal, c10::nullopt);
+  auto rows = hyper_reduce_cpu(kSGD, 0, false, {0.0, 0.0}, grads, {}, {}, {}, scal, c10::nullopt);
   return rows.select(1, kOutCols - 1).contiguous();
 }
 

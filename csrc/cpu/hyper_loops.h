@@ -192,7 +192,7 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
     case kAdagrad:
       return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
         using V = decltype(z);
-        j0 = adagrad_jac_lr(ld<V>(s1, k), ld<V>(s0, k), sc.template get<V>().eps);
+        j0 = adagrad_jac_lr(ld<V>(s1, k), ld<V>(s0, k), sc.template get<V>().eps, sc.template get<V>().eps_root);
       });
     case kRMSprop:
       return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
@@ -249,7 +249,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
         V G = ld<V>(s0, k);
-        st<V>(x, k, adagrad_step(ld<V>(x, k), gk, G, cc.lr, cc.eps));
+        st<V>(x, k, adagrad_step(ld<V>(x, k), gk, G, cc.lr, cc.eps, cc.eps_root));
         st<V>(s0, k, G);
         if (any) st<V>(s1, k, gk);
       });
@@ -259,7 +259,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
         V s = ld<V>(s0, k);
-        st<V>(x, k, rmsprop_step(ld<V>(x, k), gk, s, cc.lr, cc.h1, cc.eps));
+        st<V>(x, k, rmsprop_step(ld<V>(x, k), gk, s, cc.lr, cc.h1, cc.eps, cc.eps_root));
         st<V>(s0, k, s);
         if (any) st<V>(s1, k, gk);
       });

@@ -38,7 +38,8 @@ struct LaunchFlags {
   int kind;
   int learn;
   bool momentum;
-  double eps;
+  double eps;       // D(s) = sqrt(s + eps_root) + eps (hyper_math.h)
+  double eps_root;
   // every array of the call starts at a multiple of kVec elements' bytes: the kernels then move kVec
   // consecutive elements per access (16 bytes for float32 arrays), with an element-wise tail
   bool aligned = false;

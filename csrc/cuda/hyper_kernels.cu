@@ -44,12 +44,12 @@ struct VecMem {
   }
 };
 
-__device__ __forceinline__ Scalars<float> row_scalars(const double* row, double eps, float) {
-  return make_scalars<float>(float(row[0]), float(row[1]), float(row[2]), float(eps), float(row[3]),
-                             float(row[4]), float(row[5]), float(row[6]));
+__device__ __forceinline__ Scalars<float> row_scalars(const double* row, const LaunchFlags& f, float) {
+  return make_scalars<float>(float(row[0]), float(row[1]), float(row[2]), float(f.eps), float(f.eps_root),
+                             float(row[3]), float(row[4]), float(row[5]), float(row[6]));
 }
-__device__ __forceinline__ Scalars<double> row_scalars(const double* row, double eps, double) {
-  return make_scalars<double>(row[0], row[1], row[2], eps, row[3], row[4], row[5], row[6]);
+__device__ __forceinline__ Scalars<double> row_scalars(const double* row, const LaunchFlags& f, double) {
+  return make_scalars<double>(row[0], row[1], row[2], f.eps, f.eps_root, row[3], row[4], row[5], row[6]);
 }
 
 template <typename S, typename T>
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t end = min(tab.numel[t], begin + kChunk);
   const double* row = scal + int64_t(tab.global_index[t]) * 8;
   const bool valid = with_jac && row[7] != 0.0 && f.learn != 0;
-  const Scalars<T> c = row_scalars(row, f.eps, T(0));
+  const Scalars<T> c = row_scalars(row, f, T(0));
   const T inv = inv_scale != nullptr ? T(*inv_scale) : T(1);
   const Sums acc = chunk_sums<S, T, KIND>(arrays<S, T>(tab, t), f, valid, c, inv, begin, end);
   block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
@@ -144,11 +144,11 @@ __global__ void __launch_bounds__(kThreads)
     const double* rj = scal_jac + int64_t(tab.global_index[t]) * 8;
     const bool valid = rj[7] != 0.0 && f.learn != 0;
     // each thread reads the old state of exactly the elements it then updates: no race with the writes below
-    const Sums acc = chunk_sums<S, T, KIND>(a, f, valid, row_scalars(rj, f.eps, T(0)), inv, begin, end);
+    const Sums acc = chunk_sums<S, T, KIND>(a, f, valid, row_scalars(rj, f, T(0)), inv, begin, end);
     block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
   }
   if (!go) return;
-  const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * 8, f.eps, T(0));
+  const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * 8, f, T(0));
   int64_t tail = begin;
   if (f.aligned) {
     const int64_t packs = (end - begin) / kVec;

@@ -112,13 +112,14 @@ const double* inv_scale_ptr(const char* op, const c10::optional<at::Tensor>& inv
 
 // Pass A's kernels: the per-block partial sums and the blocks' tensor indices.
 std::tuple<at::Tensor, at::Tensor> reduce_partials(const char* op, int64_t kind, int64_t learn, bool momentum,
-                                                   double eps, at::TensorList grads, at::TensorList s0,
+                                                   at::ArrayRef<double> eps, at::TensorList grads, at::TensorList s0,
                                                    at::TensorList s1, at::TensorList s2, const at::Tensor& scal,
                                                    const c10::optional<at::Tensor>& inv_scale, cudaStream_t stream) {
   const int64_t blocks = total_blocks(grads);
   auto partials = at::zeros({blocks, kOutCols}, scal.options());
   auto ids = at::full({blocks}, -1, scal.options().dtype(at::kInt));
-  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps,
+  check_eps(op, eps);
+  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps[0], eps[1],
                       vec_aligned({grads, s0, s1, s2})};
   const DType dt = dtype_of(grads[0]);
   const double* inv = inv_scale_ptr(op, inv_scale, grads[0]);
@@ -130,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor> reduce_partials(const char* op, int64_t kind,
   return {partials, ids};
 }
 
-at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads,
+at::Tensor hyper_reduce_cuda(int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList grads,
                              at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal,
                              const c10::optional<at::Tensor>& inv_scale) {
   check("hyper_reduce", grads, {}, s0, s1, s2, scal);
@@ -185,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pass_then_tower(const char* op, a
 
 // Pass A, then one kernel that finishes its sums and runs the levels above.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_reduce_tower_cuda(
-    int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList grads, at::TensorList s0,
+    int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList grads, at::TensorList s0,
     at::TensorList s1, at::TensorList s2, const at::Tensor& scal, at::IntArrayRef d0_map, at::IntArrayRef desc,
     at::ArrayRef<double> tower_eps, at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
   check("hyper_reduce_tower", grads, {}, s0, s1, s2, scal);
@@ -206,7 +207,7 @@ void check_update(const char* op, at::TensorList params, at::TensorList grads, a
 
 // Pass B's kernels; with scal_jac (one-pass mode) also the per-block partial sums and their tensor indices.
 std::tuple<at::Tensor, at::Tensor> update_partials(const char* op, int64_t kind, int64_t learn, bool momentum,
-                                                   double eps, at::TensorList params, at::TensorList grads,
+                                                   at::ArrayRef<double> eps, at::TensorList params, at::TensorList grads,
                                                    at::TensorList s0, at::TensorList s1, at::TensorList s2,
                                                    const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
                                                    const at::Tensor& ok, const c10::optional<at::Tensor>& inv_scale,
@@ -215,7 +216,8 @@ std::tuple<at::Tensor, at::Tensor> update_partials(const char* op, int64_t kind,
   const int64_t blocks = total_blocks(grads);
   auto partials = at::zeros({one_pass ? blocks : 1, kOutCols}, scal.options());
   auto ids = at::full({one_pass ? blocks : 1}, -1, scal.options().dtype(at::kInt));
-  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps,
+  check_eps(op, eps);
+  const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps[0], eps[1],
                       vec_aligned({params, grads, s0, s1, s2})};
   const DType dt = dtype_of(grads[0]);
   const double* inv = inv_scale_ptr(op, inv_scale, grads[0]);
@@ -228,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor> update_partials(const char* op, int64_t kind,
   return {partials, ids};
 }
 
-at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params,
+at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList params,
                              at::TensorList grads, at::TensorList s0, at::TensorList s1, at::TensorList s2,
                              const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac, const at::Tensor& ok,
                              const c10::optional<at::Tensor>& inv_scale) {
@@ -244,7 +246,7 @@ at::Tensor hyper_update_cuda(int64_t kind, int64_t learn, bool momentum, double 
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cuda(
-    int64_t kind, int64_t learn, bool momentum, double eps, at::TensorList params, at::TensorList grads,
+    int64_t kind, int64_t learn, bool momentum, at::ArrayRef<double> eps, at::TensorList params, at::TensorList grads,
     at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal, const at::Tensor& scal_jac,
     const at::Tensor& ok, at::IntArrayRef d0_map, at::IntArrayRef desc, at::ArrayRef<double> tower_eps,
     at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
@@ -266,7 +268,7 @@ at::Tensor nonfinite_count_cuda(at::TensorList grads) {
   const int64_t blocks = total_blocks(grads);
   auto partials = at::zeros({blocks, kOutCols}, opts);
   auto ids = at::full({blocks}, -1, opts.dtype(at::kInt));
-  const LaunchFlags f{kSGD, 0, false, 0.0, vec_aligned({grads})};
+  const LaunchFlags f{kSGD, 0, false, 0.0, 0.0, vec_aligned({grads})};
   const DType dt = dtype_of(grads[0]);
   for_tables({}, grads, {}, {}, {}, [&](const TensorTable& tab, int offset) {
     launch_reduce(dt, tab, f, /*with_jac=*/false, scal.data_ptr<double>(), nullptr, partials.data_ptr<double>(),

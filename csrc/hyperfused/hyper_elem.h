@@ -42,7 +42,7 @@ HF_HOST_DEVICE void element_jac(int kind, int learn, bool momentum, const Arrays
       }
       break;
     case kAdagrad:
-      j0 = adagrad_jac_lr(a.s1[i], a.s0[i], c.eps);
+      j0 = adagrad_jac_lr(a.s1[i], a.s0[i], c.eps, c.eps_root);
       break;
     case kRMSprop:
       rmsprop_jac(a.s1[i], a.s0[i], c, j0, j1);
@@ -77,14 +77,14 @@ HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arr
       break;
     case kAdagrad: {
       T G = a.s0[i];
-      xn = adagrad_step(x, g, G, c.lr, c.eps);
+      xn = adagrad_step(x, g, G, c.lr, c.eps, c.eps_root);
       a.s0[i] = G;
       if (learn) a.s1[i] = g;
       break;
     }
     case kRMSprop: {
       T s = a.s0[i];
-      xn = rmsprop_step(x, g, s, c.lr, c.h1, c.eps);
+      xn = rmsprop_step(x, g, s, c.lr, c.h1, c.eps, c.eps_root);
       a.s0[i] = s;
       if (learn) a.s1[i] = g;
       break;

@@ -3,10 +3,12 @@
 // double), branch-free so that loops over them vectorise; the CPU kernels include this header and the CUDA
 // kernels will include the same one, so the CPU tests check the math the GPU runs.
 //
-// Conventions follow the paper's package (and hyperfused/ops/reference.py, the oracle):
+// The formulas (hyperfused/ops/reference.py is the oracle; docs/MATH.md derives them):
 //   SGD      x' = x - lr g,  or with momentum buf' = mu buf + g, x' = x - lr buf'
-//   Adagrad  G' = G + g^2,  x' = x - lr g / sqrt(G' + eps)
-//   RMSprop  s' = gamma s + (1 - gamma) g^2,  x' = x - lr g / sqrt(s' + eps)       (lr = a^2, gamma = sigma(q))
+//   Adagrad  G' = G + g^2,  x' = x - lr g / D(G')
+//   RMSprop  s' = gamma s + (1 - gamma) g^2,  x' = x - lr g / D(s')               (lr = a^2, gamma = sigma(q))
+// with D(s) = sqrt(s + eps_root) + eps: torch's optimizers add eps outside the root (eps_root = 0), the
+// paper's package inside (eps = 0, eps_root = its eps); the optimizers pass one or the other.
 //   Adam     m' = b1 m + (1-b1) g,  v' = b2 v + (1-b2) g^2,  x' = x - lr mh / (sqrt(vh) + eps)
 // A Jacobian J_name = d x' / d raw(name) of the *last* update is rebuilt from the state that update left
 // behind and the scalars it used; a hypergradient is the sum over elements of g_next * J.
@@ -41,7 +43,8 @@ struct Scalars {
   T lr;     // learning rate value
   T h1;     // momentum / alpha (gamma) / beta1
   T h2;     // beta2
-  T eps;
+  T eps;      // added to the denominator outside the square root
+  T eps_root;  // Adagrad, RMSprop: added under the square root
   T raw_lr;  // RMSprop: a with lr = a^2
   T dsig1;   // sigma'(raw h1) for Adam's beta1 and RMSprop's gamma
   T dsig2;   // sigma'(raw beta2)
@@ -57,9 +60,9 @@ struct Scalars {
 };
 
 template <typename T>
-HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T raw_lr, T dsig1, T dsig2, T t) {
+HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T eps_root, T raw_lr, T dsig1, T dsig2, T t) {
   Scalars<T> s;
-  s.lr = lr; s.h1 = h1; s.h2 = h2; s.eps = eps; s.raw_lr = raw_lr; s.dsig1 = dsig1; s.dsig2 = dsig2;
+  s.lr = lr; s.h1 = h1; s.h2 = h2; s.eps = eps; s.eps_root = eps_root; s.raw_lr = raw_lr; s.dsig1 = dsig1; s.dsig2 = dsig2;
   s.c1 = T(1) - std::pow(h1, t);
   s.c2 = T(1) - std::pow(h2, t);
   s.dc1 = t * std::pow(h1, t - T(1)) / (s.c1 * s.c1);
@@ -78,7 +81,7 @@ HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T raw_lr, T dsig
 template <typename V, typename T>
 HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
   Scalars<V> o;
-  o.lr = V(c.lr); o.h1 = V(c.h1); o.h2 = V(c.h2); o.eps = V(c.eps); o.raw_lr = V(c.raw_lr);
+  o.lr = V(c.lr); o.h1 = V(c.h1); o.h2 = V(c.h2); o.eps = V(c.eps); o.eps_root = V(c.eps_root); o.raw_lr = V(c.raw_lr);
   o.dsig1 = V(c.dsig1); o.dsig2 = V(c.dsig2); o.c1 = V(c.c1); o.c2 = V(c.c2); o.dc1 = V(c.dc1);
   o.dc2 = V(c.dc2); o.om1 = V(c.om1); o.om2 = V(c.om2); o.ic1 = V(c.ic1); o.ic2 = V(c.ic2);
   o.ih1c1 = V(c.ih1c1); o.ih2c2 = V(c.ih2c2); o.ih1 = V(c.ih1);
@@ -97,28 +100,33 @@ HF_HOST_DEVICE T sgd_momentum_step(T x, T g, T& buf, T lr, T mu) {
 
 // ------------------------------------------------------------------------------------------------ Adagrad
 template <typename T>
-HF_HOST_DEVICE T adagrad_step(T x, T g, T& G, T lr, T eps) {
+HF_HOST_DEVICE T adagrad_step(T x, T g, T& G, T lr, T eps, T eps_root) {
   G = G + g * g;
-  return x - lr * g / MathOps<T>::sqrt(G + eps);
+  return x - lr * g / (MathOps<T>::sqrt(G + eps_root) + eps);
 }
 
-// J_lr = -g_prev / sqrt(G + eps)
+// J_lr = -g_prev / D(G)
 template <typename T>
-HF_HOST_DEVICE T adagrad_jac_lr(T g_prev, T G, T eps) { return -g_prev / MathOps<T>::sqrt(G + eps); }
+HF_HOST_DEVICE T adagrad_jac_lr(T g_prev, T G, T eps, T eps_root) {
+  return -g_prev / (MathOps<T>::sqrt(G + eps_root) + eps);
+}
 
 // ------------------------------------------------------------------------------------------------ RMSprop
 template <typename T>
-HF_HOST_DEVICE T rmsprop_step(T x, T g, T& s, T lr, T gamma, T eps) {
+HF_HOST_DEVICE T rmsprop_step(T x, T g, T& s, T lr, T gamma, T eps, T eps_root) {
   s = gamma * s + (T(1) - gamma) * (g * g);
-  return x - lr * g / MathOps<T>::sqrt(s + eps);
+  return x - lr * g / (MathOps<T>::sqrt(s + eps_root) + eps);
 }
 
-// J_a = -2 a g / D and J_q = lr g (s_{t-2} - g^2) / (2 D^3) sigma'(q), with s_{t-2} - g^2 = (s - g^2) / gamma
+// With R = sqrt(s + eps_root), D = R + eps: J_a = -2 a g / D and
+// J_q = lr g (s_{t-2} - g^2) / (2 R D^2) sigma'(q) (0 where R = 0), with s_{t-2} - g^2 = (s - g^2) / gamma
 template <typename T>
 HF_HOST_DEVICE void rmsprop_jac(T g_prev, T s, const Scalars<T>& c, T& j_lr, T& j_alpha) {
-  const T rD = T(1) / MathOps<T>::sqrt(s + c.eps);
+  const T R = MathOps<T>::sqrt(s + c.eps_root);
+  const T rD = T(1) / (R + c.eps);
   j_lr = T(-2) * c.raw_lr * g_prev * rD;
-  j_alpha = c.lr * g_prev * ((s - g_prev * g_prev) * c.ih1) * (T(0.5) * rD * rD * rD) * c.dsig1;
+  j_alpha = MathOps<T>::where_pos(
+      R, c.lr * g_prev * ((s - g_prev * g_prev) * c.ih1) * (T(0.5) * rD * rD / R) * c.dsig1);
 }
 
 // ------------------------------------------------------------------------------------------------ Adam

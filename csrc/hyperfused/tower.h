@@ -30,7 +30,7 @@ struct TowerLevel {
   bool momentum = false, per = false;
   int64_t nlr = 1;          // entries of this level's lr (more than one when per-tensor)
   int64_t units = 0;        // k >= 1: length of the flat vector this level optimizes (level k - 1's learned set)
-  T eps = T(0);
+  T eps = T(0), eps_root = T(0);
   T* lr = nullptr;
   T* h1 = nullptr;          // momentum / alpha / beta1 (none for Adagrad)
   T* h2 = nullptr;          // beta2
@@ -114,7 +114,7 @@ HF_HOST_DEVICE Scalars<T> tower_scalars(const TowerLevel<T>& L, T lr, T h1, T h2
     h2 = (th + T(1)) / T(2);
     ds2 = (T(1) - th * th) / T(2);
   }
-  return make_scalars<T>(lr, h1, h2, L.eps, raw_lr, ds1, ds2, t);
+  return make_scalars<T>(lr, h1, h2, L.eps, L.eps_root, raw_lr, ds1, ds2, t);
 }
 
 // Level k - 1's learned raw hyperparameters as one flat vector (lr first, then h1, h2) into x.

@@ -1,7 +1,7 @@
 // Builds a TowerDesc (tower.h) from the tower ops' arguments; shared by the CPU and CUDA registrations
 // (needs ATen: not for .cu files).
 //   desc:  [K, block, top_units] then per level k = 0..K: [kind, learn, momentum, per, nstate, nlr, units]
-//   eps:   per level
+//   eps:   per level kEpsPerLevel values, [eps, eps_root] (hyper_math.h's D(s) = sqrt(s + eps_root) + eps)
 //   slots: 8 per level: lr, h1, h2, s0, s1, s2, step, valid (an empty tensor where the level has none)
 #pragma once
 
@@ -12,7 +12,13 @@
 
 namespace hyperfused {
 
-constexpr int kTowerHead = 3, kTowerPerLevel = 7, kTowerSlots = 8;
+constexpr int kTowerHead = 3, kTowerPerLevel = 7, kTowerSlots = 8, kEpsPerLevel = 2;
+
+// The eps argument of the level-0 ops: [eps, eps_root].
+inline void check_eps(const char* op, at::ArrayRef<double> eps) {
+  TORCH_CHECK(static_cast<int64_t>(eps.size()) == kEpsPerLevel, op, ": eps must be [eps, eps_root], got ",
+              eps.size(), " values");
+}
 
 template <typename T>
 TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<double> eps, at::TensorList slots,
@@ -26,7 +32,7 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
   TORCH_CHECK(d.K >= 1 && levels <= kMaxTowerLevels, op, ": a tower of ", levels, " levels (1 to ",
               kMaxTowerLevels - 1, " above level 0 are supported)");
   TORCH_CHECK(static_cast<int64_t>(desc.size()) == kTowerHead + kTowerPerLevel * levels &&
-                  static_cast<int64_t>(eps.size()) == levels &&
+                  static_cast<int64_t>(eps.size()) == kEpsPerLevel * levels &&
                   static_cast<int64_t>(slots.size()) == kTowerSlots * levels,
               op, ": desc, eps and slots do not describe ", levels, " levels");
   for (int k = 0; k < levels; ++k) {
@@ -39,7 +45,8 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
     L.nstate = static_cast<int>(q[4]);
     L.nlr = q[5];
     L.units = q[6];
-    L.eps = static_cast<T>(eps[k]);
+    L.eps = static_cast<T>(eps[kEpsPerLevel * k]);
+    L.eps_root = static_cast<T>(eps[kEpsPerLevel * k + 1]);
     TORCH_CHECK(L.kind >= 0 && L.kind <= 3 && L.nstate >= 0 && L.nstate <= 3, op, ": bad level ", k);
     TORCH_CHECK(k == 0 || (L.units >= 0 && L.units <= d.block), op, ": level ", k, " optimizes ", L.units,
                 " entries, more than the scratch rows hold (", d.block, ")");

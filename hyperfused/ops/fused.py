@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import reference as ref
+from .tower_shape import eps_pair
 
 Tensor = torch.Tensor
 
@@ -43,8 +44,9 @@ def learn_mask(kind: str, learned: Sequence[str]) -> int:
     return sum(1 << COLUMN[(kind, n)] for n in learned)
 
 
-def _eps(kind: str, cfg: dict) -> float:
-    return float(cfg.get("eps", 0.0))
+def _eps(kind: str, cfg: dict) -> List[float]:
+    """The ops' eps argument: [eps, eps_root], the denominators' sqrt(s + eps_root) + eps."""
+    return list(eps_pair(cfg))
 
 
 def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], raw: Dict[str, Tensor],

@@ -109,7 +109,18 @@ def sgd_jac(st: State, hp: Dict[str, Tensor], raw: Dict[str, Tensor], cfg: dict,
 
 
 # --------------------------------------------------------------------------------------------------------
-# Adagrad.  cfg: {"eps": 1e-10, "initial_accumulator_value": 0.1}
+# Adagrad and RMSprop divide by D(s) = sqrt(s + eps_root) + eps: torch's optimizers add eps outside the root
+# (cfg eps_root = 0), the paper's package inside (cfg eps = 0, eps_root = its eps); the classes decide which.
+def _root(s: Tensor, cfg: dict) -> Tensor:
+    return (s + cfg.get("eps_root", 0.0)).sqrt()
+
+
+def _den(s: Tensor, cfg: dict) -> Tensor:
+    return _root(s, cfg) + cfg["eps"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Adagrad.  cfg: {"eps": 1e-10, "initial_accumulator_value": 0.0 (torch's; the paper's package: 0.1)}
 # --------------------------------------------------------------------------------------------------------
 def adagrad_init_state(x: Tensor, cfg: dict, learned: Sequence[str]) -> State:
     st: State = {"sum": torch.zeros_like(x) + cfg["initial_accumulator_value"]}
@@ -123,17 +134,17 @@ def adagrad_update(x, g, st, hp, cfg, learned):
     new: State = {"sum": G}
     if learned:
         new["prev_grad"] = g
-    return x - hp["lr"] * g / (G + cfg["eps"]).sqrt(), new
+    return x - hp["lr"] * g / _den(G, cfg), new
 
 
 def adagrad_jac(st, hp, raw, cfg, learned):
     if "lr" not in learned:
         return {}
-    return {"lr": -st["prev_grad"] / (st["sum"] + cfg["eps"]).sqrt()}
+    return {"lr": -st["prev_grad"] / _den(st["sum"], cfg)}
 
 
 # --------------------------------------------------------------------------------------------------------
-# RMSprop.  lr = a^2 (raw a), alpha (the paper's gamma) = sigma(q).  cfg: {"eps": 1e-8}
+# RMSprop.  lr = a^2 (raw a), alpha (the paper's gamma) = sigma(q).  cfg: {"eps": 1e-8, "eps_root": 0}
 # --------------------------------------------------------------------------------------------------------
 def rmsprop_init_state(x, cfg, learned):
     st: State = {"square_avg": torch.zeros_like(x)}
@@ -148,31 +159,34 @@ def rmsprop_update(x, g, st, hp, cfg, learned):
     new: State = {"square_avg": s}
     if learned:
         new["prev_grad"] = g
-    return x - hp["lr"] * g / (s + cfg["eps"]).sqrt(), new
+    return x - hp["lr"] * g / _den(s, cfg), new
 
 
 def rmsprop_jac(st, hp, raw, cfg, learned):
     J: Dict[str, Tensor] = {}
     g = st["prev_grad"]
     s = st["square_avg"]
-    D = (s + cfg["eps"]).sqrt()
+    R = _root(s, cfg)
+    D = R + cfg["eps"]
     if "lr" in learned:
         J["lr"] = -2.0 * raw["lr"] * g / D
     if "alpha" in learned:
         gamma = hp["alpha"]
-        s_prev_minus_g2 = (s - g * g) / gamma          # s_{t-2} - g_{t-1}^2
-        J["alpha"] = hp["lr"] * g * s_prev_minus_g2 / (2.0 * D * D * D) * dsigma(raw["alpha"])
+        s_prev_minus_g2 = (s - g * g) / gamma          # s_{t-2} - g_{t-1}^2;  dD/dgamma = (s_{t-2} - g^2) / (2R)
+        term = hp["lr"] * g * s_prev_minus_g2 / (2.0 * R * D * D) * dsigma(raw["alpha"])
+        J["alpha"] = torch.where(R > 0, term, torch.zeros_like(term))
     return J
 
 
 # --------------------------------------------------------------------------------------------------------
-# Adam.  beta_i = sigma(b_i) when learned.  cfg: {"eps": 1e-8}
+# Adam.  beta_i = sigma(b_i) when learned.  cfg: {"eps": 1e-8, "initial_exp_avg_sq": 0.0 (torch's; the paper's
+# package starts v at eps)}
 # --------------------------------------------------------------------------------------------------------
 def adam_init_state(x, cfg, learned):
     st: State = {
         "step": torch.zeros((), dtype=x.dtype, device=x.device),
         "exp_avg": torch.zeros_like(x),
-        "exp_avg_sq": torch.zeros_like(x) + cfg["eps"],   # the package's guard against sqrt at 0
+        "exp_avg_sq": torch.zeros_like(x) + cfg.get("initial_exp_avg_sq", 0.0),
     }
     if "beta1" in learned or "beta2" in learned:
         st["prev_grad"] = torch.zeros_like(x)

@@ -7,7 +7,7 @@ from typing import List, Tuple
 
 import torch
 
-from .tower_shape import _H1, _nlr, _state_keys, shape_of, units_of
+from .tower_shape import _H1, _nlr, _state_keys, eps_pair, shape_of, units_of
 
 Tensor = torch.Tensor
 MAX_LEVELS = 8          # kMaxTowerLevels in tower.h
@@ -48,7 +48,7 @@ def _args(levels, specs, device, dtype) -> Tuple[List[int], List[float], List[Te
         arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
         slots += arrays + [none] * (3 - len(arrays))
         slots += [st["step"] if "step" in st else none, st["valid"] if "valid" in st else none]
-    eps = [float(cfg.get("eps", 0.0)) for *_, cfg in specs]
+    eps = [e for *_, cfg in specs for e in eps_pair(cfg)]
     return desc, eps, slots
 
 

@@ -10,6 +10,11 @@ _H1 = {"sgd": "momentum", "rmsprop": "alpha", "adam": "beta1"}
 _BIT = {"lr": 1, "momentum": 2, "alpha": 2, "beta1": 2, "beta2": 4}
 
 
+def eps_pair(cfg) -> Tuple[float, float]:
+    """(eps, eps_root) of a level: its denominators are sqrt(s + eps_root) + eps (the kernels' eps argument)."""
+    return float(cfg.get("eps", 0.0)), float(cfg.get("eps_root", 0.0))
+
+
 def _learn_bits(names: Sequence[str]) -> int:
     return sum(_BIT[n] for n in names)
 

@@ -15,6 +15,16 @@ def _num(value, name: str, where: str) -> float:
     return v
 
 
+def eps_split(d) -> dict:
+    """Adagrad's and RMSprop's denominators are sqrt(s + eps_root) + eps: torch adds eps after the root, the
+    paper's package (``eps_inside_sqrt=True``) under it."""
+    eps = float(d["eps"])
+    inside = d.get("eps_inside_sqrt", False)
+    if not isinstance(inside, bool):
+        raise TypeError(f"eps_inside_sqrt must be True or False, got {inside!r}")
+    return {"eps": 0.0, "eps_root": eps} if inside else {"eps": eps, "eps_root": 0.0}
+
+
 def check_nonneg(value, name: str, where: str) -> None:
     if _num(value, name, where) < 0:
         raise ValueError(f"{where}: {name} must be >= 0, got {value!r}")

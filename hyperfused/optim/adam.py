@@ -8,16 +8,18 @@ from .base import HyperOptimizer, ParamsT
 
 
 class Adam(HyperOptimizer):
-    """Hypergradient Adam, with the paper package's conventions.
+    """Hypergradient Adam; with no level above, torch.optim.Adam.
 
-    ``m_0 = 0``, ``v_0 = eps`` (every element), bias corrections ``1 - beta^t`` with ``t`` counted per tensor,
-    ``x' = x - lr * mh / (sqrt(vh) + eps)``. With a level above it learns ``lr`` (raw, unconstrained) and the
+    ``m_0 = 0``, ``v_0 = initial_exp_avg_sq`` (0, as torch; the paper's package starts at ``eps``), bias
+    corrections ``1 - beta^t`` with ``t`` counted per tensor, ``x' = x - lr * mh / (sqrt(vh) + eps)``. With a level above it learns ``lr`` (raw, unconstrained) and the
     betas (raw ``atanh(2 beta - 1)``); ``learn=("lr",)`` is the paper's Adam^alpha (AdamBaydin).
 
     Args:
         params: the model's parameters (level 0), or None for a level of a tower.
         lr: learning rate (>= 0). betas: (beta1, beta2) in [0, 1), strictly inside (0, 1) when learned.
-        eps: term added to the denominator, also the initial value of v.
+        eps: term added to the denominator.
+        initial_exp_avg_sq: the initial value of every element of v (>= 0). 0 is torch's Adam;
+            ``initial_exp_avg_sq=eps`` is the paper's package (its guard against sqrt at 0).
         hyper, learn ("lr", "beta1", "beta2"), per_tensor, backend: as for :class:`hyperfused.SGD`.
     """
 
@@ -26,12 +28,13 @@ class Adam(HyperOptimizer):
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
+                 initial_exp_avg_sq: float = 0.0,
                  hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
                  per_tensor: bool = False, backend: str = "auto",
                  one_pass: bool = False) -> None:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, learn=None if learn is None else tuple(
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, initial_exp_avg_sq=initial_exp_avg_sq, learn=None if learn is None else tuple(
             [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
         self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
@@ -43,7 +46,8 @@ class Adam(HyperOptimizer):
     @classmethod
     def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:
         check_nonneg(d["eps"], "eps", "Adam")
-        return {"eps": float(d["eps"])}
+        check_nonneg(d["initial_exp_avg_sq"], "initial_exp_avg_sq", "Adam")
+        return {"eps": float(d["eps"]), "initial_exp_avg_sq": float(d["initial_exp_avg_sq"])}
 
     @classmethod
     def _check_values(cls, values, learned, where) -> None:

@@ -112,7 +112,9 @@ class HyperOptimizer(torch.optim.Optimizer):
             lv = level._values_from(level._level_values)
             level._check_values(lv, level._learned_for(lv), f"level {depth} ({type(level).__name__})")
             level, depth = level.hyper, depth + 1
-        self._lr_alias: Dict[int, Tensor] = {}
+        self._lr_alias: Dict[int, Tensor] = {}   # the tensor param_groups[gi]["lr"] holds
+        self._lr_pub: Dict[int, Tensor] = {}     # the value last written to (or adopted from) it
+        self._seen: Dict[int, Dict[str, Any]] = {}   # the other param_group values the tower last adopted
         super().__init__(params, defaults)
 
     def _normalize_learn(self, learn: Sequence[str]) -> Tuple[str, ...]:
@@ -151,9 +153,24 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- param groups
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """As torch's; a group that is refused leaves the optimizer exactly as it was."""
+        n_groups = len(self.param_groups)
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        gi = len(self.param_groups) - 1
+        try:
+            self._check_new_group(n_groups)
+        except Exception:
+            del self.param_groups[n_groups:]
+            tower = self.state.get(_TOWER_KEY)
+            if tower is not None:
+                tower["groups"].pop(n_groups, None)
+                if n_groups == 0:
+                    del self.state[_TOWER_KEY]
+            for d in (self._lr_alias, self._lr_pub, self._seen):
+                d.pop(n_groups, None)
+            raise
+
+    def _check_new_group(self, gi: int) -> None:
+        group = self.param_groups[gi]
         params = group["params"]
         devices = {p.device for p in params}
         for p in params:
@@ -223,6 +240,11 @@ class HyperOptimizer(torch.optim.Optimizer):
             units = sum(hp[name].numel() for name in learned)
         gt = {"levels": levels}
         tower["groups"][gi] = gt
+        if self.hyper is not None and group.get("learn") is None:
+            # what the tower learns is fixed from here on (SGD's default depends on momentum's value): a later
+            # edit of a value then changes that value, never the tower's shape
+            group["learn"] = specs[0][2]
+        self._seen[gi] = self._snapshot(group)
         return gt
 
     def _level_specs(self, gi: int) -> List[Tuple["HyperOptimizer", Dict[str, float], Tuple[str, ...], bool, dict]]:
@@ -248,7 +270,18 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _values_of(cls, spec, hp: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return {name: cls._value_of(spec, hp, name) for name in hp}
 
-    # ---------------------------------------------------------------- learning-rate alias for loggers
+    # ---------------------------------------------------------------- param_groups edits (schedulers, users)
+    # param_groups[gi]["lr"] is a tensor that shows level 0's current lr (the mean of per-tensor lrs) and that
+    # torch's LR schedulers change in place (fill_). Each step first adopts what was changed there since the
+    # last step, by assignment or in place: a fixed lr takes the new value, a learned lr restarts from it. The
+    # other hyperparameters in param_groups (momentum, betas, alpha, eps, ...) are adopted from the next step as
+    # torch would, after the same checks as the constructor's; what shapes the tower (learn, per_tensor) is
+    # refused once there is state.
+    _STRUCTURAL = ("learn", "per_tensor")
+
+    def _snapshot(self, group: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: copy.deepcopy(group[k]) for k in self.defaults if k not in ("params", "lr") and k in group}
+
     def _publish_lr(self, gi: int, spec=None) -> None:
         group = self.param_groups[gi]
         gt = self._group_tower(gi)
@@ -256,30 +289,116 @@ class HyperOptimizer(torch.optim.Optimizer):
         lr = self._value_of(spec, gt["levels"][0]["hp"], "lr")
         lr = lr.mean() if lr.dim() else lr
         alias = self._lr_alias.get(gi)
-        if alias is None or alias.dtype != lr.dtype or alias.device != lr.device:
-            alias = lr.detach().clone()
+        if alias is None or group["lr"] is not alias:
+            # a tensor the user put in param_groups becomes the one shown there (schedulers fill it in place)
+            new = group.get("lr")
+            alias = new if (isinstance(new, Tensor) and new.dim() == 0 and new.is_floating_point()
+                            and new.device == lr.device and not new.requires_grad) else torch.empty_like(lr)
             self._lr_alias[gi] = alias
-        else:
-            alias.copy_(lr)
+        alias.copy_(lr)
+        pub = self._lr_pub.get(gi)
+        if pub is None or pub.dtype != alias.dtype or pub.device != alias.device:
+            pub = self._lr_pub[gi] = torch.empty_like(alias)
+        pub.copy_(alias)
         group["lr"] = alias
 
-    def _adopt_user_lr(self, gi: int) -> None:
-        """A user (or an LR scheduler) replaced ``param_groups[gi]["lr"]``: start level 0 from that value."""
+    def _sync_group(self, gi: int) -> Optional[Tensor]:
+        """Adopt what changed in ``param_groups[gi]`` since the last step. Returns None, or a 0-dim bool tensor
+        that is False when a tensor lr set there is negative or not finite (that step is then skipped and the
+        lr not adopted). A refused edit raises before anything changes."""
         group = self.param_groups[gi]
-        alias = self._lr_alias.get(gi)
-        if alias is None or group["lr"] is alias:
-            return
-        new = group["lr"]
-        new_t = torch.as_tensor(new, dtype=alias.dtype, device=alias.device).detach().clone()
-        if not isinstance(new, Tensor) and (not math.isfinite(float(new)) or float(new) < 0):
-            raise ValueError(f"param group {gi}: lr must be a finite number >= 0, got {new!r}")
         gt = self._group_tower(gi)
-        spec = self._level_specs(gi)[0]
-        lv, _, learned, _, _ = spec
+        seen = self._seen.get(gi)
+        if seen is not None:
+            changed = [k for k in seen if not _same(group.get(k, _MISSING), seen[k])]
+            if changed:
+                self._adopt_values(gi, gt, changed)
+        return self._adopt_lr(gi, gt)
+
+    def _adopt_values(self, gi: int, gt: Dict[str, Any], changed: List[str]) -> None:
+        group = self.param_groups[gi]
+        for k in changed:
+            if k in self._STRUCTURAL:
+                raise ValueError(f"param group {gi}: {k} cannot change once the optimizer exists (it decides the "
+                                 f"shape of the tower's state): {self._seen[gi][k]!r} -> {group.get(k)!r}; "
+                                 f"construct a new optimizer")
+            if k not in group:
+                raise ValueError(f"param group {gi}: the entry {k!r} was removed")
+        vals = self._values_from(group)
+        vals["lr"] = 0.0          # the lr is checked where it is adopted (reading a device tensor would sync)
+        learned = self._group_learned(group)
+        self._check_values(vals, learned, f"param group {gi}")
+        cfg = self._cfg_from(group, vals)
         hp = gt["levels"][0]["hp"]
-        raw = ref.to_raw(lv.kind, "lr", new_t) if "lr" in learned else new_t
-        hp["lr"].copy_(raw.expand_as(hp["lr"]))
-        self._publish_lr(gi)
+        dev, dt = hp["lr"].device, hp["lr"].dtype
+        for name in self.hyper_names:
+            if name == "lr" or name not in hp:
+                continue
+            val = torch.tensor(float(vals[name]), dtype=torch.float64)
+            if name in learned:
+                val = ref.to_raw(self.kind, name, val)
+            if float(val) != float(self._seen_value(gi, name)):
+                hp[name].fill_(float(val))
+        # state a new configuration needs (e.g. SGD's momentum switched on): created as at a first step; those
+        # tensors' last update had no such state, so they carry no Jacobian into the next step
+        x = torch.empty(0)
+        need = [k for k in ref.KINDS[self.kind][0](x, cfg, learned)]
+        for p in group["params"]:
+            st = self.state.get(p)
+            if st and "moved" in st and any(k not in st for k in need):
+                fresh = ref.KINDS[self.kind][0](p.detach().to(dt), cfg, learned)
+                for k in need:
+                    if k not in st:
+                        st[k] = fresh[k]
+                st["moved"].fill_(False)
+        self._seen[gi] = self._snapshot(group)
+
+    def _seen_value(self, gi: int, name: str) -> float:
+        """The raw value of ``name`` the tower last adopted (NaN when unknown: it is then always written)."""
+        try:
+            seen = self._values_from(dict(self._seen[gi], lr=0.0))
+            val = torch.tensor(float(seen[name]), dtype=torch.float64)
+            if name in self._group_learned(self.param_groups[gi]):
+                val = ref.to_raw(self.kind, name, val)
+            return float(val)
+        except (KeyError, TypeError, ValueError):
+            return math.nan
+
+    def _adopt_lr(self, gi: int, gt: Dict[str, Any]) -> Optional[Tensor]:
+        group = self.param_groups[gi]
+        alias, pub = self._lr_alias.get(gi), self._lr_pub.get(gi)
+        new = group["lr"]
+        if alias is None or pub is None:
+            return None
+        replaced = new is not alias
+        if not replaced and alias.device.type == "cpu" and alias.item() == pub.item():
+            return None                                  # unchanged (read on the host: free for CPU tensors)
+        if not isinstance(new, Tensor):
+            try:
+                v = float(new)
+            except (TypeError, ValueError):
+                raise TypeError(f"param group {gi}: lr must be a number or a tensor, got {new!r}") from None
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"param group {gi}: lr must be a finite number >= 0, got {new!r}")
+        elif new.numel() != 1:
+            raise ValueError(f"param group {gi}: lr must be a number or a one-element tensor, got a tensor of "
+                             f"shape {tuple(new.shape)}")
+        hp = gt["levels"][0]["hp"]
+        lr_hp = hp["lr"]
+        new_t = (new.detach().to(dtype=lr_hp.dtype, device=lr_hp.device) if isinstance(new, Tensor)
+                 else torch.tensor(float(new), dtype=lr_hp.dtype, device=lr_hp.device)).reshape(())
+        learned = self._group_learned(group)
+        raw = ref.to_raw(self.kind, "lr", new_t.clamp_min(0)) if "lr" in learned else new_t
+        valid = torch.isfinite(new_t) & (new_t >= 0)
+        if replaced:
+            adopt, lr_ok = valid, valid
+        else:                                            # in place: only what differs from the value shown
+            changed = new_t != pub.to(new_t.dtype)
+            adopt, lr_ok = changed & valid, valid | ~changed
+        lr_hp.copy_(torch.where(adopt, raw, lr_hp))
+        if replaced:
+            self._publish_lr(gi)
+        return lr_ok
 
     # ---------------------------------------------------------------- public read-out
     def hyperparameters(self, group: int = 0) -> Dict[str, Union[float, List[float]]]:
@@ -294,7 +413,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             return {k: float(v) for k, v in vals.items()}
         if group >= len(root.param_groups):
             raise IndexError(f"no param group {group} (the optimizer has {len(root.param_groups)})")
-        root._adopt_user_lr(group)
+        root._sync_group(group)
         gt = root._group_tower(group)
         spec = root._level_specs(group)[self._depth]
         vals = root._values_of(spec, gt["levels"][self._depth]["hp"])
@@ -334,10 +453,12 @@ class HyperOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plans = []
+        plans, lr_oks = [], []
         for gi, group in enumerate(self.param_groups):
             if group["params"]:
-                self._adopt_user_lr(gi)
+                lr_ok = self._sync_group(gi)
+                if lr_ok is not None:
+                    lr_oks.append(lr_ok)
                 plans.append(self._collect(gi, group))
         if not plans:
             return loss
@@ -356,13 +477,16 @@ class HyperOptimizer(torch.optim.Optimizer):
                 else:            # the CPU kernels may keep the gradient tensor as the previous gradient
                     torch._foreach_div_(plan["grads"], grad_scale.to(plan["grads"][0].device))
         scaler_ok = None if found_inf is None else (found_inf == 0)
+        # a negative or non-finite tensor lr set in param_groups: the step is skipped
+        extra_ok = [scaler_ok] if scaler_ok is not None else []
+        extra_ok += lr_oks
         if not self._one_pass:
             # exact: pass A, the tower on scalars, then pass B with the new hyperparameters
             for plan in plans:
                 if not self._pass_a_and_tower(plan):
                     d0, finite = self._pass_a(plan)
                     self._plan_tower(plan, d0, finite)
-            ok = _all([plan["ok"] for plan in plans] + ([] if scaler_ok is None else [scaler_ok]))
+            ok = _all([plan["ok"] for plan in plans] + extra_ok)
             for plan in plans:
                 self._commit_tower(plan, ok)
                 self._pass_b(plan, ok)
@@ -370,7 +494,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             # one pass: the gradients are read once for the skip decision; pass B updates with the current
             # hyperparameters and sums the hypergradient from the old state; the tower steps after it
             # the gradients are read once for the skip decision, unless GradScaler has made it already
-            ok_g = scaler_ok if scaler_ok is not None else _all([self._grads_finite(plan) for plan in plans])
+            ok_g = _all(([scaler_ok] if scaler_ok is not None else [self._grads_finite(plan) for plan in plans])
+                        + lr_oks)
             for plan in plans:
                 res = self._pass_b(plan, ok_g)
                 if res is not None:                       # None: the tower ran in pass B's op
@@ -686,35 +811,169 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> Dict[str, Any]:
-        """torch's optimizer state dict; every level's hyperparameters and state ride in ``state``."""
+        """torch's optimizer state dict. Every level's hyperparameters and state ride in the state of the first
+        parameter, under the key "hyperfused" (its keys are parameter indices only, as the checkpoint helpers
+        of torch.distributed.checkpoint require)."""
         self._require_root("state_dict")
-        return super().state_dict()
+        sd = super().state_dict()
+        tower = sd["state"].pop(_TOWER_KEY, None)
+        if tower is not None:
+            sd["state"][0] = dict(sd["state"].get(0, {}), **{_TOWER_KEY: tower})
+        return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restore every level. The given dict is copied, never aliased, and state keeps its saved dtypes."""
+        """Restore every level. The checkpoint is checked against this optimizer first (kind, tower, learned
+        sets, per-tensor lrs, shapes, dtypes, finite values); one that does not fit is refused with what differs,
+        and the optimizer is left exactly as it was. The given dict is copied, never aliased; state keeps its
+        saved dtypes. An lr edited in the checkpoint's param_groups is adopted, as torch would use it."""
         self._require_root("load_state_dict")
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("load_state_dict: expected an optimizer state dict with 'state' and 'param_groups'")
         state_dict = copy.deepcopy(state_dict)
-        saved_state = state_dict.get("state", {})
-        super().load_state_dict(state_dict)
-        # torch casts float state to the parameter's dtype; ours keeps float32 state for reduced precision
-        index_to_param = [p for g in self.param_groups for p in g["params"]]
-        for key, saved in saved_state.items():
-            if isinstance(key, int) and key < len(index_to_param):
-                p = index_to_param[key]
-                for name, val in saved.items():
-                    if isinstance(val, Tensor):
-                        self.state[p][name] = val.to(device=p.device)
-        tower = self.state.get(_TOWER_KEY)
-        if tower is not None:
-            dev = self.param_groups[0]["params"][0].device
-            self.state[_TOWER_KEY] = _to_device(tower, dev)
-            # checkpoints written by torch.save may turn int keys into ints already; normalise
-            tower = self.state[_TOWER_KEY]
-            tower["groups"] = {int(k): v for k, v in tower["groups"].items()}
-        self._lr_alias = {}
-        for gi in range(len(self.param_groups)):
-            if self.param_groups[gi]["params"]:
-                self._publish_lr(gi)
+        saved_state = dict(state_dict["state"])
+        # the checkpoint's keys of the parameters, in order: indices, or names (torch.distributed.checkpoint)
+        saved_keys = [k for g in state_dict["param_groups"] for k in g.get("params", [])]
+        tower = saved_state.pop(_TOWER_KEY, None)             # checkpoints written before it moved
+        first = saved_state.get(saved_keys[0]) if saved_keys else None
+        if isinstance(first, dict) and _TOWER_KEY in first:
+            first = dict(first)
+            tower = first.pop(_TOWER_KEY)
+            if first:
+                saved_state[saved_keys[0]] = first
+            else:
+                del saved_state[saved_keys[0]]
+        state_dict["state"] = saved_state
+        before = (self.state, self.param_groups, dict(self._lr_alias), dict(self._lr_pub), dict(self._seen))
+        try:
+            super().load_state_dict(state_dict)
+            # torch casts float state to the parameter's dtype; ours keeps float32 state for reduced precision
+            index_to_param = [p for g in self.param_groups for p in g["params"]]
+            key_to_param = dict(zip(saved_keys, index_to_param))
+            for key, saved in saved_state.items():
+                p = key_to_param.get(key)
+                if p is not None and isinstance(saved, dict):
+                    for name, val in saved.items():
+                        if isinstance(val, Tensor):
+                            self.state[p][name] = val.to(device=p.device)
+            if tower is not None:
+                dev = index_to_param[0].device if index_to_param else torch.device("cpu")
+                tower = _to_device(tower, dev)
+                # checkpoints written by torch.save may turn int keys into ints already; normalise
+                tower["groups"] = {int(k): v for k, v in tower["groups"].items()}
+                self.state[_TOWER_KEY] = tower
+            self._check_loaded(before[1], tower is not None)
+            self._adopt_loaded(before[1])
+        except Exception:
+            self.state, self.param_groups = before[0], before[1]
+            self._lr_alias, self._lr_pub, self._seen = before[2], before[3], before[4]
+            raise
+
+    def _check_loaded(self, groups_before: List[Dict[str, Any]], has_tower: bool) -> None:
+        """Raise ValueError naming what differs between the loaded state and this optimizer's configuration."""
+        name = type(self).__name__
+        for gi, (g, old) in enumerate(zip(self.param_groups, groups_before)):
+            for k in self.defaults:
+                if k not in g:
+                    raise ValueError(f"{name}.load_state_dict: param group {gi} of the checkpoint has no {k!r}: it "
+                                     f"was written by another optimizer (keys: {sorted(k for k in g if k != 'params')})")
+            if g.get("learn") is None and old.get("learn") is not None and g["params"]:
+                g["learn"] = self._group_learned(g)      # a checkpoint that left the default learned set implicit
+            for k in self._STRUCTURAL:
+                if not _same(g.get(k), old.get(k)):
+                    raise ValueError(f"{name}.load_state_dict: param group {gi}: the checkpoint has {k}="
+                                     f"{g.get(k)!r}, this optimizer {k}={old.get(k)!r}")
+        per_param = [p for g in self.param_groups for p in g["params"] if self.state.get(p)]
+        if not has_tower:
+            if per_param:
+                raise ValueError(f"{name}.load_state_dict: the checkpoint holds per-parameter state but no "
+                                 f"hyperfused tower state: it was written by another optimizer (torch.optim?)")
+            return
+        # the tower this optimizer would make now, from its own configuration (on a scratch state)
+        loaded = self.state
+        self.state = collections.defaultdict(dict)
+        try:
+            template = {gi: self._group_tower(gi) for gi, g in enumerate(self.param_groups) if g["params"]}
+        finally:
+            self.state = loaded
+        got = loaded[_TOWER_KEY].get("groups", {})
+        if set(got) != set(template):
+            raise ValueError(f"{name}.load_state_dict: the checkpoint's tower has param groups {sorted(got)}, "
+                             f"this optimizer {sorted(template)}")
+        sk = loaded[_TOWER_KEY].get("skipped_steps")
+        if not isinstance(sk, Tensor) or sk.dim() != 0:
+            raise ValueError(f"{name}.load_state_dict: the checkpoint's tower has no skipped_steps counter")
+        for gi, want in template.items():
+            have = got[gi].get("levels") if isinstance(got[gi], dict) else None
+            if not isinstance(have, list) or len(have) != len(want["levels"]):
+                n = len(have) if isinstance(have, list) else "no"
+                raise ValueError(f"{name}.load_state_dict: param group {gi}: the checkpoint's tower has {n} levels, "
+                                 f"this optimizer {len(want['levels'])} (height {len(want['levels']) - 1})")
+            for k, (h, w) in enumerate(zip(have, want["levels"])):
+                if k == 0 and isinstance(h, dict) and "used" in h:     # one-pass mode's last-used values
+                    if not self._one_pass:
+                        raise ValueError(f"{name}.load_state_dict: the checkpoint was written by a one_pass=True "
+                                         f"optimizer; this one has one_pass=False")
+                    _match_tree(h["used"], w["hp"], f"param group {gi}, level 0, 'used'", name)
+                    h = {key: v for key, v in h.items() if key != "used"}
+                _match_tree(h, w, f"param group {gi}, level {k}", name)
+        for g in self.param_groups:
+            if not g["params"]:
+                continue
+            spec0 = self._level_specs(self.param_groups.index(g))[0]
+            _, _, learned0, _, cfg0 = spec0
+            dt = self._hyper_dtype(g)
+            for i, p in enumerate(g["params"]):
+                st = self.state.get(p)
+                if not st:
+                    continue
+                shape = tuple(p.shape)
+                want = ref.KINDS[self.kind][0](torch.empty(shape, dtype=dt, device="meta"), cfg0, learned0)
+                want["moved"] = torch.empty((), dtype=torch.bool, device="meta")
+                missing = [k for k in want if k not in st]
+                if missing:
+                    raise ValueError(f"{name}.load_state_dict: the state of parameter {i} (shape {shape}) lacks "
+                                     f"{missing} (has {sorted(k for k in st)}): another kind or configuration")
+                for k, w in want.items():
+                    _match_tensor(st[k], w, f"parameter {i} (shape {shape}), {k!r}", name)
+
+    def _adopt_loaded(self, groups_before: List[Dict[str, Any]]) -> None:
+        """After a load: the aliases shown in param_groups, an lr edited in the checkpoint, fixed values."""
+        self._lr_alias, self._lr_pub, self._seen = {}, {}, {}
+        for gi, group in enumerate(self.param_groups):
+            if not group["params"]:
+                continue
+            saved_lr = group["lr"]
+            spec = self._level_specs(gi)[0]
+            gt = self._group_tower(gi)
+            hp = gt["levels"][0]["hp"]
+            lr = self._value_of(spec, hp, "lr")
+            lr = lr.mean() if lr.dim() else lr
+            group["lr"] = float(lr)           # _publish_lr makes the alias; the value is compared below
+            self._publish_lr(gi, spec)
+            try:
+                edited = float(saved_lr) != float(lr)
+            except (TypeError, ValueError):
+                raise ValueError(f"load_state_dict: param group {gi}: lr must be a number, got {saved_lr!r}") from None
+            if edited:                        # adopted at the next step, as a replaced lr is
+                group["lr"] = saved_lr
+            # the values the level above does not learn are the param group's (torch reads them from there)
+            learned = self._group_learned(group)
+            vals = self._values_from(dict(group, lr=0.0))
+            self._check_values(vals, learned, f"load_state_dict: param group {gi}")
+            self._cfg_from(group, vals)
+            for name in self.hyper_names:
+                if name != "lr" and name not in learned and name in hp:
+                    hp[name].fill_(float(vals[name]))
+            self._seen[gi] = self._snapshot(group)
+
+    # ---------------------------------------------------------------- copies
+    def __getstate__(self) -> Dict[str, Any]:
+        """Everything (torch's keeps defaults, state and param_groups only): copy.deepcopy and pickle give an
+        optimizer that continues bitwise as the original does."""
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
 
 _DTENSOR: List[Any] = []
@@ -735,6 +994,46 @@ def _all(flags: List[Tensor]) -> Tensor:
     for f in flags[1:]:
         out = out & f
     return out
+
+
+_MISSING = object()
+
+
+def _same(a, b) -> bool:
+    """Whether two param_group values are the same (tensors by value, containers element-wise)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+            return False
+        return a.shape == b.shape and bool((a == b).all())
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:           # noqa: BLE001 - incomparable values differ
+        return False
+
+
+def _match_tensor(have, want: Tensor, where: str, name: str) -> None:
+    if not isinstance(have, Tensor):
+        raise ValueError(f"{name}.load_state_dict: {where}: expected a tensor, the checkpoint has {type(have).__name__}")
+    if tuple(have.shape) != tuple(want.shape) or have.dtype != want.dtype:
+        raise ValueError(f"{name}.load_state_dict: {where}: the checkpoint has {have.dtype} of shape "
+                         f"{tuple(have.shape)}, this optimizer {want.dtype} of shape {tuple(want.shape)}")
+    if have.is_floating_point() and not _is_dtensor(have) and not bool(torch.isfinite(have).all()):
+        raise ValueError(f"{name}.load_state_dict: {where}: the checkpoint holds NaN or Inf")
+
+
+def _match_tree(have, want, where: str, name: str) -> None:
+    """The same keys, tensor shapes, dtypes, and finite values (recursively through dicts)."""
+    if isinstance(want, Tensor):
+        _match_tensor(have, want, where, name)
+        return
+    if not isinstance(have, dict) or set(have) != set(want):
+        keys = sorted(have) if isinstance(have, dict) else type(have).__name__
+        raise ValueError(f"{name}.load_state_dict: {where}: the checkpoint has {keys}, this optimizer "
+                         f"{sorted(want)}: another tower (kinds, learned sets or per-tensor lrs differ)")
+    for k in want:
+        _match_tree(have[k], want[k], f"{where}, {k!r}", name)
 
 
 def _to_device(obj, dev):

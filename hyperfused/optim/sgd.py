@@ -34,7 +34,7 @@ class SGD(HyperOptimizer):
     kind = "sgd"
     hyper_names = ("lr", "momentum")
 
-    def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, momentum: float = 0.0, *,
+    def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3, momentum: float = 0.0, *,
                  hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
                  per_tensor: bool = False, backend: str = "auto",
                  one_pass: bool = False) -> None:

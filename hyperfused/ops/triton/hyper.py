@@ -105,8 +105,9 @@ def _derived(scal_ptr, row, eps_ptr):
     t = tl.load(base + 6)
     flag = tl.load(base + 7)
     eps = tl.load(eps_ptr)
+    eps_root = tl.load(eps_ptr + 1)
     c1, c2, dc1, dc2 = _bias(h1, h2, t)
-    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps
+    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps, eps_root
 
 
 @triton.jit
@@ -124,9 +125,10 @@ def _bias(h1, h2, t):
 
 @triton.jit
 def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1, a2,
-         lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, eps):
+         lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, eps, eps_root):
     """J_lr, J_h1, J_h2 of the last update at one tile, rebuilt from its state (a0, a1, a2: s0, s1, s2 in the
-    math type) and its scalars; hyper_math.h element_jac."""
+    math type) and its scalars; hyper_math.h element_jac. Adagrad's and RMSprop's denominator is
+    D = R + eps with R = sqrt(s + eps_root)."""
     zero = a0 * 0.0
     j0 = zero
     j1 = zero
@@ -136,13 +138,14 @@ def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1
         if MOMENTUM:
             if LEARN & 2:
                 j1 = -lr * a1
-    elif KIND == 1:        # Adagrad: -g_prev / sqrt(G + eps)
-        j0 = -a1 / tl.sqrt(a0 + eps)
-    elif KIND == 2:        # RMSprop: -2 a g / D and lr g (s - g^2) / gamma / (2 D^3) sigma'(q)
-        rD = 1.0 / tl.sqrt(a0 + eps)
+    elif KIND == 1:        # Adagrad: -g_prev / D
+        j0 = -a1 / (tl.sqrt(a0 + eps_root) + eps)
+    elif KIND == 2:        # RMSprop: -2 a g / D and lr g (s - g^2) / gamma / (2 R D^2) sigma'(q), 0 where R = 0
+        R = tl.sqrt(a0 + eps_root)
+        rD = 1.0 / (R + eps)
         j0 = -2.0 * raw_lr * a1 * rD
         if LEARN & 2:
-            j1 = lr * a1 * ((a0 - a1 * a1) / h1) * (0.5 * rD * rD * rD) * dsig1
+            j1 = tl.where(R > 0.0, lr * a1 * ((a0 - a1 * a1) / h1) * (0.5 * rD * rD / R) * dsig1, zero)
     else:                  # Adam
         mh = a0 / c1
         S = tl.sqrt(a1 / c2)
@@ -160,7 +163,7 @@ def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1
 
 @triton.jit
 def _step(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, x, g, a0, a1, a2,
-          lr, h1, h2, eps, c1, c2):
+          lr, h1, h2, eps, eps_root, c1, c2):
     """One update at one tile: the new x and state (a0, a1, a2); hyper_math.h element_update. The previous
     gradient, where one is kept, is written by the caller."""
     if KIND == 0:
@@ -172,10 +175,10 @@ def _step(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, x, g,
             x = x - g * lr
     elif KIND == 1:
         a0 = a0 + g * g
-        x = x - lr * g / tl.sqrt(a0 + eps)
+        x = x - lr * g / (tl.sqrt(a0 + eps_root) + eps)
     elif KIND == 2:
         a0 = h1 * a0 + (1.0 - h1) * (g * g)
-        x = x - lr * g / tl.sqrt(a0 + eps)
+        x = x - lr * g / (tl.sqrt(a0 + eps_root) + eps)
     else:
         a0 = h1 * a0 + (1.0 - h1) * g
         a1 = h2 * a1 + (1.0 - h2) * g * g
@@ -229,7 +232,7 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g."""
     pid, t, start, end, _xp, gp, p0, p1, p2 = _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
                                                              n_tensors, G_DT, M_DT, ALIGNED, CHUNK)
-    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps64 = _derived(scal_ptr, t, eps_ptr)
+    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps64, epsr64 = _derived(scal_ptr, t, eps_ptr)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     valid = (zi + (flag != 0.0).to(tl.int32)) != 0     # broadcast first: scalar & block fails in the interpreter
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
@@ -258,7 +261,8 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
                 a2 = tl.load(p2 + offs, mask=m, other=0.0)
             j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, a0, a1, a2,
                               lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), raw_lr.to(M_DT), dsig1.to(M_DT),
-                              dsig2.to(M_DT), c1.to(M_DT), c2.to(M_DT), dc1.to(M_DT), dc2.to(M_DT), eps64.to(M_DT))
+                              dsig2.to(M_DT), c1.to(M_DT), c2.to(M_DT), dc1.to(M_DT), dc2.to(M_DT), eps64.to(M_DT),
+                              epsr64.to(M_DT))
             use = m & valid
             acc0 += tl.where(use, g * j0, 0.0)
             acc1 += tl.where(use, g * j1, 0.0)
@@ -283,7 +287,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
                                                             n_tensors, X_DT, M_DT, ALIGNED, CHUNK)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0      # broadcast first: scalar & block fails in the interpreter
-    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, store_prev, eps64 = _derived(scal_ptr, t, eps_ptr)
+    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, store_prev, eps64, epsr64 = _derived(scal_ptr, t, eps_ptr)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
@@ -291,7 +295,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     bad = tl.zeros([BLOCK], dtype=tl.float32)
     jvalid = ok
     if ONE_PASS:
-        (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jflag, _e) = _derived(jscal_ptr, t, eps_ptr)
+        (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jflag, _e, _er) = _derived(jscal_ptr, t, eps_ptr)
         jvalid = (zi + (jflag != 0.0).to(tl.int32)) != 0
     if SCALED:
         inv = tl.load(inv_scale_ptr).to(M_DT)
@@ -318,13 +322,13 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
             j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, a0, a1, a2,
                               jlr.to(M_DT), jh1.to(M_DT), jh2.to(M_DT), jraw.to(M_DT), jds1.to(M_DT),
                               jds2.to(M_DT), jc1.to(M_DT), jc2.to(M_DT), jdc1.to(M_DT), jdc2.to(M_DT),
-                              eps64.to(M_DT))
+                              eps64.to(M_DT), epsr64.to(M_DT))
             use = m & jvalid
             acc0 += tl.where(use, g * j0, 0.0)
             acc1 += tl.where(use, g * j1, 0.0)
             acc2 += tl.where(use, g * j2, 0.0)
         x, a0, a1, a2 = _step(KIND, LEARN, MOMENTUM, x, g, a0, a1, a2, lr.to(M_DT), h1.to(M_DT), h2.to(M_DT),
-                              eps64.to(M_DT), c1.to(M_DT), c2.to(M_DT))
+                              eps64.to(M_DT), epsr64.to(M_DT), c1.to(M_DT), c2.to(M_DT))
         tl.store(xp + offs, _to_storage(x, X_DT), mask=m)
         if KIND == 0:
             if MOMENTUM:
@@ -425,12 +429,16 @@ def _pointer_table(device, lists: Sequence[Sequence[Tensor]], n: int) -> Tensor:
 _EPS: Dict[tuple, Tensor] = {}
 
 
-def _eps_tensor(eps: float, device) -> Tensor:
-    """eps as a float64 value on the device (a float argument would reach the kernel as float32)."""
-    key = (float(eps), str(device))
+def _eps_tensor(eps: Sequence[float], device) -> Tensor:
+    """The ops' eps argument [eps, eps_root] as float64 values on the device (a float argument would reach the
+    kernel as float32)."""
+    vals = tuple(float(e) for e in eps)
+    if len(vals) != 2:
+        raise ValueError(f"eps must be [eps, eps_root], got {list(eps)!r}")
+    key = (vals, str(device))
     t = _EPS.get(key)
     if t is None:
-        t = _EPS[key] = torch.tensor([float(eps)], dtype=torch.float64).to(device)
+        t = _EPS[key] = torch.tensor(vals, dtype=torch.float64).to(device)
     return t
 
 
@@ -495,7 +503,7 @@ def _check_inv_scale(op: str, inv_scale: Optional[Tensor], device) -> None:
                          f"{inv_scale.dtype} of {inv_scale.numel()} elements on {inv_scale.device}")
 
 
-def hyper_reduce(kind: int, learn: int, momentum: bool, eps: float, grads: List[Tensor], s0: List[Tensor],
+def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], grads: List[Tensor], s0: List[Tensor],
                  s1: List[Tensor], s2: List[Tensor], scal: Tensor, inv_scale: Optional[Tensor] = None) -> Tensor:
     """Pass A (same arguments and result as ``torch.ops.hyperfused.hyper_reduce``)."""
     n = len(grads)
@@ -521,7 +529,7 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: float, grads: List[
     return _finish(part, first, n)
 
 
-def hyper_update(kind: int, learn: int, momentum: bool, eps: float, params: List[Tensor], grads: List[Tensor],
+def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], params: List[Tensor], grads: List[Tensor],
                  s0: List[Tensor], s1: List[Tensor], s2: List[Tensor], scal: Tensor, scal_jac: Optional[Tensor],
                  ok: Tensor, inv_scale: Optional[Tensor] = None) -> Tensor:
     """Pass B (same arguments and result as ``torch.ops.hyperfused.hyper_update``): in place on params and
@@ -568,4 +576,4 @@ def nonfinite_count(grads: List[Tensor]) -> Tensor:
     if n == 0:
         return torch.zeros(0, dtype=torch.float64)
     scal = torch.zeros(n, 8, dtype=torch.float64, device=grads[0].device)
-    return hyper_reduce(SGD, 0, False, 0.0, grads, [], [], [], scal)[:, 3]
+    return hyper_reduce(SGD, 0, False, (0.0, 0.0), grads, [], [], [], scal)[:, 3]

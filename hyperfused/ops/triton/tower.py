@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tower_shape import _H1, KIND_ID, _learn_bits, _nlr, _state_keys, shape_of, units_of  # noqa: F401
+from ..tower_shape import _H1, KIND_ID, _learn_bits, _nlr, _state_keys, eps_pair, shape_of, units_of  # noqa: F401
 from .hyper import _TL_DTYPE, _bias, _jac, _launch, _step
 
 Tensor = torch.Tensor
@@ -158,8 +158,10 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
             t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT)))
         c1, c2, dc1, dc2 = _bias(h1, h2, t)
         s0, s1, s2 = _state(tab, k, r, m, NSTATE[k], BLOCK, DT)
-        eps = tl.load(eps_ptr + k).to(DT)
-        j0, j1, j2 = _jac(KINDS[k], LEARN[k], MOM[k], s0, s1, s2, lr, h1, h2, raw_lr, ds1, ds2, c1, c2, dc1, dc2, eps)
+        eps = tl.load(eps_ptr + 2 * k).to(DT)
+        eps_root = tl.load(eps_ptr + 2 * k + 1).to(DT)
+        j0, j1, j2 = _jac(KINDS[k], LEARN[k], MOM[k], s0, s1, s2, lr, h1, h2, raw_lr, ds1, ds2, c1, c2, dc1, dc2, eps,
+                          eps_root)
         c0 = tl.where(m, g * j0, 0.0)
         out = tl.zeros([BLOCK], dtype=DT)
         pos = 0
@@ -194,8 +196,9 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
             t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT))) + 1.0
         c1, c2, dc1, dc2 = _bias(h1, h2, t)
         s0, s1, s2 = _state(tab, k, r, m, NSTATE[k], BLOCK, DT)
-        eps = tl.load(eps_ptr + k).to(DT)
-        xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, c1, c2)
+        eps = tl.load(eps_ptr + 2 * k).to(DT)
+        eps_root = tl.load(eps_ptr + 2 * k + 1).to(DT)
+        xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, eps_root, c1, c2)
         # the previous gradient, where a Jacobian of this level needs it
         if KINDS[k] == 0:
             if not MOM[k]:
@@ -285,7 +288,7 @@ def _table(levels, specs, device) -> Tensor:
 
 
 def _eps(specs, device) -> Tensor:
-    vals = tuple(float(cfg.get("eps", 0.0)) for *_, cfg in specs)
+    vals = tuple(e for *_, cfg in specs for e in eps_pair(cfg))     # [eps, eps_root] per level
     key = (str(device), vals)
     t = _EPS.get(key)
     if t is None:
