@@ -177,11 +177,25 @@ def _fmt_levels(levels: List[Dict[str, object]]) -> str:
 
 
 def _levels_of(opt) -> List[Dict[str, object]]:
+    """The hyperparameters of every level: a tower's learned ones, AGD's automatic eta, else the first param
+    group's lr when the optimizer has one (an optimizer without an lr reports no hyperparameters)."""
     if isinstance(opt, hf.AGD):
         return [{"eta": float(opt.eta)}]
     if isinstance(opt, hf.HyperOptimizer):
         return [lv.hyperparameters() for lv in opt.levels]
-    return [{"lr": float(opt.param_groups[0]["lr"])}]
+    lr = opt.param_groups[0].get("lr") if opt.param_groups else None
+    return [{"lr": float(lr)}] if isinstance(lr, (int, float, torch.Tensor)) else [{}]
+
+
+def _postfix(loss: float, levels: List[Dict[str, object]]) -> Dict[str, str]:
+    """The progress bar's postfix: the loss and level 0's first hyperparameter (lr, or AGD's eta), if any."""
+    out = {"loss": f"{loss:.4f}"}
+    for name, v in (levels[0] if levels else {}).items():
+        if isinstance(v, list):
+            v = sum(v) / len(v) if v else float("nan")
+        out[name] = f"{float(v):.3g}"
+        break
+    return out
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -290,7 +304,7 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
                 levels = _levels_of(opt)
                 steps.append({"step": n_steps, "epoch": epoch, "loss": lv, "levels": levels})
                 if bar is not None:
-                    bar.set_postfix(loss=f"{lv:.4f}", lr=f"{float(opt.param_groups[0]['lr']):.3g}")
+                    bar.set_postfix(_postfix(lv, levels))
                     bar.update(1)
             if modes:
                 opt.eval()
