@@ -259,22 +259,61 @@ class _PeakMemory:
         return False
 
 
+TRAIN_EXTRA = "pip install 'hyperfused[train]'"
+
+
+def _have_tqdm() -> bool:
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def progress_mode(progress, stream=None, warn: bool = False) -> Optional[str]:
+    """How a run shows its progress on ``stream`` (default: sys.stderr): "bar" (tqdm) on a terminal, "lines"
+    (one plain line per epoch) when the stream is not a terminal (a log file or a pipe, where a bar's redraws
+    would pile up into one long line) or tqdm is missing, None when ``progress`` is false. ``progress`` may
+    also name the mode. With ``warn``, a bar that cannot be shown because tqdm is missing says so once on the
+    stream, naming the extra that installs it."""
+    if not progress:
+        return None
+    if progress in ("bar", "lines"):
+        return progress
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if not (callable(isatty) and isatty()):
+        return "lines"
+    if _have_tqdm():
+        return "bar"
+    if warn:
+        print(f"warning: tqdm is not installed, so progress is shown as one line per epoch instead of a bar "
+              f"({TRAIN_EXTRA} installs it)", file=stream, flush=True)
+    return "lines"
+
+
 def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int, batch_size: int, seed: int,
-              backend: str = "auto", progress: bool = True, one_pass: bool = False, device="cpu") -> Result:
-    """Train ``model`` with the optimizer of ``spec``; every run with the same seed sees the same batches."""
+              backend: str = "auto", progress=True, one_pass: bool = False, device="cpu",
+              progress_stream=None) -> Result:
+    """Train ``model`` with the optimizer of ``spec``; every run with the same seed sees the same batches.
+
+    ``progress``: False (silent), True (a bar on a terminal, else one line per epoch; see progress_mode), or
+    "bar" / "lines". Progress goes to ``progress_stream`` (default: sys.stderr)."""
     device = torch.device(device)
     model.to(device)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x_tr) / batch_size)
+    stream = sys.stderr if progress_stream is None else progress_stream
+    mode = progress_mode(progress, stream)
     bar = None
-    if progress:
+    if mode == "bar":
         try:
             from tqdm import tqdm
-            bar = tqdm(total=epochs * steps_per_epoch, desc=spec.text, leave=False, file=sys.stderr,
+            bar = tqdm(total=epochs * steps_per_epoch, desc=spec.text, leave=False, file=stream,
                        dynamic_ncols=True)
         except ImportError:
-            bar = None
+            mode = "lines"
     steps: List[dict] = []
     epoch_rows: List[dict] = []
     step_time = 0.0
@@ -312,6 +351,11 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
             epoch_rows.append({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
                                "test_loss": test_loss, "test_error": test_err,
                                "seconds": time.perf_counter() - t_epoch})
+            if mode == "lines":
+                row = epoch_rows[-1]
+                print(f"{spec.text}: epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  test loss "
+                      f"{test_loss:.4f}  test error {100 * test_err:.2f}%  {row['seconds']:.1f}s  "
+                      f"{_fmt_levels(steps[-1]['levels'])}", file=stream, flush=True)
         peak = mem.growth_mb()
     if bar is not None:
         bar.close()
@@ -344,7 +388,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
                     help="run the hypergradient optimizers in one-pass mode (hyperparameters act one step late)")
     ap.add_argument("--out", help="directory for metrics.json, steps.csv, epochs.csv, loss.png and hyper.png")
     ap.add_argument("--json", help="also write the results (per optimizer) to this file")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress output (default: a bar on a terminal, else one plain line per epoch)")
     args = ap.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
         ap.error("--epochs and --batch-size must be >= 1")
@@ -357,6 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
         ap.error(f"--model {model_name} does not fit --data {args.data}: charrnn is the model of shakespeare")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: this torch has no CUDA device")
+    progress = progress_mode(not args.no_progress, warn=True)
     torch.manual_seed(args.seed)
     try:
         data = datasets.load(args.data, args.seed, fetch=args.fetch, mnist_folder=args.mnist_dir)
@@ -391,7 +437,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     for spec in specs:
         model = copy.deepcopy(base)
         results.append(train_one(spec, model, data, args.epochs, args.batch_size, args.seed, args.backend,
-                                 progress=not args.no_progress, one_pass=args.one_pass, device=args.device))
+                                 progress=progress, one_pass=args.one_pass, device=args.device))
     mode = "one-pass" if args.one_pass else "exact"
     title = (f"{args.data}, {model_name} ({args.hidden} hidden), {args.epochs} epochs, batch {args.batch_size}, "
              f"seed {args.seed}, hypergradients {mode}")
