@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -365,6 +366,49 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
                   1000 * step_time / max(1, n_steps), peak, skipped, _levels_of(opt), steps, epoch_rows)
 
 
+def path_problem(path: str, directory: bool) -> Optional[str]:
+    """Why ``path`` cannot be written as a directory (``directory``) or as a file, or None. A path that does not
+    exist yet must be creatable: its nearest existing ancestor a writable directory."""
+    if not path:
+        return "the path is empty"
+    full = os.path.abspath(path)
+    what = "directory" if directory else "file"
+    if os.path.isdir(full):
+        if not directory:
+            return "it is a directory, not a file"
+        if not os.access(full, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            return "the directory is not writable"
+        return None
+    if os.path.exists(full):
+        if directory:
+            return "it is a file, not a directory"
+        if not os.access(full, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+            return "the file is not writable"
+        return None
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent) and not os.path.islink(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file (or a broken link), so no {what} can be created under it"
+    if not os.access(parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return f"the {what} cannot be created because the directory {parent} is not writable"
+    return None
+
+
+def _check_outputs(ap: argparse.ArgumentParser, args) -> None:
+    """--out and --json must be writable, and --out's plots need matplotlib: checked before any training."""
+    for flag, path, directory in (("--out", args.out, True), ("--json", args.json, False)):
+        if path is not None:
+            problem = path_problem(path, directory)
+            if problem:
+                ap.error(f"{flag} {path}: {problem}")
+    if args.out is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error(f"--out writes its plots with matplotlib, which is not installed: {TRAIN_EXTRA}")
+
+
 DEFAULT_OPTS = ["torch.adam(1e-3)", "adam(1e-3)", "adam(1e-3)/sgd(1e-4)", "sgd(0.01)", "sgd(0.01)/sgd(0.01)"]
 
 
@@ -387,12 +431,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     ap.add_argument("--one-pass", action="store_true",
                     help="run the hypergradient optimizers in one-pass mode (hyperparameters act one step late)")
     ap.add_argument("--out", help="directory for metrics.json, steps.csv, epochs.csv, loss.png and hyper.png")
-    ap.add_argument("--json", help="also write the results (per optimizer) to this file")
+    ap.add_argument("--json", help="also write the results (per optimizer) to this file (its folder is created)")
     ap.add_argument("--no-progress", action="store_true",
                     help="no progress output (default: a bar on a terminal, else one plain line per epoch)")
     args = ap.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
         ap.error("--epochs and --batch-size must be >= 1")
+    _check_outputs(ap, args)
     try:
         specs = [parse_spec(s) for s in (args.opt or DEFAULT_OPTS)]
     except SpecError as exc:
@@ -453,13 +498,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
             print(f"{'':<{w}}  ({r.skipped} steps skipped: non-finite gradients or hypergradients)")
     runs = [dataclasses.asdict(r) for r in results]
     meta = {"args": vars(args), "model": model_name, "title": title, "torch": torch.__version__}
-    if args.out:
-        from . import report
-        paths = report.write_metrics(args.out, runs, meta) + report.plot(args.out, runs, title)
-        print("wrote " + ", ".join(paths))
-    if args.json:
+    if args.json:                 # the numbers first: a failing plot must not lose them
+        parent = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(parent, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": runs}, f)
+    if args.out:
+        from . import report
+        paths = report.write_metrics(args.out, runs, meta)
+        paths += report.plot(args.out, runs, title)
+        print("wrote " + ", ".join(paths))
     return results
 
 

@@ -1,5 +1,6 @@
 """The training command's faults: progress output, argument checks that come before any training, exit statuses."""
 import io
+import os
 import sys
 
 import pytest
@@ -70,3 +71,90 @@ def test_missing_tqdm_warns_once_naming_the_extra_then_plain_lines(monkeypatch):
     assert text.count("tqdm is not installed") == 1
     assert "pip install 'hyperfused[train]'" in text
     assert len(_epoch_lines(text)) == 4 and "\r" not in text
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if the command gets as far as loading data or training."""
+    def boom(*a, **kw):
+        raise AssertionError("the command went on to load data / train")
+    monkeypatch.setattr(train.datasets, "load", boom)
+    monkeypatch.setattr(train, "train_one", boom)
+
+
+def _fails_at_parsing(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flag,make,problem", [
+    ("--out", lambda t: (t / "f").write_text("x") and t / "f", "it is a file, not a directory"),
+    ("--out", lambda t: (t / "f").write_text("x") and t / "f" / "sub" / "dir",
+     "is a file (or a broken link), so no directory can be created under it"),
+    ("--json", lambda t: t, "it is a directory, not a file"),
+    ("--json", lambda t: (t / "f").write_text("x") and t / "f" / "r.json",
+     "is a file (or a broken link), so no file can be created under it"),
+])
+def test_unusable_output_paths_fail_at_parsing(flag, make, problem, tmp_path, capsys, no_training):
+    path = str(make(tmp_path))
+    last = _fails_at_parsing(["--data", "synthetic", "--epochs", "1", flag, path], capsys)
+    assert last.startswith(f"python -m hyperfused.train: error: {flag} {path}: ") and last.endswith(problem)
+
+
+def _without_root_overrides():
+    """In the child before exec: drop CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from the bounding set,
+    so root's process is subject to file permissions after exec."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:            # PR_CAPBSET_DROP
+            os._exit(97)
+
+
+@pytest.mark.parametrize("flag,target", [("--out", "ro"), ("--out", "ro/new/dir"), ("--json", "ro/r.json")])
+def test_output_paths_in_a_read_only_directory_fail_at_parsing(flag, target):
+    """A directory without write permission. Root may write anywhere (CAP_DAC_OVERRIDE), so as root the
+    command runs with that capability dropped from its bounding set: the directory is then really read-only
+    to it, and writing into it would fail."""
+    import subprocess
+    import tempfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(train.__file__)))
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        os.mkdir(os.path.join(tmp, "ro"), 0o555)
+        os.chmod(os.path.join(tmp, "ro"), 0o555)
+        path = os.path.join(tmp, target)
+        code = ("import sys; from hyperfused import train\n"
+                "def boom(*a, **k): raise AssertionError('went on to load data')\n"
+                "train.datasets.load = boom\n"
+                f"train.main(['--data', 'synthetic', '--epochs', '1', {flag!r}, {path!r}])\n")
+        env = dict(os.environ, PYTHONPATH=root, HOME=tmp, MPLCONFIGDIR=tmp)
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, capture_output=True, text=True,
+                             preexec_fn=_without_root_overrides if os.geteuid() == 0 else None, timeout=300)
+    if out.returncode == 97:
+        pytest.skip("running as root without CAP_SETPCAP: cannot drop the capability that lets root write anywhere")
+    assert out.returncode == 2, out.stderr[-2000:]
+    where = os.path.join(tmp, "ro")
+    expected = ("the directory is not writable" if target == "ro" else
+                f"the {'directory' if flag == '--out' else 'file'} cannot be created because the directory "
+                f"{where} is not writable")
+    assert out.stderr.strip().splitlines()[-1] == f"python -m hyperfused.train: error: {flag} {path}: {expected}"
+
+
+def test_out_without_matplotlib_fails_at_parsing_naming_the_extra(tmp_path, monkeypatch, capsys, no_training):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib raises ImportError
+    last = _fails_at_parsing(["--data", "synthetic", "--epochs", "1", "--out", str(tmp_path / "run")], capsys)
+    assert last.endswith("--out writes its plots with matplotlib, which is not installed: "
+                         "pip install 'hyperfused[train]'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_json_creates_its_folder(tmp_path, capsys):
+    path = tmp_path / "a" / "b" / "r.json"
+    train.main(["--data", "synthetic", "--epochs", "1", "--no-progress", "--opt", "sgd(0.05)", "--json", str(path)])
+    import json
+    assert json.loads(path.read_text())["results"][0]["spec"] == "sgd(0.05)"
