@@ -50,6 +50,7 @@ class Level:
     kind: str
     lr: Optional[float] = None
     learn: Optional[Tuple[str, ...]] = None
+    span: Optional[Tuple[int, int]] = None     # (start, length) of this level in the spec's text, for messages
 
 
 @dataclass
@@ -74,8 +75,15 @@ def _point(text: str, start: int, length: int, why: str) -> SpecError:
     return SpecError(f"bad optimizer spec {text!r}: {why}\n  {text}\n  {' ' * start}{'^' * max(1, length)}")
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def parse_spec(text: str) -> Spec:
-    """Parse a tower spec such as ``adam[lr]/sgd(1e-5)``; raise SpecError pointing at the bad part."""
+    """Parse a tower spec such as ``adam[lr]/sgd(1e-5)``; raise SpecError pointing at the bad part.
+
+    Besides the grammar, the optimizer is built once on a dummy parameter, so whatever its classes reject (a
+    ValueError or TypeError of their constructors) fails here, before any training, as a SpecError pointing at
+    the level that caused it."""
     spec = Spec(text=text)
     if not text.strip():
         raise SpecError("empty optimizer spec; try e.g. 'adam(1e-3)/sgd(1e-5)'")
@@ -96,57 +104,101 @@ def parse_spec(text: str) -> Spec:
             raise _point(text, start, len(part), f"{kind} is not a hyperfused optimizer and cannot be part of a tower")
         lr = None
         if m.group("lr") is not None:
+            where = start + part.index("(")
             try:
                 lr = float(m.group("lr"))
             except ValueError:
-                raise _point(text, start + part.index("("), len(m.group("lr")) + 2,
+                raise _point(text, where, len(m.group("lr")) + 2,
                              f"learning rate {m.group('lr')!r} is not a number") from None
-            if not math.isfinite(lr) or lr < 0:
-                raise _point(text, start + part.index("("), len(m.group("lr")) + 2, "learning rate must be >= 0")
+            if not math.isfinite(lr) or lr < 0 or lr > _FLOAT32_MAX:
+                raise _point(text, where, len(m.group("lr")) + 2,
+                             f"learning rate {m.group('lr').strip()} is not a finite number between 0 and "
+                             f"{_FLOAT32_MAX:.4g} (the largest float32)")
+        if m.group("l1") is not None and m.group("l2") is not None:
+            raise _point(text, start + part.rindex("["), len(m.group("l2")) + 2,
+                         "the names a level learns are given twice; give them once, before or after (LR)")
         names = m.group("l1") if m.group("l1") is not None else m.group("l2")
         learn = None
         if names is not None:
+            where, width = start + part.index("["), len(names) + 2
             learn = tuple(n.strip() for n in names.split(",") if n.strip())
-            known = KINDS[kind].hyper_names if kind in KINDS else ()
+            if kind not in KINDS:
+                raise _point(text, where, width, f"{kind} learns no hyperparameters; leave out [{names}]")
+            if not learn:
+                raise _point(text, where, width, f"[{names}] names nothing to learn; leave it out "
+                             f"(without it the level learns its default set)")
+            known = KINDS[kind].hyper_names
             bad = [n for n in learn if n not in known]
             if bad:
-                raise _point(text, start + part.index("["), len(names) + 2,
-                             f"{kind} cannot learn {bad[0]!r}; it learns {', '.join(known)}")
+                raise _point(text, where, width, f"{kind} cannot learn {bad[0]!r}; it learns {', '.join(known)}")
+            if kind == "sgd" and "momentum" in learn:
+                raise _point(text, where, width, "sgd cannot learn 'momentum' here: a spec's sgd has no momentum "
+                             "(it starts at 0, and a momentum of 0 cannot be learned)")
             if i == len(parts) - 1:
-                raise _point(text, start + part.index("["), len(names) + 2,
-                             "the top level learns nothing (no level above it)")
-        spec.levels.append(Level(kind, lr, learn))
+                raise _point(text, where, width, "the top level learns nothing (no level above it)")
+        spec.levels.append(Level(kind, lr, learn, (start, len(part))))
+    _trial_build(spec)
     return spec
 
 
+def _trial_build(spec: Spec) -> None:
+    """Build the optimizer of ``spec`` on a dummy parameter (the reference backend: the backend is checked on
+    its own); an error of the optimizer classes becomes a SpecError pointing at the level that raised it."""
+    dummy = torch.zeros(2, 2, requires_grad=True)        # 2-D: AGD takes weight matrices only
+    try:
+        build_optimizer(spec, [dummy], backend="reference")
+    except SpecError:
+        raise
+    except (ValueError, TypeError) as exc:
+        why = str(exc).rstrip(".")
+        lv = getattr(exc, "_level", None)
+        if lv is not None and lv.span is not None:
+            raise _point(spec.text, lv.span[0], lv.span[1], why) from None
+        raise SpecError(f"bad optimizer spec {spec.text!r}: {why}") from None
+
+
 def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = False) -> torch.optim.Optimizer:
+    """The optimizer of ``spec`` over ``params``."""
     if spec.is_agd:
         gain = spec.levels[0].lr if spec.levels[0].lr is not None else 1.0
-        return hf.AGD(params, gain=gain, norm=AGD_KINDS[spec.levels[0].kind],
-                      backend=backend if backend in ("auto", "reference", "cpu") else "auto")
+        return _level_call(spec.levels[0], lambda: hf.AGD(
+            params, gain=gain, norm=AGD_KINDS[spec.levels[0].kind],
+            backend=backend if backend in ("auto", "reference", "cpu") else "auto"))
     if spec.is_peer:
         import importlib
         module, cls, default_lr = PEERS[spec.levels[0].kind]
         try:
             mod = importlib.import_module(module)
         except ImportError:
-            raise SpecError(f"{spec.text}: the optional package {module} is not installed (pip install {module})") from None
+            raise SpecError(f"optimizer spec {spec.text!r} needs the package {module}, which is not installed "
+                            f"(pip install {module})") from None
         lr = spec.levels[0].lr if spec.levels[0].lr is not None else default_lr
-        return getattr(mod, cls)(params, lr=lr)
+        return _level_call(spec.levels[0], lambda: getattr(mod, cls)(params, lr=lr))
     if spec.is_torch:
         lv = spec.levels[0]
-        return TORCH_KINDS[lv.kind](params, lr=lv.lr if lv.lr is not None else 1e-3)
+        return _level_call(lv, lambda: TORCH_KINDS[lv.kind](params, lr=lv.lr if lv.lr is not None else 1e-3))
     hyper = None
     for depth in range(len(spec.levels) - 1, -1, -1):
         lv = spec.levels[depth]
-        kw = {} if lv.lr is None else {"lr": lv.lr}
+        cls = KINDS[lv.kind]
+        kw: Dict[str, object] = {} if lv.lr is None else {"lr": lv.lr}
         if lv.learn is not None:
             kw["learn"] = lv.learn
         if depth == 0:
-            return KINDS[lv.kind](params, hyper=hyper, backend=backend, one_pass=one_pass and hyper is not None,
-                                  **kw)
-        hyper = KINDS[lv.kind](hyper=hyper, **kw)
+            return _level_call(lv, lambda: cls(params, hyper=hyper, backend=backend,
+                                               one_pass=one_pass and hyper is not None, **kw))
+        hyper = _level_call(lv, lambda: cls(hyper=hyper, **kw))
     raise AssertionError("unreachable")
+
+
+def _level_call(level: Level, make):
+    """Run a constructor; a ValueError or TypeError it raises remembers the level (for parse_spec's pointer)."""
+    try:
+        return make()
+    except (ValueError, TypeError) as exc:
+        if not isinstance(exc, SpecError):
+            exc._level = level
+        raise
 
 
 # --------------------------------------------------------------------------------------------- training

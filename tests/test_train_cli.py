@@ -158,3 +158,15 @@ def test_json_creates_its_folder(tmp_path, capsys):
     train.main(["--data", "synthetic", "--epochs", "1", "--no-progress", "--opt", "sgd(0.05)", "--json", str(path)])
     import json
     assert json.loads(path.read_text())["results"][0]["spec"] == "sgd(0.05)"
+
+
+@pytest.mark.parametrize("opt,carets", [("adam[](1e-3)/sgd", "    ^^"), ("sgd[momentum](0.1)/sgd", "   ^^^^^^^^^^"),
+                                        ("adam(1e-3)/adam[lr](1e-3)[lr]", "                         ^^^^")])
+def test_malformed_specs_on_the_command_line_fail_at_parsing(opt, carets, capsys, no_training):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--data", "synthetic", "--epochs", "1", "--opt", "sgd(0.1)", "--opt", opt])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"python -m hyperfused.train: error: bad optimizer spec {opt!r}: " in err
+    assert err.rstrip().splitlines()[-2:] == [f"  {opt}", f"  {carets}"]
