@@ -30,6 +30,7 @@ import torch.nn as nn
 import hyperfused as hf
 from hyperfused import data as datasets
 from hyperfused.models import MODELS, default_model, make_model
+from hyperfused.ops.triton import interpreting as triton_interpreting
 
 KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
 TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.sgd": torch.optim.SGD}
@@ -461,6 +462,34 @@ def _check_outputs(ap: argparse.ArgumentParser, args) -> None:
             ap.error(f"--out writes its plots with matplotlib, which is not installed: {TRAIN_EXTRA}")
 
 
+def backend_problem(backend: str, device) -> Optional[str]:
+    """Why ``--backend`` cannot run on ``device`` here, or None (the optimizers would fail at their first step)."""
+    dev = torch.device(device).type
+    if backend == "cpu":
+        if dev != "cpu":
+            return f"--backend cpu runs on CPU tensors, not on --device {device}; use --backend auto"
+        if not hf.ops.extension_available():
+            return ("--backend cpu needs the compiled extension hyperfused._C, which did not load here; build it "
+                    "with `pip install --no-build-isolation -e .` or use --backend auto")
+    if backend == "cuda":
+        if dev != "cuda":
+            where = "this machine has no CUDA device" if not torch.cuda.is_available() else f"--device is {device}"
+            return f"--backend cuda runs on CUDA tensors and {where}; use --backend auto"
+        if not hf.ops.cuda_extension_available():
+            return ("--backend cuda needs the CUDA extension hyperfused._C_cuda, which is not built here; build it "
+                    "with HYPERFUSED_CUDA=1 pip install --no-build-isolation -e . or use --backend auto")
+    if backend == "triton":
+        if not hf.ops.triton_available():
+            return "--backend triton needs the triton package, which does not import here: pip install 'hyperfused[triton]'"
+        if dev == "cpu" and not triton_interpreting():
+            where = "this machine has no CUDA device" if not torch.cuda.is_available() else "--device is cpu"
+            return (f"--backend triton runs on CUDA tensors and {where}; on the CPU it runs under the Triton "
+                    f"interpreter, which needs TRITON_INTERPRET=1 in the environment")
+        if dev not in ("cpu", "cuda"):
+            return f"--backend triton runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device}"
+    return None
+
+
 DEFAULT_OPTS = ["torch.adam(1e-3)", "adam(1e-3)", "adam(1e-3)/sgd(1e-4)", "sgd(0.01)", "sgd(0.01)/sgd(0.01)"]
 
 
@@ -497,8 +526,15 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     model_name = args.model or default_model(args.data)
     if (model_name == "charrnn") != (args.data == "shakespeare"):
         ap.error(f"--model {model_name} does not fit --data {args.data}: charrnn is the model of shakespeare")
+    try:
+        torch.device(args.device)
+    except (RuntimeError, ValueError):
+        ap.error(f"--device {args.device}: not a device name torch knows (e.g. cpu, cuda, cuda:1)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: this torch has no CUDA device")
+    problem = backend_problem(args.backend, args.device)
+    if problem:
+        ap.error(problem)
     progress = progress_mode(not args.no_progress, warn=True)
     torch.manual_seed(args.seed)
     try:

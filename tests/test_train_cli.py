@@ -170,3 +170,33 @@ def test_malformed_specs_on_the_command_line_fail_at_parsing(opt, carets, capsys
     assert "Traceback" not in err
     assert f"python -m hyperfused.train: error: bad optimizer spec {opt!r}: " in err
     assert err.rstrip().splitlines()[-2:] == [f"  {opt}", f"  {carets}"]
+
+
+def test_backend_cuda_without_a_cuda_device_fails_at_parsing(capsys, no_training):
+    last = _fails_at_parsing(["--data", "synthetic", "--epochs", "1", "--device", "cpu", "--backend", "cuda"], capsys)
+    where = "--device is cpu" if torch.cuda.is_available() else "this machine has no CUDA device"
+    assert last.endswith(f"error: --backend cuda runs on CUDA tensors and {where}; use --backend auto")
+
+
+def test_backend_triton_on_the_cpu_without_the_interpreter_fails_at_parsing(monkeypatch, capsys, no_training):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(train.hf.ops, "triton_available", lambda: True)
+    last = _fails_at_parsing(["--data", "synthetic", "--epochs", "1", "--device", "cpu", "--backend", "triton"],
+                             capsys)
+    assert "error: --backend triton runs on CUDA tensors and " in last
+    assert last.endswith("on the CPU it runs under the Triton interpreter, which needs TRITON_INTERPRET=1 in the "
+                         "environment")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert train.backend_problem("triton", "cpu") is None
+
+
+def test_backend_triton_without_triton_fails_at_parsing(monkeypatch, capsys, no_training):
+    monkeypatch.setattr(train.hf.ops, "triton_available", lambda: False)
+    last = _fails_at_parsing(["--data", "synthetic", "--epochs", "1", "--backend", "triton"], capsys)
+    assert last.endswith("error: --backend triton needs the triton package, which does not import here: "
+                         "pip install 'hyperfused[triton]'")
+
+
+def test_unknown_device_fails_at_parsing(capsys, no_training):
+    last = _fails_at_parsing(["--data", "synthetic", "--device", "gpu0"], capsys)
+    assert last.endswith("error: --device gpu0: not a device name torch knows (e.g. cpu, cuda, cuda:1)")
