@@ -9,6 +9,9 @@ hyperparameters that level learns (e.g. ``adam[lr]/sgd(1e-5)``). ``torch.adam(LR
 are torch's own optimizers, and ``prodigy``, ``dadapt.adam``, ``schedulefree.adamw`` other learning-rate-free
 optimizers when their packages are installed, for comparison. Every optimizer starts from the same weights and
 sees the same batches in the same order.
+
+From Python, ``hyperfused.train.run(argv)`` runs the command and returns its results; ``main(argv)`` (the
+console script's entry point) returns the exit status.
 """
 from __future__ import annotations
 
@@ -493,7 +496,10 @@ def backend_problem(backend: str, device) -> Optional[str]:
 DEFAULT_OPTS = ["torch.adam(1e-3)", "adam(1e-3)", "adam(1e-3)/sgd(1e-4)", "sgd(0.01)", "sgd(0.01)/sgd(0.01)"]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
+def run(argv: Optional[Sequence[str]] = None) -> List[Result]:
+    """The training command as a function: parse ``argv`` (default: sys.argv[1:]), train every optimizer, print
+    the table, write the files; return the results. A bad argument exits with status 2 (SystemExit), before
+    any training."""
     ap = argparse.ArgumentParser(prog="python -m hyperfused.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--opt", action="append", help="optimizer spec, repeatable (default: %s)" % DEFAULT_OPTS)
@@ -599,5 +605,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     return results
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The entry point of ``python -m hyperfused.train`` and of the console script ``hyperfused-train``: run the
+    command and return its exit status, 0 (a bad argument exits with 2 first). For the results, call run()."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -123,7 +123,7 @@ def test_fuzzed_specs_give_spec_errors_or_working_optimizers(seed):
 def test_short_run_on_digits_learns_and_writes_metrics_and_plots(capsys, tmp_path):
     pytest.importorskip("sklearn")
     out_dir = tmp_path / "run"
-    results = train.main(["--epochs", "3", "--no-progress", "--opt", "adam(1e-3)/sgd(1e-4)",
+    results = train.run(["--epochs", "3", "--no-progress", "--opt", "adam(1e-3)/sgd(1e-4)",
                           "--opt", "torch.adam(1e-3)", "--out", str(out_dir)])
     out = capsys.readouterr().out
     assert "adam(1e-3)/sgd(1e-4)" in out and "torch.adam(1e-3)" in out
@@ -150,7 +150,7 @@ def test_short_run_on_digits_learns_and_writes_metrics_and_plots(capsys, tmp_pat
 def test_other_models_and_synthetic_data_learn_well_below_chance(model, data, opt, bound):
     if data == "digits":
         pytest.importorskip("sklearn")
-    res = train.main(["--data", data, "--model", model, "--epochs", "2", "--no-progress", "--opt", opt])
+    res = train.run(["--data", data, "--model", model, "--epochs", "2", "--no-progress", "--opt", opt])
     assert res[0].test_error < bound
 
 

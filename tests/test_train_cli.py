@@ -21,7 +21,7 @@ def test_agd_runs_with_the_progress_bar(monkeypatch):
     pytest.importorskip("tqdm")
     err = FakeTTY()
     monkeypatch.setattr(sys, "stderr", err)
-    res = train.main(["--data", "synthetic", "--epochs", "1", "--opt", "agd"])
+    res = train.run(["--data", "synthetic", "--epochs", "1", "--opt", "agd"])
     assert res[0].spec == "agd"
     assert "eta=" in err.getvalue() and "\r" in err.getvalue()      # the bar ran, showing eta
 
@@ -200,3 +200,65 @@ def test_backend_triton_without_triton_fails_at_parsing(monkeypatch, capsys, no_
 def test_unknown_device_fails_at_parsing(capsys, no_training):
     last = _fails_at_parsing(["--data", "synthetic", "--device", "gpu0"], capsys)
     assert last.endswith("error: --device gpu0: not a device name torch knows (e.g. cpu, cuda, cuda:1)")
+
+
+def _console_script_entry_point():
+    """The function pyproject.toml's [project.scripts] names for hyperfused-train."""
+    import importlib
+    import tomllib
+    root = os.path.dirname(os.path.dirname(os.path.abspath(train.__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["hyperfused-train"]
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+TINY = ["--data", "synthetic", "--epochs", "1", "--no-progress", "--opt", "sgd(0.05)"]
+
+
+def test_console_script_exits_0_after_a_successful_run(monkeypatch, capsys):
+    """The installed script does sys.exit(entry_point()) with sys.argv: a successful run exits 0 and writes no
+    Python repr to stderr (it exited 1 and printed the results list)."""
+    entry = _console_script_entry_point()
+    monkeypatch.setattr(sys, "argv", ["hyperfused-train"] + TINY)
+    with pytest.raises(SystemExit) as info:
+        sys.exit(entry())
+    assert info.value.code == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "sgd(0.05)" in captured.out
+    status = entry(TINY)
+    assert type(status) is int and status == 0
+
+
+def test_console_script_exits_2_on_a_bad_argument(monkeypatch, capsys):
+    entry = _console_script_entry_point()
+    monkeypatch.setattr(sys, "argv", ["hyperfused-train", "--opt", "adam[](1e-3)/sgd"])
+    with pytest.raises(SystemExit) as info:
+        sys.exit(entry())
+    assert info.value.code == 2 and "bad optimizer spec" in capsys.readouterr().err
+
+
+def test_run_returns_the_results():
+    res = train.run(TINY)
+    assert [r.spec for r in res] == ["sgd(0.05)"] and len(res[0].epochs) == 1
+
+
+@pytest.mark.parametrize("how", ["python -m", "installed script"])
+def test_the_command_in_a_subprocess_exits_0_with_a_clean_stderr(how, tmp_path):
+    """python -m hyperfused.train, and the hyperfused-train script pip installed next to this Python (this
+    checkout's package comes first on PYTHONPATH)."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(train.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if how == "python -m":
+        cmd = [sys.executable, "-m", "hyperfused.train"]
+    else:
+        script = os.path.join(os.path.dirname(sys.executable), "hyperfused-train")
+        if not os.path.exists(script):
+            pytest.skip("no hyperfused-train script next to this Python (the package is not pip-installed)")
+        cmd = [script]
+    out = subprocess.run(cmd + TINY + ["--json", str(tmp_path / "r.json")], cwd=str(tmp_path), env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Result(" not in out.stderr and "Traceback" not in out.stderr
+    assert "sgd(0.05)" in out.stdout and (tmp_path / "r.json").stat().st_size > 0
