@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -82,10 +83,11 @@ def _point(text: str, start: int, length: int, why: str) -> SpecError:
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
-def parse_spec(text: str) -> Spec:
+def parse_spec(text: str, conventions: str = "torch") -> Spec:
     """Parse a tower spec such as ``adam[lr]/sgd(1e-5)``; raise SpecError pointing at the bad part.
 
-    Besides the grammar, the optimizer is built once on a dummy parameter, so whatever its classes reject (a
+    Besides the grammar, the optimizer is built once on a dummy parameter (with ``conventions``, see
+    build_optimizer), so whatever its classes reject (a
     ValueError or TypeError of their constructors) fails here, before any training, as a SpecError pointing at
     the level that caused it."""
     spec = Spec(text=text)
@@ -141,16 +143,16 @@ def parse_spec(text: str) -> Spec:
             if i == len(parts) - 1:
                 raise _point(text, where, width, "the top level learns nothing (no level above it)")
         spec.levels.append(Level(kind, lr, learn, (start, len(part))))
-    _trial_build(spec)
+    _trial_build(spec, conventions)
     return spec
 
 
-def _trial_build(spec: Spec) -> None:
+def _trial_build(spec: Spec, conventions: str) -> None:
     """Build the optimizer of ``spec`` on a dummy parameter (the reference backend: the backend is checked on
     its own); an error of the optimizer classes becomes a SpecError pointing at the level that raised it."""
     dummy = torch.zeros(2, 2, requires_grad=True)        # 2-D: AGD takes weight matrices only
     try:
-        build_optimizer(spec, [dummy], backend="reference")
+        build_optimizer(spec, [dummy], backend="reference", conventions=conventions)
     except SpecError:
         raise
     except (ValueError, TypeError) as exc:
@@ -161,8 +163,45 @@ def _trial_build(spec: Spec) -> None:
         raise SpecError(f"bad optimizer spec {spec.text!r}: {why}") from None
 
 
-def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = False) -> torch.optim.Optimizer:
-    """The optimizer of ``spec`` over ``params``."""
+CONVENTIONS = ("torch", "paper")
+PAPER_ADAGRAD_INITIAL_ACCUMULATOR = 0.1      # the paper's package starts Adagrad's sum of squares at 0.1
+
+
+def _default_of(cls, name: str):
+    for c in (cls, hf.Adam):
+        p = inspect.signature(c).parameters.get(name)
+        if p is not None and p.default is not inspect.Parameter.empty:
+            return p.default
+    raise KeyError(name)
+
+
+def _paper_kwargs(kind: str, cls, kw: Dict[str, object]) -> Dict[str, object]:
+    """The paper package's conventions for one level of a tower: keywords added to its constructor."""
+    if kind == "adam":               # v starts at that level's eps
+        return {"initial_exp_avg_sq": kw.get("eps", _default_of(cls, "eps"))}
+    if kind == "adagrad":
+        return {"initial_accumulator_value": PAPER_ADAGRAD_INITIAL_ACCUMULATOR}
+    return {}
+
+
+def _accepts(cls, name: str) -> bool:
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = False,
+                    conventions: str = "torch") -> torch.optim.Optimizer:
+    """The optimizer of ``spec`` over ``params``.
+
+    ``conventions``: "torch" (default) builds the hyperfused levels with their classes' defaults, which equal
+    torch.optim's; "paper" builds every Adam level of a tower with ``initial_exp_avg_sq=eps`` (v starts at
+    eps) and every Adagrad level with ``initial_accumulator_value=0.1``, as the paper's package does. Only
+    hyperfused towers are affected."""
+    if conventions not in CONVENTIONS:
+        raise SpecError(f"unknown conventions {conventions!r}; choose one of {', '.join(CONVENTIONS)}")
     if spec.is_agd:
         gain = spec.levels[0].lr if spec.levels[0].lr is not None else 1.0
         return _level_call(spec.levels[0], lambda: hf.AGD(
@@ -188,6 +227,13 @@ def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = 
         kw: Dict[str, object] = {} if lv.lr is None else {"lr": lv.lr}
         if lv.learn is not None:
             kw["learn"] = lv.learn
+        if conventions == "paper":
+            extra = _paper_kwargs(lv.kind, cls, kw)
+            for name in extra:
+                if not _accepts(cls, name):
+                    raise SpecError(f"--conventions paper needs the keyword {name} of hf.{cls.__name__}, which "
+                                    f"this version of hyperfused does not have")
+            kw.update(extra)
         if depth == 0:
             return _level_call(lv, lambda: cls(params, hyper=hyper, backend=backend,
                                                one_pass=one_pass and hyper is not None, **kw))
@@ -351,11 +397,12 @@ def progress_mode(progress, stream=None, warn: bool = False) -> Optional[str]:
 
 def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int, batch_size: int, seed: int,
               backend: str = "auto", progress=True, one_pass: bool = False, device="cpu",
-              progress_stream=None) -> Result:
+              progress_stream=None, conventions: str = "torch") -> Result:
     """Train ``model`` with the optimizer of ``spec``; every run with the same seed sees the same batches.
 
     ``progress``: False (silent), True (a bar on a terminal, else one line per epoch; see progress_mode), or
-    "bar" / "lines". Progress goes to ``progress_stream`` (default: sys.stderr)."""
+    "bar" / "lines". Progress goes to ``progress_stream`` (default: sys.stderr). ``conventions``: see
+    build_optimizer."""
     device = torch.device(device)
     model.to(device)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
@@ -376,7 +423,7 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
     step_time = 0.0
     n_steps = 0
     with _PeakMemory(device) as mem:
-        opt = build_optimizer(spec, model.parameters(), backend, one_pass)
+        opt = build_optimizer(spec, model.parameters(), backend, one_pass, conventions=conventions)
         modes = hasattr(opt, "train") and hasattr(opt, "eval")      # schedule-free optimizers
         for epoch in range(1, epochs + 1):
             if modes:
@@ -483,7 +530,8 @@ def backend_problem(backend: str, device) -> Optional[str]:
                     "with HYPERFUSED_CUDA=1 pip install --no-build-isolation -e . or use --backend auto")
     if backend == "triton":
         if not hf.ops.triton_available():
-            return "--backend triton needs the triton package, which does not import here: pip install 'hyperfused[triton]'"
+            return ("--backend triton needs the triton package, which does not import here: "
+                    "pip install 'hyperfused[triton]'")
         if dev == "cpu" and not triton_interpreting():
             where = "this machine has no CUDA device" if not torch.cuda.is_available() else "--device is cpu"
             return (f"--backend triton runs on CUDA tensors and {where}; on the CPU it runs under the Triton "
@@ -517,6 +565,10 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Result]:
     ap.add_argument("--backend", default="auto", choices=list(hf.ops.BACKENDS))
     ap.add_argument("--one-pass", action="store_true",
                     help="run the hypergradient optimizers in one-pass mode (hyperparameters act one step late)")
+    ap.add_argument("--conventions", default="torch", choices=CONVENTIONS,
+                    help="initial optimizer state of the hyperfused Adam and Adagrad levels: torch (default: as "
+                         "torch.optim, v and the sum of squares start at 0) or paper (as the paper's package: "
+                         "Adam's v starts at eps, Adagrad's sum at 0.1), at every level of every tower")
     ap.add_argument("--out", help="directory for metrics.json, steps.csv, epochs.csv, loss.png and hyper.png")
     ap.add_argument("--json", help="also write the results (per optimizer) to this file (its folder is created)")
     ap.add_argument("--no-progress", action="store_true",
@@ -526,7 +578,7 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Result]:
         ap.error("--epochs and --batch-size must be >= 1")
     _check_outputs(ap, args)
     try:
-        specs = [parse_spec(s) for s in (args.opt or DEFAULT_OPTS)]
+        specs = [parse_spec(s, conventions=args.conventions) for s in (args.opt or DEFAULT_OPTS)]
     except SpecError as exc:
         ap.error(str(exc))
     model_name = args.model or default_model(args.data)
@@ -561,7 +613,8 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Result]:
     for spec in specs:                 # one step of every optimizer on a throwaway copy
         warm = copy.deepcopy(base).to(args.device)
         try:
-            opt = build_optimizer(spec, warm.parameters(), args.backend, args.one_pass)
+            opt = build_optimizer(spec, warm.parameters(), args.backend, args.one_pass,
+                                  conventions=args.conventions)
         except SpecError as exc:
             ap.error(str(exc))
         if hasattr(opt, "train") and hasattr(opt, "eval"):
@@ -576,10 +629,12 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Result]:
     for spec in specs:
         model = copy.deepcopy(base)
         results.append(train_one(spec, model, data, args.epochs, args.batch_size, args.seed, args.backend,
-                                 progress=progress, one_pass=args.one_pass, device=args.device))
+                                 progress=progress, one_pass=args.one_pass, device=args.device,
+                                 conventions=args.conventions))
     mode = "one-pass" if args.one_pass else "exact"
     title = (f"{args.data}, {model_name} ({args.hidden} hidden), {args.epochs} epochs, batch {args.batch_size}, "
-             f"seed {args.seed}, hypergradients {mode}")
+             f"seed {args.seed}, hypergradients {mode}"
+             + (", the paper's conventions" if args.conventions == "paper" else ""))
     print(f"\n{title}; {len(data.x_train)} train / {len(data.x_test)} test examples, device {args.device}")
     w = max(len(r.spec) for r in results)
     mem_kind = "allocated" if str(args.device).startswith("cuda") else "resident"

@@ -262,3 +262,87 @@ def test_the_command_in_a_subprocess_exits_0_with_a_clean_stderr(how, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Result(" not in out.stderr and "Traceback" not in out.stderr
     assert "sgd(0.05)" in out.stdout and (tmp_path / "r.json").stat().st_size > 0
+
+
+# --conventions: the keywords reach the constructors. The classes are replaced by recording subclasses that pass
+# on only the keywords the real class accepts, so these tests do not depend on hf.Adam having
+# initial_exp_avg_sq yet.
+@pytest.fixture
+def constructor_calls(monkeypatch):
+    import inspect
+    calls = []
+    for kind, cls in list(train.KINDS.items()):
+        accepted = set(inspect.signature(cls).parameters)
+
+        def init(self, *args, _cls=cls, _kind=kind, _accepted=accepted, **kw):
+            calls.append((_kind, dict(kw)))
+            _cls.__init__(self, *args, **{k: v for k, v in kw.items() if k in _accepted})
+
+        monkeypatch.setitem(train.KINDS, kind, type(f"Recording{cls.__name__}", (cls,), {"__init__": init}))
+    return calls
+
+
+PAPER_KW = {"adam": ("initial_exp_avg_sq", 1e-8), "adagrad": ("initial_accumulator_value", 0.1)}
+
+
+def _check_paper_kwargs(calls, paper):
+    for kind, kw in calls:
+        if kind in PAPER_KW:
+            name, value = PAPER_KW[kind]
+            assert (kw.get(name) == value) if paper else (name not in kw), (kind, kw)
+        assert not {"initial_exp_avg_sq", "initial_accumulator_value"} & set(kw) or kind in PAPER_KW, (kind, kw)
+
+
+def test_build_optimizer_passes_the_paper_conventions_to_every_level(constructor_calls):
+    spec = train.parse_spec("adam(1e-3)/adagrad(0.01)/rmsprop(1e-4)/adam(1e-5)/sgd(1e-6)")
+    constructor_calls.clear()
+    opt = train.build_optimizer(spec, [torch.zeros(3, requires_grad=True)], conventions="paper")
+    assert opt.height == 4
+    # built top-down: sgd, adam, rmsprop, adagrad, then level 0
+    assert [k for k, _ in constructor_calls] == ["sgd", "adam", "rmsprop", "adagrad", "adam"]
+    assert [constructor_calls[i][1]["initial_exp_avg_sq"] for i in (1, 4)] == [1e-8, 1e-8]
+    assert constructor_calls[3][1]["initial_accumulator_value"] == 0.1
+    _check_paper_kwargs(constructor_calls, paper=True)
+    constructor_calls.clear()
+    train.build_optimizer(spec, [torch.zeros(3, requires_grad=True)])            # torch conventions: nothing added
+    assert len(constructor_calls) == 5
+    _check_paper_kwargs(constructor_calls, paper=False)
+
+
+@pytest.mark.parametrize("conventions", ["paper", "torch"])
+def test_conventions_option_reaches_every_tower_built(conventions, constructor_calls, capsys):
+    train.run(["--data", "synthetic", "--epochs", "1", "--no-progress", "--conventions", conventions,
+               "--opt", "adagrad(0.01)/adam(1e-4)", "--opt", "torch.adam(1e-3)"])
+    # the check at parsing, the warm-up and the run: three builds of the two levels
+    assert [k for k, _ in constructor_calls] == ["adam", "adagrad"] * 3
+    _check_paper_kwargs(constructor_calls, paper=conventions == "paper")
+    assert ("the paper's conventions" in capsys.readouterr().out) == (conventions == "paper")
+
+
+def test_paper_conventions_without_the_keyword_fail_at_parsing(monkeypatch, capsys, no_training):
+    class AdamWithoutIt(train.hf.Adam):          # hf.Adam as it was before initial_exp_avg_sq
+        def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, *, hyper=None, learn=None,
+                     per_tensor=False, backend="auto", one_pass=False):
+            super().__init__(params, lr, betas, eps, hyper=hyper, learn=learn, per_tensor=per_tensor,
+                             backend=backend, one_pass=one_pass)
+
+    monkeypatch.setitem(train.KINDS, "adam", AdamWithoutIt)
+    last = _fails_at_parsing(["--conventions", "paper", "--opt", "sgd(0.1)/adam(1e-3)"], capsys)
+    assert last.endswith("error: --conventions paper needs the keyword initial_exp_avg_sq of hf.AdamWithoutIt, "
+                         "which this version of hyperfused does not have")
+
+
+def test_paper_experiments_build_every_tower_with_the_paper_conventions(constructor_calls):
+    """bench/paper_experiments.py reproduces the paper's Table 1: its runs use the paper's conventions."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(train.__file__)))
+    sys.path.insert(0, os.path.join(root, "bench"))
+    try:
+        import paper_experiments
+    finally:
+        sys.path.remove(os.path.join(root, "bench"))
+    data = train.datasets.load("synthetic", 0)
+    specs = ["adam(1e-3)/sgd(1e-5)", "adagrad(0.01)/adam(1e-4)", "torch.adam(1e-3)"]
+    res = paper_experiments._run(data, specs, 1, 256)
+    assert len(res) == 3 and [k for k, _ in constructor_calls].count("adam") == 2 * 2    # parse check + the run
+    assert [k for k, _ in constructor_calls].count("adagrad") == 2
+    _check_paper_kwargs(constructor_calls, paper=True)
