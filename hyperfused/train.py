@@ -469,6 +469,10 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
                   1000 * step_time / max(1, n_steps), peak, skipped, _levels_of(opt), steps, epoch_rows)
 
 
+def _can(path: str, mode: int) -> bool:
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
 def path_problem(path: str, directory: bool) -> Optional[str]:
     """Why ``path`` cannot be written as a directory (``directory``) or as a file, or None. A path that does not
     exist yet must be creatable: its nearest existing ancestor a writable directory."""
@@ -479,13 +483,13 @@ def path_problem(path: str, directory: bool) -> Optional[str]:
     if os.path.isdir(full):
         if not directory:
             return "it is a directory, not a file"
-        if not os.access(full, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        if not _can(full, os.W_OK | os.X_OK):
             return "the directory is not writable"
         return None
     if os.path.exists(full):
         if directory:
             return "it is a file, not a directory"
-        if not os.access(full, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+        if not _can(full, os.W_OK):
             return "the file is not writable"
         return None
     parent = os.path.dirname(full)
@@ -493,7 +497,7 @@ def path_problem(path: str, directory: bool) -> Optional[str]:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         return f"{parent} is a file (or a broken link), so no {what} can be created under it"
-    if not os.access(parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+    if not _can(parent, os.W_OK | os.X_OK):
         return f"the {what} cannot be created because the directory {parent} is not writable"
     return None
 
@@ -654,8 +658,7 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Result]:
             json.dump({"meta": meta, "results": runs}, f)
     if args.out:
         from . import report
-        paths = report.write_metrics(args.out, runs, meta)
-        paths += report.plot(args.out, runs, title)
+        paths = report.write_metrics(args.out, runs, meta) + report.plot(args.out, runs, title)
         print("wrote " + ", ".join(paths))
     return results
 
