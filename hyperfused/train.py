@@ -9,14 +9,19 @@ hyperparameters that level learns (e.g. ``adam[lr]/sgd(1e-5)``). ``torch.adam(LR
 are torch's own optimizers, and ``prodigy``, ``dadapt.adam``, ``schedulefree.adamw`` other learning-rate-free
 optimizers when their packages are installed, for comparison. Every optimizer starts from the same weights and
 sees the same batches in the same order.
+
+From Python, ``hyperfused.train.run(argv)`` runs the command and returns its results; ``main(argv)`` (the
+console script's entry point) returns the exit status.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
+import inspect
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -29,6 +34,7 @@ import torch.nn as nn
 import hyperfused as hf
 from hyperfused import data as datasets
 from hyperfused.models import MODELS, default_model, make_model
+from hyperfused.ops.triton import interpreting as triton_interpreting
 
 KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
 TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.sgd": torch.optim.SGD}
@@ -49,6 +55,7 @@ class Level:
     kind: str
     lr: Optional[float] = None
     learn: Optional[Tuple[str, ...]] = None
+    span: Optional[Tuple[int, int]] = None     # (start, length) of this level in the spec's text, for messages
 
 
 @dataclass
@@ -73,8 +80,16 @@ def _point(text: str, start: int, length: int, why: str) -> SpecError:
     return SpecError(f"bad optimizer spec {text!r}: {why}\n  {text}\n  {' ' * start}{'^' * max(1, length)}")
 
 
-def parse_spec(text: str) -> Spec:
-    """Parse a tower spec such as ``adam[lr]/sgd(1e-5)``; raise SpecError pointing at the bad part."""
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def parse_spec(text: str, conventions: str = "torch") -> Spec:
+    """Parse a tower spec such as ``adam[lr]/sgd(1e-5)``; raise SpecError pointing at the bad part.
+
+    Besides the grammar, the optimizer is built once on a dummy parameter (with ``conventions``, see
+    build_optimizer), so whatever its classes reject (a
+    ValueError or TypeError of their constructors) fails here, before any training, as a SpecError pointing at
+    the level that caused it."""
     spec = Spec(text=text)
     if not text.strip():
         raise SpecError("empty optimizer spec; try e.g. 'adam(1e-3)/sgd(1e-5)'")
@@ -95,57 +110,145 @@ def parse_spec(text: str) -> Spec:
             raise _point(text, start, len(part), f"{kind} is not a hyperfused optimizer and cannot be part of a tower")
         lr = None
         if m.group("lr") is not None:
+            where = start + part.index("(")
             try:
                 lr = float(m.group("lr"))
             except ValueError:
-                raise _point(text, start + part.index("("), len(m.group("lr")) + 2,
+                raise _point(text, where, len(m.group("lr")) + 2,
                              f"learning rate {m.group('lr')!r} is not a number") from None
-            if not math.isfinite(lr) or lr < 0:
-                raise _point(text, start + part.index("("), len(m.group("lr")) + 2, "learning rate must be >= 0")
+            if not math.isfinite(lr) or lr < 0 or lr > _FLOAT32_MAX:
+                raise _point(text, where, len(m.group("lr")) + 2,
+                             f"learning rate {m.group('lr').strip()} is not a finite number between 0 and "
+                             f"{_FLOAT32_MAX:.4g} (the largest float32)")
+        if m.group("l1") is not None and m.group("l2") is not None:
+            raise _point(text, start + part.rindex("["), len(m.group("l2")) + 2,
+                         "the names a level learns are given twice; give them once, before or after (LR)")
         names = m.group("l1") if m.group("l1") is not None else m.group("l2")
         learn = None
         if names is not None:
+            where, width = start + part.index("["), len(names) + 2
             learn = tuple(n.strip() for n in names.split(",") if n.strip())
-            known = KINDS[kind].hyper_names if kind in KINDS else ()
+            if kind not in KINDS:
+                raise _point(text, where, width, f"{kind} learns no hyperparameters; leave out [{names}]")
+            if not learn:
+                raise _point(text, where, width, f"[{names}] names nothing to learn; leave it out "
+                             f"(without it the level learns its default set)")
+            known = KINDS[kind].hyper_names
             bad = [n for n in learn if n not in known]
             if bad:
-                raise _point(text, start + part.index("["), len(names) + 2,
-                             f"{kind} cannot learn {bad[0]!r}; it learns {', '.join(known)}")
+                raise _point(text, where, width, f"{kind} cannot learn {bad[0]!r}; it learns {', '.join(known)}")
+            if kind == "sgd" and "momentum" in learn:
+                raise _point(text, where, width, "sgd cannot learn 'momentum' here: a spec's sgd has no momentum "
+                             "(it starts at 0, and a momentum of 0 cannot be learned)")
             if i == len(parts) - 1:
-                raise _point(text, start + part.index("["), len(names) + 2,
-                             "the top level learns nothing (no level above it)")
-        spec.levels.append(Level(kind, lr, learn))
+                raise _point(text, where, width, "the top level learns nothing (no level above it)")
+        spec.levels.append(Level(kind, lr, learn, (start, len(part))))
+    _trial_build(spec, conventions)
     return spec
 
 
-def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = False) -> torch.optim.Optimizer:
+def _trial_build(spec: Spec, conventions: str) -> None:
+    """Build the optimizer of ``spec`` on a dummy parameter (the reference backend: the backend is checked on
+    its own); an error of the optimizer classes becomes a SpecError pointing at the level that raised it."""
+    dummy = torch.zeros(2, 2, requires_grad=True)        # 2-D: AGD takes weight matrices only
+    try:
+        build_optimizer(spec, [dummy], backend="reference", conventions=conventions)
+    except SpecError:
+        raise
+    except (ValueError, TypeError) as exc:
+        why = str(exc).rstrip(".")
+        lv = getattr(exc, "_level", None)
+        if lv is not None and lv.span is not None:
+            raise _point(spec.text, lv.span[0], lv.span[1], why) from None
+        raise SpecError(f"bad optimizer spec {spec.text!r}: {why}") from None
+
+
+CONVENTIONS = ("torch", "paper")
+PAPER_ADAGRAD_INITIAL_ACCUMULATOR = 0.1      # the paper's package starts Adagrad's sum of squares at 0.1
+
+
+def _default_of(cls, name: str):
+    for c in (cls, hf.Adam):
+        p = inspect.signature(c).parameters.get(name)
+        if p is not None and p.default is not inspect.Parameter.empty:
+            return p.default
+    raise KeyError(name)
+
+
+def _paper_kwargs(kind: str, cls, kw: Dict[str, object]) -> Dict[str, object]:
+    """The paper package's conventions for one level of a tower: keywords added to its constructor."""
+    if kind == "adam":               # v starts at that level's eps
+        return {"initial_exp_avg_sq": kw.get("eps", _default_of(cls, "eps"))}
+    if kind == "adagrad":
+        return {"initial_accumulator_value": PAPER_ADAGRAD_INITIAL_ACCUMULATOR}
+    return {}
+
+
+def _accepts(cls, name: str) -> bool:
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = False,
+                    conventions: str = "torch") -> torch.optim.Optimizer:
+    """The optimizer of ``spec`` over ``params``.
+
+    ``conventions``: "torch" (default) builds the hyperfused levels with their classes' defaults, which equal
+    torch.optim's; "paper" builds every Adam level of a tower with ``initial_exp_avg_sq=eps`` (v starts at
+    eps) and every Adagrad level with ``initial_accumulator_value=0.1``, as the paper's package does. Only
+    hyperfused towers are affected."""
+    if conventions not in CONVENTIONS:
+        raise SpecError(f"unknown conventions {conventions!r}; choose one of {', '.join(CONVENTIONS)}")
     if spec.is_agd:
         gain = spec.levels[0].lr if spec.levels[0].lr is not None else 1.0
-        return hf.AGD(params, gain=gain, norm=AGD_KINDS[spec.levels[0].kind],
-                      backend=backend if backend in ("auto", "reference", "cpu") else "auto")
+        return _level_call(spec.levels[0], lambda: hf.AGD(
+            params, gain=gain, norm=AGD_KINDS[spec.levels[0].kind],
+            backend=backend if backend in ("auto", "reference", "cpu") else "auto"))
     if spec.is_peer:
         import importlib
         module, cls, default_lr = PEERS[spec.levels[0].kind]
         try:
             mod = importlib.import_module(module)
         except ImportError:
-            raise SpecError(f"{spec.text}: the optional package {module} is not installed (pip install {module})") from None
+            raise SpecError(f"optimizer spec {spec.text!r} needs the package {module}, which is not installed "
+                            f"(pip install {module})") from None
         lr = spec.levels[0].lr if spec.levels[0].lr is not None else default_lr
-        return getattr(mod, cls)(params, lr=lr)
+        return _level_call(spec.levels[0], lambda: getattr(mod, cls)(params, lr=lr))
     if spec.is_torch:
         lv = spec.levels[0]
-        return TORCH_KINDS[lv.kind](params, lr=lv.lr if lv.lr is not None else 1e-3)
+        return _level_call(lv, lambda: TORCH_KINDS[lv.kind](params, lr=lv.lr if lv.lr is not None else 1e-3))
     hyper = None
     for depth in range(len(spec.levels) - 1, -1, -1):
         lv = spec.levels[depth]
-        kw = {} if lv.lr is None else {"lr": lv.lr}
+        cls = KINDS[lv.kind]
+        kw: Dict[str, object] = {} if lv.lr is None else {"lr": lv.lr}
         if lv.learn is not None:
             kw["learn"] = lv.learn
+        if conventions == "paper":
+            extra = _paper_kwargs(lv.kind, cls, kw)
+            for name in extra:
+                if not _accepts(cls, name):
+                    raise SpecError(f"--conventions paper needs the keyword {name} of hf.{cls.__name__}, which "
+                                    f"this version of hyperfused does not have")
+            kw.update(extra)
         if depth == 0:
-            return KINDS[lv.kind](params, hyper=hyper, backend=backend, one_pass=one_pass and hyper is not None,
-                                  **kw)
-        hyper = KINDS[lv.kind](hyper=hyper, **kw)
+            return _level_call(lv, lambda: cls(params, hyper=hyper, backend=backend,
+                                               one_pass=one_pass and hyper is not None, **kw))
+        hyper = _level_call(lv, lambda: cls(hyper=hyper, **kw))
     raise AssertionError("unreachable")
+
+
+def _level_call(level: Level, make):
+    """Run a constructor; a ValueError or TypeError it raises remembers the level (for parse_spec's pointer)."""
+    try:
+        return make()
+    except (ValueError, TypeError) as exc:
+        if not isinstance(exc, SpecError):
+            exc._level = level
+        raise
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -177,11 +280,25 @@ def _fmt_levels(levels: List[Dict[str, object]]) -> str:
 
 
 def _levels_of(opt) -> List[Dict[str, object]]:
+    """The hyperparameters of every level: a tower's learned ones, AGD's automatic eta, else the first param
+    group's lr when the optimizer has one (an optimizer without an lr reports no hyperparameters)."""
     if isinstance(opt, hf.AGD):
         return [{"eta": float(opt.eta)}]
     if isinstance(opt, hf.HyperOptimizer):
         return [lv.hyperparameters() for lv in opt.levels]
-    return [{"lr": float(opt.param_groups[0]["lr"])}]
+    lr = opt.param_groups[0].get("lr") if opt.param_groups else None
+    return [{"lr": float(lr)}] if isinstance(lr, (int, float, torch.Tensor)) else [{}]
+
+
+def _postfix(loss: float, levels: List[Dict[str, object]]) -> Dict[str, str]:
+    """The progress bar's postfix: the loss and level 0's first hyperparameter (lr, or AGD's eta), if any."""
+    out = {"loss": f"{loss:.4f}"}
+    for name, v in (levels[0] if levels else {}).items():
+        if isinstance(v, list):
+            v = sum(v) / len(v) if v else float("nan")
+        out[name] = f"{float(v):.3g}"
+        break
+    return out
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -245,28 +362,68 @@ class _PeakMemory:
         return False
 
 
+TRAIN_EXTRA = "pip install 'hyperfused[train]'"
+
+
+def _have_tqdm() -> bool:
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def progress_mode(progress, stream=None, warn: bool = False) -> Optional[str]:
+    """How a run shows its progress on ``stream`` (default: sys.stderr): "bar" (tqdm) on a terminal, "lines"
+    (one plain line per epoch) when the stream is not a terminal (a log file or a pipe, where a bar's redraws
+    would pile up into one long line) or tqdm is missing, None when ``progress`` is false. ``progress`` may
+    also name the mode. With ``warn``, a bar that cannot be shown because tqdm is missing says so once on the
+    stream, naming the extra that installs it."""
+    if not progress:
+        return None
+    if progress in ("bar", "lines"):
+        return progress
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if not (callable(isatty) and isatty()):
+        return "lines"
+    if _have_tqdm():
+        return "bar"
+    if warn:
+        print(f"warning: tqdm is not installed, so progress is shown as one line per epoch instead of a bar "
+              f"({TRAIN_EXTRA} installs it)", file=stream, flush=True)
+    return "lines"
+
+
 def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int, batch_size: int, seed: int,
-              backend: str = "auto", progress: bool = True, one_pass: bool = False, device="cpu") -> Result:
-    """Train ``model`` with the optimizer of ``spec``; every run with the same seed sees the same batches."""
+              backend: str = "auto", progress=True, one_pass: bool = False, device="cpu",
+              progress_stream=None, conventions: str = "torch") -> Result:
+    """Train ``model`` with the optimizer of ``spec``; every run with the same seed sees the same batches.
+
+    ``progress``: False (silent), True (a bar on a terminal, else one line per epoch; see progress_mode), or
+    "bar" / "lines". Progress goes to ``progress_stream`` (default: sys.stderr). ``conventions``: see
+    build_optimizer."""
     device = torch.device(device)
     model.to(device)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(x_tr) / batch_size)
+    stream = sys.stderr if progress_stream is None else progress_stream
+    mode = progress_mode(progress, stream)
     bar = None
-    if progress:
+    if mode == "bar":
         try:
             from tqdm import tqdm
-            bar = tqdm(total=epochs * steps_per_epoch, desc=spec.text, leave=False, file=sys.stderr,
+            bar = tqdm(total=epochs * steps_per_epoch, desc=spec.text, leave=False, file=stream,
                        dynamic_ncols=True)
         except ImportError:
-            bar = None
+            mode = "lines"
     steps: List[dict] = []
     epoch_rows: List[dict] = []
     step_time = 0.0
     n_steps = 0
     with _PeakMemory(device) as mem:
-        opt = build_optimizer(spec, model.parameters(), backend, one_pass)
+        opt = build_optimizer(spec, model.parameters(), backend, one_pass, conventions=conventions)
         modes = hasattr(opt, "train") and hasattr(opt, "eval")      # schedule-free optimizers
         for epoch in range(1, epochs + 1):
             if modes:
@@ -290,7 +447,7 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
                 levels = _levels_of(opt)
                 steps.append({"step": n_steps, "epoch": epoch, "loss": lv, "levels": levels})
                 if bar is not None:
-                    bar.set_postfix(loss=f"{lv:.4f}", lr=f"{float(opt.param_groups[0]['lr']):.3g}")
+                    bar.set_postfix(_postfix(lv, levels))
                     bar.update(1)
             if modes:
                 opt.eval()
@@ -298,6 +455,11 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
             epoch_rows.append({"epoch": epoch, "train_loss": sum(epoch_losses) / len(epoch_losses),
                                "test_loss": test_loss, "test_error": test_err,
                                "seconds": time.perf_counter() - t_epoch})
+            if mode == "lines":
+                row = epoch_rows[-1]
+                print(f"{spec.text}: epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  test loss "
+                      f"{test_loss:.4f}  test error {100 * test_err:.2f}%  {row['seconds']:.1f}s  "
+                      f"{_fmt_levels(steps[-1]['levels'])}", file=stream, flush=True)
         peak = mem.growth_mb()
     if bar is not None:
         bar.close()
@@ -307,10 +469,89 @@ def train_one(spec: Spec, model: nn.Module, data: datasets.Dataset, epochs: int,
                   1000 * step_time / max(1, n_steps), peak, skipped, _levels_of(opt), steps, epoch_rows)
 
 
+def _can(path: str, mode: int) -> bool:
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def path_problem(path: str, directory: bool) -> Optional[str]:
+    """Why ``path`` cannot be written as a directory (``directory``) or as a file, or None. A path that does not
+    exist yet must be creatable: its nearest existing ancestor a writable directory."""
+    if not path:
+        return "the path is empty"
+    full = os.path.abspath(path)
+    what = "directory" if directory else "file"
+    if os.path.isdir(full):
+        if not directory:
+            return "it is a directory, not a file"
+        if not _can(full, os.W_OK | os.X_OK):
+            return "the directory is not writable"
+        return None
+    if os.path.exists(full):
+        if directory:
+            return "it is a file, not a directory"
+        if not _can(full, os.W_OK):
+            return "the file is not writable"
+        return None
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent) and not os.path.islink(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file (or a broken link), so no {what} can be created under it"
+    if not _can(parent, os.W_OK | os.X_OK):
+        return f"the {what} cannot be created because the directory {parent} is not writable"
+    return None
+
+
+def _check_outputs(ap: argparse.ArgumentParser, args) -> None:
+    """--out and --json must be writable, and --out's plots need matplotlib: checked before any training."""
+    for flag, path, directory in (("--out", args.out, True), ("--json", args.json, False)):
+        if path is not None:
+            problem = path_problem(path, directory)
+            if problem:
+                ap.error(f"{flag} {path}: {problem}")
+    if args.out is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error(f"--out writes its plots with matplotlib, which is not installed: {TRAIN_EXTRA}")
+
+
+def backend_problem(backend: str, device) -> Optional[str]:
+    """Why ``--backend`` cannot run on ``device`` here, or None (the optimizers would fail at their first step)."""
+    dev = torch.device(device).type
+    if backend == "cpu":
+        if dev != "cpu":
+            return f"--backend cpu runs on CPU tensors, not on --device {device}; use --backend auto"
+        if not hf.ops.extension_available():
+            return ("--backend cpu needs the compiled extension hyperfused._C, which did not load here; build it "
+                    "with `pip install --no-build-isolation -e .` or use --backend auto")
+    if backend == "cuda":
+        if dev != "cuda":
+            where = "this machine has no CUDA device" if not torch.cuda.is_available() else f"--device is {device}"
+            return f"--backend cuda runs on CUDA tensors and {where}; use --backend auto"
+        if not hf.ops.cuda_extension_available():
+            return ("--backend cuda needs the CUDA extension hyperfused._C_cuda, which is not built here; build it "
+                    "with HYPERFUSED_CUDA=1 pip install --no-build-isolation -e . or use --backend auto")
+    if backend == "triton":
+        if not hf.ops.triton_available():
+            return ("--backend triton needs the triton package, which does not import here: "
+                    "pip install 'hyperfused[triton]'")
+        if dev == "cpu" and not triton_interpreting():
+            where = "this machine has no CUDA device" if not torch.cuda.is_available() else "--device is cpu"
+            return (f"--backend triton runs on CUDA tensors and {where}; on the CPU it runs under the Triton "
+                    f"interpreter, which needs TRITON_INTERPRET=1 in the environment")
+        if dev not in ("cpu", "cuda"):
+            return f"--backend triton runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device}"
+    return None
+
+
 DEFAULT_OPTS = ["torch.adam(1e-3)", "adam(1e-3)", "adam(1e-3)/sgd(1e-4)", "sgd(0.01)", "sgd(0.01)/sgd(0.01)"]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
+def run(argv: Optional[Sequence[str]] = None) -> List[Result]:
+    """The training command as a function: parse ``argv`` (default: sys.argv[1:]), train every optimizer, print
+    the table, write the files; return the results. A bad argument exits with status 2 (SystemExit), before
+    any training."""
     ap = argparse.ArgumentParser(prog="python -m hyperfused.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--opt", action="append", help="optimizer spec, repeatable (default: %s)" % DEFAULT_OPTS)
@@ -328,21 +569,35 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     ap.add_argument("--backend", default="auto", choices=list(hf.ops.BACKENDS))
     ap.add_argument("--one-pass", action="store_true",
                     help="run the hypergradient optimizers in one-pass mode (hyperparameters act one step late)")
+    ap.add_argument("--conventions", default="torch", choices=CONVENTIONS,
+                    help="initial optimizer state of the hyperfused Adam and Adagrad levels: torch (default: as "
+                         "torch.optim, v and the sum of squares start at 0) or paper (as the paper's package: "
+                         "Adam's v starts at eps, Adagrad's sum at 0.1), at every level of every tower")
     ap.add_argument("--out", help="directory for metrics.json, steps.csv, epochs.csv, loss.png and hyper.png")
-    ap.add_argument("--json", help="also write the results (per optimizer) to this file")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--json", help="also write the results (per optimizer) to this file (its folder is created)")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress output (default: a bar on a terminal, else one plain line per epoch)")
     args = ap.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
         ap.error("--epochs and --batch-size must be >= 1")
+    _check_outputs(ap, args)
     try:
-        specs = [parse_spec(s) for s in (args.opt or DEFAULT_OPTS)]
+        specs = [parse_spec(s, conventions=args.conventions) for s in (args.opt or DEFAULT_OPTS)]
     except SpecError as exc:
         ap.error(str(exc))
     model_name = args.model or default_model(args.data)
     if (model_name == "charrnn") != (args.data == "shakespeare"):
         ap.error(f"--model {model_name} does not fit --data {args.data}: charrnn is the model of shakespeare")
+    try:
+        torch.device(args.device)
+    except (RuntimeError, ValueError):
+        ap.error(f"--device {args.device}: not a device name torch knows (e.g. cpu, cuda, cuda:1)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: this torch has no CUDA device")
+    problem = backend_problem(args.backend, args.device)
+    if problem:
+        ap.error(problem)
+    progress = progress_mode(not args.no_progress, warn=True)
     torch.manual_seed(args.seed)
     try:
         data = datasets.load(args.data, args.seed, fetch=args.fetch, mnist_folder=args.mnist_dir)
@@ -362,7 +617,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     for spec in specs:                 # one step of every optimizer on a throwaway copy
         warm = copy.deepcopy(base).to(args.device)
         try:
-            opt = build_optimizer(spec, warm.parameters(), args.backend, args.one_pass)
+            opt = build_optimizer(spec, warm.parameters(), args.backend, args.one_pass,
+                                  conventions=args.conventions)
         except SpecError as exc:
             ap.error(str(exc))
         if hasattr(opt, "train") and hasattr(opt, "eval"):
@@ -377,10 +633,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     for spec in specs:
         model = copy.deepcopy(base)
         results.append(train_one(spec, model, data, args.epochs, args.batch_size, args.seed, args.backend,
-                                 progress=not args.no_progress, one_pass=args.one_pass, device=args.device))
+                                 progress=progress, one_pass=args.one_pass, device=args.device,
+                                 conventions=args.conventions))
     mode = "one-pass" if args.one_pass else "exact"
     title = (f"{args.data}, {model_name} ({args.hidden} hidden), {args.epochs} epochs, batch {args.batch_size}, "
-             f"seed {args.seed}, hypergradients {mode}")
+             f"seed {args.seed}, hypergradients {mode}"
+             + (", the paper's conventions" if args.conventions == "paper" else ""))
     print(f"\n{title}; {len(data.x_train)} train / {len(data.x_test)} test examples, device {args.device}")
     w = max(len(r.spec) for r in results)
     mem_kind = "allocated" if str(args.device).startswith("cuda") else "resident"
@@ -393,15 +651,24 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
             print(f"{'':<{w}}  ({r.skipped} steps skipped: non-finite gradients or hypergradients)")
     runs = [dataclasses.asdict(r) for r in results]
     meta = {"args": vars(args), "model": model_name, "title": title, "torch": torch.__version__}
+    if args.json:                 # the numbers first: a failing plot must not lose them
+        parent = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(parent, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": runs}, f)
     if args.out:
         from . import report
         paths = report.write_metrics(args.out, runs, meta) + report.plot(args.out, runs, title)
         print("wrote " + ", ".join(paths))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": runs}, f)
     return results
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The entry point of ``python -m hyperfused.train`` and of the console script ``hyperfused-train``: run the
+    command and return its exit status, 0 (a bad argument exits with 2 first). For the results, call run()."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

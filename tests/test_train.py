@@ -32,10 +32,101 @@ def test_malformed_specs_point_at_the_bad_part(text, needle):
     assert needle in str(info.value)
 
 
+# specs the grammar accepts but the optimizer classes reject (they raised ValueError at construction, after the
+# data was loaded): the message and the carets under the bad part
+@pytest.mark.parametrize("text,why,carets", [
+    ("adam[](1e-3)/sgd", "[] names nothing to learn; leave it out", "    ^^"),
+    ("adam[ , ]/sgd", "[ , ] names nothing to learn", "    ^^^^^"),
+    ("sgd/adam[]/sgd", "[] names nothing to learn", "        ^^"),
+    ("sgd[momentum](0.1)/sgd", "sgd cannot learn 'momentum' here: a spec's sgd has no momentum", "   ^^^^^^^^^^"),
+    ("sgd/sgd[lr,momentum]/sgd", "sgd cannot learn 'momentum' here", "       ^^^^^^^^^^^^^"),
+    ("adam[lr](1e-3)[lr]/sgd", "given twice", "              ^^^^"),
+    ("torch.adam[lr](1e-3)", "torch.adam learns no hyperparameters; leave out [lr]", "          ^^^^"),
+    ("agd[]", "agd learns no hyperparameters", "   ^^"),
+    ("adam(nan)", "learning rate nan is not a finite number between 0 and 3.403e+38", "    ^^^^^"),
+    ("torch.sgd(1e39)", "learning rate 1e39 is not a finite number", "         ^^^^^^"),
+])
+def test_specs_the_optimizers_reject_fail_at_parsing_pointing_at_the_bad_part(text, why, carets):
+    with pytest.raises(train.SpecError) as info:
+        train.parse_spec(text)
+    msg = str(info.value).splitlines()
+    assert msg[0].startswith(f"bad optimizer spec {text!r}: ") and why in msg[0]
+    assert msg[1:] == [f"  {text}", f"  {carets}"]
+
+
+def test_whatever_an_optimizer_class_rejects_becomes_a_spec_error_at_its_level(monkeypatch):
+    """A constructor's ValueError/TypeError the parser does not foresee still fails in parse_spec, pointing at
+    the level whose constructor raised it."""
+    class Picky(hf.Adam):
+        def __init__(self, *args, **kw):
+            if kw.get("lr") == 0.5:
+                raise ValueError("Adam: lr=0.5 is not allowed here")
+            super().__init__(*args, **kw)
+
+    monkeypatch.setitem(train.KINDS, "adam", Picky)
+    with pytest.raises(train.SpecError) as info:
+        train.parse_spec("sgd(0.1)/adam(0.5)/sgd")
+    assert str(info.value).splitlines() == [
+        "bad optimizer spec 'sgd(0.1)/adam(0.5)/sgd': Adam: lr=0.5 is not allowed here",
+        "  sgd(0.1)/adam(0.5)/sgd", "           ^^^^^^^^^"]
+    train.parse_spec("sgd(0.1)/adam(0.25)/sgd")
+
+
+_KINDS = list(train.KINDS) + list(train.TORCH_KINDS) + list(train.PEERS) + list(train.AGD_KINDS)
+_NAMES = ["lr", "beta1", "beta2", "alpha", "momentum", "gamma", "eps", " lr ", ""]
+_NUMBERS = ["1e-3", "0.01", "0", "0.5", "3", "-1", "-0", "nan", "inf", "1e400", "1e39", "1e38", "fast", "", " 1e-2 ",
+            "1_0", "0x10"]
+_NOISE = ["(", ")", "[", "]", ",", " ", "/", "((", "][", ".", "Adam", "adma", "\t"]
+
+
+def _random_spec(r):
+    levels = []
+    for _ in range(r.randint(1, 4)):
+        kind = r.choice(_KINDS + ["", "Adam", "adma", "torch."]) if r.random() < 0.25 else r.choice(list(train.KINDS))
+        out = [kind]
+        for piece in r.choice(["", "n", "l", "nl", "ln"] * 3 + ["nln", "ll", "nn", "x", "lx", "xn"]):
+            if piece == "n":
+                names = _NAMES[:5] if r.random() < 0.7 else _NAMES
+                out.append("[" + ",".join(r.choice(names) for _ in range(r.randint(0, 3))) + "]")
+            elif piece == "l":
+                out.append("(" + (r.choice(_NUMBERS) if r.random() < 0.4 else r.choice(["1e-3", "0.01"])) + ")")
+            else:
+                out.append(r.choice(_NOISE))
+        levels.append("".join(out))
+    return "/".join(levels)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzzed_specs_give_spec_errors_or_working_optimizers(seed):
+    """Random specs assembled from the grammar's tokens: parse_spec and build_optimizer raise SpecError and
+    nothing else, and what they accept builds and takes a step."""
+    import random
+    r = random.Random(seed)
+    outcomes = {"ok": 0, "SpecError": 0}
+    for n in range(1500):
+        text = _random_spec(r)
+        conventions = "paper" if n % 3 == 0 else "torch"
+        w = torch.zeros(3, 2, requires_grad=True)
+        try:
+            spec = train.parse_spec(text, conventions=conventions)
+            opt = train.build_optimizer(spec, [w], conventions=conventions)
+            w.grad = torch.ones_like(w)
+            opt.step()
+            outcomes["ok"] += 1
+        except train.SpecError as exc:
+            # "--conventions paper needs ...": while hf.Adam lacks initial_exp_avg_sq
+            assert str(exc).startswith(("bad optimizer spec", "empty optimizer spec", "optimizer spec",
+                                        "--conventions paper needs")), exc
+            outcomes["SpecError"] += 1
+        except Exception as exc:                      # noqa: BLE001 - the point of the test
+            pytest.fail(f"{text!r} ({conventions}): {type(exc).__name__}: {exc}")
+    assert outcomes["ok"] > 75 and outcomes["SpecError"] > 750, outcomes        # both kinds of outcome occur
+
+
 def test_short_run_on_digits_learns_and_writes_metrics_and_plots(capsys, tmp_path):
     pytest.importorskip("sklearn")
     out_dir = tmp_path / "run"
-    results = train.main(["--epochs", "3", "--no-progress", "--opt", "adam(1e-3)/sgd(1e-4)",
+    results = train.run(["--epochs", "3", "--no-progress", "--opt", "adam(1e-3)/sgd(1e-4)",
                           "--opt", "torch.adam(1e-3)", "--out", str(out_dir)])
     out = capsys.readouterr().out
     assert "adam(1e-3)/sgd(1e-4)" in out and "torch.adam(1e-3)" in out
@@ -62,7 +153,7 @@ def test_short_run_on_digits_learns_and_writes_metrics_and_plots(capsys, tmp_pat
 def test_other_models_and_synthetic_data_learn_well_below_chance(model, data, opt, bound):
     if data == "digits":
         pytest.importorskip("sklearn")
-    res = train.main(["--data", data, "--model", model, "--epochs", "2", "--no-progress", "--opt", opt])
+    res = train.run(["--data", data, "--model", model, "--epochs", "2", "--no-progress", "--opt", opt])
     assert res[0].test_error < bound
 
 
