@@ -104,7 +104,7 @@ def mnist_evidence(epochs):
     from hyperfused import train
     rows, etas = [], {}
     for depth in (4, 8):
-        res = train.main(["--data", "mnist", "--model", "deep-mlp", "--depth", str(depth), "--hidden", "256",
+        res = train.run(["--data", "mnist", "--model", "deep-mlp", "--depth", str(depth), "--hidden", "256",
                           "--batch-size", "128", "--epochs", str(epochs), "--no-progress",
                           "--opt", "agd", "--opt", "torch.adam(1e-3)", "--opt", "torch.sgd(0.1)"])
         for r in res:

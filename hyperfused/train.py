@@ -165,6 +165,7 @@ def _trial_build(spec: Spec, conventions: str) -> None:
 
 CONVENTIONS = ("torch", "paper")
 PAPER_ADAGRAD_INITIAL_ACCUMULATOR = 0.1      # the paper's package starts Adagrad's sum of squares at 0.1
+PAPER_SGD_LR = 0.01                           # the paper's package's default SGD learning rate
 
 
 def _default_of(cls, name: str):
@@ -179,8 +180,12 @@ def _paper_kwargs(kind: str, cls, kw: Dict[str, object]) -> Dict[str, object]:
     """The paper package's conventions for one level of a tower: keywords added to its constructor."""
     if kind == "adam":               # v starts at that level's eps
         return {"initial_exp_avg_sq": kw.get("eps", _default_of(cls, "eps"))}
-    if kind == "adagrad":
-        return {"initial_accumulator_value": PAPER_ADAGRAD_INITIAL_ACCUMULATOR}
+    if kind == "adagrad":            # and eps under the square root, as for RMSprop
+        return {"initial_accumulator_value": PAPER_ADAGRAD_INITIAL_ACCUMULATOR, "eps_inside_sqrt": True}
+    if kind == "rmsprop":
+        return {"eps_inside_sqrt": True}
+    if kind == "sgd" and "lr" not in kw:
+        return {"lr": PAPER_SGD_LR}  # the package's default; hf.SGD's is torch's 1e-3
     return {}
 
 
@@ -198,7 +203,8 @@ def build_optimizer(spec: Spec, params, backend: str = "auto", one_pass: bool = 
 
     ``conventions``: "torch" (default) builds the hyperfused levels with their classes' defaults, which equal
     torch.optim's; "paper" builds every Adam level of a tower with ``initial_exp_avg_sq=eps`` (v starts at
-    eps) and every Adagrad level with ``initial_accumulator_value=0.1``, as the paper's package does. Only
+    eps), every Adagrad level with ``initial_accumulator_value=0.1``, Adagrad and RMSprop levels with
+    ``eps_inside_sqrt=True`` and SGD levels without an lr at 0.01, as the paper's package does. Only
     hyperfused towers are affected."""
     if conventions not in CONVENTIONS:
         raise SpecError(f"unknown conventions {conventions!r}; choose one of {', '.join(CONVENTIONS)}")

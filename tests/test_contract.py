@@ -425,3 +425,50 @@ def test_invariants_hold_on_random_configurations(seed):
         torch.set_num_threads(threads)
     for a, b, d in zip(params, p2, c["p"]):
         assert torch.equal(a, b) and torch.equal(a, d)
+
+
+# ---------------------------------------------------------------------------------------- 7. dtype and modes
+@BACKENDS
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_float32_and_float64_parameters_in_one_group(backend, one_pass):
+    """Plain: as torch's Adam (which takes mixed groups); a tower: as the reference backend."""
+    def params():
+        g = torch.Generator().manual_seed(3)
+        return [torch.nn.Parameter(torch.randn(7, generator=g)),
+                torch.nn.Parameter(torch.randn(70, generator=g, dtype=torch.float64))]
+
+    def run(make):
+        ps = params()
+        opt = make(ps)
+        for t in range(5):
+            _grad(ps, t)
+            opt.step()
+        return ps
+
+    if not one_pass:
+        expect = run(lambda ps: torch.optim.Adam(ps, lr=0.01))
+        got = run(lambda ps: hf.Adam(ps, lr=0.01, backend=backend))
+        for a, b in zip(got, expect):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    expect = run(lambda ps: hf.Adam(ps, lr=0.01, hyper=hf.SGD(lr=1e-4), one_pass=one_pass, backend="reference"))
+    got = run(lambda ps: hf.Adam(ps, lr=0.01, hyper=hf.SGD(lr=1e-4), one_pass=one_pass, backend=backend))
+    for a, b in zip(got, expect):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@BACKENDS
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_gradients_made_under_inference_mode(backend, one_pass):
+    """Such a gradient cannot be watched for in-place changes (no version counter): it is copied, not kept."""
+    out = []
+    for b in ("reference", backend):
+        ps = _params()
+        opt = hf.Adam(ps, lr=0.01, hyper=hf.SGD(lr=1e-4), one_pass=one_pass, backend=b)
+        for t in range(4):
+            with torch.inference_mode():
+                _grad(ps, t)
+            opt.step()
+        out.append(ps)
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

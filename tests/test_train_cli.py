@@ -282,15 +282,18 @@ def constructor_calls(monkeypatch):
     return calls
 
 
-PAPER_KW = {"adam": ("initial_exp_avg_sq", 1e-8), "adagrad": ("initial_accumulator_value", 0.1)}
+PAPER_KW = {"adam": {"initial_exp_avg_sq": 1e-8},
+            "adagrad": {"initial_accumulator_value": 0.1, "eps_inside_sqrt": True},
+            "rmsprop": {"eps_inside_sqrt": True}}
+_PAPER_NAMES = {"initial_exp_avg_sq", "initial_accumulator_value", "eps_inside_sqrt"}
 
 
 def _check_paper_kwargs(calls, paper):
     for kind, kw in calls:
-        if kind in PAPER_KW:
-            name, value = PAPER_KW[kind]
+        want = PAPER_KW.get(kind, {})
+        for name, value in want.items():
             assert (kw.get(name) == value) if paper else (name not in kw), (kind, kw)
-        assert not {"initial_exp_avg_sq", "initial_accumulator_value"} & set(kw) or kind in PAPER_KW, (kind, kw)
+        assert not (_PAPER_NAMES - set(want)) & set(kw), (kind, kw)
 
 
 def test_build_optimizer_passes_the_paper_conventions_to_every_level(constructor_calls):

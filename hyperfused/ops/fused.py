@@ -211,8 +211,9 @@ def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
 
 def _may_keep_reference(st: dict, g: Tensor, work: Tensor) -> bool:
     prev = st.get("prev_grad")
+    # an inference tensor (a gradient made under torch.inference_mode) has no version counter to watch: copied
     return (prev is not None and not st.get("prev_grad_copy", False) and g.dtype == prev.dtype
-            and g.stride() == work.stride() and g.device == prev.device)
+            and g.stride() == work.stride() and g.device == prev.device and not g.is_inference())
 
 
 def _compiled():

@@ -114,6 +114,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             level, depth = level.hyper, depth + 1
         self._lr_alias: Dict[int, Tensor] = {}   # the tensor param_groups[gi]["lr"] holds
         self._lr_pub: Dict[int, Tensor] = {}     # the value last written to (or adopted from) it
+        self._lr_ver: Dict[int, int] = {}        # its version counter then
         self._seen: Dict[int, Dict[str, Any]] = {}   # the other param_group values the tower last adopted
         super().__init__(params, defaults)
 
@@ -165,7 +166,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 tower["groups"].pop(n_groups, None)
                 if n_groups == 0:
                     del self.state[_TOWER_KEY]
-            for d in (self._lr_alias, self._lr_pub, self._seen):
+            for d in (self._lr_alias, self._lr_pub, self._lr_ver, self._seen):
                 d.pop(n_groups, None)
             raise
 
@@ -293,7 +294,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             # a tensor the user put in param_groups becomes the one shown there (schedulers fill it in place)
             new = group.get("lr")
             alias = new if (isinstance(new, Tensor) and new.dim() == 0 and new.is_floating_point()
-                            and new.device == lr.device and not new.requires_grad) else torch.empty_like(lr)
+                            and new.device == lr.device and not new.requires_grad and not new.is_inference()
+                            ) else torch.empty_like(lr)
             self._lr_alias[gi] = alias
         alias.copy_(lr)
         pub = self._lr_pub.get(gi)
@@ -301,6 +303,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             pub = self._lr_pub[gi] = torch.empty_like(alias)
         pub.copy_(alias)
         group["lr"] = alias
+        self._lr_ver[gi] = alias._version      # an in-place change (a scheduler's fill_) moves the counter
 
     def _sync_group(self, gi: int) -> Optional[Tensor]:
         """Adopt what changed in ``param_groups[gi]`` since the last step. Returns None, or a 0-dim bool tensor
@@ -371,8 +374,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         if alias is None or pub is None:
             return None
         replaced = new is not alias
-        if not replaced and alias.device.type == "cpu" and alias.item() == pub.item():
-            return None                                  # unchanged (read on the host: free for CPU tensors)
+        if not replaced and alias._version == self._lr_ver.get(gi):
+            return None                                  # untouched since it was published: nothing to read
         if not isinstance(new, Tensor):
             try:
                 v = float(new)
@@ -535,7 +538,9 @@ class HyperOptimizer(torch.optim.Optimizer):
         element-wise state is a DTensor sharded like the parameter, so checkpoints (DCP) carry the shards."""
         st = self.state[p]
         if not st:
-            st.update(ref.KINDS[self.kind][0](p.detach().to(dt), cfg0, learned0))
+            # in the parameter's math dtype (a group may mix float32 and float64 parameters; the kernels run
+            # each dtype with its own math type), whatever the group's hyperparameters' dtype ``dt``
+            st.update(ref.KINDS[self.kind][0](p.detach().to(ref.math_dtype(p.dtype)), cfg0, learned0))
             st["moved"] = torch.zeros((), dtype=torch.bool, device=p.device)
             if _is_dtensor(p) and "prev_grad" in st:
                 st["prev_grad_copy"] = True       # the state keeps its own (sharded) copy of the gradient
@@ -843,7 +848,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             else:
                 del saved_state[saved_keys[0]]
         state_dict["state"] = saved_state
-        before = (self.state, self.param_groups, dict(self._lr_alias), dict(self._lr_pub), dict(self._seen))
+        before = (self.state, self.param_groups, dict(self._lr_alias), dict(self._lr_pub), dict(self._seen),
+                  dict(self._lr_ver))
         try:
             super().load_state_dict(state_dict)
             # torch casts float state to the parameter's dtype; ours keeps float32 state for reduced precision
@@ -865,7 +871,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             self._adopt_loaded(before[1])
         except Exception:
             self.state, self.param_groups = before[0], before[1]
-            self._lr_alias, self._lr_pub, self._seen = before[2], before[3], before[4]
+            self._lr_alias, self._lr_pub, self._seen, self._lr_ver = before[2], before[3], before[4], before[5]
             raise
 
     def _check_loaded(self, groups_before: List[Dict[str, Any]], has_tower: bool) -> None:
@@ -927,7 +933,8 @@ class HyperOptimizer(torch.optim.Optimizer):
                 if not st:
                     continue
                 shape = tuple(p.shape)
-                want = ref.KINDS[self.kind][0](torch.empty(shape, dtype=dt, device="meta"), cfg0, learned0)
+                want = ref.KINDS[self.kind][0](torch.empty(shape, dtype=ref.math_dtype(p.dtype), device="meta"),
+                                               cfg0, learned0)
                 want["moved"] = torch.empty((), dtype=torch.bool, device="meta")
                 missing = [k for k in want if k not in st]
                 if missing:
@@ -938,7 +945,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def _adopt_loaded(self, groups_before: List[Dict[str, Any]]) -> None:
         """After a load: the aliases shown in param_groups, an lr edited in the checkpoint, fixed values."""
-        self._lr_alias, self._lr_pub, self._seen = {}, {}, {}
+        self._lr_alias, self._lr_pub, self._seen, self._lr_ver = {}, {}, {}, {}
         for gi, group in enumerate(self.param_groups):
             if not group["params"]:
                 continue
