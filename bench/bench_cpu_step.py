@@ -6,7 +6,7 @@
 tensors per parameter as a new one comes from every backward. Every configuration is timed in the
 same run, round-robin (one step of each in turn, so machine noise hits all alike), and reported as the
 median step time, the ratio to torch's fused optimizer and the effective bandwidth: bytes moved per
-parameter (SPEC.md 1.4's model) x N / time.
+parameter (docs/MATH.md §6's model) x N / time.
 
 The same run also times read-only probes (torch.sum, torch.dot, hyperfused's non-finite count) and gives each
 configuration a floor: the ratio that an implementation keeping the optimizers' contract cannot beat on this
@@ -31,7 +31,7 @@ import torch
 
 import hyperfused as hf
 
-# bytes per parameter each configuration moves, fp32: SPEC.md 1.4's model, less the 4 B write of the previous
+# bytes per parameter each configuration moves, fp32: docs/MATH.md §6's model, less the 4 B write of the previous
 # gradient where the "cpu" backend keeps the gradient tensor itself instead of copying it (Adam learning betas,
 # SGD without momentum); the difference is marked in the names.
 CONFIGS = {

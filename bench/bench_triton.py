@@ -6,7 +6,7 @@
 On a CUDA machine every configuration is timed on every backend that runs there (triton; cuda when the CUDA
 extension is built; reference) in the same run, round-robin, with CUDA events, and reported as the median step
 time, the ratio to torch's fused Adam (or fused SGD with momentum) and the effective bandwidth: the bytes
-model of SPEC.md 1.4 (bytes per parameter, fp32) x N / time.
+model of docs/MATH.md §6 (bytes per parameter, fp32) x N / time.
 
 Without CUDA it runs a tiny smoke configuration on CPU tensors under the Triton interpreter (so CI proves the
 script works) and says plainly that no GPU numbers were taken: interpreter times mean nothing for a GPU.
@@ -33,7 +33,7 @@ if not GPU:
 import hyperfused as hf  # noqa: E402
 from hyperfused import ops  # noqa: E402
 
-# name: (builder(params, backend), bytes per param (SPEC.md 1.4, fp32), baseline, backends it runs on)
+# name: (builder(params, backend), bytes per param (docs/MATH.md §6, fp32), baseline, backends it runs on)
 CONFIGS = {
     "torch Adam fused": (lambda p, b: torch.optim.Adam(p, lr=1e-3, fused=True), 28, None, (None,)),
     "torch SGD momentum fused": (lambda p, b: torch.optim.SGD(p, lr=1e-3, momentum=0.9, fused=True), 20, None,

@@ -150,7 +150,7 @@ def step_section(reps):
     L = [SECTIONS["step"], "",
          f"Command: `python bench/bench_cpu_step.py {' '.join(step_cmd[:-2])}`", "",
          "Effective bandwidth = bytes per parameter moved x elements / median step time; `BW vs base` compares it "
-         "with torch's fused optimizer in the same run. Bytes are SPEC.md 1.4's model less the 4 B write of the "
+         "with torch's fused optimizer in the same run. Bytes are docs/MATH.md §6's model less the 4 B write of the "
          "previous gradient where the cpu backend keeps the gradient tensor instead of copying it (Adam learning "
          "betas: 44 exact / 36 one-pass; SGD: 20).", "",
          "`floor` is the ratio no implementation keeping the optimizers' contract can beat on this machine: here a "

@@ -14,7 +14,7 @@ TORCH_LIBRARY(hyperfused, m) {
   // Per-pair dot products sum(a[i] * b[i]) accumulated in float64, deterministic (fixed blocks, fixed
   // combination order). Returns a float64 tensor with one entry per pair.
   m.def("multi_tensor_dot(Tensor[] a, Tensor[] b) -> Tensor");
-  // Hypergradient passes over one param group (SPEC.md 1.3). kind: 0 SGD, 1 Adagrad, 2 RMSprop, 3 Adam;
+  // Hypergradient passes over one param group (docs/MATH.md §4.5). kind: 0 SGD, 1 Adagrad, 2 RMSprop, 3 Adam;
   // learn: bits 1 lr, 2 momentum/alpha/beta1, 4 beta2. State lists by kind: SGD (momentum_buffer,
   // prev_momentum_buffer) or (prev_grad); Adagrad (sum, prev_grad); RMSprop (square_avg, prev_grad); Adam
   // (exp_avg, exp_avg_sq, prev_grad); absent ones are empty lists. scal: float64 [n, 8] per-tensor scalars

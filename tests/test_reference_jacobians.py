@@ -1,4 +1,4 @@
-"""The closed-form Jacobians (rebuilt from stored state, SPEC.md 1.3) against autograd on the update itself.
+"""The closed-form Jacobians (rebuilt from stored state, docs/MATH.md §4) against autograd on the update itself.
 
 For every kind and every subset of learned hyperparameters, including those the paper's package lacks (Adam
 learning beta1 only, momentum SGD learning lr only...): take a state after a few updates, differentiate one

@@ -1,4 +1,4 @@
-// CPU kernels of Automatic Gradient Descent's two passes (SPEC.md 2), multi-tensor and deterministic.
+// CPU kernels of Automatic Gradient Descent's two passes (docs/MATH.md §7), multi-tensor and deterministic.
 //   agd_sumsq   pass A: per tensor, the sum of squares of every slice of the gradient (a matrix is one slice;
 //               a contiguous (d_out, d_in, kh, kw) kernel has kh*kw slices, element f in slice f % (kh*kw)).
 //   agd_update  pass B: W -= coef[slice] * g, coef the per-slice factors made on the device from G and eta.
@@ -204,7 +204,7 @@ namespace {
 // Spectral AGD's power iteration on the native layout of every gradient (no copy into slices): element
 // (o, i, s) of a contiguous (d_out, d_in[, kh, kw]) gradient is at (o * d_in + i) * S + s.
 //   agd_gv:  gv[s, o] = sum_i g[o, i, s] v[s, i], and the per-slice sums of squares, in one read (pass A of
-//            SPEC.md 2.1); rows o in parallel, every output has one owner.
+//            docs/MATH.md §7.3); rows o in parallel, every output has one owner.
 //   agd_gtu: gtu[s, i] = sum_o g[o, i, s] u[s, o]; fixed blocks of rows, partial sums added in block order.
 // float32 math for float32 gradients (float64 for float64); results float64.
 constexpr int64_t kRowBlock = 64;

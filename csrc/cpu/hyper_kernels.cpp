@@ -1,4 +1,4 @@
-// CPU kernels of the hypergradient passes (SPEC.md 1.3-1.4), multi-tensor and deterministic.
+// CPU kernels of the hypergradient passes (docs/MATH.md §4, §6), multi-tensor and deterministic.
 //
 //   hyper_reduce  pass A: per tensor, sum(g * J) for every learned hyperparameter, J rebuilt from the state
 //                 the last update left behind; also counts non-finite gradient elements.

@@ -221,7 +221,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
                  const Scalars<T>& c) {
   const BothScalars<T> sc(c);
   const bool h1 = (f.learn & kLearnH1) != 0;
-  // which kinds write the previous gradient (SPEC.md 1.3), unless the caller keeps the gradient itself
+  // which kinds write the previous gradient (docs/MATH.md §4.5), unless the caller keeps the gradient itself
   const bool lr = (f.learn & kLearnLr) != 0 && f.store_prev;
   const bool h12 = (f.learn & (kLearnH1 | kLearnH2)) != 0 && f.store_prev;
   const bool any = f.learn != 0 && f.store_prev;

@@ -1,4 +1,4 @@
-// CUDA kernels of Automatic Gradient Descent (SPEC.md part 2). No torch headers here (see hyper_cuda.h).
+// CUDA kernels of Automatic Gradient Descent (docs/MATH.md §7). No torch headers here (see hyper_cuda.h).
 //
 // sumsq / update: multi-tensor, one block per chunk of one tensor (tables by value, as hyper_kernels.cu).
 // A block's first (kThreads / S) * S threads are rows of S slices, so each thread meets one slice only:

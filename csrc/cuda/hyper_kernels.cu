@@ -1,4 +1,4 @@
-// CUDA kernels of the hypergradient passes (SPEC.md 1.3-1.4). No torch headers here (see hyper_cuda.h).
+// CUDA kernels of the hypergradient passes (docs/MATH.md §4, §6). No torch headers here (see hyper_cuda.h).
 //
 // Multi-tensor scheme: the host cuts every tensor into chunks of kChunk elements and fills a TensorTable
 // (pointers, sizes, block -> (tensor, chunk)) passed to the kernel by value; one block per chunk, as many
@@ -8,7 +8,7 @@
 // tensor: hyperparameter values, step) and the skip flag are read from device memory, so nothing in a step
 // needs the host and the step can be captured in a CUDA graph. Indices are 64-bit.
 //
-// Bytes per parameter of each pass (fp32, SPEC.md 1.4): pass A reads g and the state the Jacobian needs
+// Bytes per parameter of each pass (fp32, docs/MATH.md §6): pass A reads g and the state the Jacobian needs
 // (Adam lr only 12, with betas 16); pass B reads w, g, state and writes w, state (Adam 28, +4 when it also
 // stores the previous gradient); one-pass mode adds nothing to pass B but the partial sums.
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-// Per-element math of the hypergradient optimizers (SPEC.md 1.2-1.3): the single source of every update and
+// Per-element math of the hypergradient optimizers (docs/MATH.md §3-§4): the single source of every update and
 // Jacobian formula for the compiled kernels. HF_HOST_DEVICE templates over the math type T (float or
 // double), branch-free so that loops over them vectorise; the CPU kernels include this header and the CUDA
 // kernels will include the same one, so the CPU tests check the math the GPU runs.

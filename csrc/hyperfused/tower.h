@@ -1,4 +1,4 @@
-// The levels above level 0 of a hypergradient tower (SPEC.md 1.1 steps 1-2), on the small vectors of raw
+// The levels above level 0 of a hypergradient tower (docs/MATH.md §1.2 steps 2-4, §5), on the small vectors of raw
 // hyperparameters, as one sequential routine: the CPU op runs it on the host, the CUDA op in a one-thread
 // kernel (so a step needs no host round trip), with the same code. It mirrors the Triton tower kernels
 // (hyperfused/ops/triton/tower.py) and the Python tower of hyperfused/optim/base.py, the oracle:

@@ -1,4 +1,4 @@
-"""Automatic Gradient Descent's ops (SPEC.md part 2): per-slice norms, the batched power iteration, the update.
+"""Automatic Gradient Descent's ops (docs/MATH.md §7): per-slice norms, the batched power iteration, the update.
 
 Pure PyTorch; the multi-tensor passes run as the compiled ops ``hyperfused::agd_sumsq`` / ``agd_update`` when
 they are built for the tensors' device (the C++ extension for CPU tensors, the CUDA extension for CUDA ones).

@@ -164,7 +164,7 @@ def _dense_like(g: Tensor, p: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The previous gradient without a copy. Where the state needs g_{t-1} (SPEC.md 1.3), pass B does not copy the
+# The previous gradient without a copy. Where the state needs g_{t-1} (docs/MATH.md §4.5), pass B does not copy the
 # gradient into a buffer (a whole extra write stream): the state keeps a reference to the gradient tensor
 # itself, which the usual loop (zero_grad(set_to_none=True), torch's default) replaces by a fresh tensor at the
 # next backward. If the tensor was changed in place after the step instead (zero_grad(set_to_none=False),

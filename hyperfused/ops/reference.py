@@ -1,7 +1,7 @@
 """Pure-PyTorch reference versions of every hypergradient op: the oracle the kernels are tested against.
 
 Each optimizer *kind* ("sgd", "adam", "rmsprop", "adagrad") is described by three element-wise functions
-(SPEC.md part 1, the paper package's conventions):
+(docs/MATH.md §3-§4, the paper package's conventions):
 
 ``init_state(x, cfg, learned)``
     the per-element state a tensor starts with;
@@ -10,7 +10,7 @@ Each optimizer *kind* ("sgd", "adam", "rmsprop", "adagrad") is described by thre
     against ``x``); ``st_new`` also holds whatever the next step needs to rebuild the Jacobian;
 ``jac(st, hp, raw, cfg, learned) -> {name: J}``
     the one-step-deep Jacobian d x'/d r of the *last* update with respect to each learned raw
-    hyperparameter r, rebuilt from the state that update left behind (SPEC.md 1.3) and the values it used.
+    hyperparameter r, rebuilt from the state that update left behind (docs/MATH.md §4) and the values it used.
 
 The same functions serve level 0 (model tensors) and the levels above (the small vector of the raw
 hyperparameters of the level below), so the tower's scalar steps and the model-sized passes share one

@@ -1,5 +1,5 @@
 """Automatic Gradient Descent (Bernstein, Mingard, Huang, Azizan, Yue 2023): hyperparameter-free and
-architecture-aware (SPEC.md part 2)."""
+architecture-aware (docs/MATH.md §7)."""
 from __future__ import annotations
 
 import math
@@ -28,7 +28,7 @@ class AGD(torch.optim.Optimizer):
 
     - Frobenius (the paper's algorithm): n = |grad slice|_F, G = (1/L) sum_k s_k sum_slices n,
       eta = log((1 + sqrt(1 + 4G)) / 2), W <- W - gain (eta/L) s_k grad / n per slice (a zero norm: no step).
-    - Spectral (SPEC.md 2.1): sigma = |grad slice|_2 by warm-started power iteration (u, v kept in the state),
+    - Spectral (docs/MATH.md §7.3): sigma = |grad slice|_2 by warm-started power iteration (u, v kept in the state),
       G = (1/L) sum_k s_k sum_slices |g|_F^2 / sigma, W <- W - gain (eta/L) s_k grad / sigma.
 
     ``opt.eta`` is the automatic learning rate of the last step (0-dim tensor). Call ``init_weights()`` once

@@ -2,7 +2,7 @@
 
 A tower has levels 0..K. Level 0 is a ``torch.optim.Optimizer`` over the model's parameters; level k >= 1
 optimizes the learned *raw* hyperparameters of level k-1 (a small vector per param group), and the top
-level's hyperparameters are fixed. One ``step()`` (SPEC.md 1.1):
+level's hyperparameters are fixed. One ``step()`` (docs/MATH.md §1.2):
 
 1. bottom-up hypergradients: ``delta_0`` is the big reduction sum(g_t * J_0) over the group's tensors
    (J_0 rebuilt from the optimizer state, never stored), ``delta_k`` the same contraction on the tiny

@@ -1,4 +1,4 @@
-"""Triton kernels of Automatic Gradient Descent (SPEC.md part 2): the "triton" backend of hf.AGD.
+"""Triton kernels of Automatic Gradient Descent (docs/MATH.md §7): the "triton" backend of hf.AGD.
 
 Same arguments and results as the compiled ops (csrc/ops.cpp):
 

@@ -1,4 +1,4 @@
-"""Triton kernels of the hypergradient passes (SPEC.md 1.3-1.4): the "triton" backend.
+"""Triton kernels of the hypergradient passes (docs/MATH.md §4, §6): the "triton" backend.
 
 Three functions with the argument lists and results of the compiled ops ``torch.ops.hyperfused.hyper_reduce``,
 ``hyper_update`` and ``nonfinite_count`` (csrc/ops.cpp declares the schemas; ``hyperfused.ops.fused`` builds
@@ -28,7 +28,7 @@ step is ever read back to the host.
 Reductions are deterministic: each program sums its chunk tile by tile in a fixed order and writes one row of
 partial sums (no atomics); the finishing kernel adds a tensor's chunk rows in chunk order in float64.
 
-Bytes per element, fp32 (the model bench/bench_triton.py reports GB/s with; SPEC.md 1.4):
+Bytes per element, fp32 (the model bench/bench_triton.py reports GB/s with; docs/MATH.md §6):
     reduce  reads g (4) and the state J needs: Adam(lr) m, v (+8); Adam(lr, betas) m, v, g_prev (+12);
             SGD g_prev or buf (+4), SGD(lr, mu) buf, buf_prev (+8); Adagrad / RMSprop s, g_prev (+8)
     update  reads x, g, state and writes x, state (+ g_prev where a Jacobian needs it): Adam(lr) 28,

@@ -1,6 +1,6 @@
 """The scalar tower step in Triton: every level above level 0 in two small launches per param group.
 
-SPEC.md 1.1 steps 1-2 on the tiny vectors of the levels above (a handful of raw hyperparameters, or one per
+docs/MATH.md §1.2 steps 2-4, §5 on the tiny vectors of the levels above (a handful of raw hyperparameters, or one per
 tensor with per-tensor learning rates). One program does the whole tower:
 
 ``_tower_plan``    bottom-up hypergradients delta_k = sum(delta_{k-1} * J_k) (per entry for per-tensor lrs),
