@@ -39,23 +39,27 @@ def scale_of(t: Tensor) -> float:
     return scale_of_shape(t.shape)
 
 
+#: torch reduces an input of fewer elements than at::internal::GRAIN_SIZE (32768) on the calling thread alone;
+#: fixed_sum folds below this (well under it) before it calls Tensor.sum
+_SERIAL_NUMEL = 4096
+
+
 def fixed_sum(x: Tensor, dim: int) -> Tensor:
-    """``x`` summed over ``dim``, on CPU tensors by a fixed pairwise tree of element-wise additions, so the bits do
-    not depend on the number of threads (torch's CPU reductions and MKL's matrix products split long sums by
-    thread count). Other devices use ``Tensor.sum``."""
+    """``x`` summed over ``dim`` with the same bits for any number of threads. On CPU tensors torch's reductions
+    (and MKL's matrix products) split long sums by thread count: the input is first folded in half by element-wise
+    additions (element i with element n - h + i, a fixed pairwise tree) until it holds fewer than _SERIAL_NUMEL
+    elements, which Tensor.sum then reduces on one thread. Other devices use ``Tensor.sum``."""
     if x.device.type != "cpu":
         return x.sum(dim)
     dim = dim % x.dim()
     n = x.shape[dim]
-    if n == 0:
-        return x.sum(dim)
-    while n > 1:
+    while n > 1 and x.numel() >= _SERIAL_NUMEL:
         h = n // 2
-        y = x.narrow(dim, 0, h) + x.narrow(dim, n - h, h)     # element i with element n - h + i
+        y = x.narrow(dim, 0, h) + x.narrow(dim, n - h, h)
         if n % 2:                                              # the middle element passes to the next level
             y = torch.cat([y, x.narrow(dim, h, 1)], dim)
         x, n = y, y.shape[dim]
-    return x.squeeze(dim)
+    return x.sum(dim)
 
 
 def sumsq_slices(g: Tensor) -> Tensor:
