@@ -23,12 +23,18 @@ _GROUP_HYPER = ("gain",)
 _STATE_KEYS = ("u", "v", "skipped_steps", "eta")
 
 
+_DTENSOR: List[Any] = []
+_FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+
+
 def _is_dtensor(t) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:
-        return False
-    return isinstance(t, DTensor)
+    if not _DTENSOR:           # resolved once: the import machinery costs microseconds per call
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:    # torch without distributed
+            DTensor = None
+        _DTENSOR.append(DTensor)
+    return _DTENSOR[0] is not None and isinstance(t, _DTENSOR[0])
 
 
 def _real(x) -> bool:
@@ -146,6 +152,8 @@ class AGD(torch.optim.Optimizer):
     def _check_param(self, p, where: str, device) -> None:
         if not isinstance(p, Tensor):
             return                                  # torch refuses it (after this check, before any change)
+        if device is not None and p.device == device and p.dtype in _FLOAT_DTYPES and p.dim() in (2, 4):
+            return                                  # the common case (the device was checked with the first)
         if p.dim() not in (2, 4):
             raise ValueError(
                 f"AGD is defined for weight matrices and 4-D convolution kernels; got a parameter of shape "
@@ -288,11 +296,13 @@ class AGD(torch.optim.Optimizer):
             if result is not None:
                 sd = result
         loaded = self._check_checkpoint(sd)
-        hooks, self._optimizer_load_state_dict_pre_hooks = self._optimizer_load_state_dict_pre_hooks, OrderedDict()
-        try:                                          # the hooks ran above, on the dict that was checked
+        pre, post = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()     # they ran above, on the dict checked
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()    # they run below, on the state as loaded
+        try:
             super().load_state_dict(sd)
         finally:
-            self._optimizer_load_state_dict_pre_hooks = hooks
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre, post
         params = self._params()
         state = defaultdict(dict)
         for pos, st in loaded.items():
@@ -300,6 +310,8 @@ class AGD(torch.optim.Optimizer):
             state[p] = {k: v.detach().to(device=p.device, copy=True) for k, v in st.items()}
         self.state = state
         self._init_state()
+        for hook in post.values():
+            hook(self)
 
     def _check_checkpoint(self, sd) -> Dict[int, Dict[str, Tensor]]:
         """The checkpoint's state by parameter position, or a ValueError that says what differs."""
@@ -467,11 +479,11 @@ class AGD(torch.optim.Optimizer):
         tri = self._tri_kernels()
         if tri is not None:
             grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-        uv, uv_before = [], None
+        arena = None
         if self._norm == "spectral":                  # the vectors as they were, to keep them if the step is skipped
             states = [self._init_uv(p) for p in params]
-            uv = [t for st in states for t in (st["u"], st["v"])]
-            uv_before = torch.cat([t.reshape(-1) for t in uv])
+            arena = self._uv_arena(states)
+            before = arena.clone()
         fused_spectral = self._norm == "spectral" and (tri is not None or (
             self._use_kernels(tensors) and agd_ops._compiled_for(grads) and all(g.is_contiguous() for g in grads)))
         if fused_spectral:               # pass A: sums of squares and g v in one read
@@ -505,12 +517,29 @@ class AGD(torch.optim.Optimizer):
         elif bool(ok):
             for p, g, c in zip(tensors, grads, torch.split(coef, counts)):
                 p.sub_((c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g)
-        if uv:
-            kept = torch.where(ok, torch.cat([t.reshape(-1) for t in uv]), uv_before)
-            torch._foreach_copy_(uv, [k.view(t.shape) for k, t in zip(kept.split([t.numel() for t in uv]), uv)])
+        if arena is not None:
+            torch.where(ok, arena, before, out=arena)
         book["eta"] = torch.where(ok, eta, book["eta"])
         book["skipped_steps"].add_((~ok).to(torch.int64))
         return loss
+
+    def _uv_arena(self, states) -> Tensor:
+        """One flat float64 buffer that holds the vectors u, v of these states, which are views of it: the step's
+        snapshot of them is one clone and keeping or dropping their update one where(ok, new, old), however many
+        tensors there are. Rebuilt (the vectors copied in, the state's entries replaced by views) when a vector is
+        not a view of it: new parameters, a loaded or copied state, vectors set by hand."""
+        arena = getattr(self, "_arena", None)
+        if arena is not None and all(st["u"]._base is arena and st["v"]._base is arena for st in states):
+            return arena
+        vecs = [st[k] for st in states for k in ("u", "v")]
+        arena = self._arena = torch.cat([t.reshape(-1) for t in vecs])
+        pos = 0
+        for st in states:
+            for k in ("u", "v"):
+                n = st[k].numel()
+                st[k] = arena[pos:pos + n].view(st[k].shape)
+                pos += n
+        return arena
 
     def _inv_sqrt_rank(self, grads):
         """Per slice 1 / sqrt(min(d_out, d_in)), cached per set of shapes (the lower clamp of sigma)."""
