@@ -480,7 +480,8 @@ def test_a_loaded_state_is_a_copy():
     m2 = copy.deepcopy(model)
     o2 = hf.AGD(m2.parameters(), norm="spectral", backend="cpu")
     o2.load_state_dict(sd)
-    _train(m2, o2, batches[2:])
+    _continue(m2, o2, batches[2:] + batches[:2])   # a skipped step among them: the counter moves
+    assert o2.skipped_steps == 1
     _assert_same(opt.state_dict(), kept)        # the original's state did not move with the copy's
     assert all(o2.state[p]["u"].dtype == torch.float64 for p in m2.parameters())
 
@@ -567,6 +568,27 @@ def test_a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing(case):
     _assert_same(_snapshot(opt), before)
     opt.load_state_dict(good)                    # a checkpoint that fits still loads
     _assert_same(_snapshot(opt), before)
+
+
+def test_load_state_dict_hooks_see_the_checked_dict_and_the_loaded_state():
+    """A pre-hook's result is what is checked (here it repairs float32 vectors); post-hooks see the state as
+    loaded (u, v float64, the counter with the first parameter)."""
+    model, opt, _ = _setup("cpu", "spectral")
+    bad = copy.deepcopy(opt.state_dict())
+    for st in bad["state"].values():
+        st["u"], st["v"] = st["u"].float(), st["v"].float()
+    o2 = hf.AGD(copy.deepcopy(model).parameters(), norm="spectral", backend="cpu")
+    seen = []
+
+    def repair(optimizer, sd):
+        sd["state"] = {k: {n: t.double() if n in ("u", "v") else t for n, t in st.items()}
+                       for k, st in sd["state"].items()}
+
+    o2.register_load_state_dict_pre_hook(repair)
+    o2.register_load_state_dict_post_hook(lambda optimizer: seen.append(
+        [(st["u"].dtype, "skipped_steps" in st) for st in optimizer.state.values()]))
+    o2.load_state_dict(bad)
+    assert seen == [[(torch.float64, True), (torch.float64, False), (torch.float64, False)]]
 
 
 # ------------------------------------------------------------------------------ 6. torch.distributed.checkpoint
