@@ -264,7 +264,8 @@ def test_refused_add_param_group_changes_nothing_and_a_retry_succeeds(norm):
     _step(opt, [w1, w2], _grads([w1, w2], 1))
     before = _snapshot(opt)
     refusals = [
-        ({"params": [bias]}, ValueError, re.escape("matrices and 4-D convolution kernels; got a parameter of shape (5,)")),
+        ({"params": [bias]}, ValueError,
+         re.escape("matrices and 4-D convolution kernels; got a parameter of shape (5,)")),
         ({"params": [w3, bias]}, ValueError, "got a parameter of shape"),            # not half-added
         ({"params": [w3], "gain": -1.0}, ValueError, "gain must be a finite number >= 0, got -1.0"),
         ({"params": [w3], "gain": NAN}, ValueError, "gain must be"),
@@ -520,7 +521,8 @@ REFUSED = {
                   u=torch.ones(1, 7, dtype=torch.float64), v=torch.ones(1, 128, dtype=torch.float64))),
               re.escape("parameter 2 has u of shape (1, 7), but this optimizer's parameter 2 has shape (5, 128) and "
                         "needs (1, 5)")),
-    "u-dtype": ("spectral", lambda: _edited("spectral", lambda sd: sd["state"][1].update(u=sd["state"][1]["u"].float())),
+    "u-dtype": ("spectral", lambda: _edited("spectral", lambda sd: sd["state"][1].update(
+                    u=sd["state"][1]["u"].float())),
                 "parameter 1 has u of dtype torch.float32; AGD keeps its power-iteration vectors in torch.float64"),
     "nan-v": ("spectral", lambda: _edited("spectral", lambda sd: sd["state"][0]["v"].view(-1)[3].fill_(NAN)),
               "parameter 0 holds a non-finite v"),
@@ -530,7 +532,8 @@ REFUSED = {
     "counter-dtype": ("frobenius", lambda: _edited("frobenius", lambda sd: sd["state"][0].update(
                           skipped_steps=sd["state"][0]["skipped_steps"].double())),
                       "skipped_steps must be a 0-dim torch.int64 tensor, got torch.float64"),
-    "negative-counter": ("frobenius", lambda: _edited("frobenius", lambda sd: sd["state"][0]["skipped_steps"].fill_(-1)),
+    "negative-counter": ("frobenius", lambda: _edited("frobenius",
+                                                      lambda sd: sd["state"][0]["skipped_steps"].fill_(-1)),
                          "skipped_steps must be finite and >= 0, got -1"),
     "bad-gain": ("frobenius", lambda: _edited("frobenius", lambda sd: sd["param_groups"][0].update(gain=-2.0)),
                  "param group 0 of the checkpoint: gain must be a finite number >= 0, got -2.0"),

@@ -318,8 +318,9 @@ class AGD(torch.optim.Optimizer):
         w = "AGD.load_state_dict"
         if not (isinstance(sd, dict) and isinstance(sd.get("state"), dict)
                 and isinstance(sd.get("param_groups"), (list, tuple))):
+            keys = f" with keys {sorted(map(str, sd))}" if isinstance(sd, dict) else ""
             raise ValueError(f"{w}: expected an optimizer state_dict (a dict with 'state' and 'param_groups'), got "
-                             f"{type(sd).__name__}" + (f" with keys {sorted(map(str, sd))}" if isinstance(sd, dict) else ""))
+                             f"{type(sd).__name__}{keys}")
         groups, saved = sd["param_groups"], sd["state"]
         for gi, g in enumerate(groups):               # another optimizer's checkpoint: say so first
             if not isinstance(g, dict) or "params" not in g:
