@@ -39,6 +39,40 @@ def scale_of(t: Tensor) -> float:
     return scale_of_shape(t.shape)
 
 
+#: torch reduces an input of fewer elements than at::internal::GRAIN_SIZE (32768) on the calling thread alone;
+#: fixed_sum folds below this (well under it) before it calls Tensor.sum
+_SERIAL_NUMEL = 4096
+
+
+def fixed_sum(x: Tensor, dim: int) -> Tensor:
+    """``x`` summed over ``dim`` with the same bits for any number of threads. On CPU tensors torch's reductions
+    (and MKL's matrix products) split long sums by thread count: the input is first folded in half by element-wise
+    additions (element i with element n - h + i, a fixed pairwise tree) until it holds fewer than _SERIAL_NUMEL
+    elements, which Tensor.sum then reduces on one thread. Other devices use ``Tensor.sum``."""
+    if x.device.type != "cpu":
+        return x.sum(dim)
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    while n > 1 and x.numel() >= _SERIAL_NUMEL:
+        h = n // 2
+        y = x.narrow(dim, 0, h) + x.narrow(dim, n - h, h)
+        if n % 2:                                              # the middle element passes to the next level
+            y = torch.cat([y, x.narrow(dim, h, 1)], dim)
+        x, n = y, y.shape[dim]
+    return x.sum(dim)
+
+
+def sumsq_slices(g: Tensor) -> Tensor:
+    """The per-slice sums of squares of one gradient in float64 (pure PyTorch, thread-count independent on CPU)."""
+    return fixed_sum(as_slices(g.double()).flatten(1).pow(2), 1)
+
+
+def _row_norms(x: Tensor) -> Tensor:
+    """Euclidean norm of every row of a matrix (squares summed in float64 by fixed_sum), in x's dtype."""
+    x64 = x.double()
+    return fixed_sum(x64 * x64, 1).sqrt().to(x.dtype)
+
+
 def _compiled_for(tensors: Sequence[Tensor]) -> bool:
     """The compiled AGD ops run for these tensors: the C++ kernels for CPU tensors, the CUDA kernels (the CUDA
     extension) for CUDA tensors."""
@@ -57,7 +91,7 @@ def sumsq(grads: Sequence[Tensor]) -> List[Tensor]:
     if grads and _compiled_for(grads):
         flat = torch.ops.hyperfused.agd_sumsq([g.contiguous() for g in grads], [slices_of(g) for g in grads])
         return list(torch.split(flat, [slices_of(g) for g in grads]))
-    return [as_slices(g.double()).pow(2).sum(dim=(1, 2)) for g in grads]
+    return [sumsq_slices(g) for g in grads]
 
 
 def update(params: Sequence[Tensor], grads: Sequence[Tensor], coef: Sequence[Tensor],
@@ -98,7 +132,7 @@ def normalize_rows_(xs: Sequence[Tensor], dsts: Sequence[Tensor]) -> Tensor:
             raise ValueError(f"normalize_rows_: tensor {i} must be a float64 matrix (rows, d) and its destination "
                              f"a float64 tensor of as many elements; got {x.dtype} {tuple(x.shape)} and "
                              f"{d.dtype} {tuple(d.shape)}")
-        n = x.norm(dim=1)
+        n = _row_norms(x)
         dv = d.view(x.shape)
         dv.copy_(torch.where((n > 0).unsqueeze(1), x / torch.where(n > 0, n, 1.0).unsqueeze(1), dv))
         norms.append(n)
@@ -130,20 +164,21 @@ def power_iteration(mats: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[T
         G = torch.cat([(mats[i] if mats[i].dim() == 3 else mats[i].unsqueeze(0)) for i in idx])
         U = torch.cat([(us[i] if us[i].dim() == 2 else us[i].unsqueeze(0)) for i in idx]).to(G.dtype)
         V = torch.cat([(vs[i] if vs[i].dim() == 2 else vs[i].unsqueeze(0)) for i in idx]).to(G.dtype)
-        fro = G.flatten(1).norm(dim=1)
+        fro = _row_norms(G.flatten(1))
         nonzero = fro > 0
         sigma = torch.zeros_like(fro)
         active = nonzero.clone()
         k = 0
         for k in range(1, max_iter + 1):
             # two half-iterations, each with its own estimate; they bracket sigma_1 from below and agree once
-            # the iteration has settled, so one iteration (two reads of g) can decide convergence
-            gtu = torch.bmm(G.transpose(1, 2), U.unsqueeze(2)).squeeze(2)
-            s_a = gtu.norm(dim=1)
-            v_new = torch.nn.functional.normalize(gtu, dim=1)
-            gv = torch.bmm(G, v_new.unsqueeze(2)).squeeze(2)
-            s_b = gv.norm(dim=1)
-            u_new = torch.nn.functional.normalize(gv, dim=1)
+            # the iteration has settled, so one iteration (two reads of g) can decide convergence. The products
+            # are summed in a fixed order (fixed_sum): the same bits for any number of threads.
+            gtu = _matvec(G, U, transpose=True)
+            s_a = _row_norms(gtu)
+            v_new = gtu / s_a.clamp_min(1e-12).unsqueeze(1)
+            gv = _matvec(G, v_new, transpose=False)
+            s_b = _row_norms(gv)
+            u_new = gv / s_b.clamp_min(1e-12).unsqueeze(1)
             upd = active.unsqueeze(1)
             V = torch.where(upd, v_new, V)
             U = torch.where(upd, u_new, U)
@@ -165,3 +200,15 @@ def power_iteration(mats: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[T
             iters[i] = k
             pos += b
     return out_s, out_u, out_v, iters
+
+
+def _matvec(G: Tensor, x: Tensor, transpose: bool) -> Tensor:
+    """Per batch entry g^T x (x of length m) or g x (x of length n) for G of shape (batch, m, n). On CPU the
+    products are summed by fixed_sum (thread-count independent; MKL's bmm is not), elsewhere by bmm."""
+    if G.device.type != "cpu":
+        if transpose:
+            return torch.bmm(G.transpose(1, 2), x.unsqueeze(2)).squeeze(2)
+        return torch.bmm(G, x.unsqueeze(2)).squeeze(2)
+    if transpose:
+        return fixed_sum(G * x.unsqueeze(2), 1)
+    return fixed_sum(G * x.unsqueeze(1), 2)
