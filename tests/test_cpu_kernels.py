@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import hyperfused as hf
+from towers import UPPER
 from hyperfused import ops
 
 pytestmark = pytest.mark.skipif(not ops.extension_available(), reason="the C++ extension is not built")
@@ -53,8 +54,9 @@ CLS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adag
 LR0 = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.05}
 TOWERS = {   # levels above level 0
     1: lambda: hf.SGD(lr=1e-7),
-    2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7)),
-    3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8))),
+    2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7), **UPPER["adam"]),
+    3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8, **UPPER["adagrad"])),
+                          **UPPER["rmsprop"]),
 }
 
 

@@ -138,7 +138,8 @@ def sgdm_jac(rec):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The oracles: one-pass mode, level 0 plus the level above, step by step.
+# The oracles: one-pass mode, level 0 plus the level above, step by step, in the paper's conventions (Adam's v_0 = eps,
+# eps under RMSprop's root), which the optimizers under test are given.
 # ------------------------------------------------------------------------------------------------------------
 def _hypergrad(recs, grads, jac):
     """delta_t: each tensor with a gradient now and a record of a previous update contributes g_t . J."""
@@ -268,7 +269,7 @@ SGDM = dict(lr=0.05, momentum=0.8, alpha=1e-3, betas=(0.9, 0.999), eps=1e-8)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_adam_one_pass_matches_oracle(backend):
     c = ADAM
-    make = lambda params: hf.Adam(params, lr=c["lr"], betas=c["betas"], eps=c["eps"],
+    make = lambda params: hf.Adam(params, lr=c["lr"], betas=c["betas"], eps=c["eps"], initial_exp_avg_sq=c["eps"],
                                   hyper=hf.SGD(lr=c["kappa"]), backend=backend, one_pass=True)
     _compare(_run_hf(make, NO_GRAD), oracle_adam(c["lr"], c["betas"], c["eps"], c["kappa"], STEPS))
 
@@ -276,7 +277,7 @@ def test_adam_one_pass_matches_oracle(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rmsprop_one_pass_matches_oracle(backend):
     c = RMS
-    make = lambda params: hf.RMSprop(params, lr=c["lr"], alpha=c["alpha"], eps=c["eps"],
+    make = lambda params: hf.RMSprop(params, lr=c["lr"], alpha=c["alpha"], eps=c["eps"], eps_inside_sqrt=True,
                                      hyper=hf.SGD(lr=c["kappa"]), backend=backend, one_pass=True)
     _compare(_run_hf(make), oracle_rmsprop(c["lr"], c["alpha"], c["eps"], c["kappa"], STEPS))
 
@@ -285,7 +286,8 @@ def test_rmsprop_one_pass_matches_oracle(backend):
 def test_momentum_sgd_under_adam_one_pass_matches_oracle(backend):
     c = SGDM
     make = lambda params: hf.SGD(params, lr=c["lr"], momentum=c["momentum"],
-                                 hyper=hf.Adam(lr=c["alpha"], betas=c["betas"], eps=c["eps"]),
+                                 hyper=hf.Adam(lr=c["alpha"], betas=c["betas"], eps=c["eps"],
+                                               initial_exp_avg_sq=c["eps"]),
                                  backend=backend, one_pass=True)
     _compare(_run_hf(make), oracle_sgdm_adam(c["lr"], c["momentum"], c["alpha"], c["betas"], c["eps"], STEPS))
 
