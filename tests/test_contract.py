@@ -23,6 +23,10 @@ def _backends():
 
 
 BACKENDS = pytest.mark.parametrize("backend", _backends())
+# where the kernels decide (the skip flag, in-place state), the Triton kernels too (under the interpreter on CPU)
+# (these tests use CPU tensors: with a GPU present the Triton kernels run on CUDA tensors in their own tests)
+_INTERPRETED = ops.triton_available() and not torch.cuda.is_available()
+KERNEL_BACKENDS = pytest.mark.parametrize("backend", _backends() + (["triton"] if _INTERPRETED else []))
 KINDS = {"sgd": (hf.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
          "adam": (hf.Adam, torch.optim.Adam, dict(lr=0.01)),
          "rmsprop": (hf.RMSprop, torch.optim.RMSprop, dict(lr=0.01)),
@@ -135,7 +139,7 @@ EDITS = {
 }
 
 
-@BACKENDS
+@KERNEL_BACKENDS
 @pytest.mark.parametrize("case", list(EDITS))
 def test_param_group_edits_are_honoured_from_the_next_step_as_torch(case, backend):
     kind = case.split("-")[0]
@@ -179,7 +183,7 @@ def test_edits_that_would_change_the_towers_shape_are_refused_and_change_nothing
     opt.step()                                   # usable again once the value is good
 
 
-@BACKENDS
+@KERNEL_BACKENDS
 def test_a_bad_tensor_lr_never_reaches_the_weights(backend):
     params = _params()
     opt = hf.SGD(params, lr=0.1, backend=backend)
@@ -316,7 +320,7 @@ COPIES = {
 }
 
 
-@BACKENDS
+@KERNEL_BACKENDS
 @pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
 @pytest.mark.parametrize("how", list(COPIES) + ["dcp-helpers"])
 def test_a_copy_trains_on_bitwise_as_the_original(how, one_pass, backend):

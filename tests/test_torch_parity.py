@@ -33,7 +33,7 @@ def _backends():
     out = ["reference"]
     if ops.extension_available():
         out.append("cpu")
-    if ops.triton_available():
+    if ops.triton_available() and not torch.cuda.is_available():    # CPU tensors: the Triton interpreter
         out.append("triton")
     return out
 
