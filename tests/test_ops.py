@@ -112,3 +112,77 @@ def test_extensions_built_for_another_torch_are_refused_with_a_message(tmp_path)
     assert _ext.build_mismatch(str(tmp_path / "absent.json")) is None
     if ops.extension_available() and os.path.exists(_ext.BUILD_INFO):      # this tree's own build matches
         assert _ext.build_mismatch() is None
+
+
+# backend="auto" and its fallback warning (ops.auto_backend)
+import types  # noqa: E402
+import warnings  # noqa: E402
+
+
+@pytest.fixture
+def availability(monkeypatch):
+    """A function set_(cpu=, cuda=, triton=) that makes the kernels look built or missing (the names that
+    backend='auto' consults, in the ops module); the record of fallback warnings already given starts empty."""
+    monkeypatch.setattr(ops, "_FALLBACK_WARNED", set())
+
+    def set_(cpu=True, cuda=True, triton=True):
+        monkeypatch.setattr(ops, "extension_available", lambda: cpu)
+        monkeypatch.setattr(ops, "cuda_extension_available", lambda: cuda)
+        monkeypatch.setattr(ops, "triton_available", lambda: triton)
+    return set_
+
+
+def _fallback_warnings(call):
+    """call()'s result and the BackendFallbackWarnings it gave, every one shown (Python's once-per-location
+    registry must not be what keeps a second one away)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    return result, [w for w in caught if issubclass(w.category, ops.BackendFallbackWarning)]
+
+
+def test_auto_backend_warns_once_when_the_cpu_extension_is_missing(availability):
+    availability(cpu=False)
+    backend, caught = _fallback_warnings(lambda: ops.auto_backend(torch.device("cpu")))
+    assert backend == "reference" and len(caught) == 1
+    msg = str(caught[0].message)
+    assert "backend='auto'" in msg and "reference" in msg and "hyperfused._C" in msg and "CPU" in msg
+    assert "pip install --no-build-isolation -e ." in msg
+    assert caught[0].filename == __file__               # the caller's line, not one inside hyperfused
+    backend, caught = _fallback_warnings(lambda: ops.auto_backend("cpu"))
+    assert backend == "reference" and caught == []              # once per process and device type
+    # the CUDA fallback is another device type: it warns once of its own
+    availability(cpu=False, cuda=False, triton=False)
+    assert len(_fallback_warnings(lambda: ops.auto_backend("cuda:0"))[1]) == 1
+
+
+def test_auto_backend_warns_once_when_cuda_has_neither_its_extension_nor_triton(availability):
+    availability(cuda=False, triton=False)
+    backend, caught = _fallback_warnings(lambda: ops.auto_backend("cuda"))
+    assert backend == "reference" and len(caught) == 1
+    msg = str(caught[0].message)
+    assert "CUDA tensors" in msg and "hyperfused._C_cuda" in msg and "Triton" in msg
+    assert "HYPERFUSED_CUDA=1 pip install --no-build-isolation -e ." in msg and "pip install triton" in msg
+    assert _fallback_warnings(lambda: ops.auto_backend(torch.device("cuda", 1))) == ("reference", [])
+    # the CPU extension is there: CPU tensors run the C++ kernels, without a warning
+    assert _fallback_warnings(lambda: ops.auto_backend("cpu")) == ("cpu", [])
+
+
+@pytest.mark.parametrize("cpu,cuda,triton", [(c, u, t) for c in (True, False) for u in (True, False)
+                                             for t in (True, False)])
+def test_auto_backend_is_the_optimizers_choice_and_warns_only_on_a_fallback(availability, cpu, cuda, triton):
+    """auto_backend(device) picks what the optimizers' backend='auto' runs for a param group on that device
+    (hyperfused/optim/base.py, _group_backend), and warns exactly when that is the reference for want of kernels
+    (the C++ extension for CPU tensors; the CUDA extension and Triton for CUDA tensors), never for other
+    device types, which have no compiled kernels."""
+    import hyperfused as hf
+    availability(cpu=cpu, cuda=cuda, triton=triton)
+    opt = hf.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, backend="auto")
+    for device in ("cpu", "cuda", "meta"):
+        group = {"params": [types.SimpleNamespace(device=torch.device(device))]}     # only its device is read
+        backend, caught = _fallback_warnings(lambda: ops.auto_backend(device))
+        with warnings.catch_warnings():           # (once base.py calls auto_backend, the warning is given)
+            warnings.simplefilter("ignore")
+            assert opt._group_backend(group) == backend, device
+        fell_back = {"cpu": not cpu, "cuda": not (cuda or triton), "meta": False}[device]
+        assert len(caught) == int(fell_back), (device, [str(w.message) for w in caught])

@@ -4,7 +4,10 @@ The optimizers call only these entries; they know nothing about backends.
 """
 from __future__ import annotations
 
-from typing import List
+import os
+import sys
+import warnings
+from typing import List, Set, Tuple
 
 import torch
 
@@ -47,6 +50,63 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+class BackendFallbackWarning(UserWarning):
+    """backend='auto' runs the pure-PyTorch reference because the compiled kernels are missing."""
+
+
+_FALLBACK_WARNED: Set[Tuple[str, str]] = set()      # (device type, reason) already warned about in this process
+
+
+def _warn_fallback(device_type: str, reason: str, message: str) -> None:
+    if (device_type, reason) in _FALLBACK_WARNED:
+        return
+    _FALLBACK_WARNED.add((device_type, reason))
+    # point at the caller's line (an optimizer.step()), past the frames of the ops, the optimizers and torch
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    inside = (os.path.join(package, "ops") + os.sep, os.path.join(package, "optim") + os.sep,
+              os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
+    frame, level = sys._getframe(0), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, BackendFallbackWarning, stacklevel=level)
+
+
+def auto_backend(device) -> str:
+    """The backend that ``backend='auto'`` runs for a param group on ``device`` (a torch.device or its name):
+    "cpu" (the C++ kernels) for CPU tensors when hyperfused._C loaded; for CUDA tensors "cuda" when the CUDA
+    extension loaded, else "triton" when Triton imports; otherwise "reference", the pure-PyTorch ops.
+
+    Falling back to the reference because those kernels are missing (for CPU tensors: the C++ extension; for
+    CUDA tensors: both the CUDA extension and Triton) warns once per process, device type and reason, with a
+    BackendFallbackWarning that names the cause and the fix; backend='reference' chooses the reference
+    without a warning. Other device types have no compiled kernels: they run the reference without one."""
+    dev = device.type if isinstance(device, torch.device) else torch.device(device).type   # (every step)
+    if dev == "cpu":
+        if extension_available():
+            return "cpu"
+        _warn_fallback("cpu", "no C++ extension",
+                       f"hyperfused: backend='auto' runs the pure-PyTorch reference ops (slower than the fused "
+                       f"kernels) on CPU tensors, because the compiled extension hyperfused._C did not load "
+                       f"({_ext.extension_error() or 'not built'}). Rebuild it with "
+                       f"`pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`); "
+                       f"backend='reference' chooses the reference without this warning.")
+        return "reference"
+    if dev == "cuda":
+        if cuda_extension_available():
+            return "cuda"
+        if triton_available():
+            return "triton"
+        _warn_fallback("cuda", "no CUDA extension and no Triton",
+                       f"hyperfused: backend='auto' runs the pure-PyTorch reference ops (slower than the fused "
+                       f"kernels) on CUDA tensors, because neither the CUDA extension hyperfused._C_cuda "
+                       f"({_ext.cuda_extension_error()}) nor Triton ({_triton.error() or 'not importable'}) is "
+                       f"available. Build the CUDA extension with `HYPERFUSED_CUDA=1 pip install "
+                       f"--no-build-isolation -e .` (a CUDA build of torch, CUDA_HOME set) or install Triton "
+                       f"(`pip install triton`); backend='reference' chooses the reference without this warning.")
+        return "reference"
+    return "reference"
+
+
 def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tensor:
     """Deterministic per-pair dot products ``sum(a[i] * b[i])`` in float64, one value per pair.
 
@@ -67,7 +127,7 @@ def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tens
     return reference.multi_tensor_dot(a, b)
 
 
-__all__ = ["BACKENDS", "resolve_backend", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
+__all__ = ["BACKENDS", "resolve_backend", "auto_backend", "BackendFallbackWarning", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
            "reference", "extension_available", "cuda_extension_available", "triton_available", "power_iteration",
            "agd"]
 
