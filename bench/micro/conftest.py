@@ -107,10 +107,10 @@ def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     tr.write_sep("-", f"hyperfused / torch ({hf_micro.DEVICE}, {torch.get_num_threads()} threads; mean per call; "
                       f"GB/s from the bytes model)")
-    tr.write_line(f"{'group':<44} {'entry':<44} {'mean':>10} {'GB/s':>8} {'ours/torch':>10}")
+    tr.write_line(f"{'group':<48} {'entry':<52} {'mean':>10} {'GB/s':>8} {'ours/torch':>10}")
     for (group, entry), r in sorted(_RESULTS.items(), key=lambda kv: (kv[0][0], kv[1]["baseline"] is not None)):
         mean = r["mean"]
         t = f"{mean * 1e3:.3f} ms" if mean >= 1e-3 else f"{mean * 1e6:.1f} us"
         bw = f"{r['gbps']:.2f}" if r["gbps"] is not None else ""
         ratio = f"{r['vs_torch']:.2f}x" if r["vs_torch"] is not None else ""
-        tr.write_line(f"{group:<44} {entry:<44} {t:>10} {bw:>8} {ratio:>10}")
+        tr.write_line(f"{group:<48} {entry:<52} {t:>10} {bw:>8} {ratio:>10}")
