@@ -7,13 +7,14 @@
 Sizes: tiny (4096 elements), default (2^20 on CPU, 2^26 on a GPU), large (2^24 / 2^28), or an element count.
 On the default size, unless --benchmark-max-time is given, every benchmark runs for 0.5 s (at least 5 rounds).
 Device: cuda when there is a GPU, else cpu; backends: those that run there (hf_micro.backends(); HF_MICRO_BACKENDS
-picks others). On CUDA the timed function ends with torch.cuda.synchronize(). --micro-threads N (HF_MICRO_THREADS) sets
-torch.set_num_threads for the run.
+picks others). On CUDA the timed function ends with torch.cuda.synchronize(). On CPU the run takes one thread
+(torch.set_num_threads(1)): per-core numbers, which a machine shared with other work does not scramble;
+--micro-threads N (HF_MICRO_THREADS=N) takes N, 0 torch's default.
 
 Every benchmark's extra_info holds the bytes it moves per call (the bytes model, docs/MATH.md §6), its effective
 GB/s from the measured mean, and for hyperfused's entries the ratio of its mean to its torch baseline's
 (``vs_torch``); the groups (one per op or optimizer family and dtype) put each entry next to its baseline, and a
-summary of those ratios is printed after pytest-benchmark's tables.
+summary of those ratios is printed in the run's terminal summary.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def pytest_addoption(parser):
                      help="microbenchmark size: tiny, default, large or an element count like 4M "
                           "(env HF_MICRO_SIZE; default: default)")
     parser.addoption("--micro-threads", type=int, default=None,
-                     help="torch.set_num_threads for the run (env HF_MICRO_THREADS; default: torch's)")
+                     help="torch.set_num_threads for the run, 0: torch's default (env HF_MICRO_THREADS; "
+                          "default: 1 on CPU, torch's default with a GPU)")
 
 
 def _size_text(config) -> str:
@@ -45,8 +47,10 @@ def _size_text(config) -> str:
 
 def pytest_configure(config):
     hf_micro.parse_size(_size_text(config))          # a bad size fails here, before anything runs
-    threads = config.getoption("--micro-threads") or int(os.environ.get("HF_MICRO_THREADS", "0"))
-    if threads:
+    threads = config.getoption("--micro-threads")
+    if threads is None:
+        threads = int(os.environ.get("HF_MICRO_THREADS", "1" if hf_micro.DEVICE == "cpu" else "0"))
+    if threads > 0:
         torch.set_num_threads(threads)
 
 
