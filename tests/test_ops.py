@@ -186,3 +186,15 @@ def test_auto_backend_is_the_optimizers_choice_and_warns_only_on_a_fallback(avai
             assert opt._group_backend(group) == backend, device
         fell_back = {"cpu": not cpu, "cuda": not (cuda or triton), "meta": False}[device]
         assert len(caught) == int(fell_back), (device, [str(w.message) for w in caught])
+
+
+def test_an_optimizer_says_which_backend_each_group_runs(monkeypatch):
+    import hyperfused as hf
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    want = "cpu" if ops.extension_available() else "reference"
+    assert hf.Adam(p).backends() == [want]
+    assert hf.Adam(p, backend="reference").backends() == ["reference"]
+    monkeypatch.setattr(ops, "extension_available", lambda: False)
+    monkeypatch.setattr(ops, "_FALLBACK_WARNED", set())         # as in a fresh process
+    with pytest.warns(UserWarning, match="reference"):
+        assert hf.SGD(p).backends() == ["reference"]

@@ -425,6 +425,11 @@ class HyperOptimizer(torch.optim.Optimizer):
             out[name] = t.tolist() if t.dim() else float(t)
         return out
 
+    def backends(self) -> List[str]:
+        """The backend each param group runs ("auto" resolved: "cpu", "cuda", "triton" or "reference")."""
+        self._require_root("backends")
+        return [self._group_backend(g) if g["params"] else self._backend for g in self.param_groups]
+
     @property
     def skipped_steps(self) -> int:
         """How many steps were skipped because of a non-finite gradient, hypergradient or hyperparameter."""
@@ -517,13 +522,7 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _group_backend(self, group: Dict[str, Any]) -> str:
         dev = group["params"][0].device
         if self._backend == "auto":
-            if dev.type == "cpu" and ops.extension_available():
-                return "cpu"
-            if dev.type == "cuda" and ops.cuda_extension_available():
-                return "cuda"
-            if dev.type == "cuda" and ops.triton_available():
-                return "triton"
-            return "reference"
+            return ops.auto_backend(dev)          # warns once when it falls back to the reference
         if self._backend == "triton" and dev.type != "cuda" and not (dev.type == "cpu"
                                                                       and ops._triton.interpreting()):
             raise ValueError(f"backend='triton' runs on CUDA tensors (and on CPU tensors under the Triton "
