@@ -21,21 +21,13 @@ import torch.nn as nn
 import hyperfused as hf
 from hyperfused.ops import agd as agd_ops
 from test_agd import cnn, data, fcn
+from test_skip_contract import _device
 
 NAN, INF = float("nan"), float("inf")
 BACKENDS = ["reference", "cpu", "triton"]
 NORMS = ["frobenius", "spectral"]
 
 
-def _device(backend):
-    """The Triton kernels run on CUDA tensors where there is a GPU (on CPU tensors only under the interpreter)."""
-    if backend == "triton":
-        if not hf.ops.triton_available():
-            pytest.skip("triton is not installed")
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if backend == "cpu" and not hf.ops.extension_available():
-        pytest.skip("the C++ extension is not built")
-    return "cpu"
 
 
 def _bits(t):

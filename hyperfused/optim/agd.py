@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..ops import agd as agd_ops
+from .base import _is_dtensor
 
 Tensor = torch.Tensor
 
@@ -23,18 +24,7 @@ _GROUP_HYPER = ("gain",)
 _STATE_KEYS = ("u", "v", "skipped_steps", "eta")
 
 
-_DTENSOR: List[Any] = []
 _FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
-
-
-def _is_dtensor(t) -> bool:
-    if not _DTENSOR:           # resolved once: the import machinery costs microseconds per call
-        try:
-            from torch.distributed.tensor import DTensor
-        except ImportError:    # torch without distributed
-            DTensor = None
-        _DTENSOR.append(DTensor)
-    return _DTENSOR[0] is not None and isinstance(t, _DTENSOR[0])
 
 
 def _real(x) -> bool:
