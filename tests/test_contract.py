@@ -476,3 +476,28 @@ def test_gradients_made_under_inference_mode(backend, one_pass):
         out.append(ps)
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,key,value", [("sgd", "nesterov", True), ("sgd", "weight_decay", 0.1),
+                                            ("adam", "amsgrad", True), ("adam", "maximize", True),
+                                            ("rmsprop", "centered", True), ("rmsprop", "momentum", 0.9),
+                                            ("adagrad", "lr_decay", 0.1)])
+def test_a_torch_keyword_not_implemented_is_refused_never_ignored(kind, key, value):
+    """Set in param_groups (as code written for torch.optim would) or given in add_param_group: refused with a
+    sentence, nothing changed; its "off" value is accepted."""
+    cls = KINDS[kind][0]
+    params = _params()
+    opt = cls(params[:2], lr=0.01)
+    _grad(params, 0)
+    opt.step()
+    before = (_state_of(opt), [p.detach().clone() for p in params])
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=key):
+        opt.step()
+    assert _same(_state_of(opt)["state"], before[0]["state"])
+    assert all(torch.equal(a, b) for a, b in zip(params, before[1]))
+    opt.param_groups[0][key] = type(value)(0)       # torch's "off" value
+    opt.step()
+    with pytest.raises(ValueError, match=key):
+        opt.add_param_group({"params": [params[2]], key: value})
+    assert len(opt.param_groups) == 1

@@ -44,6 +44,9 @@ class HyperOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
     #: hyperparameter names in canonical order (the order of the flattened vector the level above sees)
     hyper_names: Tuple[str, ...] = ()
+    #: param_groups keys of the torch.optim counterpart not implemented here, with the value that means "off":
+    #: a group (or an edit) that sets one otherwise is refused, never ignored
+    _torch_only: Dict[str, Any] = {}
 
     # ---------------------------------------------------------------- subclass hooks
     @classmethod
@@ -172,6 +175,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def _check_new_group(self, gi: int) -> None:
         group = self.param_groups[gi]
+        self._refuse_torch_only(gi, group)
         params = group["params"]
         devices = {p.device for p in params}
         for p in params:
@@ -311,12 +315,19 @@ class HyperOptimizer(torch.optim.Optimizer):
         lr not adopted). A refused edit raises before anything changes."""
         group = self.param_groups[gi]
         gt = self._group_tower(gi)
+        self._refuse_torch_only(gi, group)
         seen = self._seen.get(gi)
         if seen is not None:
             changed = [k for k in seen if not _same(group.get(k, _MISSING), seen[k])]
             if changed:
                 self._adopt_values(gi, gt, changed)
         return self._adopt_lr(gi, gt)
+
+    def _refuse_torch_only(self, gi: int, group: Dict[str, Any]) -> None:
+        for k, off in self._torch_only.items():
+            if k in group and not _same(group[k], off):
+                raise ValueError(f"param group {gi}: {k}={group[k]!r} is not supported by hf.{type(self).__name__} "
+                                 f"(torch.optim.{type(self).__name__} has it; only {k}={off!r} here)")
 
     def _adopt_values(self, gi: int, gt: Dict[str, Any], changed: List[str]) -> None:
         group = self.param_groups[gi]
