@@ -8,8 +8,13 @@ tensor on the device of the tensor named below. The argument checks are the ones
 (a call the kernel rejects is rejected while tracing, not later at run time); the kernels check the rest.
 
 Ops that mutate their inputs (hyper_update, hyper_update_tower, hyper_tower_commit, agd_update,
-agd_normalize_rows) say so in their schemas (``Tensor(a!)``): the fake writes nothing, and functionalization
-(``auto_functionalized``) turns the call into a functional one with the mutated tensors as outputs.
+agd_normalize_rows) say so in their schemas (``Tensor(a!)``): functionalization (``auto_functionalized``) turns
+the call into a functional one with the mutated tensors as outputs. Their fakes write nothing but bump the version
+counters of the tensors the kernel writes (``_mutated``): the ops have no ADInplaceOrView kernel (csrc/ops.cpp
+defines them with TORCH_LIBRARY, where that key falls through), so nothing else tells the tracer that those
+tensors changed, and Dynamo would reuse what it read of them before the call; e.g. ``hp_lr.item()`` after
+hyper_tower_commit wrote hp_lr gave the value from before the commit, and a compiled exact-mode step of
+hf.Adam(hyper=hf.SGD(...), backend="cpu") then ran pass B with the old lr.
 
 Registered by ``hyperfused.ops._ext.load_extension`` once ``hyperfused._C`` (the schemas) has loaded.
 """
@@ -39,6 +44,15 @@ def _dev(tensors: Sequence[Tensor]) -> torch.device:
 def _slices(t: Tensor):
     """AGD's slices of a matrix (1) or of a 4-D kernel (kh * kw)."""
     return 1 if t.dim() == 2 else t.shape[2] * t.shape[3]
+
+
+def _mutated(*lists: Sequence[Tensor]) -> None:
+    """The tensors the kernel writes in place changed: bump their (fake) version counters (see the module
+    docstring). Tracing only; the eager kernels leave the counters alone, as fused.py's previous-gradient check
+    (_check_prev_grads) expects."""
+    for lst in lists:
+        if len(lst):
+            torch.autograd.graph.increment_version(list(lst))
 
 
 def _check_table(op: str, n: int, scal: Tensor, what: str = "scal") -> None:
@@ -115,6 +129,7 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: List[float], params
     _check_table("hyper_update", len(grads), scal)
     if scal_jac is not None:
         _check_table("hyper_update", len(grads), scal_jac, "scal_jac")
+    _mutated(params, s0, s1, s2)
     return _rows(len(grads), scal)
 
 
@@ -148,7 +163,9 @@ def hyper_update_tower(kind: int, learn: int, momentum: bool, eps: List[float], 
     _check_lists("hyper_update_tower", grads, params, s0, s1, s2)
     _check_table("hyper_update_tower", len(grads), scal)
     _check_table("hyper_update_tower", len(grads), scal_jac, "scal_jac")
-    return _tower_outputs("hyper_update_tower", scal, len(grads), desc, tower_eps, slots)
+    out = _tower_outputs("hyper_update_tower", scal, len(grads), desc, tower_eps, slots)
+    _mutated(params, s0, s1, s2)
+    return out
 
 
 def hyper_tower_commit(desc: List[int], eps: List[float], slots: List[Tensor], scratch: Tensor, ok: Tensor) -> None:
@@ -157,6 +174,7 @@ def hyper_tower_commit(desc: List[int], eps: List[float], slots: List[Tensor], s
     torch._check(scratch.dim() == 1 and scratch.numel() == 6 * K * block,
                  lambda: "hyper_tower_commit: scratch does not match the tower")
     torch._check(ok.dtype == torch.bool and ok.numel() == 1, lambda: "hyper_tower_commit: ok must be bool")
+    _mutated(slots)
 
 
 def agd_sumsq(grads: List[Tensor], slices: List[int]) -> Tensor:
@@ -179,6 +197,7 @@ def agd_update(params: List[Tensor], grads: List[Tensor], coef: Tensor, ok: Opti
                  lambda: f"agd_update: coef must be float64 with one entry per slice ({total})")
     if ok is not None:
         torch._check(ok.dtype == torch.bool and ok.numel() == 1, lambda: "agd_update: ok must be one bool")
+    _mutated(params)
 
 
 def _check_mats(op: str, grads, vecs, by_in: bool) -> None:
@@ -212,6 +231,7 @@ def agd_normalize_rows(xs: List[Tensor], dsts: List[Tensor]) -> Tensor:
                      lambda: f"agd_normalize_rows: tensor {t} must be a contiguous float64 matrix (rows, d)")
         torch._check(d.dtype == F64 and d.numel() == x.numel(),
                      lambda: f"agd_normalize_rows: destination {t} must be a float64 tensor of {x.numel()} elements")
+    _mutated(dsts)
     return torch.empty((sum(x.shape[0] for x in xs),), dtype=F64, device=_dev(xs))
 
 
