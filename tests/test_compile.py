@@ -340,7 +340,8 @@ def _at(path, lines):
 #: how each blocker shows in the error (or, for "f64", as a mismatch)
 MARKS = {"base377": _at("optim/base.py", "377"), "fused197": _at("ops/fused.py", "(19[0-9]|2[01][0-9])"),
          "fused79": _at("ops/fused.py", "(79|1[0-2][0-9])"), "agd179": r"'capturable'",
-         "agd518": _at("optim/agd.py", "518"), "agd573": rf'{_at("optim/agd.py", "57[0-9]")}|{_at("ops/agd.py", "18[0-9]")}'}
+         "agd518": _at("optim/agd.py", "518"),
+         "agd573": rf'{_at("optim/agd.py", "57[0-9]")}|{_at("ops/agd.py", "18[0-9]")}'}
 
 
 class Blocked(Exception):
