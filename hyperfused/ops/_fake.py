@@ -264,7 +264,9 @@ FAKES = {
 
 #: the ops of csrc/ops.cpp that get no fake implementation, and why
 NO_FAKE = {
-    "cpu_isa": "takes and returns no tensor (a str): nothing to trace; FakeTensor mode runs it as it is",
+    "cpu_isa": "takes no tensor and returns a str: FakeTensor mode runs its kernel as it is, and Dynamo refuses "
+               "any torch.* op that returns a non-Tensor, which no fake changes (a diagnostic: read it outside "
+               "compiled code)",
 }
 
 _registered: List[str] = []
