@@ -315,33 +315,30 @@ def test_a_value_read_after_the_commit_is_the_written_one(captured, backend):
 
 
 # ---------------------------------------------------------------------------------------------------- compiled step
+#: what blocks a compiled step (locations as of this file's commit; the code is quoted, lines drift)
 BLOCKERS = {
-    "base377": "hyperfused/optim/base.py:377 (_adopt_lr) reads alias._version on every step: a data-dependent "
-               "branch Dynamo cannot trace (UserError, guard on an unbacked symbol)",
-    "fused197": "hyperfused/ops/fused.py:195-216 (_check_prev_grads, _may_keep_reference: the previous gradient "
-                "kept by reference) read prev._version and g.is_inference()",
-    "agd179": "hyperfused/optim/agd.py:19/179: AGD refuses the 'capturable' key torch.compile puts in every param "
-              "group of a traced optimizer",
-    "agd518": "hyperfused/optim/agd.py:518: the reference update reads ok on the host (bool(ok))",
-    "agd573": "hyperfused/optim/agd.py:573 and hyperfused/ops/agd.py:188: the power iteration's early exit "
-              "(bool(tensor.any()))",
-    "fused79": "hyperfused/ops/fused.py:79-128 (scalars -> _scalars_on_host): the CPU scalar table is built from "
-               ".item() reads, a graph break without fullgraph (with fullgraph they are captured, but inductor then "
-               "fails on fused.py:121's float(v.item()) of the bool flags: AssertionError ToFloat(False))",
+    "base377": "hyperfused/optim/base.py:377, HyperOptimizer._adopt_lr: `if not replaced and alias._version == "
+               "self._lr_ver.get(gi)` reads a version counter on every step: a data-dependent branch Dynamo cannot "
+               "trace (UserError, guard on an unbacked symbol)",
+    "fused197": "hyperfused/ops/fused.py:190-216, _check_prev_grads (`prev._version != ver`) and _may_keep_reference "
+                "(`g.is_inference()`): the previous gradient kept by reference",
+    "fused79": "hyperfused/ops/fused.py:72, scalars -> _scalars_on_host: the CPU scalar table is built from .item() "
+               "reads, a graph break without fullgraph (with fullgraph they are captured, but inductor then fails on "
+               "fused.py:121's float(v.item()) of the bool flags: AssertionError ToFloat(False))",
+    "agd179": "hyperfused/optim/agd.py:19 _TORCH_GROUP_KEYS / AGD._check_group: AGD refuses the 'capturable' key "
+              "torch.compile puts in every param group of a traced optimizer",
+    "agd518": "hyperfused/optim/agd.py:518, AGD.step: the reference update reads ok on the host (`elif bool(ok)`)",
+    "agd573": "hyperfused/optim/agd.py:573 (AGD._sigmas_fused, `bool(unsettled.any())`) and hyperfused/ops/agd.py:188 "
+              "(power_iteration, `bool(active.any())`): the power iteration's early exit",
     "f64": "torch 2.13: an in-place write to a 0-dim float64 CPU tensor input is lost under AOTAutograd "
            "(test_torch_drops_inplace_writes_to_0dim_float64_inputs); a group with a float64 parameter keeps its "
            "hyperparameters as such tensors",
 }
-def _at(path, lines):
-    """A location in Dynamo's messages: "path:line" (a guard's "Caused by") or 'path", line N' (a user stack)."""
-    return rf'{re.escape(path)}(:|", line ){lines}\b'
-
-
-#: how each blocker shows in the error (or, for "f64", as a mismatch)
-MARKS = {"base377": _at("optim/base.py", "377"), "fused197": _at("ops/fused.py", "(19[0-9]|2[01][0-9])"),
-         "fused79": _at("ops/fused.py", "(79|1[0-2][0-9])"), "agd179": r"'capturable'",
-         "agd518": _at("optim/agd.py", "518"),
-         "agd573": rf'{_at("optim/agd.py", "57[0-9]")}|{_at("ops/agd.py", "18[0-9]")}'}
+#: how each blocker shows in Dynamo's error (its code or its function; "f64" shows as a mismatch)
+MARKS = {"base377": r"alias\._version == self\._lr_ver|in _adopt_lr\b",
+         "fused197": r"prev\._version != ver|is_inference\(\)|in _check_prev_grads\b|in _may_keep_reference\b",
+         "fused79": r"in _scalars_on_host\b", "agd179": r"'capturable'", "agd518": r"elif bool\(ok\)",
+         "agd573": r"bool\(unsettled\.any\(\)\)|bool\(active\.any\(\)\)|in _sigmas_fused\b|in power_iteration\b"}
 
 
 class Blocked(Exception):
