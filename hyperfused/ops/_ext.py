@@ -1,4 +1,5 @@
-"""Loading the compiled extension (``hyperfused._C``), which registers the ``torch.ops.hyperfused`` ops.
+"""Loading the compiled extension (``hyperfused._C``), which registers the ``torch.ops.hyperfused`` ops, and
+registering their fake implementations (``hyperfused.ops._fake``, for torch.compile) once it has loaded.
 
 The package works without it: every op has a pure-PyTorch reference.
 """
@@ -8,7 +9,7 @@ import importlib
 import json
 import os
 
-_state = {"tried": False, "ok": False, "error": None}
+_state = {"tried": False, "ok": False, "error": None, "fake_error": None}
 BUILD_INFO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_build_info.json")
 
 
@@ -41,7 +42,28 @@ def load_extension() -> bool:
             _state["ok"] = True
         except ImportError as exc:  # not built (or built for another torch): the reference backend still works
             _state["error"] = exc
+        if _state["ok"]:
+            _register_fakes()
     return _state["ok"]
+
+
+def _register_fakes() -> None:
+    """The ops' fake implementations (tracing: torch.compile, torch.export, opcheck). A failure leaves the kernels
+    usable in eager mode: it is kept in fake_error() and warned about, not raised."""
+    try:
+        from . import _fake
+        _fake.register()
+    except Exception as exc:  # noqa: BLE001 (any failure here must not take the eager kernels away)
+        import warnings
+        _state["fake_error"] = exc
+        warnings.warn(f"hyperfused: the ops' fake implementations were not registered ({exc!r}); torch.compile "
+                      f"cannot trace them", RuntimeWarning, stacklevel=3)
+
+
+def fake_error():
+    """Why the fake implementations were not registered (None when they were, or the extension did not load)."""
+    load_extension()
+    return _state["fake_error"]
 
 
 def extension_available() -> bool:
@@ -54,7 +76,7 @@ def extension_error():
     return _state["error"]
 
 
-_cuda_state = {"tried": False, "ok": False, "error": None}
+_cuda_state = {"tried": False, "ok": False, "error": None, "fake_error": None}
 
 
 def cuda_extension_available() -> bool:
