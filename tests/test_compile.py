@@ -317,16 +317,6 @@ def test_a_value_read_after_the_commit_is_the_written_one(captured, backend):
 # ---------------------------------------------------------------------------------------------------- compiled step
 #: what blocks a compiled step (locations as of this file's commit; the code is quoted, lines drift)
 BLOCKERS = {
-    "base377": "hyperfused/optim/base.py:377, HyperOptimizer._adopt_lr: `if not replaced and alias._version == "
-               "self._lr_ver.get(gi)` reads a version counter on every step: a data-dependent branch Dynamo cannot "
-               "trace (UserError, guard on an unbacked symbol)",
-    "fused197": "hyperfused/ops/fused.py:190-216, _check_prev_grads (`prev._version != ver`) and _may_keep_reference "
-                "(`g.is_inference()`): the previous gradient kept by reference",
-    "fused79": "hyperfused/ops/fused.py:72, scalars -> _scalars_on_host: the CPU scalar table is built from .item() "
-               "reads, a graph break without fullgraph (with fullgraph they are captured, but inductor then fails on "
-               "fused.py:121's float(v.item()) of the bool flags: AssertionError ToFloat(False))",
-    "agd179": "hyperfused/optim/agd.py:19 _TORCH_GROUP_KEYS / AGD._check_group: AGD refuses the 'capturable' key "
-              "torch.compile puts in every param group of a traced optimizer",
     "agd518": "hyperfused/optim/agd.py:518, AGD.step: the reference update reads ok on the host (`elif bool(ok)`)",
     "agd573": "hyperfused/optim/agd.py:573 (AGD._sigmas_fused, `bool(unsettled.any())`) and hyperfused/ops/agd.py:188 "
               "(power_iteration, `bool(active.any())`): the power iteration's early exit",
@@ -335,9 +325,7 @@ BLOCKERS = {
            "hyperparameters as such tensors",
 }
 #: how each blocker shows in Dynamo's error (its code or its function; "f64" shows as a mismatch)
-MARKS = {"base377": r"alias\._version == self\._lr_ver|in _adopt_lr\b",
-         "fused197": r"prev\._version != ver|is_inference\(\)|in _check_prev_grads\b|in _may_keep_reference\b",
-         "fused79": r"in _scalars_on_host\b", "agd179": r"'capturable'", "agd518": r"elif bool\(ok\)",
+MARKS = {"agd518": r"elif bool\(ok\)",
          "agd573": r"bool\(unsettled\.any\(\)\)|bool\(active\.any\(\)\)|in _sigmas_fused\b|in power_iteration\b"}
 
 
@@ -345,29 +333,32 @@ class Blocked(Exception):
     """The compiled step failed for one of the reasons its case names."""
 
 
-STEP_CASES = {
-    "reference-adam": ((MLP, lambda p: hf.Adam(p, backend="reference")), ["base377"]),
-    "reference-adam_sgd": ((MLP, lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), backend="reference")), ["base377"]),
+STEP_CASES = {     # the blockers that remain (none: the case must pass)
+    "reference-adam": ((MLP, lambda p: hf.Adam(p, backend="reference")), []),
+    "reference-adam_sgd": ((MLP, lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), backend="reference")), []),
     "reference-adam_sgd_one_pass": (
-        (MLP, lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), backend="reference", one_pass=True)), ["base377"]),
-    "cpu-adam": ((MLP, lambda p: hf.Adam(p, backend="cpu")), ["base377"]),
-    "cpu-adam_sgd": (CASES["adam_sgd"], ["base377", "fused197"]),
-    "cpu-adam_sgd_one_pass": (CASES["adam_sgd_one_pass"], ["base377", "fused197"]),
-    "cpu-adam_sgd_mixed_dtype_one_pass": (CASES["adam_sgd_mixed_dtype_one_pass"], ["base377", "fused197", "f64"]),
-    "cpu-agd_frobenius": (CASES["agd_frobenius"], ["agd179"]),
-    "cpu-agd_spectral": (CASES["agd_spectral"], ["agd179", "agd573"]),
-    "reference-agd_frobenius": ((ConvNet, lambda p: hf.AGD(p, backend="reference")), ["agd179", "agd518"]),
+        (MLP, lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), backend="reference", one_pass=True)), []),
+    "cpu-adam": ((MLP, lambda p: hf.Adam(p, backend="cpu")), []),
+    "cpu-adam_sgd": (CASES["adam_sgd"], []),
+    "cpu-adam_sgd_one_pass": (CASES["adam_sgd_one_pass"], []),
+    "cpu-adam_sgd_mixed_dtype_one_pass": (CASES["adam_sgd_mixed_dtype_one_pass"], ["f64"]),
+    "cpu-agd_frobenius": (CASES["agd_frobenius"], []),
+    "cpu-agd_spectral": (CASES["agd_spectral"], ["agd573"]),
+    "reference-agd_frobenius": ((ConvNet, lambda p: hf.AGD(p, backend="reference")), ["agd518"]),
 }
+
+
+def _cases(table):
+    return [pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=Blocked,
+                                                   reason="; ".join(BLOCKERS[b] for b in blockers)))
+            if blockers else c for c, (_, blockers) in sorted(table.items())]
 
 
 def _state_leaves(opt):
     return [t for t in pytree.tree_leaves(opt.state_dict()["state"]) if isinstance(t, torch.Tensor)]
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=Blocked,
-                                            reason="; ".join(BLOCKERS[b] for b in blockers)))
-    for c, (_, blockers) in sorted(STEP_CASES.items())])
+@pytest.mark.parametrize("case", _cases(STEP_CASES))
 def test_compiled_step_matches_eager_bitwise(case):
     """torch.compile(opt.step, fullgraph=True) (AOTAutograd, as inductor sees it) for three steps between two eager
     ones and two eager ones: parameters and every state tensor bit for bit as eager's (the eager steps after the
@@ -404,16 +395,13 @@ def test_compiled_step_matches_eager_bitwise(case):
 
 
 GRAPH_BREAK_CASES = {
-    "reference-adam_sgd": (STEP_CASES["reference-adam_sgd"][0], ["base377"]),
-    "cpu-adam_sgd": (CASES["adam_sgd"], ["base377", "fused197", "fused79"]),
-    "cpu-adam_sgd_one_pass": (CASES["adam_sgd_one_pass"], ["base377", "fused197", "fused79"]),
+    "reference-adam_sgd": (STEP_CASES["reference-adam_sgd"][0], []),
+    "cpu-adam_sgd": (CASES["adam_sgd"], []),
+    "cpu-adam_sgd_one_pass": (CASES["adam_sgd_one_pass"], []),
 }
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=Blocked,
-                                            reason="; ".join(BLOCKERS[b] for b in blockers)))
-    for c, (_, blockers) in sorted(GRAPH_BREAK_CASES.items())])
+@pytest.mark.parametrize("case", _cases(GRAPH_BREAK_CASES))
 def test_step_compiles_without_graph_breaks(case):
     """torch.compile(opt.step) without fullgraph, as inside a compiled training step (whose own breaks, zero_grad and
     backward, are outside the optimizer), under torch._dynamo.error_on_graph_break: any break in the optimizer

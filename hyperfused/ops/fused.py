@@ -69,7 +69,7 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
         sig.append((4, raw[h1]))
     if "beta2" in learned:
         sig.append((5, raw["beta2"]))
-    if host and n <= _HOST_TABLE_MAX:
+    if host and n <= _HOST_TABLE_MAX and not torch.compiler.is_compiling():   # (a traced step: tensor ops)
         return _scalars_on_host(n, cols, sig, steps, valid, step_offset)
     out = torch.zeros((n, 8), dtype=torch.float64, device=device)
 
@@ -189,9 +189,15 @@ _warned = [False]
 
 def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
     out = list(valid)
+    if torch.compiler.is_compiling():
+        # a traced step cannot watch version counters: the state keeps its own copies from here on
+        for st in states:
+            if "prev_grad" in st:
+                st["prev_grad_copy"] = True
+        return out
     for i, st in enumerate(states):
         prev = st.get("prev_grad")
-        if prev is None:
+        if prev is None or st.get("prev_grad_copy"):
             continue
         ver = _kept_version(prev)
         if ver is not None and prev._version != ver:
@@ -210,6 +216,8 @@ def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
 
 
 def _may_keep_reference(st: dict, g: Tensor, work: Tensor) -> bool:
+    if torch.compiler.is_compiling():
+        return False
     prev = st.get("prev_grad")
     # an inference tensor (a gradient made under torch.inference_mode) has no version counter to watch: copied
     return (prev is not None and not st.get("prev_grad_copy", False) and g.dtype == prev.dtype

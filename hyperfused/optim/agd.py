@@ -17,7 +17,7 @@ Tensor = torch.Tensor
 
 #: keys torch itself may put in a param group (``param_names`` for named parameters; ``differentiable`` is added
 #: to the defaults by torch's ``__setstate__``), and AGD's one per-group hyperparameter
-_TORCH_GROUP_KEYS = ("params", "param_names", "differentiable")
+_TORCH_GROUP_KEYS = ("params", "param_names", "differentiable", "capturable")   # (torch.compile adds capturable)
 _GROUP_HYPER = ("gain",)
 #: what a parameter's state may hold: the power iteration's vectors (spectral) and, in the state of the first
 #: parameter, the optimizer's skip counter and the last step's eta

@@ -385,8 +385,9 @@ class HyperOptimizer(torch.optim.Optimizer):
         if alias is None or pub is None:
             return None
         replaced = new is not alias
-        if not replaced and alias._version == self._lr_ver.get(gi):
+        if not replaced and not torch.compiler.is_compiling() and alias._version == self._lr_ver.get(gi):
             return None                                  # untouched since it was published: nothing to read
+        # (under torch.compile the version counter cannot steer the trace: the tensor path below gives the same)
         if not isinstance(new, Tensor):
             try:
                 v = float(new)
