@@ -344,15 +344,12 @@ class HyperOptimizer(torch.optim.Optimizer):
         self._check_values(vals, learned, f"param group {gi}")
         cfg = self._cfg_from(group, vals)
         hp = gt["levels"][0]["hp"]
-        dev, dt = hp["lr"].device, hp["lr"].dtype
-        for name in self.hyper_names:
-            if name == "lr" or name not in hp:
+        old = self._values_from(dict(self._seen[gi], lr=0.0))
+        for name in self.hyper_names:           # only the values that changed (a learned one restarts there)
+            if name == "lr" or name not in hp or float(vals[name]) == float(old[name]):
                 continue
             val = torch.tensor(float(vals[name]), dtype=torch.float64)
-            if name in learned:
-                val = ref.to_raw(self.kind, name, val)
-            if float(val) != float(self._seen_value(gi, name)):
-                hp[name].fill_(float(val))
+            hp[name].fill_(float(ref.to_raw(self.kind, name, val) if name in learned else val))
         # state a new configuration needs (e.g. SGD's momentum switched on): created as at a first step; those
         # tensors' last update had no such state, so they carry no Jacobian into the next step
         x = torch.empty(0)
@@ -360,23 +357,12 @@ class HyperOptimizer(torch.optim.Optimizer):
         for p in group["params"]:
             st = self.state.get(p)
             if st and "moved" in st and any(k not in st for k in need):
-                fresh = ref.KINDS[self.kind][0](p.detach().to(dt), cfg, learned)
+                fresh = self._fresh_state(p, cfg, learned)
                 for k in need:
                     if k not in st:
                         st[k] = fresh[k]
                 st["moved"].fill_(False)
         self._seen[gi] = self._snapshot(group)
-
-    def _seen_value(self, gi: int, name: str) -> float:
-        """The raw value of ``name`` the tower last adopted (NaN when unknown: it is then always written)."""
-        try:
-            seen = self._values_from(dict(self._seen[gi], lr=0.0))
-            val = torch.tensor(float(seen[name]), dtype=torch.float64)
-            if name in self._group_learned(self.param_groups[gi]):
-                val = ref.to_raw(self.kind, name, val)
-            return float(val)
-        except (KeyError, TypeError, ValueError):
-            return math.nan
 
     def _adopt_lr(self, gi: int, gt: Dict[str, Any]) -> Optional[Tensor]:
         group = self.param_groups[gi]
@@ -544,14 +530,17 @@ class HyperOptimizer(torch.optim.Optimizer):
                              f"is on {dev}")
         return self._backend
 
-    def _param_state(self, p: Tensor, dt: torch.dtype, cfg0: dict, learned0: Sequence[str]) -> Dict[str, Any]:
+    def _fresh_state(self, p: Tensor, cfg: dict, learned: Sequence[str]) -> Dict[str, Tensor]:
+        """A parameter's state as at its first step, in its math dtype (a group may mix float32 and float64
+        parameters; the kernels run each dtype with its own math type)."""
+        return ref.KINDS[self.kind][0](p.detach().to(ref.math_dtype(p.dtype)), cfg, learned)
+
+    def _param_state(self, p: Tensor, cfg0: dict, learned0: Sequence[str]) -> Dict[str, Any]:
         """The state of parameter ``p``, created on first use. For a DTensor parameter (FSDP2) the
         element-wise state is a DTensor sharded like the parameter, so checkpoints (DCP) carry the shards."""
         st = self.state[p]
         if not st:
-            # in the parameter's math dtype (a group may mix float32 and float64 parameters; the kernels run
-            # each dtype with its own math type), whatever the group's hyperparameters' dtype ``dt``
-            st.update(ref.KINDS[self.kind][0](p.detach().to(ref.math_dtype(p.dtype)), cfg0, learned0))
+            st.update(self._fresh_state(p, cfg0, learned0))
             st["moved"] = torch.zeros((), dtype=torch.bool, device=p.device)
             if _is_dtensor(p) and "prev_grad" in st:
                 st["prev_grad_copy"] = True       # the state keeps its own (sharded) copy of the gradient
@@ -570,9 +559,8 @@ class HyperOptimizer(torch.optim.Optimizer):
                 specs = self._level_specs(gi)
                 _, _, learned0, _, cfg0 = specs[0]
                 gt = self._group_tower(gi)
-                dt = self._hyper_dtype(group)
                 for p in group["params"]:
-                    self._param_state(p, dt, cfg0, learned0)
+                    self._param_state(p, cfg0, learned0)
                 if self._one_pass and "used" not in gt["levels"][0]:
                     gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
 
@@ -593,7 +581,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 mesh = p.device_mesh
             elif mesh is not None:
                 raise ValueError(f"param group {gi} mixes DTensor and plain parameters; shard them all or none")
-            st = self._param_state(p, dt, cfg0, learned0) if p.grad is not None else self.state[p]
+            st = self._param_state(p, cfg0, learned0) if p.grad is not None else self.state[p]
             if p.grad is None:
                 if st:
                     idle.append(st)
@@ -933,12 +921,10 @@ class HyperOptimizer(torch.optim.Optimizer):
                     _match_tree(h["used"], w["hp"], f"param group {gi}, level 0, 'used'", name)
                     h = {key: v for key, v in h.items() if key != "used"}
                 _match_tree(h, w, f"param group {gi}, level {k}", name)
-        for g in self.param_groups:
+        for gi, g in enumerate(self.param_groups):
             if not g["params"]:
                 continue
-            spec0 = self._level_specs(self.param_groups.index(g))[0]
-            _, _, learned0, _, cfg0 = spec0
-            dt = self._hyper_dtype(g)
+            _, _, learned0, _, cfg0 = self._level_specs(gi)[0]
             for i, p in enumerate(g["params"]):
                 st = self.state.get(p)
                 if not st:
