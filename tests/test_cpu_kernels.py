@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import hyperfused as hf
-from towers import UPPER
+from optim_infos import LEVEL0  # the shared test matrix (hyperfused.kinds)
+from optim_infos import cases as _cases
+from optim_infos import maker as _maker
 from hyperfused import ops
 
 pytestmark = pytest.mark.skipif(not ops.extension_available(), reason="the C++ extension is not built")
@@ -40,40 +42,6 @@ def _run(make, dtype, backend, steps=6, one_pass=False, sizes=SIZES):
             p.grad = g
         opt.step()
     return params, opt
-
-
-LEVEL0 = {
-    "sgd": [dict(), dict(momentum=0.9), dict(momentum=0.9, learn=("lr",)), dict(momentum=0.9, learn=("momentum",)),
-            dict(per_tensor=True)],
-    "adam": [dict(), dict(learn=("lr",)), dict(learn=("beta1",)), dict(learn=("beta2",)), dict(learn=("lr", "beta2")),
-             dict(per_tensor=True)],
-    "rmsprop": [dict(), dict(learn=("lr",)), dict(learn=("alpha",)), dict(per_tensor=True)],
-    "adagrad": [dict(), dict(per_tensor=True)],
-}
-CLS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
-LR0 = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.05}
-TOWERS = {   # levels above level 0
-    1: lambda: hf.SGD(lr=1e-7),
-    2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7), **UPPER["adam"]),
-    3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8, **UPPER["adagrad"])),
-                          **UPPER["rmsprop"]),
-}
-
-
-def _cases():
-    for kind, variants in LEVEL0.items():
-        for i, kw in enumerate(variants):
-            for height in (1, 2, 3):
-                if height > 1 and i > 1:
-                    continue        # all variants at height 1; the first two at every height
-                yield kind, i, height
-
-
-def _maker(kind, kw, height):
-    def make(params, backend, one_pass):
-        return CLS[kind](params, lr=LR0[kind], hyper=TOWERS[height](), backend=backend, one_pass=one_pass,
-                         **kw)
-    return make
 
 
 def _rel(a, b):

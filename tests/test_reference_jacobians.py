@@ -74,7 +74,7 @@ def test_closed_form_matches_autograd(key, learned, prior_steps):
 def test_not_moved_gives_zero_jacobian():
     cfg, values = CONFIGS["adam"]
     x = torch.randn(4, dtype=torch.float64)
-    st = ref.adam_init_state(x, cfg, ("lr",))
+    st = ref.init_state("adam", x, cfg, ("lr",))
     hp = {n: torch.tensor(v, dtype=torch.float64) for n, v in values.items()}
     _, st = ref.adam_update(x, torch.randn(4, dtype=torch.float64), st, hp, cfg, ("lr",))
     delta, _ = ref.hyper_reduce("adam", cfg, ("lr",), False, [torch.randn(4, dtype=torch.float64)], [st],
@@ -86,7 +86,7 @@ def test_adam_beta2_guard_where_v_underflowed():
     cfg = {"eps": 0.0}
     x = torch.zeros(3, dtype=torch.float64)
     learned = ("lr", "beta2")
-    st = ref.adam_init_state(x, cfg, learned)        # v_0 = eps = 0: S stays 0 for a zero gradient
+    st = ref.init_state("adam", x, cfg, learned)        # v_0 = eps = 0: S stays 0 for a zero gradient
     hp = {"lr": torch.tensor(0.1, dtype=torch.float64), "beta1": torch.tensor(0.9, dtype=torch.float64),
           "beta2": torch.tensor(0.99, dtype=torch.float64)}
     raw = {"lr": hp["lr"], "beta2": ref.sigma_inv(hp["beta2"])}

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import hyperfused as hf
-from towers import UPPER
+from optim_infos import LEVEL0  # the shared test matrix (hyperfused.kinds)
+from optim_infos import cases as _cases
+from optim_infos import maker as _maker
 from hyperfused import ops
 
 pytestmark = pytest.mark.skipif(not ops.triton_available(), reason="triton is not installed")
@@ -23,23 +25,6 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 SMALL = [(1,), (7,), (13, 11), (4097,), (3, 1, 5, 5)]
 ODD = [(1,), (7,), (4097,), (278011,)]
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-LEVEL0 = {
-    "sgd": [dict(), dict(momentum=0.9), dict(momentum=0.9, learn=("lr",)), dict(momentum=0.9, learn=("momentum",)),
-            dict(per_tensor=True)],
-    "adam": [dict(), dict(learn=("lr",)), dict(learn=("beta1",)), dict(learn=("beta2",)), dict(learn=("lr", "beta2")),
-             dict(per_tensor=True)],
-    "rmsprop": [dict(), dict(learn=("lr",)), dict(learn=("alpha",)), dict(per_tensor=True)],
-    "adagrad": [dict(), dict(per_tensor=True)],
-}
-CLS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
-LR0 = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.05}
-TOWERS = {
-    1: lambda: hf.SGD(lr=1e-7),
-    2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7), **UPPER["adam"]),
-    3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8, **UPPER["adagrad"])),
-                          **UPPER["rmsprop"]),
-}
 
 
 @pytest.fixture(autouse=True)
@@ -73,12 +58,6 @@ def _run(make, dtype, backend, steps=4, one_pass=False, sizes=SMALL):
     return params, opt
 
 
-def _maker(kind, kw, height):
-    def make(params, backend, one_pass):
-        return CLS[kind](params, lr=LR0[kind], hyper=TOWERS[height](), backend=backend, one_pass=one_pass, **kw)
-    return make
-
-
 def _rel(a, b):
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -106,15 +85,6 @@ def _compare(make, dtype, one_pass, steps=4, sizes=SMALL):
             if v.is_floating_point() and v.numel() > 1:
                 assert _rel(w, v) <= tol, key
     return o_tri
-
-
-def _cases():
-    for kind, variants in LEVEL0.items():
-        for i in range(len(variants)):
-            for height in (1, 2, 3):
-                if height > 1 and i > 1:
-                    continue
-                yield kind, i, height
 
 
 @pytest.mark.parametrize("kind,variant,height", list(_cases()))

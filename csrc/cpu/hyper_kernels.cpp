@@ -32,8 +32,8 @@ namespace hyperfused {
 namespace {
 
 constexpr int kLanes = 8;
-constexpr int kScalCols = 8;  // lr, h1, h2, raw_lr, dsig1, dsig2, t, valid
-constexpr int kOutCols = 4;   // sum g*J_lr, g*J_h1, g*J_h2, non-finite count
+constexpr int kScalCols = kTableCols;  // kinds.h: lr, h1, h2, raw_lr, dsig1, dsig2, t, valid
+constexpr int kOutCols = kRowCols;     // kinds.h: sum g*J_lr, g*J_h1, g*J_h2, non-finite count
 
 struct Chunk {
   int64_t tensor, begin, end;
@@ -51,8 +51,8 @@ std::vector<Chunk> make_chunks(at::TensorList ts) {
 // eps: [eps, eps_root] (hyper_math.h's D(s) = sqrt(s + eps_root) + eps), checked by check_eps
 template <typename T>
 Scalars<T> scalars_row(const double* row, at::ArrayRef<double> eps) {
-  return make_scalars<T>(T(row[0]), T(row[1]), T(row[2]), T(eps[0]), T(eps[1]), T(row[3]), T(row[4]), T(row[5]),
-                         T(row[6]));
+  return make_scalars<T>(T(row[kColLr]), T(row[kColH1]), T(row[kColH2]), T(eps[0]), T(eps[1]), T(row[kColRawLr]),
+                         T(row[kColDsig1]), T(row[kColDsig2]), T(row[kColStep]));
 }
 
 // The scalars of every tensor, computed once per call (not once per chunk).
@@ -251,7 +251,7 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, at::Arra
       for (int64_t k = b; k < e; ++k) {
         const Chunk& ch = chunks[k];
         const double* row = ps + ch.tensor * kScalCols;
-        const bool valid = row[7] != 0.0 && learn != 0;
+        const bool valid = row[kColValid] != 0.0 && learn != 0;
         const auto a = arrays_of<scalar_t, T>(ch.tensor, {}, grads, s0, s1, s2);
         chunk_reduce<scalar_t, T>(flags, a, ch, sc[ch.tensor], valid, &part[k * kOutCols]);
       }
@@ -297,12 +297,12 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, at::Arra
         const auto a = arrays_of<scalar_t, T>(ch.tensor, params, grads, s0, s1, s2);
         if (one_pass) {  // sums from the old state, before this chunk is written
           const double* rj = pj + ch.tensor * kScalCols;
-          const bool valid = rj[7] != 0.0 && learn != 0;
+          const bool valid = rj[kColValid] != 0.0 && learn != 0;
           chunk_reduce<scalar_t, T>(flags, a, ch, sj[ch.tensor], valid, &part[k * kOutCols]);
         }
         const double* row = ps + ch.tensor * kScalCols;
         LoopFlags fl = flags;
-        fl.store_prev = row[7] != 0.0;  // in the update's table, column 7 says "write the previous gradient"
+        fl.store_prev = row[kColValid] != 0.0;  // in the update's table this column says "write the previous gradient"
         chunk_update<scalar_t, T>(fl, a, ch, sc[ch.tensor]);
       }
     });
@@ -316,7 +316,7 @@ template <typename T>
 std::tuple<at::Tensor, at::Tensor> tower_from_rows(const at::Tensor& rows, const TowerDesc<T>& d, const D0Map& m) {
   std::vector<T> d0(static_cast<size_t>(d.lv[1].units));
   const bool finite = tower_d0_from_rows<T>(rows.const_data_ptr<double>(), rows.size(0), m, d0.data());
-  at::Tensor scr = at::zeros({6 * d.K * d.block},
+  at::Tensor scr = at::zeros({kScratchRowsPerLevel * d.K * d.block},
                              at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   auto ok = at::empty({}, at::TensorOptions().dtype(at::kBool));
   ok.fill_(tower_plan<T>(d, d0.data(), finite, scr.data_ptr<T>()));

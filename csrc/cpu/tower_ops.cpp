@@ -19,7 +19,7 @@ std::tuple<at::Tensor, at::Tensor> hyper_tower_plan_cpu(at::IntArrayRef desc, at
     const auto d = tower_desc<scalar_t>("hyper_tower_plan", desc, eps, slots, d0.scalar_type());
     TORCH_CHECK(d0.numel() >= d.lv[1].units, "hyper_tower_plan: d0 has ", d0.numel(), " entries, level 1 needs ",
                 d.lv[1].units);
-    scr = at::zeros({6 * d.K * d.block}, d0.options());
+    scr = at::zeros({kScratchRowsPerLevel * d.K * d.block}, d0.options());
     ok.fill_(tower_plan<scalar_t>(d, d0.const_data_ptr<scalar_t>(), finite.item<bool>(), scr.data_ptr<scalar_t>()));
   });
   return {scr, ok};
@@ -30,7 +30,7 @@ void hyper_tower_commit_cpu(at::IntArrayRef desc, at::ArrayRef<double> eps, at::
   TORCH_CHECK(ok.scalar_type() == at::kBool && ok.numel() == 1, "hyper_tower_commit: ok must be bool");
   AT_DISPATCH_FLOATING_TYPES(scratch.scalar_type(), "hyper_tower_commit", [&] {
     const auto d = tower_desc<scalar_t>("hyper_tower_commit", desc, eps, slots, scratch.scalar_type());
-    TORCH_CHECK(scratch.is_contiguous() && scratch.numel() == 6 * d.K * d.block,
+    TORCH_CHECK(scratch.is_contiguous() && scratch.numel() == kScratchRowsPerLevel * d.K * d.block,
                 "hyper_tower_commit: scratch does not match the tower");
     tower_commit<scalar_t>(d, scratch.const_data_ptr<scalar_t>(), ok.item<bool>());
   });

@@ -45,11 +45,13 @@ struct VecMem {
 };
 
 __device__ __forceinline__ Scalars<float> row_scalars(const double* row, const LaunchFlags& f, float) {
-  return make_scalars<float>(float(row[0]), float(row[1]), float(row[2]), float(f.eps), float(f.eps_root),
-                             float(row[3]), float(row[4]), float(row[5]), float(row[6]));
+  return make_scalars<float>(float(row[kColLr]), float(row[kColH1]), float(row[kColH2]), float(f.eps),
+                             float(f.eps_root), float(row[kColRawLr]), float(row[kColDsig1]), float(row[kColDsig2]),
+                             float(row[kColStep]));
 }
 __device__ __forceinline__ Scalars<double> row_scalars(const double* row, const LaunchFlags& f, double) {
-  return make_scalars<double>(row[0], row[1], row[2], f.eps, f.eps_root, row[3], row[4], row[5], row[6]);
+  return make_scalars<double>(row[kColLr], row[kColH1], row[kColH2], f.eps, f.eps_root, row[kColRawLr],
+                              row[kColDsig1], row[kColDsig2], row[kColStep]);
 }
 
 template <typename S, typename T>
@@ -82,7 +84,7 @@ __device__ __forceinline__ void block_sums(const Sums acc, double* partials, int
   }
   if (threadIdx.x == 0) {
 #pragma unroll
-    for (int q = 0; q < 4; ++q) partials[int64_t(row) * 4 + q] = sh[q][0];
+    for (int q = 0; q < kRowCols; ++q) partials[int64_t(row) * kRowCols + q] = sh[q][0];
     block_ids[row] = tensor;
   }
 }
@@ -121,8 +123,8 @@ __global__ void __launch_bounds__(kThreads)
   const int t = tab.block_tensor[blockIdx.x];
   const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
   const int64_t end = min(tab.numel[t], begin + kChunk);
-  const double* row = scal + int64_t(tab.global_index[t]) * 8;
-  const bool valid = with_jac && row[7] != 0.0 && f.learn != 0;
+  const double* row = scal + int64_t(tab.global_index[t]) * kTableCols;
+  const bool valid = with_jac && row[kColValid] != 0.0 && f.learn != 0;
   const Scalars<T> c = row_scalars(row, f, T(0));
   const T inv = inv_scale != nullptr ? T(*inv_scale) : T(1);
   const Sums acc = chunk_sums<S, T, KIND>(arrays<S, T>(tab, t), f, valid, c, inv, begin, end);
@@ -141,14 +143,14 @@ __global__ void __launch_bounds__(kThreads)
   const bool go = *ok;
   const T inv = inv_scale != nullptr ? T(*inv_scale) : T(1);   // GradScaler's 1 / scale (1: unscaled gradients)
   if (scal_jac != nullptr) {  // one-pass mode: sums from the old state, before it is written
-    const double* rj = scal_jac + int64_t(tab.global_index[t]) * 8;
-    const bool valid = rj[7] != 0.0 && f.learn != 0;
+    const double* rj = scal_jac + int64_t(tab.global_index[t]) * kTableCols;
+    const bool valid = rj[kColValid] != 0.0 && f.learn != 0;
     // each thread reads the old state of exactly the elements it then updates: no race with the writes below
     const Sums acc = chunk_sums<S, T, KIND>(a, f, valid, row_scalars(rj, f, T(0)), inv, begin, end);
     block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
   }
   if (!go) return;
-  const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * 8, f, T(0));
+  const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * kTableCols, f, T(0));
   int64_t tail = begin;
   if (f.aligned) {
     const int64_t packs = (end - begin) / kVec;

@@ -20,8 +20,8 @@ namespace hyperfused {
 namespace cuda {
 namespace {
 
-constexpr int kScalCols = 8;
-constexpr int kOutCols = 4;
+constexpr int kScalCols = kTableCols;   // kinds.h
+constexpr int kOutCols = kRowCols;
 
 DType dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
@@ -155,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_and_tower(const at::Tensor
   auto rows = at::empty({n, kOutCols}, partials.options());
   auto ok = at::empty({}, partials.options().dtype(at::kBool));
   at::Tensor d0 = at::empty({d.lv[1].units}, partials.options().dtype(dtype));
-  at::Tensor scr = at::zeros({6 * d.K * d.block}, partials.options().dtype(dtype));
+  at::Tensor scr = at::zeros({kScratchRowsPerLevel * d.K * d.block}, partials.options().dtype(dtype));
   launch_finish_tower(partials.data_ptr<double>(), ids.data_ptr<int>(), static_cast<int>(partials.size(0)),
                       rows.data_ptr<double>(), static_cast<int>(n), m, d, d0.data_ptr<T>(), scr.data_ptr<T>(),
                       ok.data_ptr<bool>(), stream);
@@ -508,7 +508,7 @@ std::tuple<at::Tensor, at::Tensor> hyper_tower_plan_cuda(at::IntArrayRef desc, a
     const auto d = tower_desc<scalar_t>("hyper_tower_plan", desc, eps, slots, d0.scalar_type());
     TORCH_CHECK(d0.numel() >= d.lv[1].units, "hyper_tower_plan: d0 has ", d0.numel(), " entries, level 1 needs ",
                 d.lv[1].units);
-    scr = at::zeros({6 * d.K * d.block}, d0.options());
+    scr = at::zeros({kScratchRowsPerLevel * d.K * d.block}, d0.options());
     launch_tower_plan(d, d0.data_ptr<scalar_t>(), fin.data_ptr<bool>(), scr.data_ptr<scalar_t>(),
                       ok.data_ptr<bool>(), stream.stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -527,7 +527,7 @@ void hyper_tower_commit_cuda(at::IntArrayRef desc, at::ArrayRef<double> eps, at:
   auto okc = ok.reshape({}).contiguous();
   AT_DISPATCH_FLOATING_TYPES(scratch.scalar_type(), "hyper_tower_commit", [&] {
     const auto d = tower_desc<scalar_t>("hyper_tower_commit", desc, eps, slots, scratch.scalar_type());
-    TORCH_CHECK(scratch.is_contiguous() && scratch.numel() == 6 * d.K * d.block,
+    TORCH_CHECK(scratch.is_contiguous() && scratch.numel() == kScratchRowsPerLevel * d.K * d.block,
                 "hyper_tower_commit: scratch does not match the tower");
     launch_tower_commit(d, scratch.data_ptr<scalar_t>(), okc.data_ptr<bool>(), stream.stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

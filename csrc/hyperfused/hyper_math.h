@@ -17,10 +17,9 @@
 #include <cmath>
 
 #include "common.h"
+#include "kinds.h"
 
 namespace hyperfused {
-
-enum Kind : int { kSGD = 0, kAdagrad = 1, kRMSprop = 2, kAdam = 3 };
 
 // The two operations the formulas need beyond + - * /: square root and "v where s > 0, else 0". Scalar
 // versions here; the CPU loops specialise MathOps for at::vec::Vectorized so the same formulas run on
@@ -32,9 +31,6 @@ struct MathOps {
   HF_HOST_DEVICE static T sqrt(T x) { return std::sqrt(x); }
   HF_HOST_DEVICE static T where_pos(T s, T v) { return s > T(0) ? v : T(0); }
 };
-
-// Bits of the "learned" mask: lr, the first other hyperparameter (momentum, beta1, alpha), beta2.
-enum LearnBit : int { kLearnLr = 1, kLearnH1 = 2, kLearnH2 = 4 };
 
 // Per-tensor scalars of one update (or of the last update, to rebuild its Jacobian), with everything that
 // does not depend on the element precomputed once per tensor.

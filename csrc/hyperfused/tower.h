@@ -22,8 +22,6 @@
 
 namespace hyperfused {
 
-constexpr int kMaxTowerLevels = 8;   // levels 0..7 (a taller tower runs the Python tower)
-
 template <typename T>
 struct TowerLevel {
   int kind = 0, learn = 0, nstate = 0;
@@ -34,7 +32,7 @@ struct TowerLevel {
   T* lr = nullptr;
   T* h1 = nullptr;          // momentum / alpha / beta1 (none for Adagrad)
   T* h2 = nullptr;          // beta2
-  T* s[3] = {nullptr, nullptr, nullptr};
+  T* s[kStateSlots] = {nullptr, nullptr, nullptr};
   T* step = nullptr;        // Adam's step count
   bool* valid = nullptr;    // k >= 1: whether the level's state holds a last update (its Jacobian exists)
 };
@@ -60,16 +58,16 @@ struct D0Map {
 template <typename T>
 HF_HOST_DEVICE bool tower_d0_from_rows(const double* rows, int64_t n, const D0Map& m, T* d0) {
   bool finite = true;
-  for (int64_t i = 0; i < n; ++i) finite = finite && rows[i * 4 + 3] == 0.0;
+  for (int64_t i = 0; i < n; ++i) finite = finite && rows[i * kRowCols + kRowNonfinite] == 0.0;
   int64_t pos = 0;
   for (int c = 0; c < m.ncols; ++c) {
     const int col = m.col[c];
     if (col == 0 && m.per_lr) {
-      for (int64_t i = 0; i < n; ++i) d0[pos + i] = static_cast<T>(rows[i * 4]);
+      for (int64_t i = 0; i < n; ++i) d0[pos + i] = static_cast<T>(rows[i * kRowCols + kColLr]);
       pos += n;
     } else {
       T acc = T(0);
-      for (int64_t i = 0; i < n; ++i) acc += static_cast<T>(rows[i * 4 + col]);
+      for (int64_t i = 0; i < n; ++i) acc += static_cast<T>(rows[i * kRowCols + col]);
       d0[pos++] = acc;
     }
   }
@@ -84,8 +82,8 @@ HF_HOST_DEVICE bool tower_finite(T x) { return x - x == T(0); }
 template <typename T>
 HF_HOST_DEVICE void tower_raw(const TowerLevel<T>& L, const T* fresh, int64_t r, T& lr, T& h1, T& h2) {
   lr = L.per ? L.lr[r] : L.lr[0];
-  h1 = (L.kind != kAdagrad && L.h1 != nullptr) ? L.h1[0] : T(0);
-  h2 = (L.kind == kAdam && L.h2 != nullptr) ? L.h2[0] : T(0);
+  h1 = (kind_hypers(L.kind) > 1 && L.h1 != nullptr) ? L.h1[0] : T(0);
+  h2 = (kind_hypers(L.kind) > 2 && L.h2 != nullptr) ? L.h2[0] : T(0);
   if (fresh != nullptr) {
     int64_t pos = 0;
     if (L.learn & kLearnLr) {
@@ -97,24 +95,25 @@ HF_HOST_DEVICE void tower_raw(const TowerLevel<T>& L, const T* fresh, int64_t r,
   }
 }
 
-// Values of the raw hyperparameters and the scalars of one update at step t: RMSprop's lr = a^2 and every
-// beta / alpha = (tanh r + 1) / 2 where the level above learns them (reference.PARAMETRISATIONS).
+// Values of the raw hyperparameters and the scalars of one update at step t: each learned column through its
+// kind's parametrisation (kinds.h kind_param: r^2, or (tanh r + 1) / 2 with sigma' kept for the Jacobian).
 template <typename T>
 HF_HOST_DEVICE Scalars<T> tower_scalars(const TowerLevel<T>& L, T lr, T h1, T h2, T t) {
   const T raw_lr = lr;
-  T ds1 = T(0), ds2 = T(0);
-  if (L.kind == kRMSprop && (L.learn & kLearnLr)) lr = raw_lr * raw_lr;
-  if ((L.kind == kRMSprop || L.kind == kAdam) && (L.learn & kLearnH1)) {
-    const T th = std::tanh(h1);
-    h1 = (th + T(1)) / T(2);
-    ds1 = (T(1) - th * th) / T(2);
+  T v[kHpCols] = {lr, h1, h2};
+  T ds[kHpCols] = {T(0), T(0), T(0)};
+  for (int col = 0; col < kHpCols; ++col) {
+    if (!(L.learn & (1 << col))) continue;
+    const int p = kind_param(L.kind, col);
+    if (p == kParamSquare) {
+      v[col] = v[col] * v[col];
+    } else if (p == kParamSigma) {
+      const T th = std::tanh(v[col]);
+      v[col] = (th + T(1)) / T(2);
+      ds[col] = (T(1) - th * th) / T(2);
+    }
   }
-  if (L.kind == kAdam && (L.learn & kLearnH2)) {
-    const T th = std::tanh(h2);
-    h2 = (th + T(1)) / T(2);
-    ds2 = (T(1) - th * th) / T(2);
-  }
-  return make_scalars<T>(lr, h1, h2, L.eps, L.eps_root, raw_lr, ds1, ds2, t);
+  return make_scalars<T>(v[0], v[1], v[2], L.eps, L.eps_root, raw_lr, ds[1], ds[2], t);
 }
 
 // Level k - 1's learned raw hyperparameters as one flat vector (lr first, then h1, h2) into x.
@@ -148,7 +147,7 @@ HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, 
     const TowerLevel<T>& L = d.lv[k];
     const T* g = scr + (k - 1) * B;
     T* out = scr + k * B;
-    const T t = (L.kind == kAdam && L.step != nullptr) ? L.step[0] : T(0);
+    const T t = (kind_steps(L.kind) && L.step != nullptr) ? L.step[0] : T(0);
     T zero[1] = {T(0)};
     T sum0 = 0, sum1 = 0, sum2 = 0;
     for (int64_t r = 0; r < B; ++r) out[r] = T(0);
@@ -193,11 +192,11 @@ HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, 
     for (int64_t r = 0; r < B; ++r) xn[r] = T(0);
     tower_flat_x<T>(d.lv[k - 1], xn);
     const T* fresh = k < K ? scr + (K + k) * B : nullptr;
-    const T t = (L.kind == kAdam && L.step != nullptr) ? L.step[0] + T(1) : T(0);
-    T* st = scr + (2 * K + 4 * (k - 1)) * B;
-    for (int j = 0; j < 3; ++j)
+    const T t = (kind_steps(L.kind) && L.step != nullptr) ? L.step[0] + T(1) : T(0);
+    T* st = scr + (2 * K + (kStateSlots + 1) * (k - 1)) * B;
+    for (int j = 0; j < kStateSlots; ++j)
       for (int64_t r = 0; r < B; ++r) st[j * B + r] = (j < L.nstate && r < L.units) ? L.s[j][r] : T(0);
-    for (int64_t r = 0; r < B; ++r) st[3 * B + r] = t;
+    for (int64_t r = 0; r < B; ++r) st[kStateSlots * B + r] = t;
     for (int64_t r = 0; r < L.units; ++r) {
       T lr, h1, h2;
       tower_raw<T>(L, fresh, r, lr, h1, h2);
@@ -210,13 +209,8 @@ HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, 
       a.s2 = st + 2 * B + r;
       element_update<T, T>(L.kind, L.learn, L.momentum, a, 0, c, g[r]);
       // the previous gradient, where a Jacobian of this level needs it
-      if (L.kind == kSGD) {
-        if (!L.momentum) a.s0[0] = g[r];
-      } else if (L.kind == kAdam) {
-        a.s2[0] = g[r];
-      } else {
-        a.s1[0] = g[r];
-      }
+      const int prev = kind_prev_grad_slot(L.kind, L.momentum);
+      if (prev >= 0) st[prev * B + r] = g[r];
       ok = ok && tower_finite(xn[r]);
     }
   }
@@ -244,10 +238,10 @@ HF_HOST_DEVICE void tower_commit(const TowerDesc<T>& d, const T* scr, bool ok) {
     if (below.learn & kLearnH1) below.h1[0] = xn[pos++];
     if (below.learn & kLearnH2) below.h2[0] = xn[pos];
     const TowerLevel<T>& L = d.lv[k];
-    const T* st = scr + (2 * K + 4 * (k - 1)) * B;
-    for (int j = 0; j < L.nstate && j < 3; ++j)
+    const T* st = scr + (2 * K + (kStateSlots + 1) * (k - 1)) * B;
+    for (int j = 0; j < L.nstate && j < kStateSlots; ++j)
       for (int64_t r = 0; r < L.units; ++r) L.s[j][r] = st[j * B + r];
-    if (L.kind == kAdam && L.step != nullptr) L.step[0] = st[3 * B];
+    if (kind_steps(L.kind) && L.step != nullptr) L.step[0] = st[kStateSlots * B];
     if (L.valid != nullptr) L.valid[0] = true;
   }
 }

@@ -12,8 +12,6 @@
 
 namespace hyperfused {
 
-constexpr int kTowerHead = 3, kTowerPerLevel = 7, kTowerSlots = 8, kEpsPerLevel = 2;
-
 // The eps argument of the level-0 ops: [eps, eps_root].
 inline void check_eps(const char* op, at::ArrayRef<double> eps) {
   TORCH_CHECK(static_cast<int64_t>(eps.size()) == kEpsPerLevel, op, ": eps must be [eps, eps_root], got ",
@@ -47,7 +45,7 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
     L.units = q[6];
     L.eps = static_cast<T>(eps[kEpsPerLevel * k]);
     L.eps_root = static_cast<T>(eps[kEpsPerLevel * k + 1]);
-    TORCH_CHECK(L.kind >= 0 && L.kind <= 3 && L.nstate >= 0 && L.nstate <= 3, op, ": bad level ", k);
+    TORCH_CHECK(L.kind >= 0 && L.kind < kNumKinds && L.nstate >= 0 && L.nstate <= kStateSlots, op, ": bad level ", k);
     TORCH_CHECK(k == 0 || (L.units >= 0 && L.units <= d.block), op, ": level ", k, " optimizes ", L.units,
                 " entries, more than the scratch rows hold (", d.block, ")");
     auto ptr = [&](int j, int64_t need) -> T* {
@@ -60,7 +58,7 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
     L.lr = ptr(0, L.per ? L.nlr : 1);
     L.h1 = ptr(1, 1);
     L.h2 = ptr(2, 1);
-    for (int j = 0; j < 3; ++j) L.s[j] = ptr(3 + j, k == 0 ? 0 : L.units);
+    for (int j = 0; j < kStateSlots; ++j) L.s[j] = ptr(3 + j, k == 0 ? 0 : L.units);
     L.step = ptr(6, 1);
     const at::Tensor& v = slots[kTowerSlots * k + 7];
     if (v.numel() > 0) {

@@ -11,7 +11,7 @@ from typing import List, Set, Tuple
 
 import torch
 
-from . import _ext, agd, reference
+from . import _ext, agd, backends, reference
 from . import triton as _triton
 from .agd import power_iteration
 from ._ext import cuda_extension_available, extension_available, load_extension
@@ -127,70 +127,35 @@ def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tens
     return reference.multi_tensor_dot(a, b)
 
 
-__all__ = ["BACKENDS", "resolve_backend", "auto_backend", "BackendFallbackWarning", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
+__all__ = ["BACKENDS", "resolve_backend", "auto_backend", "backend", "backends", "BackendFallbackWarning", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
            "reference", "extension_available", "cuda_extension_available", "triton_available", "power_iteration",
            "agd"]
 
 
-class _Bound:
-    """The fused module's entries with a kernel set bound (the Triton kernels: same arguments as the ops)."""
-
-    def __init__(self, kernels):
-        from . import fused
-        self._fused, self._kernels = fused, kernels
-
-    def hyper_reduce(self, *args, **kw):
-        return self._fused.hyper_reduce(*args, kernels=self._kernels, **kw)
-
-    def hyper_update(self, *args, **kw):
-        return self._fused.hyper_update(*args, kernels=self._kernels, **kw)
-
-    def nonfinite(self, grads):
-        return self._fused.nonfinite(grads, kernels=self._kernels)
-
-
-def _module(backend: str):
-    if backend == "reference":
-        return reference
-    if backend in ("cpu", "cuda"):        # the compiled kernels: one op layer, dispatched by device
-        from . import fused
-        return fused
-    if backend == "triton":
-        return _Bound(_triton.kernels())
-    raise NotImplementedError(f"no {backend!r} backend for the hypergradient ops yet")
-
-
-def _scale_kw(backend: str, inv_scale) -> dict:
-    if inv_scale is None:
-        return {}
-    if backend == "reference":
-        raise ValueError("inv_scale (GradScaler's 1 / scale applied inside the kernels) needs a compiled or Triton "
-                         "backend; with backend='reference' divide the gradients by the scale first")
-    return {"inv_scale": inv_scale}
+def backend(name: str) -> backends.Backend:
+    """The backend object for a resolved backend name ("reference", "cpu", "cuda", "triton")."""
+    if name not in backends.BACKENDS:
+        raise NotImplementedError(f"no {name!r} backend for the hypergradient ops")
+    return backends.get(name)
 
 
 def hyper_reduce(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, grads, states, valid, hp, raw,
                  inv_scale=None):
-    """Pass A of a hypergradient step (see ``reference.hyper_reduce``) on the chosen backend. ``inv_scale``:
+    """Pass A of a hypergradient step (see ``reference.hyper_reduce``) on the named backend. ``inv_scale``:
     GradScaler's 1 / scale (a one-element float64 tensor on the device) that the kernels multiply into every
     gradient element they read, so the gradients need not be unscaled in a pass of their own."""
-    return _module(backend).hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
-                                         **_scale_kw(backend, inv_scale))
+    return globals()["backend"](backend).reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
+                                                inv_scale=inv_scale)
 
 
 def hyper_update(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: bool, params, grads, states, hp, ok,
                  raw=None, jac=None, inv_scale=None):
-    """Pass B of a hypergradient step (see ``reference.hyper_update``) on the chosen backend (``inv_scale`` as
+    """Pass B of a hypergradient step (see ``reference.hyper_update``) on the named backend (``inv_scale`` as
     for ``hyper_reduce``)."""
-    return _module(backend).hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok,
-                                         raw=raw, jac=jac, **_scale_kw(backend, inv_scale))
+    return globals()["backend"](backend).update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok,
+                                                raw=raw, jac=jac, inv_scale=inv_scale)
 
 
 def grads_finite(backend: str, grads) -> torch.Tensor:
     """0-dim bool tensor: every element of every gradient is finite (one read of the gradients)."""
-    if backend in ("cpu", "cuda", "triton"):
-        return _module(backend).nonfinite(grads)
-    ok = torch.ones((), dtype=torch.bool, device=grads[0].device)
-    for g in grads:
-        ok = ok & torch.isfinite(g).all()
-    return ok
+    return globals()["backend"](backend).finite(grads)

@@ -24,12 +24,12 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from ..kinds import EPS_PER_LEVEL, MAX_TOWER_LEVELS, SCRATCH_ROWS_PER_LEVEL, TOWER_HEAD, TOWER_PER_LEVEL, TOWER_SLOTS  # noqa: F401
+from ..kinds import ROW_COLS as KOUT       # columns of the hypergradient passes' rows
+from ..kinds import TABLE_COLS as KSCAL    # columns of their float64 scalar table (scal)
+
 Tensor = torch.Tensor
 
-KOUT = 4            # columns of the hypergradient passes' rows: sum g*J_lr, g*J_h1, g*J_h2, non-finite count
-KSCAL = 8           # columns of their float64 scalar table (scal)
-TOWER_HEAD, TOWER_PER_LEVEL, TOWER_SLOTS = 3, 7, 8          # csrc/hyperfused/tower_desc.h
-MAX_TOWER_LEVELS = 8                                       # kMaxTowerLevels, csrc/hyperfused/tower.h
 CUDA_CHUNK = 65536                                         # kChunk, csrc/cuda/hyper_cuda.h
 
 F64 = torch.float64
@@ -74,7 +74,7 @@ def _rows(n: int, scal: Tensor) -> Tensor:
 
 
 def _tower_levels(op: str, desc: Sequence[int], eps: Sequence[float], slots: Sequence[Tensor]):
-    """(K, block) of a tower's desc (tower_desc.h's checks of the lengths); the scratch has 6 * K * block
+    """(K, block) of a tower's desc (tower_desc.h's checks of the lengths); the scratch has SCRATCH_ROWS_PER_LEVEL * K * block
     entries."""
     torch._check(len(desc) >= TOWER_HEAD, lambda: f"{op}: desc too short")
     K, block = int(desc[0]), int(desc[1])
@@ -82,7 +82,7 @@ def _tower_levels(op: str, desc: Sequence[int], eps: Sequence[float], slots: Seq
     torch._check(1 <= K and levels <= MAX_TOWER_LEVELS,
                  lambda: f"{op}: a tower of {levels} levels (1 to {MAX_TOWER_LEVELS - 1} above level 0 are "
                          f"supported)")
-    torch._check(len(desc) == TOWER_HEAD + TOWER_PER_LEVEL * levels and len(eps) == 2 * levels
+    torch._check(len(desc) == TOWER_HEAD + TOWER_PER_LEVEL * levels and len(eps) == EPS_PER_LEVEL * levels
                  and len(slots) == TOWER_SLOTS * levels,
                  lambda: f"{op}: desc, eps and slots do not describe {levels} levels")
     return K, block
@@ -101,7 +101,7 @@ def _tower_outputs(op, scal, n, desc, eps, slots):
     scratch [6 K block] in the tower's dtype (its slots'), ok a 0-dim bool, all on the scalar table's device."""
     dt = _tower_dtype(op, slots)
     K, block = _tower_levels(op, desc, eps, slots)
-    return (_rows(n, scal), scal.new_empty((6 * K * block,), dtype=dt), scal.new_empty((), dtype=torch.bool))
+    return (_rows(n, scal), scal.new_empty((SCRATCH_ROWS_PER_LEVEL * K * block,), dtype=dt), scal.new_empty((), dtype=torch.bool))
 
 
 def multi_tensor_dot(a: List[Tensor], b: List[Tensor]) -> Tensor:
@@ -143,7 +143,7 @@ def hyper_tower_plan(desc: List[int], eps: List[float], slots: List[Tensor], d0:
                  lambda: f"hyper_tower_plan: d0 must be float32 or float64, got {d0.dtype}")
     torch._check(finite.dtype == torch.bool and finite.numel() == 1, lambda: "hyper_tower_plan: finite must be bool")
     K, block = _tower_levels("hyper_tower_plan", desc, eps, slots)
-    return d0.new_empty((6 * K * block,)), d0.new_empty((), dtype=torch.bool)
+    return d0.new_empty((SCRATCH_ROWS_PER_LEVEL * K * block,)), d0.new_empty((), dtype=torch.bool)
 
 
 def hyper_reduce_tower(kind: int, learn: int, momentum: bool, eps: List[float], grads: List[Tensor],
@@ -171,7 +171,7 @@ def hyper_update_tower(kind: int, learn: int, momentum: bool, eps: List[float], 
 def hyper_tower_commit(desc: List[int], eps: List[float], slots: List[Tensor], scratch: Tensor, ok: Tensor) -> None:
     # writes the slots in place (schema: Tensor(a!)[] slots)
     K, block = _tower_levels("hyper_tower_commit", desc, eps, slots)
-    torch._check(scratch.dim() == 1 and scratch.numel() == 6 * K * block,
+    torch._check(scratch.dim() == 1 and scratch.numel() == SCRATCH_ROWS_PER_LEVEL * K * block,
                  lambda: "hyper_tower_commit: scratch does not match the tower")
     torch._check(ok.dtype == torch.bool and ok.numel() == 1, lambda: "hyper_tower_commit: ok must be bool")
     _mutated(slots)

@@ -15,33 +15,40 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .. import kinds
+from ..kinds import (COL_DSIG1, COL_RAW_LR, COL_STEP, COL_VALID, ROW_COLS, ROW_NONFINITE, SIGMA, SQUARE,
+                     STATE_SLOTS, TABLE_COLS)
 from . import reference as ref
 from .tower_shape import eps_pair
 
 Tensor = torch.Tensor
 
-KIND_ID = {"sgd": 0, "adagrad": 1, "rmsprop": 2, "adam": 3}
-# hyperparameter name -> column of the kernel's sums (0: lr, 1: the first other one, 2: beta2)
-COLUMN = {("sgd", "lr"): 0, ("sgd", "momentum"): 1, ("adagrad", "lr"): 0, ("rmsprop", "lr"): 0,
-          ("rmsprop", "alpha"): 1, ("adam", "lr"): 0, ("adam", "beta1"): 1, ("adam", "beta2"): 2}
-H1 = {"sgd": "momentum", "rmsprop": "alpha", "adam": "beta1"}
-
-
-_KEYS: Dict[tuple, List[str]] = {}
-
 
 def state_keys(kind: str, cfg: dict, learned: Sequence[str]) -> List[str]:
-    """The state tensors the kernels read and write, in the kernel's order (s0, s1, s2)."""
-    key = (kind, tuple(sorted(cfg.items())), tuple(learned))
-    keys = _KEYS.get(key)
-    if keys is None:
-        x = torch.zeros(1)
-        keys = _KEYS[key] = [k for k in ref.KINDS[kind][0](x, cfg, learned) if k != "step"]
-    return keys
+    """The state tensors the kernels read and write, in the kernel's order (s0, s1, s2): hyperfused.kinds."""
+    return list(kinds.KINDS[kind].state_keys(cfg, learned))
 
 
 def learn_mask(kind: str, learned: Sequence[str]) -> int:
-    return sum(1 << COLUMN[(kind, n)] for n in learned)
+    return kinds.KINDS[kind].learn_mask(learned)
+
+
+_COLS: Dict[tuple, tuple] = {}
+
+
+def _table_columns(kind: str, learned: Sequence[str]):
+    """Which hyperparameter fills which column of the scalar table (kinds table): the values (lr, h1, h2), the
+    raw lr of a squared lr, sigma' of the sigma-parametrised ones; cached per (kind, learned set)."""
+    key = (kind, tuple(learned))
+    out = _COLS.get(key)
+    if out is None:
+        spec = kinds.KINDS[kind]
+        values = tuple(enumerate(spec.hyper))
+        raw = tuple((COL_RAW_LR, n) for n in spec.hyper[:1] if n in learned and spec.parametrisation(n) == SQUARE)
+        sig = tuple((COL_DSIG1 + c - 1, n) for c, n in enumerate(spec.hyper)
+                    if c >= 1 and n in learned and spec.parametrisation(n) == SIGMA)
+        out = _COLS[key] = (values, raw, sig)
+    return out
 
 
 def _eps(kind: str, cfg: dict) -> List[float]:
@@ -52,26 +59,18 @@ def _eps(kind: str, cfg: dict) -> List[float]:
 def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], raw: Dict[str, Tensor],
             steps: Optional[List[Tensor]], valid: List, device, step_offset: float = 0.0,
             host: bool = False) -> Tensor:
-    """The float64 [n, 8] table: lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2), step, valid. ``steps``: the
+    """The float64 [n, TABLE_COLS] table (hyperfused.kinds' COL_*): lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2),
+    step, valid. ``steps``: the
     tensors' step counts (0-dim tensors, plus ``step_offset``); ``valid``: one 0-dim tensor or number per
     tensor. ``host``: the tensors are on the CPU and the table may be built from host numbers (the compiled
     CPU kernels; the Triton kernels keep the tensor-op path they take on a GPU, also under the interpreter)."""
-    h1 = H1.get(kind)
-    cols: List[Tuple[int, Optional[Tensor]]] = [(0, hp["lr"])]
-    if h1:
-        cols.append((1, hp.get(h1)))
-    if kind == "adam":
-        cols.append((2, hp.get("beta2")))
-    if kind == "rmsprop" and "lr" in learned:
-        cols.append((3, raw["lr"]))
-    sig = []                                   # the columns of dsigma(raw)
-    if h1 in learned and kind in ("adam", "rmsprop"):
-        sig.append((4, raw[h1]))
-    if "beta2" in learned:
-        sig.append((5, raw["beta2"]))
+    values, raws, sigs = _table_columns(kind, learned)
+    cols: List[Tuple[int, Optional[Tensor]]] = [(j, hp.get(name)) for j, name in values]
+    cols += [(j, raw[name]) for j, name in raws]
+    sig = [(j, raw[name]) for j, name in sigs]          # the columns of dsigma(raw)
     if host and n <= _HOST_TABLE_MAX and not torch.compiler.is_compiling():   # (a traced step: tensor ops)
         return _scalars_on_host(n, cols, sig, steps, valid, step_offset)
-    out = torch.zeros((n, 8), dtype=torch.float64, device=device)
+    out = torch.zeros((n, TABLE_COLS), dtype=torch.float64, device=device)
 
     def put(j, v):     # copy_ broadcasts a one-element value down the column and casts it to float64
         if v is not None:
@@ -83,13 +82,13 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
         put(j, ref.dsigma(r))
     if steps is not None:
         st = torch.stack(list(steps))
-        put(6, st + step_offset if step_offset else st)
+        put(COL_STEP, st + step_offset if step_offset else st)
     if isinstance(valid, Tensor):
-        put(7, valid)
+        put(COL_VALID, valid)
     elif valid and isinstance(valid[0], Tensor):
-        put(7, torch.stack(list(valid)))
+        put(COL_VALID, torch.stack(list(valid)))
     else:                                      # numbers, known on the host
-        put(7, torch.tensor([float(v) for v in valid], dtype=torch.float64, device=device))
+        put(COL_VALID, torch.tensor([float(v) for v in valid], dtype=torch.float64, device=device))
     return out
 
 
@@ -102,7 +101,7 @@ _HOST_TABLE_MAX = 128
 def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Tensor:
     """``scalars`` for a few CPU tensors, with one tensor op: every entry read as a host number (the same
     float64 values; dsigma of a one-element raw value computed in float64)."""
-    row = [0.0] * 8
+    row = [0.0] * TABLE_COLS
     per = []
     for j, v in cols:
         if v is None:
@@ -117,8 +116,8 @@ def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Ten
         else:
             per.append((j, ref.dsigma(r).reshape(-1).tolist()))
     if steps is not None:
-        per.append((6, [t.item() + step_offset for t in steps]))
-    per.append((7, [float(v.item()) if isinstance(v, Tensor) else float(v) for v in valid]))
+        per.append((COL_STEP, [t.item() + step_offset for t in steps]))
+    per.append((COL_VALID, [float(v.item()) if isinstance(v, Tensor) else float(v) for v in valid]))
     rows = []
     for i in range(n):
         r = list(row)
@@ -131,7 +130,7 @@ def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Ten
 def _lists(kind, cfg, learned, states):
     keys = state_keys(kind, cfg, learned)
     lists = [[st[k] for st in states] for k in keys]
-    while len(lists) < 3:
+    while len(lists) < STATE_SLOTS:
         lists.append([])
     return lists
 
@@ -139,7 +138,7 @@ def _lists(kind, cfg, learned, states):
 def _deltas(kind, learned, per_tensor_lr, rows: Tensor, dt) -> Dict[str, Tensor]:
     out = {}
     for name in learned:
-        v = rows[:, COLUMN[(kind, name)]].to(dt)
+        v = rows[:, kinds.KINDS[kind].column(name)].to(dt)
         out[name] = v if (name == "lr" and per_tensor_lr) else v.sum()
     return out
 
@@ -233,7 +232,7 @@ def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw, compiled=Tru
     n = len(grads)
     valid = _check_prev_grads(states, list(valid))
     s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = [st["step"] for st in states] if kind == "adam" else None
+    steps = [st["step"] for st in states] if kinds.KINDS[kind].step else None
     dev = grads[0].device
     scal = scalars(kind, learned, n, hp, raw, steps, valid, dev, host=compiled and dev.type == "cpu")
     g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
@@ -250,7 +249,7 @@ def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, ra
     rows = _by_dtype(g, lambda idx: kernels.hyper_reduce(
         *head, _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx), _pick(scal, idx),
         **_scaled(inv_scale)), len(g))
-    finite = rows[:, 3].sum() == 0
+    finite = rows[:, ROW_NONFINITE].sum() == 0
     return _deltas(kind, learned, per_tensor_lr, rows, hp["lr"].dtype), finite
 
 
@@ -278,7 +277,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     dt = hp["lr"].dtype
     n = len(params)
     s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = [st["step"] for st in states] if kind == "adam" else None
+    steps = [st["step"] for st in states] if kinds.KINDS[kind].step else None
     work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
     g = [_dense_like(x, w) for x, w in zip(grads, work)]
     dev = grads[0].device
@@ -315,7 +314,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
             if k:
                 st["prev_grad"] = gi
                 _keep(gi)
-    if kind == "adam":                              # one multi-tensor op, not one per tensor
+    if steps is not None:                           # one multi-tensor op, not one per tensor
         # the list overload: the one taking a single 0-dim tensor reads it on the host (.item()) when it
         # leaves its fast route, a synchronisation (seen on an H200 with torch 2.11)
         inc = ok.to(steps[0].dtype)
@@ -324,17 +323,17 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         return None
     if tower_args is not None:
         return tower_out
-    return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, 3].sum() == 0
+    return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, ROW_NONFINITE].sum() == 0
 
 
 def _head(kind, cfg, learned) -> tuple:
     """The ops' first four arguments: kind, learned bits, momentum on/off, eps."""
-    return KIND_ID[kind], learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg)
+    return kinds.KINDS[kind].id, learn_mask(kind, learned), bool(cfg.get("momentum", False)), _eps(kind, cfg)
 
 
 def _d0_map(kind, learned, per_tensor_lr) -> List[int]:
     """The tower ops' d0_map: [per_lr, the rows' column of each learned name, in order]."""
-    return [int(per_tensor_lr)] + [COLUMN[(kind, name)] for name in learned]
+    return [int(per_tensor_lr)] + [kinds.KINDS[kind].column(name) for name in learned]
 
 
 def _scaled(inv_scale) -> dict:
@@ -360,7 +359,7 @@ def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
             dtypes.append(t.dtype)
     if len(dtypes) == 1:
         return call(None)
-    out = torch.zeros(n, 4, dtype=torch.float64, device=grads[0].device)
+    out = torch.zeros(n, ROW_COLS, dtype=torch.float64, device=grads[0].device)
     for d in dtypes:
         idx = [i for i, t in enumerate(grads) if t.dtype == d]
         out[idx] = call(idx)

@@ -1,9 +1,10 @@
 """Pure-PyTorch reference versions of every hypergradient op: the oracle the kernels are tested against.
 
-Each optimizer *kind* ("sgd", "adam", "rmsprop", "adagrad") is described by three element-wise functions
-(docs/MATH.md §3-§4, the paper package's conventions):
+Each optimizer *kind* (hyperfused.kinds: "sgd", "adam", "rmsprop", "adagrad") has its state described by the
+kinds table (``init_state`` builds it from there) and its math by two element-wise functions (docs/MATH.md
+§3-§4):
 
-``init_state(x, cfg, learned)``
+``init_state(kind, x, cfg, learned)``
     the per-element state a tensor starts with;
 ``update(x, g, st, hp, cfg, learned) -> (x_new, st_new)``
     one step of the optimizer with hyperparameter *values* ``hp`` (0-dim tensors or tensors that broadcast
@@ -18,10 +19,13 @@ formula. Values are computed in ``x``'s (math) dtype; callers upcast reduced-pre
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from .. import kinds
 
 Tensor = torch.Tensor
 State = Dict[str, Tensor]
@@ -47,39 +51,39 @@ def sigma_inv(c: Tensor) -> Tensor:
     return ((1.0 + z) / (1.0 - z)).log() / 2.0
 
 
-# name -> (raw -> value, value -> raw) for the hyperparameters whose raw form is not the value itself
+# parametrisation (hyperfused.kinds) -> (raw -> value, value -> raw); a kind's table says which one each
+# learned hyperparameter has
 PARAMETRISATIONS = {
-    ("adam", "beta1"): (sigma, sigma_inv),
-    ("adam", "beta2"): (sigma, sigma_inv),
-    ("rmsprop", "alpha"): (sigma, sigma_inv),
-    ("rmsprop", "lr"): (lambda a: a * a, lambda c: c.sqrt()),
+    kinds.IDENTITY: (lambda r: r, lambda c: c),
+    kinds.SIGMA: (sigma, sigma_inv),
+    kinds.SQUARE: (lambda a: a * a, lambda c: c.sqrt()),
 }
 
 
 def to_value(kind: str, name: str, raw: Tensor) -> Tensor:
-    fwd = PARAMETRISATIONS.get((kind, name))
-    return raw if fwd is None else fwd[0](raw)
+    return PARAMETRISATIONS[kinds.KINDS[kind].parametrisation(name)][0](raw)
 
 
 def to_raw(kind: str, name: str, value: Tensor) -> Tensor:
-    fwd = PARAMETRISATIONS.get((kind, name))
-    return value if fwd is None else fwd[1](value)
+    return PARAMETRISATIONS[kinds.KINDS[kind].parametrisation(name)][1](value)
+
+
+def init_state(kind: str, x: Tensor, cfg: dict, learned: Sequence[str]) -> State:
+    """The state a tensor ``x`` starts with: the kind's element-wise arrays (hyperfused.kinds, in the kernels'
+    order; 0 or the cfg value the table names) and its step count, if it keeps one."""
+    spec = kinds.KINDS[kind]
+    st: State = {}
+    if spec.step:
+        st["step"] = torch.zeros((), dtype=x.dtype, device=x.device)
+    for slot in spec.slots:
+        if slot.when(cfg, learned):
+            st[slot.name] = torch.zeros_like(x) + cfg.get(slot.init, 0.0) if slot.init else torch.zeros_like(x)
+    return st
 
 
 # --------------------------------------------------------------------------------------------------------
 # SGD (with or without momentum).  cfg: {"momentum": bool}
 # --------------------------------------------------------------------------------------------------------
-def sgd_init_state(x: Tensor, cfg: dict, learned: Sequence[str]) -> State:
-    st: State = {}
-    if cfg["momentum"]:
-        st["momentum_buffer"] = torch.zeros_like(x)
-        if "momentum" in learned:
-            st["prev_momentum_buffer"] = torch.zeros_like(x)
-    elif "lr" in learned:
-        st["prev_grad"] = torch.zeros_like(x)
-    return st
-
-
 def sgd_update(x: Tensor, g: Tensor, st: State, hp: Dict[str, Tensor], cfg: dict,
                learned: Sequence[str]) -> Tuple[Tensor, State]:
     new: State = {}
@@ -122,13 +126,6 @@ def _den(s: Tensor, cfg: dict) -> Tensor:
 # --------------------------------------------------------------------------------------------------------
 # Adagrad.  cfg: {"eps": 1e-10, "initial_accumulator_value": 0.0 (torch's; the paper's package: 0.1)}
 # --------------------------------------------------------------------------------------------------------
-def adagrad_init_state(x: Tensor, cfg: dict, learned: Sequence[str]) -> State:
-    st: State = {"sum": torch.zeros_like(x) + cfg["initial_accumulator_value"]}
-    if learned:
-        st["prev_grad"] = torch.zeros_like(x)
-    return st
-
-
 def adagrad_update(x, g, st, hp, cfg, learned):
     G = st["sum"] + g * g
     new: State = {"sum": G}
@@ -146,13 +143,6 @@ def adagrad_jac(st, hp, raw, cfg, learned):
 # --------------------------------------------------------------------------------------------------------
 # RMSprop.  lr = a^2 (raw a), alpha (the paper's gamma) = sigma(q).  cfg: {"eps": 1e-8, "eps_root": 0}
 # --------------------------------------------------------------------------------------------------------
-def rmsprop_init_state(x, cfg, learned):
-    st: State = {"square_avg": torch.zeros_like(x)}
-    if learned:
-        st["prev_grad"] = torch.zeros_like(x)
-    return st
-
-
 def rmsprop_update(x, g, st, hp, cfg, learned):
     gamma = hp["alpha"]
     s = gamma * st["square_avg"] + (1.0 - gamma) * (g * g)
@@ -182,17 +172,6 @@ def rmsprop_jac(st, hp, raw, cfg, learned):
 # Adam.  beta_i = sigma(b_i) when learned.  cfg: {"eps": 1e-8, "initial_exp_avg_sq": 0.0 (torch's; the paper's
 # package starts v at eps)}
 # --------------------------------------------------------------------------------------------------------
-def adam_init_state(x, cfg, learned):
-    st: State = {
-        "step": torch.zeros((), dtype=x.dtype, device=x.device),
-        "exp_avg": torch.zeros_like(x),
-        "exp_avg_sq": torch.zeros_like(x) + cfg.get("initial_exp_avg_sq", 0.0),
-    }
-    if "beta1" in learned or "beta2" in learned:
-        st["prev_grad"] = torch.zeros_like(x)
-    return st
-
-
 def adam_update(x, g, st, hp, cfg, learned):
     b1, b2, eps = hp["beta1"], hp["beta2"], cfg["eps"]
     t = st["step"] + 1
@@ -231,12 +210,14 @@ def adam_jac(st, hp, raw, cfg, learned):
     return J
 
 
-KINDS = {
-    "sgd": (sgd_init_state, sgd_update, sgd_jac),
-    "adam": (adam_init_state, adam_update, adam_jac),
-    "rmsprop": (rmsprop_init_state, rmsprop_update, rmsprop_jac),
-    "adagrad": (adagrad_init_state, adagrad_update, adagrad_jac),
+_FORMULAS = {
+    "sgd": (sgd_update, sgd_jac),
+    "adam": (adam_update, adam_jac),
+    "rmsprop": (rmsprop_update, rmsprop_jac),
+    "adagrad": (adagrad_update, adagrad_jac),
 }
+# kind -> (init_state, update, jac); every kind of hyperfused.kinds has its formulas here
+KINDS = {name: (functools.partial(init_state, name),) + _FORMULAS[name] for name in kinds.KINDS}
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -323,3 +304,74 @@ def multi_tensor_dot(a: Iterable[Tensor], b: Iterable[Tensor]) -> Tensor:
     if not out:
         return torch.zeros(0, dtype=torch.float64)
     return torch.stack(out)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The levels above level 0 (docs/MATH.md §1.2 steps 2-4): the Python tower, the oracle of the compiled and Triton
+# towers. ``levels[k]`` = {"hp": {name: raw value tensor}, "state": {...}} (k >= 1 also a "valid" flag);
+# ``specs[k]`` = (level optimizer, initial values, learned names, per_tensor, cfg).
+# --------------------------------------------------------------------------------------------------------
+def _flatten(d: Dict[str, Tensor], names: Sequence[str]) -> Tensor:
+    return torch.cat([d[name].reshape(-1) for name in names])
+
+
+def _unflatten(x: Tensor, like: Dict[str, Tensor], names: Sequence[str]) -> Dict[str, Tensor]:
+    out, pos = {}, 0
+    for name in names:
+        n = like[name].numel()
+        out[name] = x[pos:pos + n].reshape(like[name].shape)
+        pos += n
+    return out
+
+
+def _level_values(spec, hp: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    lv, _, learned, _, _ = spec
+    return {name: to_value(lv.kind, name, t) if name in learned else t for name, t in hp.items()}
+
+
+def tower_plan(levels, specs, d0_flat: Tensor, finite: Tensor) -> Dict[str, object]:
+    """Tentative step of every level above level 0 from level 0's flat hypergradient ``d0_flat`` (its learned
+    names in order): bottom-up hypergradients, then top-down updates with the new values. Returns
+    {"new_hp", "new_state", "ok"}; nothing the tower holds is written (``tower_commit`` does that)."""
+    deltas: List[Tensor] = [d0_flat]
+    for k in range(1, len(specs) - 1):
+        lv, _, learned, per, cfg = specs[k]
+        rec = levels[k]
+        g = deltas[k - 1]
+        J = KINDS[lv.kind][2](rec["state"], _level_values(specs[k], rec["hp"]), rec["hp"], cfg, learned)
+        dk = []
+        for name in learned:
+            contrib = g * J[name]
+            d = contrib if (name == "lr" and per) else contrib.sum()
+            dk.append(torch.where(rec["state"]["valid"], d, torch.zeros_like(d)).reshape(-1))
+        deltas.append(torch.cat(dk))
+    ok = finite
+    for d in deltas:
+        ok = ok & torch.isfinite(d).all()
+    new_hp = [dict(rec["hp"]) for rec in levels]
+    new_state: List[Optional[State]] = [None] * len(specs)
+    for k in range(len(specs) - 1, 0, -1):
+        lv, _, learned, per, cfg = specs[k]
+        below_learned = specs[k - 1][2]
+        x = _flatten(levels[k - 1]["hp"], below_learned)
+        st = {key: v for key, v in levels[k]["state"].items() if key != "valid"}
+        xn, stn = KINDS[lv.kind][1](x, deltas[k - 1], st, _level_values(specs[k], new_hp[k]), cfg, learned)
+        new_state[k] = stn
+        for name, t in _unflatten(xn, levels[k - 1]["hp"], below_learned).items():
+            new_hp[k - 1][name] = t
+            ok = ok & torch.isfinite(t).all()
+    return {"new_hp": new_hp, "new_state": new_state, "ok": ok}
+
+
+def tower_commit(levels, new: Dict[str, object], ok: Tensor) -> None:
+    """Write ``tower_plan``'s tentative step where ``ok`` (0-dim bool) is set; every level's valid |= ok."""
+    for k in range(len(levels)):
+        for name, t in new["new_hp"][k].items():
+            old = levels[k]["hp"][name]
+            if t is not old:
+                old.copy_(torch.where(ok, t, old))
+        stn = new["new_state"][k]
+        if stn is not None:
+            st = levels[k]["state"]
+            _commit_state(st, stn, ok)
+            st["valid"].copy_(st["valid"] | ok)

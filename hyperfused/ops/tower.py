@@ -7,10 +7,11 @@ from typing import List, Tuple
 
 import torch
 
-from .tower_shape import _H1, _nlr, _state_keys, eps_pair, shape_of, units_of
+from ..kinds import MAX_TOWER_LEVELS as MAX_LEVELS
+from ..kinds import STATE_SLOTS
+from .tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
 
 Tensor = torch.Tensor
-MAX_LEVELS = 8          # kMaxTowerLevels in tower.h
 
 
 def supported(levels, specs) -> bool:
@@ -42,11 +43,10 @@ def _args(levels, specs, device, dtype) -> Tuple[List[int], List[float], List[Te
         desc += [shape["KINDS"][k], shape["LEARN"][k], int(shape["MOM"][k]), int(shape["PER"][k]),
                  shape["NSTATE"][k] if k else 0, nlr[k], units[k] if k else 0]
         hp = rec["hp"]
-        h1 = _H1.get(lv.kind)
-        slots += [hp["lr"], hp[h1] if h1 in hp else none, hp["beta2"] if "beta2" in hp else none]
+        slots += [none if t is None else t for t in level_hp(lv.kind, rec["hp"])]
         st = rec.get("state", {}) if k else {}
         arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
-        slots += arrays + [none] * (3 - len(arrays))
+        slots += arrays + [none] * (STATE_SLOTS - len(arrays))
         slots += [st["step"] if "step" in st else none, st["valid"] if "valid" in st else none]
     eps = [e for *_, cfg in specs for e in eps_pair(cfg)]
     return desc, eps, slots

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Dict, Sequence, Tuple
 
-KIND_ID = {"sgd": 0, "adagrad": 1, "rmsprop": 2, "adam": 3}
-_H1 = {"sgd": "momentum", "rmsprop": "alpha", "adam": "beta1"}
-_BIT = {"lr": 1, "momentum": 2, "alpha": 2, "beta1": 2, "beta2": 4}
+from .. import kinds
 
 
 def eps_pair(cfg) -> Tuple[float, float]:
@@ -15,22 +13,35 @@ def eps_pair(cfg) -> Tuple[float, float]:
     return float(cfg.get("eps", 0.0)), float(cfg.get("eps_root", 0.0))
 
 
-def _learn_bits(names: Sequence[str]) -> int:
-    return sum(_BIT[n] for n in names)
-
-
 def _state_keys(kind, cfg, learned):
-    from . import fused
-    return fused.state_keys(kind, cfg, learned)
+    return kinds.KINDS[kind].state_keys(cfg, learned)
+
+
+def level_hp(kind: str, hp) -> list:
+    """A level's hyperparameter tensors in the kernels' columns (lr, h1, h2), None where the kind has none."""
+    names = kinds.KINDS[kind].hyper
+    return [hp.get(names[c]) if c < len(names) else None for c in range(kinds.HP_COLS)]
 
 
 def shape_of(specs) -> Dict[str, tuple]:
-    """The tower's compile-time shape: kinds, learned bits, momentum flags, per-tensor lrs, state arrays."""
-    return dict(KINDS=tuple(KIND_ID[lv.kind] for lv, *_ in specs),
-                LEARN=tuple(_learn_bits(learned) for _, _, learned, _, _ in specs),
-                MOM=tuple(bool(cfg.get("momentum", False)) for *_, cfg in specs),
-                PER=tuple(bool(per) for _, _, _, per, _ in specs),
-                NSTATE=tuple(len(_state_keys(lv.kind, cfg, learned)) for lv, _, learned, _, cfg in specs))
+    """The tower's compile-time shape: kinds, learned bits, momentum flags, per-tensor lrs, state arrays, and what
+    the kinds table says of each level's kind: its number of hyperparameters, the parametrisation of each learned
+    column (3 per level, identity where not learned), the state slot of its previous gradient (-1: none), and
+    whether it counts steps."""
+    out = dict(KINDS=[], LEARN=[], MOM=[], PER=[], NSTATE=[], NHP=[], PARAM=[], PREV=[], STEPS=[])
+    for lv, _, learned, per, cfg in specs:
+        spec = kinds.KINDS[lv.kind]
+        out["KINDS"].append(spec.id)
+        out["LEARN"].append(spec.learn_mask(learned))
+        out["MOM"].append(bool(cfg.get("momentum", False)))
+        out["PER"].append(bool(per))
+        out["NSTATE"].append(len(spec.state_keys(cfg, learned)))
+        out["NHP"].append(len(spec.hyper))
+        out["PARAM"] += [spec.parametrisation(spec.hyper[c]) if c < len(spec.hyper) and spec.hyper[c] in learned
+                         else kinds.IDENTITY for c in range(kinds.HP_COLS)]
+        out["PREV"].append(spec.prev_grad_slot(cfg))
+        out["STEPS"].append(bool(spec.step))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _nlr(levels) -> Tuple[int, ...]:

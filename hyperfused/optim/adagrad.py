@@ -23,7 +23,6 @@ class Adagrad(HyperOptimizer):
 
     kind = "adagrad"
     _torch_only = {"lr_decay": 0, "weight_decay": 0, "maximize": False, "differentiable": False}
-    hyper_names = ("lr",)
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10, *,

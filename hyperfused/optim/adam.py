@@ -26,7 +26,6 @@ class Adam(HyperOptimizer):
     kind = "adam"
     _torch_only = {"weight_decay": 0, "amsgrad": False, "maximize": False, "differentiable": False,
                    "decoupled_weight_decay": False}
-    hyper_names = ("lr", "beta1", "beta2")
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 
-from .. import ops
+from .. import kinds, ops
 from ..ops import reference as ref
 
 Tensor = torch.Tensor
@@ -39,11 +39,18 @@ class HyperOptimizer(torch.optim.Optimizer):
     constructed without, it is a level to pass as another optimizer's ``hyper=``.
     """
 
+    #: the optimizer kind (hyperfused.kinds), set by each subclass
     kind: str = ""
     #: torch.amp.GradScaler hands over the scale and its inf check instead of unscaling first
     _step_supports_amp_scaling = True
-    #: hyperparameter names in canonical order (the order of the flattened vector the level above sees)
+    #: hyperparameter names in canonical order (the order of the flattened vector the level above sees): the
+    #: kinds table's, set from ``kind``
     hyper_names: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            cls.hyper_names = kinds.kind(cls.kind).hyper
     #: param_groups keys of the torch.optim counterpart not implemented here, with the value that means "off":
     #: a group (or an edit) that sets one otherwise is refused, never ignored
     _torch_only: Dict[str, Any] = {}
@@ -475,7 +482,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         for plan in plans:
             plan["inv_scale"] = None
             if grad_scale is not None and plan["grads"]:
-                if plan["backend"] in ("cuda", "triton"):
+                if plan["backend"].unscales:
                     # the GPU kernels unscale as they read (the gradients stay scaled, as with torch's fused
                     # optimizers): no pass of its own over the gradients
                     plan["inv_scale"] = torch.reciprocal(
@@ -516,6 +523,10 @@ class HyperOptimizer(torch.optim.Optimizer):
             self._publish_lr(plan["gi"], plan["specs"][0])
         self._tower()["skipped_steps"].add_((~ok).to(torch.int64))
         return loss
+
+    def _group_impl(self, group: Dict[str, Any]) -> "ops.backends.Backend":
+        """The backend object that runs param group ``group`` (see ``_group_backend``)."""
+        return ops.backends.get(self._group_backend(group))
 
     def _group_backend(self, group: Dict[str, Any]) -> str:
         dev = group["params"][0].device
@@ -603,7 +614,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
         return {"gi": gi, "specs": specs, "levels": gt["levels"], "params": params, "grads": grads,
                 "states": states, "idle": idle, "index": index, "n": len(group["params"]), "dtype": dt,
-                "device": group["params"][0].device, "backend": self._group_backend(group),
+                "device": group["params"][0].device, "backend": self._group_impl(group),
                 "group": None if mesh is None else mesh.get_group()}
 
     @staticmethod
@@ -628,32 +639,32 @@ class HyperOptimizer(torch.optim.Optimizer):
         if not plan["params"]:
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
         hp_rows = self._rows(plan["levels"][0]["hp"], plan["index"], per0)
-        d0, finite = ops.hyper_reduce(plan["backend"], self.kind, cfg0, learned0, per0, plan["grads"],
-                                      plan["states"], [st["moved"] for st in plan["states"]],
-                                      self._values_of(spec0, hp_rows), hp_rows, inv_scale=plan.get("inv_scale"))
+        d0, finite = plan["backend"].reduce(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
+                                            [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
+                                            hp_rows, inv_scale=plan.get("inv_scale"))
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
-    def _tower_fusable(self, plan) -> bool:
-        """Whether the pass that makes level 0's hypergradient and the levels above run as one compiled op."""
-        if plan["backend"] not in ("cpu", "cuda") or plan["group"] is not None or len(plan["specs"]) < 2:
-            return False
-        from ..ops import tower
-        return tower.fusable(plan["levels"], plan["specs"], plan["grads"], plan["specs"][0][3], plan["n"])
+    @staticmethod
+    def _may_fuse_tower(plan) -> bool:
+        """The pass that makes level 0's hypergradient may carry the levels above (the backend decides whether
+        it can): there are levels above, and the partial sums need no all-reduce between the two (FSDP)."""
+        return plan["group"] is None and len(plan["specs"]) >= 2 and bool(plan["grads"])
 
     def _pass_a_and_tower(self, plan) -> bool:
-        """Pass A and the levels above as one compiled op (cpu, cuda: on CUDA pass A's finishing kernel runs the
-        tower), where it applies: not sharded (the partial sums are all-reduced between the two), see
-        ``tower.fusable``. Returns False to leave it to ``_pass_a`` and ``_plan_tower``."""
-        if not self._tower_fusable(plan):
+        """Pass A and the levels above as one call where the backend can fuse them (the compiled ops: on CUDA
+        pass A's finishing kernel runs the tower). Returns False to leave it to ``_pass_a`` and ``_plan_tower``."""
+        if not self._may_fuse_tower(plan):
             return False
-        from ..ops import tower
         spec0 = plan["specs"][0]
         _, _, learned0, per0, cfg0 = spec0
         hp_rows = plan["levels"][0]["hp"]          # every tensor has a gradient where the lr is per tensor
-        scr, ok = tower.reduce_plan(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
-                                    [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
-                                    hp_rows, plan["levels"], plan["specs"], inv_scale=plan.get("inv_scale"))
-        plan.update(tower_scratch=scr, ok=ok, tower_ops=tower)
+        res = plan["backend"].reduce_tower(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
+                                           [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
+                                           hp_rows, plan["levels"], plan["specs"], plan["n"],
+                                           inv_scale=plan.get("inv_scale"))
+        if res is None:
+            return False
+        plan["tower_commit"], plan["ok"] = res
         return True
 
     def _pass_b(self, plan, ok: Tensor):
@@ -669,23 +680,25 @@ class HyperOptimizer(torch.optim.Optimizer):
             if self._one_pass:
                 used = self._rows(rec["used"], plan["index"], per0)
                 jac = (self._values_of(spec0, used), used, [st["moved"] for st in plan["states"]])
-            if jac is not None and self._tower_fusable(plan):   # the levels above in the same op (launch)
-                from ..ops import tower
-                scr, tok = tower.update_plan(self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
-                                             plan["states"], self._values_of(spec0, rows), ok, rows, jac,
-                                             plan["levels"], plan["specs"], inv_scale=plan.get("inv_scale"))
-                plan.update(tower_scratch=scr, ok=tok, tower_ops=tower)
+            fused = None
+            if jac is not None and self._may_fuse_tower(plan):   # the levels above in the same op (launch)
+                fused = plan["backend"].update_tower(self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
+                                                     plan["states"], self._values_of(spec0, rows), ok, rows, jac,
+                                                     plan["levels"], plan["specs"], plan["n"],
+                                                     inv_scale=plan.get("inv_scale"))
+            if fused is not None:
+                plan["tower_commit"], plan["ok"] = fused
             else:
-                result = ops.hyper_update(plan["backend"], self.kind, cfg0, learned0, per0, plan["params"],
-                                          plan["grads"], plan["states"], self._values_of(spec0, rows), ok,
-                                          raw=rows, jac=jac, inv_scale=plan.get("inv_scale"))
+                result = plan["backend"].update(self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
+                                                plan["states"], self._values_of(spec0, rows), ok, raw=rows, jac=jac,
+                                                inv_scale=plan.get("inv_scale"))
             # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
             moved = [st["moved"] for st in plan["states"]]
             torch._foreach_maximum_(moved, [ok] * len(moved))                  # moved |= ok
         if plan["idle"]:              # no gradient this step: did not move, so no Jacobian next step
             idle = [st["moved"] for st in plan["idle"]]
             torch._foreach_minimum_(idle, [~ok] * len(idle))                   # moved &= ~ok
-        if not self._one_pass or "tower_scratch" in plan:     # exact mode, or the tower already planned
+        if not self._one_pass or "tower_commit" in plan:      # exact mode, or the tower already planned
             return None
         if result is None:
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
@@ -694,7 +707,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def _grads_finite(self, plan) -> Tensor:
         finite = (torch.ones((), dtype=torch.bool, device=plan["device"]) if not plan["grads"]
-                  else ops.grads_finite(plan["backend"], plan["grads"]))
+                  else plan["backend"].finite(plan["grads"]))
         return self._all_reduce(plan, {}, finite, ())[1]
 
     def _zero_deltas(self, plan, learned, per):
@@ -714,67 +727,18 @@ class HyperOptimizer(torch.optim.Optimizer):
         return d0
 
     def _plan_tower(self, plan, d0: Dict[str, Tensor], finite: Tensor) -> None:
-        """Hypergradients of the levels above (bottom-up) and their tentative updates (top-down)."""
-        specs, levels = plan["specs"], plan["levels"]
-        if plan["backend"] == "triton" and len(specs) > 1:     # the whole tower in one Triton program
-            from ..ops.triton import tower
-            scr, ok = tower.plan(levels, specs, self._flatten(d0, specs[0][2]), finite)
-            plan.update(tower_scratch=scr, ok=ok, tower_ops=tower)
+        """Hypergradients of the levels above (bottom-up) and their tentative updates (top-down), on the group's
+        backend; ``_commit_tower`` writes them once the step's verdict is known."""
+        specs = plan["specs"]
+        if len(specs) == 1:                   # no level above: the verdict is level 0's
+            plan.update(tower_commit=None, ok=finite)
             return
-        if plan["backend"] in ("cpu", "cuda") and len(specs) > 1:
-            from ..ops import tower                             # the compiled tower ops (host / one CUDA thread)
-            if tower.supported(levels, specs):
-                scr, ok = tower.plan(levels, specs, self._flatten(d0, specs[0][2]), finite)
-                plan.update(tower_scratch=scr, ok=ok, tower_ops=tower)
-                return
-        deltas: List[Dict[str, Tensor]] = [d0]
-        for k in range(1, len(specs) - 1):
-            lv, _, learned, per, cfg = specs[k]
-            rec = levels[k]
-            g = self._flatten(deltas[k - 1], specs[k - 1][2])
-            vals = self._values_of(specs[k], rec["hp"])
-            J = ref.KINDS[lv.kind][2](rec["state"], vals, rec["hp"], cfg, learned)
-            dk = {}
-            for name in learned:
-                contrib = g * J[name]
-                d = contrib if (name == "lr" and per) else contrib.sum()
-                dk[name] = torch.where(rec["state"]["valid"], d, torch.zeros_like(d))
-            deltas.append(dk)
-        ok = finite
-        for d in deltas:
-            for t in d.values():
-                ok = ok & torch.isfinite(t).all()
-        new_hp = [dict(rec["hp"]) for rec in levels]
-        new_state: List[Optional[Dict[str, Tensor]]] = [None] * len(specs)
-        for k in range(len(specs) - 1, 0, -1):
-            lv, _, learned, per, cfg = specs[k]
-            below_learned = specs[k - 1][2]
-            x = self._flatten(levels[k - 1]["hp"], below_learned)
-            g = self._flatten(deltas[k - 1], below_learned)
-            vals = self._values_of(specs[k], new_hp[k])
-            st = {key: v for key, v in levels[k]["state"].items() if key != "valid"}
-            xn, stn = ref.KINDS[lv.kind][1](x, g, st, vals, cfg, learned)
-            new_state[k] = stn
-            for name, t in self._unflatten(xn, levels[k - 1]["hp"], below_learned).items():
-                new_hp[k - 1][name] = t
-                ok = ok & torch.isfinite(t).all()
-        plan.update(new_hp=new_hp, new_state=new_state, ok=ok)
+        plan["tower_commit"], plan["ok"] = plan["backend"].tower_plan(
+            plan["levels"], specs, ref._flatten(d0, specs[0][2]), finite)
 
     def _commit_tower(self, plan: Dict[str, Any], ok: Tensor) -> None:
-        if "tower_scratch" in plan:
-            plan["tower_ops"].commit(plan["levels"], plan["specs"], plan["tower_scratch"], ok)
-            return
-        levels, new_hp = plan["levels"], plan["new_hp"]
-        for k in range(len(levels)):
-            for name, t in new_hp[k].items():
-                old = levels[k]["hp"][name]
-                if t is not old:
-                    old.copy_(torch.where(ok, t, old))
-            stn = plan["new_state"][k]
-            if stn is not None:
-                st = levels[k]["state"]
-                ref._commit_state(st, stn, ok)
-                st["valid"].copy_(st["valid"] | ok)
+        if plan["tower_commit"] is not None:
+            plan["tower_commit"](ok)
 
     # ---------------------------------------------------------------- small helpers
     @staticmethod
@@ -784,19 +748,6 @@ class HyperOptimizer(torch.optim.Optimizer):
         out = dict(hp)
         if len(index) != hp["lr"].numel():
             out["lr"] = hp["lr"][index]
-        return out
-
-    @staticmethod
-    def _flatten(d: Dict[str, Tensor], names: Sequence[str]) -> Tensor:
-        return torch.cat([d[name].reshape(-1) for name in names])
-
-    @staticmethod
-    def _unflatten(x: Tensor, like: Dict[str, Tensor], names: Sequence[str]) -> Dict[str, Tensor]:
-        out, pos = {}, 0
-        for name in names:
-            n = like[name].numel()
-            out[name] = x[pos:pos + n].reshape(like[name].shape)
-            pos += n
         return out
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -24,7 +24,6 @@ class RMSprop(HyperOptimizer):
 
     kind = "rmsprop"
     _torch_only = {"weight_decay": 0, "momentum": 0, "centered": False, "maximize": False, "differentiable": False}
-    hyper_names = ("lr", "alpha")
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, alpha: float = 0.99,
                  eps: float = 1e-8, *, eps_inside_sqrt: bool = False, hyper: Optional[HyperOptimizer] = None,

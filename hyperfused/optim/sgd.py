@@ -33,7 +33,6 @@ class SGD(HyperOptimizer):
 
     kind = "sgd"
     _torch_only = {"dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False, "differentiable": False}
-    hyper_names = ("lr", "momentum")
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3, momentum: float = 0.0, *,
                  hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,

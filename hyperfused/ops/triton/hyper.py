@@ -58,15 +58,18 @@ import torch
 import triton
 import triton.language as tl
 
+from ... import kinds
+from ...kinds import ROW_COLS, ROW_NONFINITE, TABLE_COLS
 from ..fused import _dense
 
 Tensor = torch.Tensor
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-# kinds and learn bits of the op schemas (csrc/ops.cpp)
-SGD, ADAGRAD, RMSPROP, ADAM = 0, 1, 2, 3
-LEARN_LR, LEARN_H1, LEARN_H2 = 1, 2, 4
+# the kinds' ids in the op schemas (hyperfused.kinds); _jac and _step branch on them
+SGD, ADAGRAD, RMSPROP, ADAM = (kinds.KINDS[k].id for k in ("sgd", "adagrad", "rmsprop", "adam"))
+_TABLE_COLS = tl.constexpr(TABLE_COLS)
+_ROW_COLS = tl.constexpr(ROW_COLS)
 
 #: tiling: elements per tile, elements per program (a multiple of BLOCK), warps per program
 CONFIG = {"BLOCK": 4096 if INTERPRET else 1024, "CHUNK": 16384 if INTERPRET else 8192, "num_warps": 4,
@@ -95,7 +98,7 @@ def configure(block: Optional[int] = None, chunk: Optional[int] = None, num_warp
 def _derived(scal_ptr, row, eps_ptr):
     """The per-tensor scalars of one update from its float64 row (lr, h1, h2, raw_lr, dsig1, dsig2, t, flag),
     computed once per program in float64 (bias corrections 1 - b^t and their derivatives t b^(t-1) / c^2)."""
-    base = scal_ptr + row * 8
+    base = scal_ptr + row * _TABLE_COLS
     lr = tl.load(base + 0)
     h1 = tl.load(base + 1)
     h2 = tl.load(base + 2)
@@ -267,7 +270,7 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
             acc0 += tl.where(use, g * j0, 0.0)
             acc1 += tl.where(use, g * j1, 0.0)
             acc2 += tl.where(use, g * j2, 0.0)
-    out = part_ptr + pid * 4
+    out = part_ptr + pid * _ROW_COLS
     tl.store(out + 0, tl.sum(acc0, axis=0).to(tl.float64))
     tl.store(out + 1, tl.sum(acc1, axis=0).to(tl.float64))
     tl.store(out + 2, tl.sum(acc2, axis=0).to(tl.float64))
@@ -278,7 +281,7 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
 def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, jscal_ptr, eps_ptr, ok_ptr,
                    inv_scale_ptr, part_ptr, n_tensors,
                    KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
-                   NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, KEEP_PREV: tl.constexpr,
+                   NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, PREV: tl.constexpr,
                    ONE_PASS: tl.constexpr, X_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr,
                    SCALED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Pass B: the update in place, nothing written where the device flag ``ok`` is 0; in one-pass mode also
@@ -330,24 +333,21 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
         x, a0, a1, a2 = _step(KIND, LEARN, MOMENTUM, x, g, a0, a1, a2, lr.to(M_DT), h1.to(M_DT), h2.to(M_DT),
                               eps64.to(M_DT), epsr64.to(M_DT), c1.to(M_DT), c2.to(M_DT))
         tl.store(xp + offs, _to_storage(x, X_DT), mask=m)
-        if KIND == 0:
-            if MOMENTUM:
-                tl.store(p0 + offs, a0, mask=m)
-                if LEARN & 2:
-                    tl.store(p1 + offs, a1, mask=m)
-            elif KEEP_PREV:
-                tl.store(p0 + offs, g, mask=m & keep)
-        elif KIND == 3:
+        # every state array given is written: the previous gradient's (slot PREV, hyperfused.kinds) with g
+        if PREV == 0:
+            tl.store(p0 + offs, g, mask=m & keep)
+        elif NS0:
             tl.store(p0 + offs, a0, mask=m)
+        if PREV == 1:
+            tl.store(p1 + offs, g, mask=m & keep)
+        elif NS1:
             tl.store(p1 + offs, a1, mask=m)
-            if KEEP_PREV:
-                tl.store(p2 + offs, g, mask=m & keep)
-        else:
-            tl.store(p0 + offs, a0, mask=m)
-            if KEEP_PREV:
-                tl.store(p1 + offs, g, mask=m & keep)
+        if PREV == 2:
+            tl.store(p2 + offs, g, mask=m & keep)
+        elif NS2:
+            tl.store(p2 + offs, a2, mask=m)
     if ONE_PASS:
-        out = part_ptr + pid * 4
+        out = part_ptr + pid * _ROW_COLS
         tl.store(out + 0, tl.sum(acc0, axis=0).to(tl.float64))
         tl.store(out + 1, tl.sum(acc1, axis=0).to(tl.float64))
         tl.store(out + 2, tl.sum(acc2, axis=0).to(tl.float64))
@@ -368,14 +368,14 @@ def _finish_kernel(part_ptr, first_chunk_ptr, out_ptr, FB: tl.constexpr):
     for k in range(lo, hi, FB):
         rows = k + r
         m = rows < hi
-        s0 += tl.load(part_ptr + rows * 4 + 0, mask=m, other=0.0)
-        s1 += tl.load(part_ptr + rows * 4 + 1, mask=m, other=0.0)
-        s2 += tl.load(part_ptr + rows * 4 + 2, mask=m, other=0.0)
-        s3 += tl.load(part_ptr + rows * 4 + 3, mask=m, other=0.0)
-    tl.store(out_ptr + t * 4 + 0, tl.sum(s0, axis=0))
-    tl.store(out_ptr + t * 4 + 1, tl.sum(s1, axis=0))
-    tl.store(out_ptr + t * 4 + 2, tl.sum(s2, axis=0))
-    tl.store(out_ptr + t * 4 + 3, tl.sum(s3, axis=0))
+        s0 += tl.load(part_ptr + rows * _ROW_COLS + 0, mask=m, other=0.0)
+        s1 += tl.load(part_ptr + rows * _ROW_COLS + 1, mask=m, other=0.0)
+        s2 += tl.load(part_ptr + rows * _ROW_COLS + 2, mask=m, other=0.0)
+        s3 += tl.load(part_ptr + rows * _ROW_COLS + 3, mask=m, other=0.0)
+    tl.store(out_ptr + t * _ROW_COLS + 0, tl.sum(s0, axis=0))
+    tl.store(out_ptr + t * _ROW_COLS + 1, tl.sum(s1, axis=0))
+    tl.store(out_ptr + t * _ROW_COLS + 2, tl.sum(s2, axis=0))
+    tl.store(out_ptr + t * _ROW_COLS + 3, tl.sum(s3, axis=0))
 
 
 # ------------------------------------------------------------------------------------------------ host side
@@ -453,9 +453,9 @@ def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
     for lst in (s0, s1, s2):
         if lst and len(lst) != n:
             raise ValueError(f"{op}: a state list has {len(lst)} tensors for {n} grads")
-    if scal.dtype != torch.float64 or scal.dim() != 2 or scal.shape[0] != n or scal.shape[1] != 8 \
+    if scal.dtype != torch.float64 or scal.dim() != 2 or scal.shape[0] != n or scal.shape[1] != TABLE_COLS \
             or not scal.is_contiguous():
-        raise ValueError(f"{op}: scalars must be a contiguous float64 tensor of shape [{n}, 8]")
+        raise ValueError(f"{op}: scalars must be a contiguous float64 tensor of shape [{n}, {TABLE_COLS}]")
     dev = grads[0].device
     if dev.type == "cpu" and not INTERPRET:
         raise RuntimeError(f"{op}: the Triton kernels run on CUDA tensors; CPU tensors need the Triton "
@@ -491,7 +491,7 @@ def _launch(kernel, grid, *args, **kw):
 
 
 def _finish(part: Tensor, first: Tensor, n: int) -> Tensor:
-    out = torch.empty(n, 4, dtype=torch.float64, device=part.device)
+    out = torch.empty(n, ROW_COLS, dtype=torch.float64, device=part.device)
     _launch(_finish_kernel, (n,), part, first, out, FB=CONFIG["FINISH_BLOCK"])
     return out
 
@@ -508,7 +508,7 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], gr
     """Pass A (same arguments and result as ``torch.ops.hyperfused.hyper_reduce``)."""
     n = len(grads)
     if n == 0:
-        return torch.zeros(0, 4, dtype=torch.float64, device=scal.device)
+        return torch.zeros(0, ROW_COLS, dtype=torch.float64, device=scal.device)
     mdt = _math_dtype(grads[0].dtype)
     _check("hyper_reduce", grads, [], s0, s1, s2, scal, mdt)
     dev = grads[0].device
@@ -517,7 +517,7 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], gr
     lists = ([], grads, s0, s1, s2)
     ptrs = _pointer_table(dev, lists, n)
     chunks = ct.numel()
-    part = torch.empty(chunks, 4, dtype=torch.float64, device=dev)
+    part = torch.empty(chunks, ROW_COLS, dtype=torch.float64, device=dev)
     epst = _eps_tensor(eps, dev)
     _launch(_reduce_kernel, (chunks,), ptrs, numel, ct, cs, scal, epst, epst if inv_scale is None else inv_scale,
             part, n,
@@ -537,7 +537,7 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
     from the state before the update."""
     n = len(grads)
     if n == 0:
-        return torch.zeros(0, 4, dtype=torch.float64, device=scal.device)
+        return torch.zeros(0, ROW_COLS, dtype=torch.float64, device=scal.device)
     if not params:
         raise ValueError("hyper_update: params are required")
     mdt = _math_dtype(grads[0].dtype)
@@ -553,20 +553,21 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
     lists = (params, grads, s0, s1, s2)
     ptrs = _pointer_table(dev, lists, n)
     chunks = ct.numel()
-    part = torch.empty(chunks if one_pass else 1, 4, dtype=torch.float64, device=dev)
-    # which state list holds the previous gradient (written with column 7 of the table)
-    keep_prev = {SGD: (not momentum) and bool(learn & LEARN_LR), ADAGRAD: bool(learn), RMSPROP: bool(learn),
-                 ADAM: bool(learn & (LEARN_H1 | LEARN_H2))}[int(kind)]
+    part = torch.empty(chunks if one_pass else 1, ROW_COLS, dtype=torch.float64, device=dev)
+    # which state list holds the previous gradient (written where column COL_VALID of the table says so)
+    spec = kinds.BY_ID[int(kind)]
+    keys = spec.state_keys({"momentum": bool(momentum)}, spec.names_of(int(learn)))
+    prev = keys.index("prev_grad") if "prev_grad" in keys else -1
     epst = _eps_tensor(eps, dev)
     _launch(_update_kernel, (chunks,), ptrs, numel, ct, cs, scal, scal_jac if one_pass else scal, epst,
             ok.reshape(()).view(torch.uint8), epst if inv_scale is None else inv_scale, part, n,
             KIND=int(kind), LEARN=int(learn), MOMENTUM=bool(momentum),
-            NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), KEEP_PREV=keep_prev, ONE_PASS=one_pass,
+            NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), PREV=prev, ONE_PASS=one_pass,
             X_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
             SCALED=inv_scale is not None,
             BLOCK=CONFIG["BLOCK"], CHUNK=CONFIG["CHUNK"], num_warps=CONFIG["num_warps"])
     if not one_pass:
-        return torch.zeros(n, 4, dtype=torch.float64, device=dev)
+        return torch.zeros(n, ROW_COLS, dtype=torch.float64, device=dev)
     return _finish(part, first, n)
 
 
@@ -575,5 +576,5 @@ def nonfinite_count(grads: List[Tensor]) -> Tensor:
     n = len(grads)
     if n == 0:
         return torch.zeros(0, dtype=torch.float64)
-    scal = torch.zeros(n, 8, dtype=torch.float64, device=grads[0].device)
-    return hyper_reduce(SGD, 0, False, (0.0, 0.0), grads, [], [], [], scal)[:, 3]
+    scal = torch.zeros(n, TABLE_COLS, dtype=torch.float64, device=grads[0].device)
+    return hyper_reduce(SGD, 0, False, (0.0, 0.0), grads, [], [], [], scal)[:, ROW_NONFINITE]

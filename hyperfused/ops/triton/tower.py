@@ -26,10 +26,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tower_shape import _H1, KIND_ID, _learn_bits, _nlr, _state_keys, eps_pair, shape_of, units_of  # noqa: F401
+from ...kinds import SCRATCH_ROWS_PER_LEVEL, STATE_SLOTS
+from ..tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
 from .hyper import _TL_DTYPE, _bias, _jac, _launch, _step
 
 Tensor = torch.Tensor
+_STATE_SLOTS = tl.constexpr(STATE_SLOTS)      # a global a kernel reads must be a constexpr
 
 
 
@@ -43,7 +45,7 @@ def _sigma(r):
 
 
 @triton.jit
-def _raw(tab, scr, k, r, NEW: tl.constexpr, KIND: tl.constexpr, LEARN: tl.constexpr, PER: tl.constexpr,
+def _raw(tab, scr, k, r, NEW: tl.constexpr, NHP: tl.constexpr, LEARN: tl.constexpr, PER: tl.constexpr,
          U: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr, DT: tl.constexpr):
     """Raw lr (vector when per-tensor), h1, h2 of level k: the current ones, or (NEW) the tentative ones of
     the scratch for its learned names."""
@@ -55,9 +57,9 @@ def _raw(tab, scr, k, r, NEW: tl.constexpr, KIND: tl.constexpr, LEARN: tl.conste
         lr = zero + tl.load(lp)
     h1 = zero
     h2 = zero
-    if KIND != 1:            # every kind but Adagrad has a second hyperparameter (momentum, alpha, beta1)
+    if NHP > 1:              # the kind has a second hyperparameter (momentum, alpha, beta1)
         h1 = zero + tl.load(tl.load(tab + k * 8 + 1).to(tl.pointer_type(DT)))
-    if KIND == 3:
+    if NHP > 2:
         h2 = zero + tl.load(tl.load(tab + k * 8 + 2).to(tl.pointer_type(DT)))
     if NEW:
         row = scr + (K + k) * BLOCK
@@ -79,21 +81,26 @@ def _raw(tab, scr, k, r, NEW: tl.constexpr, KIND: tl.constexpr, LEARN: tl.conste
 
 
 @triton.jit
-def _values(KIND: tl.constexpr, LEARN: tl.constexpr, lr, h1, h2):
-    """Values and derivatives from raw hyperparameters: lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2)."""
+def _param(P: tl.constexpr, r):
+    """A raw hyperparameter's value through parametrisation P (hyperfused.kinds: 0 identity, 1 sigma,
+    2 square) and sigma' (0 for the others)."""
+    d = r * 0.0
+    v = r
+    if P == 1:
+        v, d = _sigma(r)
+    elif P == 2:
+        v = r * r
+    return v, d
+
+
+@triton.jit
+def _values(P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, lr, h1, h2):
+    """Values and derivatives from raw hyperparameters: lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2). P0..P2: each
+    column's parametrisation where the level above learns it, identity otherwise (tower_shape.shape_of)."""
     raw_lr = lr
-    ds1 = lr * 0.0
-    ds2 = lr * 0.0
-    if KIND == 2:
-        if LEARN & 1:
-            lr = raw_lr * raw_lr
-        if LEARN & 2:
-            h1, ds1 = _sigma(h1)
-    elif KIND == 3:
-        if LEARN & 2:
-            h1, ds1 = _sigma(h1)
-        if LEARN & 4:
-            h2, ds2 = _sigma(h2)
+    lr, _ = _param(P0, lr)
+    h1, ds1 = _param(P1, h1)
+    h2, ds2 = _param(P2, h2)
     return lr, h1, h2, raw_lr, ds1, ds2
 
 
@@ -139,6 +146,7 @@ def _flat_x(tab, k, r, LEARN: tl.constexpr, PER: tl.constexpr, U: tl.constexpr, 
 def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
                 K: tl.constexpr, KINDS: tl.constexpr, LEARN: tl.constexpr, MOM: tl.constexpr,
                 PER: tl.constexpr, UNITS: tl.constexpr, NSTATE: tl.constexpr, NLR: tl.constexpr,
+                NHP: tl.constexpr, PARAM: tl.constexpr, PREV: tl.constexpr, STEPS: tl.constexpr,
                 DT: tl.constexpr, BLOCK: tl.constexpr):
     r = tl.arange(0, BLOCK)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
@@ -151,10 +159,10 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
     for k in tl.static_range(1, K):
         m = r < UNITS[k]
         g = tl.load(scr + (k - 1) * BLOCK + r)
-        lr, h1, h2 = _raw(tab, scr, k, r, False, KINDS[k], LEARN[k], PER[k], UNITS[k], K, BLOCK, DT)
-        lr, h1, h2, raw_lr, ds1, ds2 = _values(KINDS[k], LEARN[k], lr, h1, h2)
+        lr, h1, h2 = _raw(tab, scr, k, r, False, NHP[k], LEARN[k], PER[k], UNITS[k], K, BLOCK, DT)
+        lr, h1, h2, raw_lr, ds1, ds2 = _values(PARAM[3 * k], PARAM[3 * k + 1], PARAM[3 * k + 2], lr, h1, h2)
         t = tl.zeros([BLOCK], dtype=DT)
-        if KINDS[k] == 3:
+        if STEPS[k]:
             t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT)))
         c1, c2, dc1, dc2 = _bias(h1, h2, t)
         s0, s1, s2 = _state(tab, k, r, m, NSTATE[k], BLOCK, DT)
@@ -189,25 +197,24 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         m = r < UNITS[k]
         x = _flat_x(tab, k - 1, r, LEARN[k - 1], PER[k - 1], NLR[k - 1], BLOCK, DT)
         g = tl.load(scr + (k - 1) * BLOCK + r)
-        lr, h1, h2 = _raw(tab, scr, k, r, k < K, KINDS[k], LEARN[k], PER[k], UNITS[k], K, BLOCK, DT)
-        lr, h1, h2, raw_lr, ds1, ds2 = _values(KINDS[k], LEARN[k], lr, h1, h2)
+        lr, h1, h2 = _raw(tab, scr, k, r, k < K, NHP[k], LEARN[k], PER[k], UNITS[k], K, BLOCK, DT)
+        lr, h1, h2, raw_lr, ds1, ds2 = _values(PARAM[3 * k], PARAM[3 * k + 1], PARAM[3 * k + 2], lr, h1, h2)
         t = tl.zeros([BLOCK], dtype=DT)
-        if KINDS[k] == 3:
+        if STEPS[k]:
             t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT))) + 1.0
         c1, c2, dc1, dc2 = _bias(h1, h2, t)
         s0, s1, s2 = _state(tab, k, r, m, NSTATE[k], BLOCK, DT)
         eps = tl.load(eps_ptr + 2 * k).to(DT)
         eps_root = tl.load(eps_ptr + 2 * k + 1).to(DT)
         xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, eps_root, c1, c2)
-        # the previous gradient, where a Jacobian of this level needs it
-        if KINDS[k] == 0:
-            if not MOM[k]:
-                a0 = g
-        elif KINDS[k] == 3:
-            a2 = g
-        else:
+        # the previous gradient, where a Jacobian of this level needs it (its slot: hyperfused.kinds)
+        if PREV[k] == 0:
+            a0 = g
+        elif PREV[k] == 1:
             a1 = g
-        base = scr + (2 * K + 4 * (k - 1)) * BLOCK
+        elif PREV[k] == 2:
+            a2 = g
+        base = scr + (2 * K + (_STATE_SLOTS + 1) * (k - 1)) * BLOCK
         tl.store(base + r, a0)
         tl.store(base + BLOCK + r, a1)
         tl.store(base + 2 * BLOCK + r, a2)
@@ -222,7 +229,8 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
 @triton.jit
 def _tower_commit(tab, scr, ok_ptr, K: tl.constexpr, KINDS: tl.constexpr, LEARN: tl.constexpr,
                   MOM: tl.constexpr, PER: tl.constexpr, UNITS: tl.constexpr, NSTATE: tl.constexpr,
-                  NLR: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
+                  NLR: tl.constexpr, NHP: tl.constexpr, PARAM: tl.constexpr, PREV: tl.constexpr,
+                  STEPS: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
     r = tl.arange(0, BLOCK)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0
@@ -247,14 +255,14 @@ def _tower_commit(tab, scr, ok_ptr, K: tl.constexpr, KINDS: tl.constexpr, LEARN:
             hp = tl.load(tab + (k - 1) * 8 + 2).to(tl.pointer_type(DT))
             tl.store(hp + (r - pos), xn, mask=(r == pos) & ok)
         # level k's state, step and valid flag
-        base = scr + (2 * K + 4 * (k - 1)) * BLOCK
+        base = scr + (2 * K + (_STATE_SLOTS + 1) * (k - 1)) * BLOCK
         if NSTATE[k] >= 1:
             tl.store(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT)) + r, tl.load(base + r), mask=m)
         if NSTATE[k] >= 2:
             tl.store(tl.load(tab + k * 8 + 4).to(tl.pointer_type(DT)) + r, tl.load(base + BLOCK + r), mask=m)
         if NSTATE[k] >= 3:
             tl.store(tl.load(tab + k * 8 + 5).to(tl.pointer_type(DT)) + r, tl.load(base + 2 * BLOCK + r), mask=m)
-        if KINDS[k] == 3:
+        if STEPS[k]:
             sp = tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT))
             tl.store(sp + r * 0, tl.load(base + 3 * BLOCK + r), mask=(r == 0) & ok)
         vp = tl.load(tab + k * 8 + 7).to(tl.pointer_type(tl.uint8))
@@ -270,12 +278,10 @@ def _table(levels, specs, device) -> Tensor:
     ptrs = []
     for k, (rec, (lv, _, learned, _, cfg)) in enumerate(zip(levels, specs)):
         hp = rec["hp"]
-        h1 = _H1.get(lv.kind)
-        row = [hp["lr"].data_ptr(), hp[h1].data_ptr() if h1 in hp else 0,
-               hp["beta2"].data_ptr() if "beta2" in hp else 0]
+        row = [0 if t is None else t.data_ptr() for t in level_hp(lv.kind, hp)]
         st = rec.get("state", {})
         arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
-        row += [a.data_ptr() for a in arrays] + [0] * (3 - len(arrays))
+        row += [a.data_ptr() for a in arrays] + [0] * (STATE_SLOTS - len(arrays))
         row += [st["step"].data_ptr() if "step" in st else 0, st["valid"].data_ptr() if "valid" in st else 0]
         ptrs.append(row)
     key = (str(device), tuple(map(tuple, ptrs)))
@@ -302,7 +308,7 @@ def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
     K = len(specs) - 1
     units = units_of(levels, specs)
     block = max(2, triton.next_power_of_2(max(units)))
-    scr = torch.zeros((2 * K + 4 * K) * block, dtype=dt, device=dev)
+    scr = torch.zeros(SCRATCH_ROWS_PER_LEVEL * K * block, dtype=dt, device=dev)
     ok = torch.empty((), dtype=torch.uint8, device=dev)
     tab = _table(levels, specs, dev)
     _launch(_tower_plan, (1,), tab, _eps(specs, dev), d0_flat.contiguous(), finite.reshape(()).view(torch.uint8), scr, ok,
@@ -316,7 +322,7 @@ def commit(levels, specs, scr: Tensor, ok: Tensor) -> None:
     dev, dt = scr.device, scr.dtype
     K = len(specs) - 1
     units = units_of(levels, specs)
-    block = scr.numel() // (6 * K)
+    block = scr.numel() // (SCRATCH_ROWS_PER_LEVEL * K)
     tab = _table(levels, specs, dev)
     _launch(_tower_commit, (1,), tab, scr, ok.reshape(()).view(torch.uint8), K=K, UNITS=units, NLR=_nlr(levels),
             DT=_TL_DTYPE[dt], BLOCK=block, num_warps=1, **shape_of(specs))

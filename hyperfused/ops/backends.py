@@ -1,0 +1,173 @@
+"""The backends as objects: the optimizers hold one per param group and call only this small interface.
+
+Every backend ("reference", "cpu", "cuda", "triton") answers the same calls:
+
+``reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, inv_scale=None)``
+    pass A: level 0's hypergradients and the finite flag (``reference.hyper_reduce``'s contract);
+``update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None, inv_scale=None)``
+    pass B, in place where ``ok`` (one-pass mode, with ``jac``: also pass A's result from the old state);
+``finite(grads)``
+    a 0-dim bool: every gradient element is finite;
+``tower_plan(levels, specs, d0_flat, finite) -> (commit, ok)``
+    the levels above level 0, tentatively: ``commit(ok)`` writes them where the step's verdict is true;
+``reduce_tower(...)`` / ``update_tower(...)``
+    pass A (one-pass: pass B) and the tower in one call, or None where this backend cannot fuse them;
+``unscales``
+    whether the kernels apply GradScaler's 1 / scale as they read the gradients (otherwise the optimizer
+    divides the gradients first).
+
+The Python tower (``reference.tower_plan``) is the oracle every compiled tower is tested against; a backend
+whose compiled tower does not cover a tower (too tall, mixed dtypes) falls back to it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from . import reference as ref
+
+Tensor = torch.Tensor
+Commit = Callable[[Tensor], None]
+
+
+class Backend:
+    name = ""
+    unscales = False
+
+    def reduce(self, kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, inv_scale=None):
+        raise NotImplementedError
+
+    def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
+               inv_scale=None):
+        raise NotImplementedError
+
+    def finite(self, grads) -> Tensor:
+        ok = torch.ones((), dtype=torch.bool, device=grads[0].device)
+        for g in grads:
+            ok = ok & torch.isfinite(g).all()
+        return ok
+
+    def tower_plan(self, levels, specs, d0_flat: Tensor, finite: Tensor) -> Tuple[Commit, Tensor]:
+        new = ref.tower_plan(levels, specs, d0_flat, finite)
+        return (lambda ok: ref.tower_commit(levels, new, ok)), new["ok"]
+
+    def reduce_tower(self, kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, levels, specs, n_group,
+                     inv_scale=None) -> Optional[Tuple[Commit, Tensor]]:
+        return None
+
+    def update_tower(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac, levels, specs,
+                     n_group, inv_scale=None) -> Optional[Tuple[Commit, Tensor]]:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<hyperfused backend {self.name!r}>"
+
+
+class ReferenceBackend(Backend):
+    """The pure-PyTorch ops (reference.py): the oracle, on any device."""
+    name = "reference"
+
+    def reduce(self, kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, inv_scale=None):
+        _no_scale(inv_scale)
+        return ref.hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw)
+
+    def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
+               inv_scale=None):
+        _no_scale(inv_scale)
+        return ref.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac)
+
+
+def _no_scale(inv_scale) -> None:
+    if inv_scale is not None:
+        raise ValueError("inv_scale (GradScaler's 1 / scale applied inside the kernels) needs a compiled or Triton "
+                         "backend; with backend='reference' divide the gradients by the scale first")
+
+
+class CompiledBackend(Backend):
+    """The C++ kernels (CPU tensors) or the CUDA kernels (CUDA tensors): the ops ``torch.ops.hyperfused.*``,
+    dispatched by device; the levels above run in the compiled tower ops, fused into pass A (one-pass: pass B)
+    where they can be."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.unscales = name == "cuda"          # the CPU kernels may keep the gradient tensor itself: unscaled first
+
+    def reduce(self, kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, inv_scale=None):
+        from . import fused
+        return fused.hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
+                                  inv_scale=inv_scale)
+
+    def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
+               inv_scale=None):
+        from . import fused
+        return fused.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac,
+                                  inv_scale=inv_scale)
+
+    def finite(self, grads) -> Tensor:
+        from . import fused
+        return fused.nonfinite(grads)
+
+    def tower_plan(self, levels, specs, d0_flat, finite):
+        from . import tower
+        if not tower.supported(levels, specs):
+            return super().tower_plan(levels, specs, d0_flat, finite)
+        scr, ok = tower.plan(levels, specs, d0_flat, finite)
+        return (lambda ok_: tower.commit(levels, specs, scr, ok_)), ok
+
+    def reduce_tower(self, kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, levels, specs, n_group,
+                     inv_scale=None):
+        from . import tower
+        if not tower.fusable(levels, specs, grads, per_tensor_lr, n_group):
+            return None
+        scr, ok = tower.reduce_plan(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, levels, specs,
+                                    inv_scale=inv_scale)
+        return (lambda ok_: tower.commit(levels, specs, scr, ok_)), ok
+
+    def update_tower(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac, levels, specs,
+                     n_group, inv_scale=None):
+        from . import tower
+        if not tower.fusable(levels, specs, grads, per_tensor_lr, n_group):
+            return None
+        scr, tok = tower.update_plan(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac,
+                                     levels, specs, inv_scale=inv_scale)
+        return (lambda ok_: tower.commit(levels, specs, scr, ok_)), tok
+
+
+class TritonBackend(Backend):
+    """The Triton kernels (CUDA tensors; CPU tensors under the Triton interpreter), with the same arguments as
+    the compiled ops; the whole tower in one Triton program."""
+    name = "triton"
+    unscales = True
+
+    def _kernels(self):
+        from . import triton as _triton
+        return _triton.kernels()
+
+    def reduce(self, kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, inv_scale=None):
+        from . import fused
+        return fused.hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
+                                  kernels=self._kernels(), inv_scale=inv_scale)
+
+    def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
+               inv_scale=None):
+        from . import fused
+        return fused.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac,
+                                  kernels=self._kernels(), inv_scale=inv_scale)
+
+    def finite(self, grads) -> Tensor:
+        from . import fused
+        return fused.nonfinite(grads, kernels=self._kernels())
+
+    def tower_plan(self, levels, specs, d0_flat, finite):
+        from .triton import tower
+        scr, ok = tower.plan(levels, specs, d0_flat, finite)
+        return (lambda ok_: tower.commit(levels, specs, scr, ok_)), ok
+
+
+BACKENDS: Dict[str, Backend] = {"reference": ReferenceBackend(), "cpu": CompiledBackend("cpu"),
+                                "cuda": CompiledBackend("cuda"), "triton": TritonBackend()}
+
+
+def get(name: str) -> Backend:
+    return BACKENDS[name]

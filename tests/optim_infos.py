@@ -1,0 +1,61 @@
+"""The backend test matrix, in the spirit of torch's OptimizerInfo: for every kind of the kinds table
+(hyperfused/kinds.py) the level-0 configurations to test, the towers to put above them, and the cases (kind,
+variant, height). A kind added to the table is tested by every backend test file that reads this one."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import hyperfused as hf
+from hyperfused import kinds
+from towers import UPPER
+
+#: the level-0 learning rate each kind is tested with (steps large enough to move, small enough to stay finite)
+LR0 = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.05}
+#: what a configuration needs for every hyperparameter to be learnable (SGD learns momentum only when it is on)
+LEARNABLE = {"sgd": dict(momentum=0.9)}
+
+CLS = {name: getattr(hf, spec.cls) for name, spec in kinds.KINDS.items()}
+
+#: the levels above level 0, by height
+TOWERS = {
+    1: lambda: hf.SGD(lr=1e-7),
+    2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7), **UPPER["adam"]),
+    3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8, **UPPER["adagrad"])),
+                          **UPPER["rmsprop"]),
+}
+
+
+def variants(kind: str) -> List[Dict]:
+    """Level-0 keyword sets of ``kind``: the default learned set, the configuration where everything is learnable,
+    each hyperparameter learned alone, lr with the last one (kinds with three or more), one lr per tensor."""
+    spec = kinds.KINDS[kind]
+    base = LEARNABLE.get(kind, {})
+    out: List[Dict] = [dict()]
+    if base:
+        out.append(dict(base))
+    if len(spec.hyper) > 1:
+        out += [dict(base, learn=(name,)) for name in spec.hyper]
+    if len(spec.hyper) > 2:
+        out.append(dict(base, learn=(spec.hyper[0], spec.hyper[-1])))
+    out.append(dict(per_tensor=True))
+    return out
+
+
+LEVEL0 = {kind: variants(kind) for kind in kinds.KINDS}
+
+
+def cases():
+    """(kind, variant index, height): every variant at height 1; the first two at every height."""
+    for kind, vs in LEVEL0.items():
+        for i in range(len(vs)):
+            for height in TOWERS:
+                if height > 1 and i > 1:
+                    continue
+                yield kind, i, height
+
+
+def maker(kind: str, kw: Dict, height: int):
+    """A function (params, backend, one_pass) -> the optimizer of this case."""
+    def make(params, backend, one_pass):
+        return CLS[kind](params, lr=LR0[kind], hyper=TOWERS[height](), backend=backend, one_pass=one_pass, **kw)
+    return make
