@@ -6,7 +6,7 @@
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
 """
 from . import ops
-from .optim import AGD, SGD, Adagrad, Adam, HyperOptimizer, RMSprop
+from .optim import AGD, SGD, Adagrad, Adam, AdamW, HyperOptimizer, RMSprop
 
 __version__ = "0.1.0"
-__all__ = ["SGD", "Adam", "RMSprop", "Adagrad", "AGD", "HyperOptimizer", "ops", "__version__"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "AGD", "HyperOptimizer", "ops", "__version__"]

@@ -4,9 +4,9 @@
     python -m hyperfused.train --data mnist --fetch --opt "adam(1e-3)/sgd(1e-5)" --opt "torch.adam(1e-3)"
 
 A tower spec is levels separated by "/", bottom first. A level is ``KIND``, ``KIND(LR)``,
-``KIND[NAMES](LR)`` or ``KIND(LR)[NAMES]`` with KIND one of sgd, adam, rmsprop, adagrad and NAMES the
-hyperparameters that level learns (e.g. ``adam[lr]/sgd(1e-5)``). ``torch.adam(LR)`` and ``torch.sgd(LR)``
-are torch's own optimizers, and ``prodigy``, ``dadapt.adam``, ``schedulefree.adamw`` other learning-rate-free
+``KIND[NAMES](LR)`` or ``KIND(LR)[NAMES]`` with KIND one of sgd, adam, adamw, rmsprop, adagrad and NAMES the
+hyperparameters that level learns (e.g. ``adamw[lr]/sgd(1e-5)``; adamw has torch's weight_decay=1e-2 and stands
+at level 0). ``torch.adam(LR)``, ``torch.adamw(LR)`` and ``torch.sgd(LR)`` are torch's own optimizers, and ``prodigy``, ``dadapt.adam``, ``schedulefree.adamw`` other learning-rate-free
 optimizers when their packages are installed, for comparison. Every optimizer starts from the same weights and
 sees the same batches in the same order.
 
@@ -36,8 +36,8 @@ from hyperfused import data as datasets
 from hyperfused.models import MODELS, default_model, make_model
 from hyperfused.ops.triton import interpreting as triton_interpreting
 
-KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
-TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.sgd": torch.optim.SGD}
+KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "adamw": hf.AdamW, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
+TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.adamw": torch.optim.AdamW, "torch.sgd": torch.optim.SGD}
 # other learning-rate-free / schedule-free optimizers, compared in the same harness when installed
 AGD_KINDS = {"agd": "frobenius", "agd.spectral": "spectral"}   # Automatic Gradient Descent; (X) sets the gain
 PEERS = {"prodigy": ("prodigyopt", "Prodigy", 1.0), "dadapt.adam": ("dadaptation", "DAdaptAdam", 1.0),
@@ -178,7 +178,7 @@ def _default_of(cls, name: str):
 
 def _paper_kwargs(kind: str, cls, kw: Dict[str, object]) -> Dict[str, object]:
     """The paper package's conventions for one level of a tower: keywords added to its constructor."""
-    if kind == "adam":               # v starts at that level's eps
+    if kind in ("adam", "adamw"):    # v starts at that level's eps
         return {"initial_exp_avg_sq": kw.get("eps", _default_of(cls, "eps"))}
     if kind == "adagrad":            # and eps under the square root, as for RMSprop
         return {"initial_accumulator_value": PAPER_ADAGRAD_INITIAL_ACCUMULATOR, "eps_inside_sqrt": True}

@@ -34,6 +34,8 @@ def make_opt(name, params):
         return hf.Adam(params, lr=0.01, hyper=hf.SGD(lr=1e-3), one_pass=True)
     if name == "agd":
         return hf.AGD(params)
+    if name == "adamw-l2-max/sgd":        # AdamW's decay term in the lr hypergradient, summed over shards
+        return hf.AdamW(params, lr=0.01, weight_decay=0.1, maximize=True, hyper=hf.SGD(lr=1e-3))
     if name == "agd spectral":
         return hf.AGD(params, norm="spectral")
     raise ValueError(name)

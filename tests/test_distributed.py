@@ -54,7 +54,8 @@ def test_ddp_ranks_stay_bitwise_identical(tmp_path, name):
     assert lr0 != (0.01 if name == "adam/sgd" else [0.05] * len(lr0))          # something was learned
 
 
-@pytest.mark.parametrize("name", ["adam/sgd", "sgd/sgd", "sgd-per-tensor/adam", "adam/sgd one-pass", "agd"])
+@pytest.mark.parametrize("name", ["adam/sgd", "sgd/sgd", "sgd-per-tensor/adam", "adam/sgd one-pass", "agd",
+                                  "adamw-l2-max/sgd"])
 def test_fsdp2_matches_single_process(tmp_path, name):
     ref_w, ref_h = dist_worker.single_process(name)
     _spawn("fsdp", name, tmp_path)

@@ -26,6 +26,14 @@ CASES = [
     ("rmsprop-alpha", hf.RMSprop, torch.optim.RMSprop, dict(alpha=0.9, eps=1e-6)),
     ("adagrad", hf.Adagrad, torch.optim.Adagrad, {}),
     ("adagrad-acc", hf.Adagrad, torch.optim.Adagrad, dict(initial_accumulator_value=0.1, eps=1e-8)),
+    ("adamw", hf.AdamW, torch.optim.AdamW, {}),
+    # torch's gradient transforms: L2 decay and maximize (in torch's order), AdamW's decoupled decay
+    ("adamw-wd-max", hf.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+    ("adam-l2-max", hf.Adam, torch.optim.Adam, dict(weight_decay=0.1, maximize=True)),
+    ("adam-decoupled", hf.Adam, torch.optim.Adam, dict(weight_decay=0.05, decoupled_weight_decay=True)),
+    ("sgd-l2-max", hf.SGD, torch.optim.SGD, dict(momentum=0.9, weight_decay=0.1, maximize=True)),
+    ("rmsprop-l2-max", hf.RMSprop, torch.optim.RMSprop, dict(weight_decay=0.1, maximize=True)),
+    ("adagrad-l2-max", hf.Adagrad, torch.optim.Adagrad, dict(weight_decay=0.1, maximize=True)),
 ]
 
 

@@ -22,20 +22,19 @@ class Adagrad(HyperOptimizer):
     """
 
     kind = "adagrad"
-    _torch_only = {"lr_decay": 0, "weight_decay": 0, "maximize": False, "differentiable": False}
+    _torch_only = {"lr_decay": 0, "differentiable": False}
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, lr_decay: float = 0.0,
-                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10, *,
-                 eps_inside_sqrt: bool = False,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0, eps: float = 1e-10,
+                 foreach: Optional[bool] = None, *, maximize: bool = False, differentiable: bool = False,
+                 fused: Optional[bool] = None, eps_inside_sqrt: bool = False,
                  hyper: Optional[HyperOptimizer] = None,
                  learn: Optional[Sequence[str]] = None, per_tensor: bool = False, backend: str = "auto",
                  one_pass: bool = False) -> None:
-        # torch's positional order; what is not implemented yet is refused, never ignored
-        for name, val in (("lr_decay", lr_decay), ("weight_decay", weight_decay)):
-            if val != 0:
-                raise ValueError(f"Adagrad: {name}={val!r} is not supported (only {name}=0, torch's default)")
-        defaults = dict(lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value,
-                        eps_inside_sqrt=eps_inside_sqrt,
+        # torch's positional order; what is not implemented (lr_decay, differentiable) is refused, never ignored
+        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach, maximize=maximize,
+                        differentiable=differentiable, fused=fused, eps_inside_sqrt=eps_inside_sqrt,
                         learn=None if learn is None else tuple([learn] if isinstance(learn, str) else learn),
                         per_tensor=per_tensor)
         self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)

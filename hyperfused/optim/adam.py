@@ -24,19 +24,24 @@ class Adam(HyperOptimizer):
     """
 
     kind = "adam"
-    _torch_only = {"weight_decay": 0, "amsgrad": False, "maximize": False, "differentiable": False,
-                   "decoupled_weight_decay": False}
+    _torch_only = {"amsgrad": False, "differentiable": False}
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3,
-                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
-                 initial_exp_avg_sq: float = 0.0,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 amsgrad: bool = False, *, foreach: Optional[bool] = None, maximize: bool = False,
+                 capturable: bool = False, differentiable: bool = False, fused: Optional[bool] = None,
+                 decoupled_weight_decay: bool = False, initial_exp_avg_sq: float = 0.0,
                  hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
                  per_tensor: bool = False, backend: str = "auto",
                  one_pass: bool = False) -> None:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, initial_exp_avg_sq=initial_exp_avg_sq, learn=None if learn is None else tuple(
-            [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
+            raise TypeError(f"{type(self).__name__}: betas must be a pair (beta1, beta2), got {betas!r}")
+        # torch's positional order; what is not implemented (amsgrad, differentiable) is refused, never ignored
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        foreach=foreach, maximize=maximize, capturable=capturable, differentiable=differentiable,
+                        fused=fused, decoupled_weight_decay=decoupled_weight_decay,
+                        initial_exp_avg_sq=initial_exp_avg_sq, learn=None if learn is None else tuple(
+                            [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
         self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
     @classmethod
@@ -55,3 +60,26 @@ class Adam(HyperOptimizer):
         check_nonneg(values["lr"], "lr", where)
         check_unit(values["beta1"], "beta1 (betas[0])", learned, where, "beta1")
         check_unit(values["beta2"], "beta2 (betas[1])", learned, where, "beta2")
+
+
+class AdamW(Adam):
+    """Hypergradient AdamW; with no level above, torch.optim.AdamW: Adam with decoupled weight decay,
+    ``x' = x (1 - lr weight_decay) - lr mh / (sqrt(vh) + eps)`` (torch's order: the decay first, with the lr of
+    this step). With a level above it learns ``lr`` and the betas as :class:`hyperfused.Adam` does; the lr's
+    Jacobian includes the decay's term, ``J_lr = -(u + weight_decay x)`` (docs/MATH.md §4.6). ``weight_decay`` is
+    fixed (not learnable here).
+
+    Args: as :class:`hyperfused.Adam`, with torch's AdamW default ``weight_decay=1e-2``.
+    """
+
+    def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                 amsgrad: bool = False, *, maximize: bool = False, foreach: Optional[bool] = None,
+                 capturable: bool = False, differentiable: bool = False, fused: Optional[bool] = None,
+                 initial_exp_avg_sq: float = 0.0,
+                 hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
+                 per_tensor: bool = False, backend: str = "auto", one_pass: bool = False) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, initial_exp_avg_sq=initial_exp_avg_sq, hyper=hyper,
+                         learn=learn, per_tensor=per_tensor, backend=backend, one_pass=one_pass)

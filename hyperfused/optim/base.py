@@ -25,6 +25,7 @@ import torch
 
 from .. import kinds, ops
 from ..ops import reference as ref
+from ._checks import check_nonneg
 
 Tensor = torch.Tensor
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
@@ -70,6 +71,25 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _default_learn(cls, values: Dict[str, float]) -> Tuple[str, ...]:
         return cls.hyper_names
 
+    #: torch.optim keywords that change nothing here (every step is already one fused multi-tensor call, and
+    #: state stays on the parameters' device): accepted and kept in param_groups as torch keeps them
+    _NO_EFFECT = ("foreach", "fused", "capturable")
+
+    @classmethod
+    def _transform_cfg(cls, d: Dict[str, Any], where: str) -> Dict[str, Any]:
+        """torch's gradient transforms of a param group (or constructor dict), checked: ``maximize`` (g -> -g),
+        ``weight_decay`` (L2: g -> g + weight_decay * x, torch's order: after maximize) or, with
+        ``decoupled_weight_decay`` (AdamW), x -> x (1 - lr weight_decay) before the update."""
+        wd = d.get("weight_decay", 0.0)
+        check_nonneg(wd, "weight_decay", where)
+        out = {"weight_decay": float(wd)}
+        for key in ("maximize", "decoupled_weight_decay"):
+            v = d.get(key, False)
+            if not isinstance(v, bool):
+                raise TypeError(f"{where}: {key} must be True or False, got {v!r}")
+            out[key] = v
+        return out
+
     @classmethod
     def _check_values(cls, values: Dict[str, float], learned: Sequence[str], where: str) -> None:
         pass
@@ -114,6 +134,12 @@ class HyperOptimizer(torch.optim.Optimizer):
             vals = self._values_from(defaults)
             self._check_values(vals, self._learned_for(vals), f"{type(self).__name__} level")
             self._cfg_from(defaults, vals)
+            self._refuse_torch_only(f"{type(self).__name__} level", defaults)
+            tr = self._transform_cfg(defaults, f"{type(self).__name__} level")
+            if tr["weight_decay"] or tr["maximize"]:
+                raise ValueError(f"{type(self).__name__}: weight_decay and maximize are options of the optimizer at "
+                                 f"level 0 (the one constructed with params); a level of a tower optimizes the "
+                                 f"hyperparameters below it as they are")
             return
         self._owner = self
         level, depth = hyper, 1
@@ -182,7 +208,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def _check_new_group(self, gi: int) -> None:
         group = self.param_groups[gi]
-        self._refuse_torch_only(gi, group)
+        self._refuse_torch_only(f"param group {gi}", group)
         params = group["params"]
         devices = {p.device for p in params}
         for p in params:
@@ -202,6 +228,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         vals = self._values_from(group)
         self._check_values(vals, self._group_learned(group), f"param group {gi}")
         self._cfg_from(group, vals)
+        self._transform_cfg(group, f"param group {gi}")
         if params:
             self._publish_lr(gi)
 
@@ -264,7 +291,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         group = self.param_groups[gi]
         vals0 = self._values_from(group)
         specs = [(self, vals0, self._group_learned(group), bool(group.get("per_tensor", False)),
-                  self._cfg_from(group, vals0))]
+                  dict(self._cfg_from(group, vals0), **self._transform_cfg(group, f"param group {gi}")))]
         for lv in self.levels[1:]:
             v = lv._values_from(lv._level_values)
             specs.append((lv, v, lv._learned_for(v), lv._per_tensor, lv._cfg_from(lv._level_values, v)))
@@ -322,7 +349,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         lr not adopted). A refused edit raises before anything changes."""
         group = self.param_groups[gi]
         gt = self._group_tower(gi)
-        self._refuse_torch_only(gi, group)
+        self._refuse_torch_only(f"param group {gi}", group)
         seen = self._seen.get(gi)
         if seen is not None:
             changed = [k for k in seen if not _same(group.get(k, _MISSING), seen[k])]
@@ -330,10 +357,10 @@ class HyperOptimizer(torch.optim.Optimizer):
                 self._adopt_values(gi, gt, changed)
         return self._adopt_lr(gi, gt)
 
-    def _refuse_torch_only(self, gi: int, group: Dict[str, Any]) -> None:
+    def _refuse_torch_only(self, where: str, group: Dict[str, Any]) -> None:
         for k, off in self._torch_only.items():
             if k in group and not _same(group[k], off):
-                raise ValueError(f"param group {gi}: {k}={group[k]!r} is not supported by hf.{type(self).__name__} "
+                raise ValueError(f"{where}: {k}={group[k]!r} is not supported by hf.{type(self).__name__} "
                                  f"(torch.optim.{type(self).__name__} has it; only {k}={off!r} here)")
 
     def _adopt_values(self, gi: int, gt: Dict[str, Any], changed: List[str]) -> None:
@@ -350,6 +377,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         learned = self._group_learned(group)
         self._check_values(vals, learned, f"param group {gi}")
         cfg = self._cfg_from(group, vals)
+        self._transform_cfg(group, f"param group {gi}")
         hp = gt["levels"][0]["hp"]
         old = self._values_from(dict(self._seen[gi], lr=0.0))
         for name in self.hyper_names:           # only the values that changed (a learned one restarts there)
@@ -489,6 +517,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                         grad_scale.to(device=plan["grads"][0].device, dtype=torch.float64)).reshape(1)
                 else:            # the CPU kernels may keep the gradient tensor as the previous gradient
                     torch._foreach_div_(plan["grads"], grad_scale.to(plan["grads"][0].device))
+            self._transform_grads(plan)
         scaler_ok = None if found_inf is None else (found_inf == 0)
         # a negative or non-finite tensor lr set in param_groups: the step is skipped
         extra_ok = [scaler_ok] if scaler_ok is not None else []
@@ -502,6 +531,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             ok = _all([plan["ok"] for plan in plans] + extra_ok)
             for plan in plans:
                 self._commit_tower(plan, ok)
+                self._decay(plan, ok)
                 self._pass_b(plan, ok)
         else:
             # one pass: the gradients are read once for the skip decision; pass B updates with the current
@@ -510,6 +540,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             ok_g = _all(([scaler_ok] if scaler_ok is not None else [self._grads_finite(plan) for plan in plans])
                         + lr_oks)
             for plan in plans:
+                self._decay(plan, ok_g)
                 res = self._pass_b(plan, ok_g)
                 if res is not None:                       # None: the tower ran in pass B's op
                     self._plan_tower(plan, *res)
@@ -639,16 +670,93 @@ class HyperOptimizer(torch.optim.Optimizer):
         if not plan["params"]:
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
         hp_rows = self._rows(plan["levels"][0]["hp"], plan["index"], per0)
+        vals = self._values_of(spec0, hp_rows)
         d0, finite = plan["backend"].reduce(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
-                                            [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
-                                            hp_rows, inv_scale=plan.get("inv_scale"))
+                                            [st["moved"] for st in plan["states"]], vals, hp_rows,
+                                            inv_scale=plan.get("inv_scale"))
+        d0 = self._decoupled_delta(plan, d0, vals["lr"])
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
     @staticmethod
     def _may_fuse_tower(plan) -> bool:
         """The pass that makes level 0's hypergradient may carry the levels above (the backend decides whether
-        it can): there are levels above, and the partial sums need no all-reduce between the two (FSDP)."""
-        return plan["group"] is None and len(plan["specs"]) >= 2 and bool(plan["grads"])
+        it can): there are levels above, the partial sums need no all-reduce between the two (FSDP), and no
+        term is added to them in between (decoupled weight decay with a learned lr)."""
+        return (plan["group"] is None and len(plan["specs"]) >= 2 and bool(plan["grads"])
+                and "gx" not in plan)
+
+    # ---------------------------------------------------------------- torch's gradient transforms
+    # maximize and L2 weight decay make the gradient the optimizer runs on, g~ = (-g if maximize) + wd * x: every
+    # formula then holds with g~ for g (docs/MATH.md §4.6), the hypergradients sum g~_t * J and the kept previous
+    # gradient is g~. A pure maximize on a backend that scales gradients as it reads them is folded into that
+    # factor (no pass of its own); otherwise g~ is made by two multi-tensor ops into new tensors (the user's
+    # gradients are left as they are). Decoupled decay (AdamW) scales the weights by 1 - lr wd before the update
+    # (``_decay``) and adds its term to the lr hypergradient (``_decoupled_delta``).
+    def _transform_grads(self, plan) -> None:
+        cfg0 = plan["specs"][0][4]
+        maximize, wd, dec = cfg0["maximize"], cfg0["weight_decay"], cfg0["decoupled_weight_decay"]
+        if not plan["grads"]:
+            return
+        if dec and wd and "lr" in plan["specs"][0][2]:
+            # sum(g~ * x) per tensor before anything moves x, for the decoupled decay's lr hypergradient
+            plan["gx"] = True
+        coupled = wd if not dec else 0.0
+        if not maximize and not coupled:
+            if "gx" in plan:
+                plan["gx"] = self._grad_dot_weights(plan)
+            return
+        inv = plan.get("inv_scale")
+        if not coupled and inv is not None and "gx" not in plan:   # fold the sign into the kernels' 1 / scale
+            plan["inv_scale"] = -inv
+            return
+        grads = plan["grads"]
+        if inv is not None:
+            grads = torch._foreach_mul(grads, inv.reshape(()))
+            plan["inv_scale"] = None
+        if maximize:
+            grads = torch._foreach_neg(grads)
+        if coupled:
+            grads = torch._foreach_add(grads, [p.detach() for p in plan["params"]], alpha=coupled)
+        plan["grads"] = grads
+        if "gx" in plan:
+            plan["gx"] = self._grad_dot_weights(plan)
+
+    @staticmethod
+    def _grad_dot_weights(plan) -> Tensor:
+        """sum(g~ * x) per tensor (float64, deterministic), 0 for a tensor that did not move at its last step."""
+        gx = ops.multi_tensor_dot(plan["grads"], [p.detach() for p in plan["params"]])
+        moved = torch.stack([st["moved"] for st in plan["states"]])
+        return torch.where(moved, gx, torch.zeros_like(gx))
+
+    def _decoupled_delta(self, plan, d0: Dict[str, Tensor], lr: Tensor) -> Dict[str, Tensor]:
+        """AdamW's lr hypergradient: with x' = x (1 - lr wd) - lr d the Jacobian is J_lr = -(d + wd x) =
+        -(d + wd x') / (1 - lr wd) (x' the current weights), so delta_lr = (delta_adam - wd sum(g~ x')) / (1 - lr wd),
+        lr the value the last update used (per tensor with per-tensor lrs)."""
+        gx = plan.get("gx")
+        if gx is None or "lr" not in d0:
+            return d0
+        wd = plan["specs"][0][4]["weight_decay"]
+        d = d0["lr"]
+        term = gx.to(d.dtype) if d.dim() else gx.sum().to(d.dtype)
+        out = dict(d0)
+        out["lr"] = (d - wd * term) / (1.0 - lr * wd)
+        return out
+
+    def _decay(self, plan, ok: Tensor) -> None:
+        """Decoupled weight decay (AdamW): x *= 1 - lr wd with the lr this step's update uses, where ``ok``."""
+        spec0 = plan["specs"][0]
+        cfg0 = spec0[4]
+        wd = cfg0["weight_decay"]
+        if not (cfg0["decoupled_weight_decay"] and wd and plan["params"]):
+            return
+        rows = self._rows(plan["levels"][0]["hp"], plan["index"], spec0[3])
+        lr = self._value_of(spec0, rows, "lr")
+        factor = torch.where(ok, 1.0 - lr * wd, torch.ones_like(lr))
+        params = [p.detach() for p in plan["params"]]
+        if factor.dim():
+            torch._foreach_mul_(params, list(factor.unbind()))
+        else:
+            torch._foreach_mul_(params, factor)
 
     def _pass_a_and_tower(self, plan) -> bool:
         """Pass A and the levels above as one call where the backend can fuse them (the compiled ops: on CUDA
@@ -680,6 +788,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             if self._one_pass:
                 used = self._rows(rec["used"], plan["index"], per0)
                 jac = (self._values_of(spec0, used), used, [st["moved"] for st in plan["states"]])
+                used_lr = jac[0]["lr"]
             fused = None
             if jac is not None and self._may_fuse_tower(plan):   # the levels above in the same op (launch)
                 fused = plan["backend"].update_tower(self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
@@ -703,6 +812,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         if result is None:
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
         d0, finite = result
+        d0 = self._decoupled_delta(plan, d0, used_lr)
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
     def _grads_finite(self, plan) -> Tensor:
@@ -829,6 +939,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         for gi, (g, old) in enumerate(zip(self.param_groups, groups_before)):
             for k in self.defaults:
+                if k not in g and (k in self._torch_only or k in self._NO_EFFECT or k in _TRANSFORM_KEYS):
+                    g[k] = copy.deepcopy(self.defaults[k])    # a checkpoint written before the option existed
                 if k not in g:
                     raise ValueError(f"{name}.load_state_dict: param group {gi} of the checkpoint has no {k!r}: it "
                                      f"was written by another optimizer (keys: {sorted(k for k in g if k != 'params')})")
@@ -916,6 +1028,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             vals = self._values_from(dict(group, lr=0.0))
             self._check_values(vals, learned, f"load_state_dict: param group {gi}")
             self._cfg_from(group, vals)
+            self._transform_cfg(group, f"load_state_dict: param group {gi}")
             for name in self.hyper_names:
                 if name != "lr" and name not in learned and name in hp:
                     hp[name].fill_(float(vals[name]))
@@ -952,6 +1065,7 @@ def _all(flags: List[Tensor]) -> Tensor:
 
 
 _MISSING = object()
+_TRANSFORM_KEYS = ("weight_decay", "maximize", "decoupled_weight_decay")
 
 
 def _same(a, b) -> bool:

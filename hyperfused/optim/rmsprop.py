@@ -23,14 +23,20 @@ class RMSprop(HyperOptimizer):
     """
 
     kind = "rmsprop"
-    _torch_only = {"weight_decay": 0, "momentum": 0, "centered": False, "maximize": False, "differentiable": False}
+    _torch_only = {"momentum": 0, "centered": False, "differentiable": False}
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 0.01, alpha: float = 0.99,
-                 eps: float = 1e-8, *, eps_inside_sqrt: bool = False, hyper: Optional[HyperOptimizer] = None,
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+                 capturable: bool = False, foreach: Optional[bool] = None, maximize: bool = False,
+                 differentiable: bool = False, *, eps_inside_sqrt: bool = False,
+                 hyper: Optional[HyperOptimizer] = None,
                  learn: Optional[Sequence[str]] = None, per_tensor: bool = False, backend: str = "auto",
                  one_pass: bool = False) -> None:
-        defaults = dict(lr=lr, alpha=alpha, eps=eps, eps_inside_sqrt=eps_inside_sqrt, learn=None if learn is None else tuple(
-            [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
+        # torch's positional order; what is not implemented (momentum, centered, differentiable) is refused
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+                        capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable,
+                        eps_inside_sqrt=eps_inside_sqrt, learn=None if learn is None else tuple(
+                            [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
         self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
     @classmethod

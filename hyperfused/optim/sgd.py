@@ -32,14 +32,20 @@ class SGD(HyperOptimizer):
     """
 
     kind = "sgd"
-    _torch_only = {"dampening": 0, "weight_decay": 0, "nesterov": False, "maximize": False, "differentiable": False}
+    _torch_only = {"dampening": 0, "nesterov": False, "differentiable": False}
 
-    def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3, momentum: float = 0.0, *,
+    def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 maximize: bool = False, foreach: Optional[bool] = None, differentiable: bool = False,
+                 fused: Optional[bool] = None,
                  hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
                  per_tensor: bool = False, backend: str = "auto",
                  one_pass: bool = False) -> None:
-        defaults = dict(lr=lr, momentum=momentum, learn=None if learn is None else tuple(
-            [learn] if isinstance(learn, str) else learn), per_tensor=per_tensor)
+        # torch's positional order; what is not implemented (dampening, nesterov, differentiable) is refused
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                        maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused,
+                        learn=None if learn is None else tuple([learn] if isinstance(learn, str) else learn),
+                        per_tensor=per_tensor)
         self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
     @classmethod

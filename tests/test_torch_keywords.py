@@ -1,0 +1,322 @@
+"""torch's keywords on every kind: ``weight_decay`` (L2), ``maximize``, AdamW's decoupled decay, and the keywords
+that change nothing here (``foreach``, ``fused``, ``capturable``) or are refused (``amsgrad``, ``nesterov``, ...).
+
+Height 0 against torch.optim is tests/test_torch_parity.py. Here the hypergradients: a tower's learned lr (and
+betas) against a simulation written from the formulas with autograd, which differentiates the last update
+(docs/MATH.md §4.6: previous weights, state and gradient detached, hyperparameters not), and every backend against
+the reference with the options on.
+"""
+import copy
+
+import pytest
+import torch
+
+import hyperfused as hf
+from hyperfused import ops
+
+KAPPA = 1e-3           # the level above: plain SGD on the raw lr
+
+
+def _backends():
+    out = ["reference"]
+    if ops.extension_available():
+        out.append("cpu")
+    if ops.triton_available() and not torch.cuda.is_available():
+        out.append("triton")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the simulation
+def _loss_grad(xs, step):
+    """A fixed quadratic loss per tensor with a step-dependent target: its gradient at xs."""
+    g = torch.Generator().manual_seed(500 + step)
+    return [(x - torch.randn(x.shape, generator=g, dtype=x.dtype)) * (1.0 + 0.5 * i) for i, x in enumerate(xs)]
+
+
+def _update(kind, x, g, st, lr, opts):
+    """One step of ``kind`` on one tensor with torch's keyword options: (x', new state); differentiable in lr."""
+    wd, maximize, dec = opts.get("weight_decay", 0.0), opts.get("maximize", False), kind == "adamw"
+    if maximize:
+        g = -g
+    if wd and not dec:
+        g = g + wd * x
+    if kind in ("adam", "adamw"):
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        t = st["t"] + 1
+        m = b1 * st["m"] + (1 - b1) * g
+        v = b2 * st["v"] + (1 - b2) * g * g
+        u = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        x0 = x * (1 - lr * wd) if dec else x
+        return x0 - lr * u, {"t": t, "m": m, "v": v}
+    if kind == "sgd":
+        buf = 0.9 * st["buf"] + g if st["t"] else g
+        return x - lr * buf, {"t": st["t"] + 1, "buf": buf}
+    if kind == "rmsprop":
+        s = 0.99 * st["s"] + 0.01 * g * g
+        return x - lr * g / (s.sqrt() + 1e-8), {"t": st["t"] + 1, "s": s}
+    if kind == "adagrad":
+        s = st["s"] + g * g
+        return x - lr * g / (s.sqrt() + 1e-10), {"t": st["t"] + 1, "s": s}
+    raise ValueError(kind)
+
+
+def _state0(kind, x):
+    z = torch.zeros_like(x)
+    return {"t": 0, "m": z, "v": z, "buf": z, "s": z}
+
+
+def _value(kind, raw):
+    """The lr from its raw form: RMSprop learns a with lr = a^2, the others the lr itself."""
+    return raw * raw if kind == "rmsprop" else raw
+
+
+def _simulate(kind, x0s, lr0, steps, opts, one_pass=False):
+    """The learned lr (one for the group) and the weights after ``steps`` steps of the tower kind / SGD(KAPPA):
+    delta = sum over tensors of g~_t . d x_t / d raw lr, through autograd on the last update; one-pass mode
+    updates with the lr it starts the step with and moves the lr after."""
+    xs = [x.clone() for x in x0s]
+    sts = [_state0(kind, x) for x in xs]
+    raw = torch.tensor(lr0, dtype=torch.float64)
+    raw = raw.sqrt() if kind == "rmsprop" else raw
+    last = None                     # (x_{t-1}, raw g_{t-1}, state_{t-1}, raw lr used) of the last update
+    for t in range(steps):
+        gs = _loss_grad(xs, t)
+        if opts.get("maximize"):
+            gs = [-g for g in gs]   # what the optimizer is given: it ascends on them, i.e. descends the loss
+        wd = opts.get("weight_decay", 0.0) if kind != "adamw" else 0.0
+        geff = [(-g if opts.get("maximize") else g) + wd * x for g, x in zip(gs, xs)]
+        delta = torch.zeros((), dtype=torch.float64)
+        if last is not None:
+            r = last[3].clone().requires_grad_(True)
+            for xp, gp, sp, ge in zip(last[0], last[1], last[2], geff):
+                xn, _ = _update(kind, xp, gp, sp, _value(kind, r), opts)
+                delta = delta + torch.autograd.grad((ge * xn).sum(), r)[0]
+        if not one_pass:
+            raw = raw - KAPPA * delta
+        step_raw = raw
+        new_x, new_st = [], []
+        for x, g, st in zip(xs, gs, sts):
+            xn, stn = _update(kind, x, g, st, _value(kind, step_raw), opts)
+            new_x.append(xn.detach())
+            new_st.append({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in stn.items()})
+        last = (xs, gs, sts, step_raw.detach().clone())
+        if one_pass:
+            raw = raw - KAPPA * delta
+        xs, sts = new_x, new_st
+    return float(_value(kind, raw)), xs
+
+
+CLS = {"adam": hf.Adam, "adamw": hf.AdamW, "sgd": hf.SGD, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
+BASE = {"adam": {}, "adamw": {}, "sgd": dict(momentum=0.9), "rmsprop": {}, "adagrad": {}}
+LR0 = {"adam": 1e-2, "adamw": 1e-2, "sgd": 1e-2, "rmsprop": 1e-3, "adagrad": 1e-2}
+OPTIONS = [
+    ("adamw", dict(weight_decay=0.1)),
+    ("adamw", dict(weight_decay=0.1, maximize=True)),
+    ("adam", dict(weight_decay=0.1)),
+    ("adam", dict(maximize=True)),
+    ("sgd", dict(weight_decay=0.1, maximize=True)),
+    ("rmsprop", dict(weight_decay=0.1)),
+    ("adagrad", dict(weight_decay=0.1, maximize=True)),
+]
+
+
+def _hf_run(kind, x0s, steps, opts, backend, one_pass, **extra):
+    ps = [x.clone().requires_grad_(True) for x in x0s]
+    kw = dict(BASE[kind], **opts, **extra)
+    if kind == "rmsprop":
+        kw.setdefault("learn", ("lr",))
+    opt = CLS[kind](ps, lr=LR0[kind], hyper=hf.SGD(lr=KAPPA), backend=backend, one_pass=one_pass, learn=("lr",),
+                    **{k: v for k, v in kw.items() if k != "learn"})
+    for t in range(steps):
+        grads = _loss_grad([p.detach() for p in ps], t)
+        if opts.get("maximize"):
+            grads = [-g for g in grads]      # maximize ascends on what it is given: here it descends the loss
+        for p, g in zip(ps, grads):
+            p.grad = g
+        opt.step()
+    return opt, [p.detach() for p in ps]
+
+
+def _x0():
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(9, generator=g, dtype=torch.float64)]
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+@pytest.mark.parametrize("case", OPTIONS, ids=[f"{k}-{'-'.join(f'{a}={b}' for a, b in o.items())}" for k, o in OPTIONS])
+def test_learned_lr_matches_autograd_simulation(case, one_pass):
+    kind, opts = case
+    steps = 8
+    x0 = _x0()
+    want_lr, want_x = _simulate(kind, x0, LR0[kind], steps, opts, one_pass)
+    opt, got_x = _hf_run(kind, x0, steps, opts, "reference", one_pass)
+    got_lr = opt.hyperparameters()["lr"]
+    assert abs(got_lr - want_lr) <= 1e-12 * max(1.0, abs(want_lr)), (got_lr, want_lr)
+    assert abs(got_lr - LR0[kind]) > 1e-9, "the lr did not move: the case tests nothing"
+    for a, b in zip(got_x, want_x):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- every backend
+def _run_backend(make, dtype, steps=5, scaler=None):
+    g = torch.Generator().manual_seed(11)
+    ps = [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.5).to(dtype)) for s in [(7,), (13, 11), (3, 1, 5, 5)]]
+    opt = make(ps)
+    for t in range(steps):
+        gg = torch.Generator().manual_seed(100 + t)
+        grads = [(torch.randn(p.shape, generator=gg) + 0.3 * p.detach().float()).to(dtype) for p in ps]
+        if scaler is None:
+            for p, gr in zip(ps, grads):
+                p.grad = gr
+            opt.step()
+        else:
+            loss = sum((p * gr).sum() for p, gr in zip(ps, grads))     # gradient gr, scaled by the scaler
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    return ps, opt
+
+
+TOWER_OPTIONS = [(k, o) for k, o in OPTIONS if not (k == "adam" and o == dict(maximize=True))] + [
+    ("adamw", dict(weight_decay=0.1, per_tensor=True)),
+    ("sgd", dict(weight_decay=0.05, maximize=True, per_tensor=True)),
+]
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def _compare_backends(make, dtype, backend, **kw):
+    p_ref, o_ref = _run_backend(lambda ps: make(ps, "reference"), dtype, **kw)
+    p_b, o_b = _run_backend(lambda ps: make(ps, backend), dtype, **kw)
+    for a, b in zip(p_b, p_ref):
+        assert a.dtype == dtype
+        err = float((a.double() - b.double()).norm() / b.double().norm())
+        assert err <= TOL[dtype], err
+    for la, lb in zip(o_b.levels, o_ref.levels):
+        for name, v in lb.hyperparameters().items():
+            a, b = torch.tensor(la.hyperparameters()[name]), torch.tensor(v)
+            assert torch.allclose(a, b, rtol=max(TOL[dtype], 1e-9), atol=0), (name, a, b)
+    return o_b
+
+
+@pytest.mark.parametrize("backend", [b for b in _backends() if b != "reference"])
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+@pytest.mark.parametrize("case", TOWER_OPTIONS, ids=[f"{k}-{'-'.join(f'{a}={b}' for a, b in o.items())}"
+                                                     for k, o in TOWER_OPTIONS])
+def test_backends_match_reference_with_options(case, one_pass, backend):
+    kind, opts = case
+
+    def make(ps, b):
+        return CLS[kind](ps, lr=LR0[kind], hyper=hf.SGD(lr=KAPPA), backend=b, one_pass=one_pass,
+                         **dict(BASE[kind], **opts))
+    _compare_backends(make, torch.float64, backend)
+
+
+@pytest.mark.parametrize("backend", [b for b in _backends() if b != "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
+def test_adamw_tower_in_reduced_precision(dtype, backend):
+    def make(ps, b):
+        # (an Adam level above would normalise near-zero float32 hypergradients into full steps: the backends'
+        # different rounding then moves its lr by different amounts, so the tower here is SGD / SGD)
+        return hf.AdamW(ps, lr=1e-2, weight_decay=0.1, maximize=True,
+                        hyper=hf.SGD(lr=1e-6, hyper=hf.SGD(lr=1e-9)), backend=b)
+    _compare_backends(make, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_maximize_under_grad_scaler_equals_unscaled(backend):
+    """GradScaler's scale reaches the kernels as 1 / scale (triton) or is divided out first (cpu, reference);
+    maximize's sign is folded into that factor where the kernels apply it."""
+    def make(ps):
+        return hf.AdamW(ps, lr=1e-2, maximize=True, weight_decay=0.0, hyper=hf.SGD(lr=KAPPA), backend=backend)
+    p0, _ = _run_backend(make, torch.float32)
+    p1, _ = _run_backend(make, torch.float32, scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    for a, b in zip(p1, p0):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------- the keywords
+TORCH_CLS = {hf.SGD: torch.optim.SGD, hf.Adam: torch.optim.Adam, hf.AdamW: torch.optim.AdamW,
+             hf.RMSprop: torch.optim.RMSprop, hf.Adagrad: torch.optim.Adagrad}
+
+
+@pytest.mark.parametrize("cls", list(TORCH_CLS), ids=lambda c: c.__name__)
+def test_every_torch_keyword_is_accepted_with_its_default(cls):
+    """Every argument of the torch counterpart exists, positionally where torch has it, with torch's default."""
+    import inspect
+    ours = inspect.signature(cls.__init__).parameters
+    theirs = inspect.signature(TORCH_CLS[cls].__init__).parameters
+    for name, p in theirs.items():
+        if name in ("self", "params"):
+            continue
+        assert name in ours, f"hf.{cls.__name__} lacks torch's {name!r}"
+        if p.default is not inspect.Parameter.empty and not isinstance(p.default, torch.Tensor):
+            assert ours[name].default == p.default, (name, ours[name].default, p.default)
+    pos = [n for n, p in theirs.items() if p.kind == p.POSITIONAL_OR_KEYWORD and n not in ("self", "params")]
+    assert [n for n, p in ours.items() if p.kind == p.POSITIONAL_OR_KEYWORD][2:2 + len(pos)] == pos
+
+
+@pytest.mark.parametrize("kw", [dict(foreach=True), dict(foreach=False), dict(fused=True), dict(capturable=True)],
+                         ids=lambda kw: next(iter(kw)) + "=" + str(next(iter(kw.values()))))
+def test_keywords_without_effect_change_nothing(kw):
+    base, _ = _run_backend(lambda ps: hf.AdamW(ps), torch.float64)
+    got, opt = _run_backend(lambda ps: hf.AdamW(ps, **kw), torch.float64)
+    for a, b in zip(got, base):
+        assert torch.equal(a, b)
+    assert opt.param_groups[0][next(iter(kw))] == next(iter(kw.values()))
+
+
+REFUSED = [(hf.Adam, dict(amsgrad=True)), (hf.AdamW, dict(differentiable=True)), (hf.SGD, dict(nesterov=True,
+           momentum=0.9)), (hf.SGD, dict(dampening=0.1)), (hf.RMSprop, dict(centered=True)),
+           (hf.RMSprop, dict(momentum=0.9)), (hf.Adagrad, dict(lr_decay=0.1))]
+
+
+@pytest.mark.parametrize("cls,kw", REFUSED, ids=[f"{c.__name__}-{'-'.join(k)}" for c, k in REFUSED])
+def test_unimplemented_keywords_are_refused_with_a_sentence(cls, kw):
+    key = next(k for k in kw if k != "momentum" or cls is hf.RMSprop)
+    with pytest.raises(ValueError, match=f"{key}=.*not supported by hf.{cls.__name__}"):
+        cls([torch.nn.Parameter(torch.zeros(3))], **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(weight_decay=-0.1), dict(weight_decay=float("nan")), dict(maximize=1)])
+def test_bad_values_are_refused(kw):
+    with pytest.raises((ValueError, TypeError), match=next(iter(kw))):
+        hf.Adam([torch.nn.Parameter(torch.zeros(3))], **kw)
+
+
+def test_a_level_above_refuses_weight_decay_and_maximize():
+    with pytest.raises(ValueError, match="level 0"):
+        hf.SGD(lr=1e-3, weight_decay=0.1)
+    with pytest.raises(ValueError, match="level 0"):
+        hf.Adam(lr=1e-3, maximize=True)
+
+
+def test_edited_weight_decay_and_maximize_are_used_from_the_next_step_as_torch_does():
+    g = torch.Generator().manual_seed(0)
+    x0 = [torch.randn(6, generator=g, dtype=torch.float64)]
+    runs = []
+    for cls in (hf.AdamW, torch.optim.AdamW):
+        ps = [x.clone().requires_grad_(True) for x in x0]
+        opt = cls(ps, lr=1e-2)
+        for t in range(6):
+            if t == 3:
+                opt.param_groups[0]["weight_decay"] = 0.3
+                opt.param_groups[0]["maximize"] = True
+            ps[0].grad = torch.randn(6, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+            opt.step()
+        runs.append(ps[0].detach())
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-14)
+
+
+def test_a_refused_edit_changes_nothing():
+    ps = [torch.nn.Parameter(torch.randn(4))]
+    opt = hf.Adam(ps, lr=1e-2, hyper=hf.SGD(lr=1e-4))
+    ps[0].grad = torch.randn(4)
+    opt.step()
+    before = (ps[0].detach().clone(), copy.deepcopy(opt.state_dict()))
+    opt.param_groups[0]["weight_decay"] = -1.0
+    with pytest.raises(ValueError, match="weight_decay"):
+        opt.step()
+    assert torch.equal(ps[0].detach(), before[0])
+    after = opt.state_dict()
+    assert torch.equal(after["state"][0]["exp_avg"], before[1]["state"][0]["exp_avg"])
