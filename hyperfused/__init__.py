@@ -6,7 +6,8 @@
         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
 """
 from . import ops
-from .optim import AGD, SGD, Adagrad, Adam, AdamW, HyperOptimizer, RMSprop
+from .optim import *  # noqa: F401,F403 - every optimizer class (hyperfused.optim.__all__)
+from .optim import __all__ as _optimizers
 
 __version__ = "0.1.0"
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "AGD", "HyperOptimizer", "ops", "__version__"]
+__all__ = list(_optimizers) + ["ops", "__version__"]

@@ -66,6 +66,11 @@ class Kind:
     param: Dict[str, int] = field(default_factory=dict)   # name -> parametrisation when learned (identity if absent)
     slots: Tuple[Slot, ...] = ()       # element-wise state, in the kernels' order
     step: bool = False                 # keeps a per-tensor step count ("step", a 0-dim tensor)
+    learnable: Optional[Tuple[str, ...]] = None   # what a level above may learn (None: every hyperparameter)
+
+    @property
+    def learnable_names(self) -> Tuple[str, ...]:
+        return self.hyper if self.learnable is None else self.learnable
 
     def column(self, name: str) -> int:
         return self.hyper.index(name)
@@ -126,6 +131,7 @@ def _check() -> None:
     for k in KINDS.values():
         assert 1 <= len(k.hyper) <= HP_COLS and k.hyper[0] == "lr", k
         assert set(k.param) <= set(k.hyper), k
+        assert set(k.learnable_names) <= set(k.hyper), k
     assert sorted(BY_ID) == list(range(len(KINDS)))
 
 

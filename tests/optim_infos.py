@@ -9,7 +9,8 @@ import hyperfused as hf
 from hyperfused import kinds
 from towers import UPPER
 
-#: the level-0 learning rate each kind is tested with (steps large enough to move, small enough to stay finite)
+#: the level-0 learning rate each kind is tested with (steps large enough to move, small enough to stay finite);
+#: a kind not named here is tested with its class's default lr
 LR0 = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.05}
 #: what a configuration needs for every hyperparameter to be learnable (SGD learns momentum only when it is on)
 LEARNABLE = {"sgd": dict(momentum=0.9)}
@@ -30,13 +31,14 @@ def variants(kind: str) -> List[Dict]:
     each hyperparameter learned alone, lr with the last one (kinds with three or more), one lr per tensor."""
     spec = kinds.KINDS[kind]
     base = LEARNABLE.get(kind, {})
+    names = spec.learnable_names
     out: List[Dict] = [dict()]
     if base:
         out.append(dict(base))
-    if len(spec.hyper) > 1:
-        out += [dict(base, learn=(name,)) for name in spec.hyper]
-    if len(spec.hyper) > 2:
-        out.append(dict(base, learn=(spec.hyper[0], spec.hyper[-1])))
+    if len(names) > 1:
+        out += [dict(base, learn=(name,)) for name in names]
+    if len(names) > 2:
+        out.append(dict(base, learn=(names[0], names[-1])))
     out.append(dict(per_tensor=True))
     return out
 
@@ -54,8 +56,15 @@ def cases():
                 yield kind, i, height
 
 
+def lr0(kind: str) -> float:
+    if kind in LR0:
+        return LR0[kind]
+    import inspect
+    return inspect.signature(CLS[kind]).parameters["lr"].default
+
+
 def maker(kind: str, kw: Dict, height: int):
     """A function (params, backend, one_pass) -> the optimizer of this case."""
     def make(params, backend, one_pass):
-        return CLS[kind](params, lr=LR0[kind], hyper=TOWERS[height](), backend=backend, one_pass=one_pass, **kw)
+        return CLS[kind](params, lr=lr0(kind), hyper=TOWERS[height](), backend=backend, one_pass=one_pass, **kw)
     return make

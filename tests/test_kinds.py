@@ -102,3 +102,18 @@ def test_parametrisations_round_trip(name):
         assert torch.allclose(ref.to_value(name, hp, ref.to_raw(name, hp, v)), v, rtol=0, atol=1e-15)
         if spec.parametrisation(hp) == kinds.IDENTITY:
             assert ref.to_raw(name, hp, v) is v
+
+
+def test_the_ops_refuse_a_kind_outside_the_table():
+    from hyperfused import ops
+    if not ops.extension_available():
+        pytest.skip("the C++ extension is not built")
+    ops.load_extension()
+    bad = len(kinds.KINDS)
+    g = [torch.zeros(4)]
+    scal = torch.zeros(1, kinds.TABLE_COLS, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="kind must be an id of the kinds table"):
+        torch.ops.hyperfused.hyper_reduce(bad, 0, False, [1e-8, 0.0], g, [], [], [], scal)
+    with pytest.raises(RuntimeError, match="kind must be an id of the kinds table"):
+        torch.ops.hyperfused.hyper_update(bad, 0, False, [1e-8, 0.0], [torch.zeros(4)], g, [], [], [], scal, None,
+                                          torch.ones((), dtype=torch.bool))

@@ -116,11 +116,14 @@ void chunk_dispatch_sums(int learn, bool momentum, const Arrays<scalar_t, T>& a,
 template <typename scalar_t, typename T>
 void sums_for_chunk(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, const Chunk& ch,
                     const Scalars<T>& c, bool with_jac, double* out) {
-  switch (kind) {
-    case kSGD: chunk_dispatch_sums<scalar_t, T, kSGD>(learn, momentum, a, ch, c, with_jac, out); break;
-    case kAdagrad: chunk_dispatch_sums<scalar_t, T, kAdagrad>(learn, momentum, a, ch, c, with_jac, out); break;
-    case kRMSprop: chunk_dispatch_sums<scalar_t, T, kRMSprop>(learn, momentum, a, ch, c, with_jac, out); break;
-    default: chunk_dispatch_sums<scalar_t, T, kAdam>(learn, momentum, a, ch, c, with_jac, out); break;
+  switch (kind) {  // every kind of kinds.h's table (the op checked the id)
+#define HF_KIND_CASE(name, ...) \
+  case name:                    \
+    chunk_dispatch_sums<scalar_t, T, name>(learn, momentum, a, ch, c, with_jac, out); \
+    break;
+    HF_KINDS(HF_KIND_CASE)
+#undef HF_KIND_CASE
+    default: break;
   }
 }
 
@@ -139,10 +142,13 @@ void update_for_chunk(int kind, int learn, bool momentum, const Arrays<scalar_t,
   // the generic (half, bfloat16) path always writes the previous gradient: its state is float32, so the
   // gradient tensor itself cannot stand in for it
   switch (kind) {
-    case kSGD: update_chunk<scalar_t, T, kSGD>(learn, momentum, a, ch, c); break;
-    case kAdagrad: update_chunk<scalar_t, T, kAdagrad>(learn, momentum, a, ch, c); break;
-    case kRMSprop: update_chunk<scalar_t, T, kRMSprop>(learn, momentum, a, ch, c); break;
-    default: update_chunk<scalar_t, T, kAdam>(learn, momentum, a, ch, c); break;
+#define HF_KIND_CASE(name, ...)                                    \
+  case name:                                                       \
+    update_chunk<scalar_t, T, name>(learn, momentum, a, ch, c);    \
+    break;
+    HF_KINDS(HF_KIND_CASE)
+#undef HF_KIND_CASE
+    default: break;
   }
 }
 
@@ -150,7 +156,9 @@ void update_for_chunk(int kind, int learn, bool momentum, const Arrays<scalar_t,
 template <typename scalar_t, typename T>
 void chunk_reduce(const LoopFlags& f, const Arrays<scalar_t, T>& a, const Chunk& ch, const Scalars<T>& c,
                   bool with_jac, double* out) {
-  if constexpr (std::is_same<scalar_t, float>::value) {
+  if (!has_vector_loop(f.kind)) {
+    sums_for_chunk<scalar_t, T>(f.kind, f.learn, f.momentum, a, ch, c, with_jac, out);
+  } else if constexpr (std::is_same<scalar_t, float>::value) {
     loop_table().reduce_f32(f, with_jac, a.g, a.s0, a.s1, a.s2, ch.begin, ch.end, c, out);
   } else if constexpr (std::is_same<scalar_t, double>::value) {
     loop_table().reduce_f64(f, with_jac, a.g, a.s0, a.s1, a.s2, ch.begin, ch.end, c, out);
@@ -161,7 +169,9 @@ void chunk_reduce(const LoopFlags& f, const Arrays<scalar_t, T>& a, const Chunk&
 
 template <typename scalar_t, typename T>
 void chunk_update(const LoopFlags& f, const Arrays<scalar_t, T>& a, const Chunk& ch, const Scalars<T>& c) {
-  if constexpr (std::is_same<scalar_t, float>::value) {
+  if (!has_vector_loop(f.kind)) {
+    update_for_chunk<scalar_t, T>(f.kind, f.learn, f.momentum, a, ch, c);
+  } else if constexpr (std::is_same<scalar_t, float>::value) {
     loop_table().update_f32(f, a.x, a.g, a.s0, a.s1, a.s2, ch.begin, ch.end, c);
   } else if constexpr (std::is_same<scalar_t, double>::value) {
     loop_table().update_f64(f, a.x, a.g, a.s0, a.s1, a.s2, ch.begin, ch.end, c);
@@ -238,6 +248,7 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, at::Arra
   }
   check_lists("hyper_reduce", grads, {}, s0, s1, s2, scal);
   check_eps("hyper_reduce", eps);
+  check_kind("hyper_reduce", kind);
   const int64_t n = grads.size();
   const auto chunks = make_chunks(grads);
   std::vector<double> part(chunks.size() * kOutCols, 0.0);
@@ -271,6 +282,7 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, at::Arra
   }
   check_lists("hyper_update", grads, params, s0, s1, s2, scal);
   check_eps("hyper_update", eps);
+  check_kind("hyper_update", kind);
   TORCH_CHECK(!params.empty() || grads.empty(), "hyper_update: params are required");
   const bool one_pass = scal_jac.has_value();
   if (one_pass) check_lists("hyper_update", grads, params, s0, s1, s2, *scal_jac);

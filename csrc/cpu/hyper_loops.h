@@ -200,7 +200,7 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
         rmsprop_jac(ld<V>(s1, k), ld<V>(s0, k), sc.template get<V>(), j0, j1);
         if (!h1) j1 = V(0);
       });
-    default:
+    case kAdam:
       if (h12) {
         return reduce_loop<T, true>(g_s012, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto& j2) {
           using V = decltype(z);
@@ -212,6 +212,8 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
         using V = decltype(z);
         j0 = adam_jac_lr(ld<V>(s0, k), ld<V>(s1, k), sc.template get<V>());
       });
+    default:  // no vector loop (has_vector_loop): the caller runs the element path
+      return;
   }
 }
 
@@ -263,7 +265,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         st<V>(s0, k, s);
         if (any) st<V>(s1, k, gk);
       });
-    default:
+    case kAdam:
       return update_loop<T>(begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const V gk = ld<V>(g, k);
@@ -273,6 +275,8 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         st<V>(s1, k, v);
         if (h12) st<V>(s2, k, gk);                      // the previous gradient, for J_beta
       });
+    default:  // no vector loop (has_vector_loop): the caller runs the element path
+      return;
   }
 }
 

@@ -17,6 +17,12 @@ struct LoopFlags {
                            // caller keeps the gradient tensor itself as that state)
 };
 
+// The kinds with a vectorised loop below; any other kind of kinds.h's table runs the element path of hyper_elem.h
+// (the CUDA kernels' per-element code, one element at a time) for float and double too.
+inline bool has_vector_loop(int kind) {
+  return kind == kSGD || kind == kAdagrad || kind == kRMSprop || kind == kAdam;
+}
+
 // One table of entry points per instruction set.
 struct LoopTable {
   const char* isa;

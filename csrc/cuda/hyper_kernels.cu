@@ -197,22 +197,25 @@ __global__ void finish_kernel(const double* partials, const int* block_ids, int 
   if (t < n_tensors) finish_row(partials, block_ids, total_blocks, out, t);
 }
 
+// Every kind of kinds.h's table (the registration checked the id), instantiated for the storage type S.
+template <template <typename, int> class Launch, typename S, typename... Args>
+void by_kind_of(int kind, Args&&... args) {
+#define HF_KIND_CASE(name, ...) \
+  case name:                    \
+    Launch<S, name>::run(args...); \
+    break;
+  switch (kind) { HF_KINDS(HF_KIND_CASE) default: break; }
+#undef HF_KIND_CASE
+}
+
 template <template <typename, int> class Launch, typename... Args>
 void by_kind(DType dtype, int kind, Args&&... args) {
-#define HF_KIND(S)                                                  \
-  switch (kind) {                                                   \
-    case kSGD: Launch<S, kSGD>::run(args...); break;                \
-    case kAdagrad: Launch<S, kAdagrad>::run(args...); break;        \
-    case kRMSprop: Launch<S, kRMSprop>::run(args...); break;        \
-    default: Launch<S, kAdam>::run(args...); break;                 \
-  }
   switch (dtype) {
-    case DType::kFloat: HF_KIND(float) break;
-    case DType::kDouble: HF_KIND(double) break;
-    case DType::kHalf: HF_KIND(__half) break;
-    default: HF_KIND(__nv_bfloat16) break;
+    case DType::kFloat: by_kind_of<Launch, float>(kind, args...); break;
+    case DType::kDouble: by_kind_of<Launch, double>(kind, args...); break;
+    case DType::kHalf: by_kind_of<Launch, __half>(kind, args...); break;
+    default: by_kind_of<Launch, __nv_bfloat16>(kind, args...); break;
   }
-#undef HF_KIND
 }
 
 template <typename S, int KIND>

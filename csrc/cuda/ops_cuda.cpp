@@ -119,6 +119,7 @@ std::tuple<at::Tensor, at::Tensor> reduce_partials(const char* op, int64_t kind,
   auto partials = at::zeros({blocks, kOutCols}, scal.options());
   auto ids = at::full({blocks}, -1, scal.options().dtype(at::kInt));
   check_eps(op, eps);
+  check_kind(op, kind);
   const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps[0], eps[1],
                       vec_aligned({grads, s0, s1, s2})};
   const DType dt = dtype_of(grads[0]);
@@ -217,6 +218,7 @@ std::tuple<at::Tensor, at::Tensor> update_partials(const char* op, int64_t kind,
   auto partials = at::zeros({one_pass ? blocks : 1, kOutCols}, scal.options());
   auto ids = at::full({one_pass ? blocks : 1}, -1, scal.options().dtype(at::kInt));
   check_eps(op, eps);
+  check_kind(op, kind);
   const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps[0], eps[1],
                       vec_aligned({params, grads, s0, s1, s2})};
   const DType dt = dtype_of(grads[0]);

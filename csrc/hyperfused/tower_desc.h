@@ -18,6 +18,12 @@ inline void check_eps(const char* op, at::ArrayRef<double> eps) {
               eps.size(), " values");
 }
 
+// The kind argument of the ops: an id of kinds.h's table.
+inline void check_kind(const char* op, int64_t kind) {
+  TORCH_CHECK(kind >= 0 && kind < kNumKinds, op, ": kind must be an id of the kinds table (0 to ", kNumKinds - 1,
+              "), got ", kind);
+}
+
 template <typename T>
 TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<double> eps, at::TensorList slots,
                         at::ScalarType dtype) {

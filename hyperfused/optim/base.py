@@ -47,11 +47,16 @@ class HyperOptimizer(torch.optim.Optimizer):
     #: hyperparameter names in canonical order (the order of the flattened vector the level above sees): the
     #: kinds table's, set from ``kind``
     hyper_names: Tuple[str, ...] = ()
+    #: the names a level above may learn (the kinds table's; every hyperparameter unless it says otherwise)
+    learnable_names: Tuple[str, ...] = ()
+    #: weight decay is always decoupled (x *= 1 - lr wd before the update), as in Lion
+    _decoupled = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.kind:
             cls.hyper_names = kinds.kind(cls.kind).hyper
+            cls.learnable_names = kinds.kind(cls.kind).learnable_names
     #: param_groups keys of the torch.optim counterpart not implemented here, with the value that means "off":
     #: a group (or an edit) that sets one otherwise is refused, never ignored
     _torch_only: Dict[str, Any] = {}
@@ -69,7 +74,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     @classmethod
     def _default_learn(cls, values: Dict[str, float]) -> Tuple[str, ...]:
-        return cls.hyper_names
+        return cls.learnable_names
 
     #: torch.optim keywords that change nothing here (every step is already one fused multi-tensor call, and
     #: state stays on the parameters' device): accepted and kept in param_groups as torch keeps them
@@ -88,6 +93,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             if not isinstance(v, bool):
                 raise TypeError(f"{where}: {key} must be True or False, got {v!r}")
             out[key] = v
+        out["decoupled_weight_decay"] = out["decoupled_weight_decay"] or cls._decoupled
         return out
 
     @classmethod
@@ -159,9 +165,13 @@ class HyperOptimizer(torch.optim.Optimizer):
             learn = (learn,)
         names = tuple(learn)
         for n in names:
+            if n in self.hyper_names and n not in self.learnable_names:
+                raise ValueError(f"{type(self).__name__}: {n!r} cannot be learned (its Jacobian is zero: it acts "
+                                 f"through the sign of the update only); it can learn "
+                                 f"{', '.join(repr(h) for h in self.learnable_names)}")
             if n not in self.hyper_names:
                 raise ValueError(f"{type(self).__name__}: unknown name {n!r} in learn=; "
-                                 f"it can learn {', '.join(repr(h) for h in self.hyper_names)}")
+                                 f"it can learn {', '.join(repr(h) for h in self.learnable_names)}")
         if not names:
             raise ValueError(f"{type(self).__name__}: learn=() learns nothing; leave out hyper= instead")
         return tuple(h for h in self.hyper_names if h in names)

@@ -507,6 +507,8 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], gr
                  s1: List[Tensor], s2: List[Tensor], scal: Tensor, inv_scale: Optional[Tensor] = None) -> Tensor:
     """Pass A (same arguments and result as ``torch.ops.hyperfused.hyper_reduce``)."""
     n = len(grads)
+    if int(kind) not in kinds.BY_ID:
+        raise ValueError(f"kind must be an id of the kinds table (0 to {len(kinds.BY_ID) - 1}), got {kind}")
     if n == 0:
         return torch.zeros(0, ROW_COLS, dtype=torch.float64, device=scal.device)
     mdt = _math_dtype(grads[0].dtype)
@@ -536,6 +538,8 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
     state where the 0-dim device flag ``ok`` is true; with ``scal_jac`` (one-pass mode) also pass A's sums
     from the state before the update."""
     n = len(grads)
+    if int(kind) not in kinds.BY_ID:
+        raise ValueError(f"kind must be an id of the kinds table (0 to {len(kinds.BY_ID) - 1}), got {kind}")
     if n == 0:
         return torch.zeros(0, ROW_COLS, dtype=torch.float64, device=scal.device)
     if not params:
