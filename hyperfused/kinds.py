@@ -115,6 +115,8 @@ KINDS: Dict[str, Kind] = {k.name: k for k in (
          slots=(Slot("exp_avg"), Slot("exp_avg_sq", init="initial_exp_avg_sq"),
                 Slot("prev_grad", lambda cfg, learned: "beta1" in learned or "beta2" in learned, prev=True)),
          step=True),
+    Kind("lion", 4, "Lion", ("lr", "beta1", "beta2"), learnable=("lr",),
+         slots=(Slot("exp_avg"), Slot("prev_sign", lambda cfg, learned: "lr" in learned, prev=True))),
 )}
 
 BY_ID: Dict[int, Kind] = {k.id: k for k in KINDS.values()}

@@ -54,6 +54,9 @@ HF_HOST_DEVICE void element_jac(int kind, int learn, bool momentum, const Arrays
         j0 = adam_jac_lr(a.s0[i], a.s1[i], c);
       }
       break;
+    case kLion:
+      j0 = -a.s1[i];                          // -sign(c) of the last update
+      break;
   }
 }
 
@@ -89,6 +92,13 @@ HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arr
       if (learn) a.s1[i] = g;
       break;
     }
+    case kLion: {
+      T m = a.s0[i], s;
+      xn = lion_step(x, g, m, s, c);
+      a.s0[i] = m;
+      if (learn & kLearnLr) a.s1[i] = s;      // the sign, for J_lr
+      break;
+    }
     default: {  // kAdam
       T m = a.s0[i], v = a.s1[i];
       xn = adam_step(x, g, m, v, c);
@@ -111,7 +121,7 @@ HF_HOST_DEVICE bool update_writes(int kind, int learn, bool momentum, int which)
   if (which == 0) return kind != kSGD || momentum || (learn & kLearnLr) != 0;
   if (which == 1)
     return kind == kAdam || (kind == kSGD && momentum && (learn & kLearnH1) != 0) ||
-           ((kind == kAdagrad || kind == kRMSprop) && learn != 0);
+           ((kind == kAdagrad || kind == kRMSprop) && learn != 0) || (kind == kLion && (learn & kLearnLr) != 0);
   return kind == kAdam && (learn & (kLearnH1 | kLearnH2)) != 0;
 }
 

@@ -30,6 +30,7 @@ template <typename T>
 struct MathOps {
   HF_HOST_DEVICE static T sqrt(T x) { return std::sqrt(x); }
   HF_HOST_DEVICE static T where_pos(T s, T v) { return s > T(0) ? v : T(0); }
+  HF_HOST_DEVICE static T sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
 };
 
 // Per-tensor scalars of one update (or of the last update, to rebuild its Jacobian), with everything that
@@ -190,6 +191,15 @@ inline void adam_jac_folded(T m, T v, T g_prev, const Scalars<T>& c, const AdamJ
   const T dvh = v * k.a2 - (g_prev * g_prev) * c.ih2c2;
   const T term = k.nhlrd2 * (j_lr * rden) * dvh / S;
   j_b2 = MathOps<T>::where_pos(S, term);
+}
+
+// ------------------------------------------------------------------------------------------------ Lion
+// c = b1 m + (1 - b1) g, s = sign(c), x' = x - lr s, m' = b2 m + (1 - b2) g; J_lr = -s (s kept as prev_sign)
+template <typename T>
+HF_HOST_DEVICE T lion_step(T x, T g, T& m, T& s, const Scalars<T>& c) {
+  s = MathOps<T>::sign(c.h1 * m + c.om1 * g);
+  m = c.h2 * m + c.om2 * g;
+  return x - c.lr * s;
 }
 
 }  // namespace hyperfused

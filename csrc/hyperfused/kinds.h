@@ -40,7 +40,8 @@ constexpr int kParamIdentity = 0, kParamSigma = 1, kParamSquare = 2;
   X(kSGD, 0, 2, kParamIdentity, kParamIdentity, kParamIdentity, 0, -1, 0)               \
   X(kAdagrad, 1, 1, kParamIdentity, kParamIdentity, kParamIdentity, 1, 1, 0)            \
   X(kRMSprop, 2, 2, kParamSquare, kParamSigma, kParamIdentity, 1, 1, 0)                 \
-  X(kAdam, 3, 3, kParamIdentity, kParamSigma, kParamSigma, 2, 2, 1)
+  X(kAdam, 3, 3, kParamIdentity, kParamSigma, kParamSigma, 2, 2, 1)                    \
+  X(kLion, 4, 3, kParamIdentity, kParamIdentity, kParamIdentity, -1, -1, 0)
 
 #define HF_KIND_ENUM(name, id, nhp, p0, p1, p2, prev, prev_mom, steps) name = id,
 enum Kind : int { HF_KINDS(HF_KIND_ENUM) kNumKinds };

@@ -210,11 +210,30 @@ def adam_jac(st, hp, raw, cfg, learned):
     return J
 
 
+# --------------------------------------------------------------------------------------------------------
+# Lion.  c = beta1 m + (1 - beta1) g, x' = x - lr sign(c), m' = beta2 m + (1 - beta2) g (its decoupled weight decay
+# is the optimizer's, docs/MATH.md §4.6); J_lr = -sign(c) of the last update, kept as prev_sign
+# --------------------------------------------------------------------------------------------------------
+def lion_update(x, g, st, hp, cfg, learned):
+    b1, b2 = hp["beta1"], hp["beta2"]
+    m = st["exp_avg"]
+    s = torch.sign(b1 * m + (1.0 - b1) * g)
+    new: State = {"exp_avg": b2 * m + (1.0 - b2) * g}
+    if "prev_sign" in st:
+        new["prev_sign"] = s
+    return x - hp["lr"] * s, new
+
+
+def lion_jac(st, hp, raw, cfg, learned):
+    return {"lr": -st["prev_sign"]} if "lr" in learned else {}
+
+
 _FORMULAS = {
     "sgd": (sgd_update, sgd_jac),
     "adam": (adam_update, adam_jac),
     "rmsprop": (rmsprop_update, rmsprop_jac),
     "adagrad": (adagrad_update, adagrad_jac),
+    "lion": (lion_update, lion_jac),
 }
 # kind -> (init_state, update, jac); every kind of hyperfused.kinds has its formulas here
 KINDS = {name: (functools.partial(init_state, name),) + _FORMULAS[name] for name in kinds.KINDS}

@@ -149,6 +149,8 @@ def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1
         j0 = -2.0 * raw_lr * a1 * rD
         if LEARN & 2:
             j1 = tl.where(R > 0.0, lr * a1 * ((a0 - a1 * a1) / h1) * (0.5 * rD * rD / R) * dsig1, zero)
+    elif KIND == 4:        # Lion: -sign(c) of the last update, kept in s1
+        j0 = -a1
     else:                  # Adam
         mh = a0 / c1
         S = tl.sqrt(a1 / c2)
@@ -182,6 +184,11 @@ def _step(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, x, g,
     elif KIND == 2:
         a0 = h1 * a0 + (1.0 - h1) * (g * g)
         x = x - lr * g / (tl.sqrt(a0 + eps_root) + eps)
+    elif KIND == 4:                      # Lion: s1 keeps sign(c) for J_lr
+        c = h1 * a0 + (1.0 - h1) * g
+        a1 = tl.where(c > 0.0, 1.0, tl.where(c < 0.0, -1.0, 0.0)).to(a0.dtype)
+        a0 = h2 * a0 + (1.0 - h2) * g
+        x = x - lr * a1
     else:
         a0 = h1 * a0 + (1.0 - h1) * g
         a1 = h2 * a1 + (1.0 - h2) * g * g
