@@ -4,7 +4,7 @@
     python -m hyperfused.train --data mnist --fetch --opt "adam(1e-3)/sgd(1e-5)" --opt "torch.adam(1e-3)"
 
 A tower spec is levels separated by "/", bottom first. A level is ``KIND``, ``KIND(LR)``,
-``KIND[NAMES](LR)`` or ``KIND(LR)[NAMES]`` with KIND one of sgd, adam, adamw, rmsprop, adagrad and NAMES the
+``KIND[NAMES](LR)`` or ``KIND(LR)[NAMES]`` with KIND one of sgd, adam, adamw, rmsprop, adagrad, lion and NAMES the
 hyperparameters that level learns (e.g. ``adamw[lr]/sgd(1e-5)``; adamw has torch's weight_decay=1e-2 and stands
 at level 0). ``torch.adam(LR)``, ``torch.adamw(LR)`` and ``torch.sgd(LR)`` are torch's own optimizers, and ``prodigy``, ``dadapt.adam``, ``schedulefree.adamw`` other learning-rate-free
 optimizers when their packages are installed, for comparison. Every optimizer starts from the same weights and
@@ -36,7 +36,8 @@ from hyperfused import data as datasets
 from hyperfused.models import MODELS, default_model, make_model
 from hyperfused.ops.triton import interpreting as triton_interpreting
 
-KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "adamw": hf.AdamW, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad}
+KINDS = {"sgd": hf.SGD, "adam": hf.Adam, "adamw": hf.AdamW, "rmsprop": hf.RMSprop, "adagrad": hf.Adagrad,
+         "lion": hf.Lion}
 TORCH_KINDS = {"torch.adam": torch.optim.Adam, "torch.adamw": torch.optim.AdamW, "torch.sgd": torch.optim.SGD}
 # other learning-rate-free / schedule-free optimizers, compared in the same harness when installed
 AGD_KINDS = {"agd": "frobenius", "agd.spectral": "spectral"}   # Automatic Gradient Descent; (X) sets the gain

@@ -1,5 +1,6 @@
 """The training command's faults: progress output, argument checks that come before any training, exit statuses."""
 import io
+import math
 import os
 import sys
 
@@ -349,3 +350,12 @@ def test_paper_experiments_build_every_tower_with_the_paper_conventions(construc
     assert len(res) == 3 and [k for k, _ in constructor_calls].count("adam") == 2 * 2    # parse check + the run
     assert [k for k, _ in constructor_calls].count("adagrad") == 2
     _check_paper_kwargs(constructor_calls, paper=True)
+
+
+def test_adamw_lion_and_torch_adamw_train():
+    """The training command knows hf.AdamW and hf.Lion (towers too) and torch's AdamW as a baseline."""
+    res = train.run(["--data", "synthetic", "--epochs", "1", "--no-progress", "--opt", "adamw(1e-3)/sgd(1e-5)",
+                     "--opt", "lion(1e-4)/sgd(1e-7)", "--opt", "torch.adamw(1e-3)"])
+    assert [r.spec for r in res] == ["adamw(1e-3)/sgd(1e-5)", "lion(1e-4)/sgd(1e-7)", "torch.adamw(1e-3)"]
+    for r in res:
+        assert all(math.isfinite(e["train_loss"]) for e in r.epochs), r.spec
