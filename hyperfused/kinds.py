@@ -67,6 +67,10 @@ class Kind:
     slots: Tuple[Slot, ...] = ()       # element-wise state, in the kernels' order
     step: bool = False                 # keeps a per-tensor step count ("step", a 0-dim tensor)
     learnable: Optional[Tuple[str, ...]] = None   # what a level above may learn (None: every hyperparameter)
+    #: the cfg keys of the two constants a kernel call takes per level (EPS_PER_LEVEL): Adagrad's and RMSprop's
+    #: denominators sqrt(s + eps_root) + eps; Adam's eps and v's initial value (its beta2 Jacobian at the first
+    #: step is exactly 0 when v starts at 0)
+    consts: Tuple[str, str] = ("eps", "eps_root")
 
     @property
     def learnable_names(self) -> Tuple[str, ...]:
@@ -114,7 +118,7 @@ KINDS: Dict[str, Kind] = {k.name: k for k in (
     Kind("adam", 3, "Adam", ("lr", "beta1", "beta2"), param={"beta1": SIGMA, "beta2": SIGMA},
          slots=(Slot("exp_avg"), Slot("exp_avg_sq", init="initial_exp_avg_sq"),
                 Slot("prev_grad", lambda cfg, learned: "beta1" in learned or "beta2" in learned, prev=True)),
-         step=True),
+         step=True, consts=("eps", "initial_exp_avg_sq")),
     Kind("lion", 4, "Lion", ("lr", "beta1", "beta2"), learnable=("lr",),
          slots=(Slot("exp_avg"), Slot("prev_sign", lambda cfg, learned: "lr" in learned, prev=True))),
 )}

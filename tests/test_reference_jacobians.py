@@ -94,3 +94,39 @@ def test_adam_beta2_guard_where_v_underflowed():
     _, st = ref.adam_update(x, g, st, hp, cfg, learned)
     J = ref.adam_jac(st, hp, raw, cfg, learned)
     assert torch.isfinite(J["beta2"]).all() and float(J["beta2"][0]) == 0.0
+
+
+def _backends():
+    from hyperfused import ops
+    out = ["reference"]
+    if ops.extension_available():
+        out.append("cpu")
+    if ops.triton_available() and not torch.cuda.is_available():
+        out.append("triton")
+    return out
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_adam_beta_jacobians_of_the_first_update_are_exact_zeros(dtype, backend, one_pass):
+    """mh_1 = g whatever beta1, and vh_1 = g^2 whatever beta2 when v starts at 0: the hypergradient of the second
+    step leaves both betas bitwise as they were (not round-off, which an Adam or Lion level above would turn into
+    full steps); with v_0 > 0 (the paper starts at eps) beta2 has a true Jacobian and moves; from the third step
+    both move."""
+    import hyperfused as hf
+    for v0, beta2_moves in ((0.0, False), (0.1, True)):
+        g = torch.Generator().manual_seed(1)
+        ps = [torch.nn.Parameter(torch.randn(5, 7, generator=g, dtype=torch.float64).to(dtype))]
+        # Lion above: its step is sign(delta) lr, so any round-off left in delta would move the betas by 1e-3
+        opt = hf.Adam(ps, lr=1e-2, initial_exp_avg_sq=v0, hyper=hf.Lion(lr=1e-3), backend=backend, one_pass=one_pass)
+        b1, b2 = opt.hyperparameters()["beta1"], opt.hyperparameters()["beta2"]
+        seen = []
+        for t in range(3):
+            ps[0].grad = torch.randn(5, 7, generator=g, dtype=torch.float64).to(dtype)
+            opt.step()
+            h = opt.hyperparameters()
+            seen.append((h["beta1"], h["beta2"]))
+        assert seen[1][0] == b1, (backend, seen)
+        assert (seen[1][1] != b2) == beta2_moves, (backend, v0, seen)
+        assert seen[2][0] != b1 and seen[2][1] != b2, seen

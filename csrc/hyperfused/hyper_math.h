@@ -41,7 +41,7 @@ struct Scalars {
   T h1;     // momentum / alpha (gamma) / beta1
   T h2;     // beta2
   T eps;      // added to the denominator outside the square root
-  T eps_root;  // Adagrad, RMSprop: added under the square root
+  T eps_root;  // Adagrad, RMSprop: added under the square root; Adam: v's initial value
   T raw_lr;  // RMSprop: a with lr = a^2
   T dsig1;   // sigma'(raw h1) for Adam's beta1 and RMSprop's gamma
   T dsig2;   // sigma'(raw beta2)
@@ -71,6 +71,17 @@ HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T eps_root, T ra
   s.ih1c1 = T(1) / (h1 * s.c1);
   s.ih2c2 = T(1) / (h2 * s.c2);
   s.ih1 = T(1) / h1;
+  // Adam's Jacobians of its first update: mh_1 = g whatever beta1, and vh_1 = g^2 whatever beta2 when v starts at
+  // 0 (eps_root is Adam's initial v, kinds.py consts): exactly 0, so the terms whose difference is 0 are zeroed
+  // rather than left to round-off (only Adam's Jacobians read these four)
+  if (t == T(1)) {
+    s.ih1c1 = T(0);
+    s.dc1 = T(0);
+    if (eps_root == T(0)) {
+      s.ih2c2 = T(0);
+      s.dc2 = T(0);
+    }
+  }
   return s;
 }
 

@@ -53,7 +53,7 @@ def _table_columns(kind: str, learned: Sequence[str]):
 
 def _eps(kind: str, cfg: dict) -> List[float]:
     """The ops' eps argument: [eps, eps_root], the denominators' sqrt(s + eps_root) + eps."""
-    return list(eps_pair(cfg))
+    return list(eps_pair(kind, cfg))
 
 
 def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], raw: Dict[str, Tensor],

@@ -198,15 +198,20 @@ def adam_jac(st, hp, raw, cfg, learned):
     J: Dict[str, Tensor] = {}
     if "lr" in learned:
         J["lr"] = -(mh / den)
+    # at the first step mh = g whatever beta1, and vh = g^2 whatever beta2 when v starts at 0: those Jacobians are
+    # exactly 0, where the formulas below would give the round-off of two nearly equal terms (docs/MATH.md §4.4)
+    first = t == 1
     if "beta1" in learned:
         g = st["prev_grad"]
         dmh = (m - g) / b1 / c1 + m * t * b1 ** (t - 1) / (c1 * c1)
-        J["beta1"] = -lr * dmh / den * dsigma(raw["beta1"])
+        term = -lr * dmh / den * dsigma(raw["beta1"])
+        J["beta1"] = torch.where(first, torch.zeros_like(term), term)
     if "beta2" in learned:
         g = st["prev_grad"]
         dvh = (v - g * g) / b2 / c2 + v * t * b2 ** (t - 1) / (c2 * c2)
         term = lr * mh / (den * den) / (2.0 * S) * dvh * dsigma(raw["beta2"])
-        J["beta2"] = torch.where(S > 0, term, torch.zeros_like(term))
+        zero = (S <= 0) | (first & (cfg.get("initial_exp_avg_sq", 0.0) == 0))
+        J["beta2"] = torch.where(zero, torch.zeros_like(term), term)
     return J
 
 

@@ -48,7 +48,7 @@ def _args(levels, specs, device, dtype) -> Tuple[List[int], List[float], List[Te
         arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
         slots += arrays + [none] * (STATE_SLOTS - len(arrays))
         slots += [st["step"] if "step" in st else none, st["valid"] if "valid" in st else none]
-    eps = [e for *_, cfg in specs for e in eps_pair(cfg)]
+    eps = [e for lv, *_, cfg in specs for e in eps_pair(lv.kind, cfg)]
     return desc, eps, slots
 
 

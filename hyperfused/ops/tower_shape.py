@@ -8,9 +8,11 @@ from typing import Dict, Sequence, Tuple
 from .. import kinds
 
 
-def eps_pair(cfg) -> Tuple[float, float]:
-    """(eps, eps_root) of a level: its denominators are sqrt(s + eps_root) + eps (the kernels' eps argument)."""
-    return float(cfg.get("eps", 0.0)), float(cfg.get("eps_root", 0.0))
+def eps_pair(kind: str, cfg) -> Tuple[float, float]:
+    """The two constants of a level (the kernels' eps argument; kinds.Kind.consts): (eps, eps_root) for Adagrad
+    and RMSprop, whose denominators are sqrt(s + eps_root) + eps; (eps, initial_exp_avg_sq) for Adam."""
+    a, b = kinds.KINDS[kind].consts
+    return float(cfg.get(a, 0.0)), float(cfg.get(b, 0.0))
 
 
 def _state_keys(kind, cfg, learned):

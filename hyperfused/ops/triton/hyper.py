@@ -109,26 +109,34 @@ def _derived(scal_ptr, row, eps_ptr):
     flag = tl.load(base + 7)
     eps = tl.load(eps_ptr)
     eps_root = tl.load(eps_ptr + 1)
-    c1, c2, dc1, dc2 = _bias(h1, h2, t)
-    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps, eps_root
+    c1, c2, dc1, dc2, r1, r2 = _bias(h1, h2, t, eps_root)
+    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, flag, eps, eps_root
 
 
 @triton.jit
-def _bias(h1, h2, t):
-    """Adam's bias corrections 1 - b^t and their derivatives t b^(t-1) / (1 - b^t)^2 for both betas; b^t as
-    exp(t log b) (t is a float step count), and b^(t-1) exactly 1 at t = 1."""
+def _bias(h1, h2, t, v0):
+    """Adam's bias corrections 1 - b^t, their derivatives t b^(t-1) / (1 - b^t)^2 and 1 / (b (1 - b^t)) for both
+    betas; b^t as exp(t log b) (t is a float step count), and b^(t-1) exactly 1 at t = 1. At t = 1 the beta1
+    terms (and the beta2 terms when v starts at v0 = 0) are 0: those Jacobians are exactly 0 (hyper_math.h
+    make_scalars)."""
     p1 = tl.exp(t * tl.log(h1))
     p2 = tl.exp(t * tl.log(h2))
     q1 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h1)))
     q2 = tl.where(t == 1.0, 1.0, tl.exp((t - 1.0) * tl.log(h2)))
     c1 = 1.0 - p1
     c2 = 1.0 - p2
-    return c1, c2, t * q1 / (c1 * c1), t * q2 / (c2 * c2)
+    first = t == 1.0
+    keep2 = tl.where(v0 == 0.0, 0.0, 1.0)       # (nested, not `first & ...`: scalar bools in the interpreter)
+    dc1 = tl.where(first, 0.0, t * q1 / (c1 * c1))
+    dc2 = tl.where(first, keep2, 1.0) * (t * q2 / (c2 * c2))
+    r1 = tl.where(first, 0.0, 1.0 / (h1 * c1))
+    r2 = tl.where(first, keep2, 1.0) * (1.0 / (h2 * c2))
+    return c1, c2, dc1, dc2, r1, r2
 
 
 @triton.jit
 def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1, a2,
-         lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, eps, eps_root):
+         lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, eps, eps_root):
     """J_lr, J_h1, J_h2 of the last update at one tile, rebuilt from its state (a0, a1, a2: s0, s1, s2 in the
     math type) and its scalars; hyper_math.h element_jac. Adagrad's and RMSprop's denominator is
     D = R + eps with R = sqrt(s + eps_root)."""
@@ -157,10 +165,10 @@ def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1
         rden = 1.0 / (S + eps)
         j0 = -(mh * rden)
         if LEARN & 2:
-            dmh = (a0 - a2) / (h1 * c1) + a0 * dc1
+            dmh = (a0 - a2) * r1 + a0 * dc1
             j1 = -lr * dmh * rden * dsig1
         if LEARN & 4:
-            dvh = (a1 - a2 * a2) / (h2 * c2) + a1 * dc2
+            dvh = (a1 - a2 * a2) * r2 + a1 * dc2
             term = lr * mh * (rden * rden) / (2.0 * S) * dvh * dsig2
             j2 = tl.where(S > 0.0, term, zero)
     return j0, j1, j2
@@ -242,7 +250,7 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g."""
     pid, t, start, end, _xp, gp, p0, p1, p2 = _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
                                                              n_tensors, G_DT, M_DT, ALIGNED, CHUNK)
-    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, flag, eps64, epsr64 = _derived(scal_ptr, t, eps_ptr)
+    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, flag, eps64, epsr64 = _derived(scal_ptr, t, eps_ptr)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     valid = (zi + (flag != 0.0).to(tl.int32)) != 0     # broadcast first: scalar & block fails in the interpreter
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
@@ -271,8 +279,8 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
                 a2 = tl.load(p2 + offs, mask=m, other=0.0)
             j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, a0, a1, a2,
                               lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), raw_lr.to(M_DT), dsig1.to(M_DT),
-                              dsig2.to(M_DT), c1.to(M_DT), c2.to(M_DT), dc1.to(M_DT), dc2.to(M_DT), eps64.to(M_DT),
-                              epsr64.to(M_DT))
+                              dsig2.to(M_DT), c1.to(M_DT), c2.to(M_DT), dc1.to(M_DT), dc2.to(M_DT), r1.to(M_DT),
+                              r2.to(M_DT), eps64.to(M_DT), epsr64.to(M_DT))
             use = m & valid
             acc0 += tl.where(use, g * j0, 0.0)
             acc1 += tl.where(use, g * j1, 0.0)
@@ -297,7 +305,8 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
                                                             n_tensors, X_DT, M_DT, ALIGNED, CHUNK)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0      # broadcast first: scalar & block fails in the interpreter
-    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, store_prev, eps64, epsr64 = _derived(scal_ptr, t, eps_ptr)
+    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, _dc1, _dc2, _r1, _r2, store_prev, eps64, epsr64 = _derived(
+        scal_ptr, t, eps_ptr)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
@@ -305,7 +314,8 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     bad = tl.zeros([BLOCK], dtype=tl.float32)
     jvalid = ok
     if ONE_PASS:
-        (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jflag, _e, _er) = _derived(jscal_ptr, t, eps_ptr)
+        (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2, jflag, _e, _er) = _derived(
+            jscal_ptr, t, eps_ptr)
         jvalid = (zi + (jflag != 0.0).to(tl.int32)) != 0
     if SCALED:
         inv = tl.load(inv_scale_ptr).to(M_DT)
@@ -332,7 +342,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
             j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, a0, a1, a2,
                               jlr.to(M_DT), jh1.to(M_DT), jh2.to(M_DT), jraw.to(M_DT), jds1.to(M_DT),
                               jds2.to(M_DT), jc1.to(M_DT), jc2.to(M_DT), jdc1.to(M_DT), jdc2.to(M_DT),
-                              eps64.to(M_DT), epsr64.to(M_DT))
+                              jr1.to(M_DT), jr2.to(M_DT), eps64.to(M_DT), epsr64.to(M_DT))
             use = m & jvalid
             acc0 += tl.where(use, g * j0, 0.0)
             acc1 += tl.where(use, g * j1, 0.0)

@@ -164,12 +164,12 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         t = tl.zeros([BLOCK], dtype=DT)
         if STEPS[k]:
             t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT)))
-        c1, c2, dc1, dc2 = _bias(h1, h2, t)
         s0, s1, s2 = _state(tab, k, r, m, NSTATE[k], BLOCK, DT)
         eps = tl.load(eps_ptr + 2 * k).to(DT)
         eps_root = tl.load(eps_ptr + 2 * k + 1).to(DT)
-        j0, j1, j2 = _jac(KINDS[k], LEARN[k], MOM[k], s0, s1, s2, lr, h1, h2, raw_lr, ds1, ds2, c1, c2, dc1, dc2, eps,
-                          eps_root)
+        c1, c2, dc1, dc2, r1, r2 = _bias(h1, h2, t, eps_root)
+        j0, j1, j2 = _jac(KINDS[k], LEARN[k], MOM[k], s0, s1, s2, lr, h1, h2, raw_lr, ds1, ds2, c1, c2, dc1, dc2, r1,
+                          r2, eps, eps_root)
         c0 = tl.where(m, g * j0, 0.0)
         out = tl.zeros([BLOCK], dtype=DT)
         pos = 0
@@ -202,10 +202,10 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         t = tl.zeros([BLOCK], dtype=DT)
         if STEPS[k]:
             t = t + tl.load(tl.load(tab + k * 8 + 6).to(tl.pointer_type(DT))) + 1.0
-        c1, c2, dc1, dc2 = _bias(h1, h2, t)
         s0, s1, s2 = _state(tab, k, r, m, NSTATE[k], BLOCK, DT)
         eps = tl.load(eps_ptr + 2 * k).to(DT)
         eps_root = tl.load(eps_ptr + 2 * k + 1).to(DT)
+        c1, c2, _dc1, _dc2, _r1, _r2 = _bias(h1, h2, t, eps_root)
         xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, eps_root, c1, c2)
         # the previous gradient, where a Jacobian of this level needs it (its slot: hyperfused.kinds)
         if PREV[k] == 0:
@@ -294,7 +294,7 @@ def _table(levels, specs, device) -> Tensor:
 
 
 def _eps(specs, device) -> Tensor:
-    vals = tuple(e for *_, cfg in specs for e in eps_pair(cfg))     # [eps, eps_root] per level
+    vals = tuple(e for lv, *_, cfg in specs for e in eps_pair(lv.kind, cfg))     # the two constants per level
     key = (str(device), vals)
     t = _EPS.get(key)
     if t is None:
