@@ -49,7 +49,42 @@ CONFIGS = {
     "torch SGD momentum fused": (lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, fused=True), 20, None),
     "hf SGD (lr) exact": (lambda p: hf.SGD(p, lr=1e-3, hyper=hf.SGD(lr=1e-8), backend="cpu"), 20,
                           "torch SGD momentum fused"),
+    # AdamW: the decay's multiply of x (+8) and the dot product sum(g x) for the lr (+8) are their own passes
+    "torch AdamW fused": (lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, fused=True), 28, None),
+    "hf AdamW (lr) exact": (lambda p: hf.AdamW(p, lr=1e-3, weight_decay=1e-2, learn=("lr",), hyper=hf.SGD(lr=1e-8),
+                                               backend="cpu"), 56, "torch AdamW fused"),
+    "hf AdamW (lr) one-pass": (lambda p: hf.AdamW(p, lr=1e-3, weight_decay=1e-2, learn=("lr",),
+                                                  hyper=hf.SGD(lr=1e-8), backend="cpu", one_pass=True), 48,
+                               "torch AdamW fused"),
+    # Lion: torch has none; the baseline is Lion's paper algorithm as torch's foreach ops (x, g, m read; x, m written)
+    "foreach Lion": (lambda p: ForeachLion(p, lr=1e-4), 20, None),
+    "hf Lion (lr) exact": (lambda p: hf.Lion(p, lr=1e-4, hyper=hf.SGD(lr=1e-10), backend="cpu"), 32,
+                           "foreach Lion"),
+    "hf Lion (lr) one-pass": (lambda p: hf.Lion(p, lr=1e-4, hyper=hf.SGD(lr=1e-10), backend="cpu", one_pass=True),
+                              28, "foreach Lion"),
 }
+
+
+class ForeachLion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023) with torch's multi-tensor (foreach) ops, as a fused-less baseline: the update
+    sign(beta1 m + (1 - beta1) g) and m's average, a few passes over x, g, m."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99)):
+        super().__init__(params, dict(lr=lr, betas=betas))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if p.grad is not None]
+            gs = [p.grad for p in ps]
+            ms = [self.state[p].setdefault("exp_avg", torch.zeros_like(p)) for p in ps]
+            b1, b2 = group["betas"]
+            c = torch._foreach_mul(ms, b1)
+            torch._foreach_add_(c, gs, alpha=1 - b1)
+            torch._foreach_sign_(c)
+            torch._foreach_add_(ps, c, alpha=-group["lr"])
+            torch._foreach_mul_(ms, b2)
+            torch._foreach_add_(ms, gs, alpha=1 - b2)
 
 
 # bytes per parameter each configuration must read: (read-only passes, the update pass); for the baselines the
@@ -63,6 +98,12 @@ READS = {
     "hf Adam plain (no tower)": (4, 16),
     "torch SGD momentum fused": (0, 12),
     "hf SGD (lr) exact": (8, 8),                # pass A: g, g_prev; update: x, g
+    "torch AdamW fused": (0, 16),
+    "hf AdamW (lr) exact": (20, 20),            # pass A: g, m, v and the dot g, x; the decay x, the update x, g, m, v
+    "hf AdamW (lr) one-pass": (12, 20),         # the non-finite read of g and the dot g, x; decay and update
+    "foreach Lion": (0, 12),                    # x, g, m (what any Lion reads)
+    "hf Lion (lr) exact": (8, 12),              # pass A: g, prev_sign; update: x, g, m
+    "hf Lion (lr) one-pass": (4, 16),           # the non-finite read of g; update: x, g, m, prev_sign
 }
 
 # the issue's targets (ratio to the baseline, measured at 16M and 64M elements)

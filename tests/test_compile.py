@@ -112,7 +112,7 @@ CASES = {
 }
 #: (case, op) pairs the capture must produce (test_every_op_is_captured)
 EXPECTED = {
-    "adam": ("hyper_reduce", "hyper_update"),
+    "adam": ("nonfinite_count", "hyper_update"),       # nothing learned: pass A is the skip decision's read
     "adam_one_pass": ("nonfinite_count", "hyper_update"),
     "adam_sgd": ("hyper_reduce_tower", "hyper_tower_commit", "hyper_update"),
     "adam_sgd_one_pass": ("nonfinite_count", "hyper_update_tower", "hyper_tower_commit"),
@@ -159,14 +159,14 @@ def captured():
     out[("mixed_dtype_model", "multi_tensor_dot")] = _clone((([p.grad for p in ps], [p.detach() for p in ps]), {}))
     inv = torch.tensor([0.5], dtype=torch.float64)
     for (case, name), (args, kwargs) in list(out.items()):
-        if name in SCALED and case in ("adam_sgd", "adam_sgd_one_pass", "adam"):
+        if name in SCALED and case in ("adam_sgd", "adam_sgd_one_pass", "adam", "adam_sgd_mixed_dtype"):
             out[(case + "_inv_scale", name)] = (args, dict(kwargs, inv_scale=inv))
     return out
 
 
 OPCHECKED = sorted({(c, o) for c, ops_ in EXPECTED.items() for o in ops_}
                    | {("mixed_dtype_model", "multi_tensor_dot")}
-                   | {(c + "_inv_scale", o) for c in ("adam", "adam_sgd", "adam_sgd_one_pass")
+                   | {(c + "_inv_scale", o) for c in ("adam", "adam_sgd", "adam_sgd_one_pass", "adam_sgd_mixed_dtype")
                       for o in EXPECTED[c] if o in SCALED})
 
 

@@ -117,6 +117,6 @@ def test_adagrad_refuses_what_it_does_not_implement():
     with pytest.raises(ValueError, match="lr_decay"):
         hf.Adagrad(p, lr_decay=0.1)
     with pytest.raises(ValueError, match="weight_decay"):
-        hf.Adagrad(p, weight_decay=0.1)
+        hf.Adagrad(p, weight_decay=-0.1)
     with pytest.raises(TypeError, match="eps_inside_sqrt"):
         hf.Adagrad(p, eps_inside_sqrt="yes")

@@ -26,6 +26,8 @@ template <typename V>
 struct VecMathOps {
   static inline V sqrt(V x) { return x.sqrt(); }
   static inline V where_pos(V s, V v) { return V::blendv(V(0), v, s > V(0)); }
+  // (x > 0) - (x < 0): the comparison masks select 1 and -1 (0 where x is 0, as std's sign)
+  static inline V sign(V x) { return V::blendv(V(0), V(1), x > V(0)) - V::blendv(V(0), V(1), x < V(0)); }
 };
 template <>
 struct MathOps<at::vec::Vectorized<double>> : VecMathOps<at::vec::Vectorized<double>> {};
@@ -171,7 +173,7 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
   // prefetch exactly the streams the body reads: an array the caller passes but the body does not use (the
   // previous gradient where only g and s0 enter) would otherwise be pulled through memory for nothing
   const Streams<T> g_only{{g, nullptr, nullptr, nullptr}}, g_s0{{g, s0, nullptr, nullptr}},
-      g_s01{{g, s0, s1, nullptr}}, g_s012{{g, s0, s1, s2}};
+      g_s01{{g, s0, s1, nullptr}}, g_s012{{g, s0, s1, s2}}, g_s1{{g, s1, nullptr, nullptr}};
   if (!with_jac) {
     return reduce_loop<T, false>(g_only, g, begin, end, out, [](auto, int64_t, auto&, auto&, auto&) {});
   }
@@ -211,6 +213,11 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
       return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
         using V = decltype(z);
         j0 = adam_jac_lr(ld<V>(s0, k), ld<V>(s1, k), sc.template get<V>());
+      });
+    case kLion:  // J_lr = -sign(c) of the last update, kept in s1
+      return reduce_loop<T, true>(g_s1, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
+        using V = decltype(z);
+        j0 = -ld<V>(s1, k);
       });
     default:  // no vector loop (has_vector_loop): the caller runs the element path
       return;
@@ -275,6 +282,16 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         st<V>(s1, k, v);
         if (h12) st<V>(s2, k, gk);                      // the previous gradient, for J_beta
       });
+    case kLion: {
+      const bool keep_sign = (f.learn & kLearnLr) != 0;  // sign(c), for J_lr (not a gradient: always written)
+      return update_loop<T>(begin, end, [&](auto z, int64_t k) {
+        using V = decltype(z);
+        V m = ld<V>(s0, k), s;
+        st<V>(x, k, lion_step(ld<V>(x, k), ld<V>(g, k), m, s, sc.template get<V>()));
+        st<V>(s0, k, m);
+        if (keep_sign) st<V>(s1, k, s);
+      });
+    }
     default:  // no vector loop (has_vector_loop): the caller runs the element path
       return;
   }

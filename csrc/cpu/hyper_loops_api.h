@@ -20,7 +20,7 @@ struct LoopFlags {
 // The kinds with a vectorised loop below; any other kind of kinds.h's table runs the element path of hyper_elem.h
 // (the CUDA kernels' per-element code, one element at a time) for float and double too.
 inline bool has_vector_loop(int kind) {
-  return kind == kSGD || kind == kAdagrad || kind == kRMSprop || kind == kAdam;
+  return kind == kSGD || kind == kAdagrad || kind == kRMSprop || kind == kAdam || kind == kLion;
 }
 
 // One table of entry points per instruction set.

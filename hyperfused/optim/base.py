@@ -297,7 +297,20 @@ class HyperOptimizer(torch.optim.Optimizer):
         return gt
 
     def _level_specs(self, gi: int) -> List[Tuple["HyperOptimizer", Dict[str, float], Tuple[str, ...], bool, dict]]:
-        """(level, initial values, learned names, per_tensor, cfg) for every level of group ``gi``."""
+        """(level, initial values, learned names, per_tensor, cfg) for every level of group ``gi``. Kept while the
+        group's values are the ones last adopted (``_seen[gi]``, replaced by every adoption): each step reads them,
+        and checking and building them is a good part of a small model's step."""
+        seen = self._seen.get(gi) if hasattr(self, "_seen") else None
+        cache = self.__dict__.setdefault("_specs_cache", {})
+        hit = cache.get(gi)
+        if seen is not None and hit is not None and hit[0] is seen and hit[1] is self.param_groups[gi]:
+            return hit[2]
+        specs = self._build_specs(gi)
+        if seen is not None:
+            cache[gi] = (seen, self.param_groups[gi], specs)
+        return specs
+
+    def _build_specs(self, gi: int):
         group = self.param_groups[gi]
         vals0 = self._values_from(group)
         specs = [(self, vals0, self._group_learned(group), bool(group.get("per_tensor", False)),
@@ -511,6 +524,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 if lr_ok is not None:
                     lr_oks.append(lr_ok)
                 plans.append(self._collect(gi, group))
+                plans[-1]["lr_adopted"] = lr_ok is not None
         if not plans:
             return loss
         # torch.amp.GradScaler's protocol for optimizers that handle scaling themselves
@@ -556,12 +570,16 @@ class HyperOptimizer(torch.optim.Optimizer):
                     self._plan_tower(plan, *res)
             ok = ok_g & _all([plan["ok"] for plan in plans])
             for plan in plans:
-                used = plan["levels"][0]["used"]
-                for name, t in plan["levels"][0]["hp"].items():
-                    used[name].copy_(torch.where(ok_g, t, used[name]))
+                if plan["specs"][0][2]:                 # the values the next Jacobian is rebuilt with
+                    used = plan["levels"][0]["used"]
+                    for name, t in plan["levels"][0]["hp"].items():
+                        used[name].copy_(torch.where(ok_g, t, used[name]))
                 self._commit_tower(plan, ok)
         for plan in plans:
-            self._publish_lr(plan["gi"], plan["specs"][0])
+            # param_groups' lr tensor shows the value in use: refreshed where it may have changed (a learned lr,
+            # or one adopted from param_groups this step)
+            if "lr" in plan["specs"][0][2] or plan["lr_adopted"]:
+                self._publish_lr(plan["gi"], plan["specs"][0])
         self._tower()["skipped_steps"].add_((~ok).to(torch.int64))
         return loss
 
@@ -679,6 +697,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         _, _, learned0, per0, cfg0 = spec0
         if not plan["params"]:
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
+        if not learned0:                     # nothing learned: pass A is the skip decision's read of the gradients
+            return {}, self._grads_finite(plan)
         hp_rows = self._rows(plan["levels"][0]["hp"], plan["index"], per0)
         vals = self._values_of(spec0, hp_rows)
         d0, finite = plan["backend"].reduce(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
@@ -812,9 +832,10 @@ class HyperOptimizer(torch.optim.Optimizer):
                                                 plan["states"], self._values_of(spec0, rows), ok, raw=rows, jac=jac,
                                                 inv_scale=plan.get("inv_scale"))
             # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
-            moved = [st["moved"] for st in plan["states"]]
-            torch._foreach_maximum_(moved, [ok] * len(moved))                  # moved |= ok
-        if plan["idle"]:              # no gradient this step: did not move, so no Jacobian next step
+            if learned0:              # (the flags say whether a tensor's last update has a Jacobian)
+                moved = [st["moved"] for st in plan["states"]]
+                torch._foreach_maximum_(moved, [ok] * len(moved))              # moved |= ok
+        if plan["idle"] and learned0:   # no gradient this step: did not move, so no Jacobian next step
             idle = [st["moved"] for st in plan["idle"]]
             torch._foreach_minimum_(idle, [~ok] * len(idle))                   # moved &= ~ok
         if not self._one_pass or "tower_commit" in plan:      # exact mode, or the tower already planned
@@ -1080,6 +1101,9 @@ _TRANSFORM_KEYS = ("weight_decay", "maximize", "decoupled_weight_decay")
 
 def _same(a, b) -> bool:
     """Whether two param_group values are the same (tensors by value, containers element-wise)."""
+    ta = type(a)
+    if ta is type(b) and (ta is float or ta is bool or ta is int or ta is str or a is None):
+        return a == b
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
             return False
