@@ -87,6 +87,14 @@ class ForeachLion(torch.optim.Optimizer):
             torch._foreach_add_(ms, gs, alpha=1 - b2)
 
 
+# the configurations in groups that are run (and allocated) together: bench/make_results.py's sections
+GROUPS = {"step": ["torch Adam fused", "hf Adam (lr, betas) exact", "hf Adam (lr) exact", "hf Adam (lr) one-pass",
+                   "hf Adam (lr, betas) one-pass", "hf Adam plain (no tower)", "torch SGD momentum fused",
+                   "hf SGD (lr) exact"],
+          "adamw_lion": ["torch AdamW fused", "hf AdamW (lr) exact", "hf AdamW (lr) one-pass", "foreach Lion",
+                         "hf Lion (lr) exact", "hf Lion (lr) one-pass"]}
+
+
 # bytes per parameter each configuration must read: (read-only passes, the update pass); for the baselines the
 # update's reads
 READS = {

@@ -62,7 +62,8 @@ def main(argv=None):
         lines = open(args.out).read().splitlines()
         for name in only:
             new = {"agd": lambda: agd_section(reps, args.quick), "step": lambda: step_section(reps),
-                   "overhead": lambda: overhead_section(reps)}[name]()
+                   "overhead": lambda: overhead_section(reps),
+                   "adamw_lion": lambda: adamw_lion_section(reps)}[name]()
             new = new[:1] + ["", f"This section regenerated alone on {datetime.date.today()} "
                                  f"(`python bench/make_results.py --only {name}`); machine: {machine()}."] + new[1:]
             if SECTIONS[name] not in lines:            # a section new since the file was written: add it
@@ -93,6 +94,7 @@ def main(argv=None):
          "Shared 2-core machine: absolute times vary by tens of percent between runs; every ratio below comes "
          "from configurations measured side by side in one run (round-robin, medians).", ""]
     L += step_section(reps)
+    L += adamw_lion_section(reps)
     L += overhead_section(reps)
     L += ["## Whole training step, 784-2048-2048-10 MLP, batch 256 (CPU, 2 threads)", "",
           f"Command: `python bench/bench_mlp_step.py {' '.join(mlp_cmd[:-2])}`", "",
@@ -123,7 +125,8 @@ def main(argv=None):
 
 
 SECTIONS = {"agd": "## Automatic Gradient Descent", "step": "## Optimizer step, 8 float32 tensors (CPU, 2 threads)",
-            "overhead": "## Optimizer step of a small model: dispatch and Python (CPU, 2 threads)"}
+            "overhead": "## Optimizer step of a small model: dispatch and Python (CPU, 2 threads)",
+            "adamw_lion": "## AdamW and Lion step, 8 float32 tensors (CPU, 2 threads)"}
 
 
 def overhead_section(reps):
@@ -142,12 +145,14 @@ def overhead_section(reps):
     return L + [""]
 
 
-def step_section(reps):
+def step_section(reps, group="step", elements=("16M", "64M")):
     with tempfile.TemporaryDirectory() as tmp:
-        step_cmd = ["--threads", "2", "--elements", "16M", "64M", "--reps", str(reps), "--json", f"{tmp}/step.json"]
+        step_cmd = ["--threads", "2", "--elements", *elements, "--reps", str(reps),
+                    "--only", *bench_cpu_step.GROUPS[group], "--json", f"{tmp}/step.json"]
         bench_cpu_step.main(step_cmd)
         step = json.load(open(f"{tmp}/step.json"))
-    L = [SECTIONS["step"], "",
+    step_cmd = [a if " " not in a else f'"{a}"' for a in step_cmd]
+    L = [SECTIONS[group], "",
          f"Command: `python bench/bench_cpu_step.py {' '.join(step_cmd[:-2])}`", "",
          "Effective bandwidth = bytes per parameter moved x elements / median step time; `BW vs base` compares it "
          "with torch's fused optimizer in the same run. Bytes are docs/MATH.md §6's model less the 4 B write of the "
@@ -173,6 +178,17 @@ def step_section(reps):
                      f"{cell('bw_vs_baseline', '{:.0%}')} | {cell('bw_ceiling', '{:.0%}')} |")
         L += ["", "Read-only probes in the same run: " + "; ".join(
             f"{name} {p['read_gbps']:.1f} GB/s" for name, p in res["_probes"].items()) + ".", ""]
+    return L
+
+
+def adamw_lion_section(reps):
+    """hf.AdamW and hf.Lion learning lr against torch's fused AdamW and a foreach Lion (16M elements: the 64M
+    run of every configuration at once would not fit this machine's memory)."""
+    L = step_section(reps, "adamw_lion", ("16M",))
+    L[1:1] = ["", "AdamW's decoupled decay and the dot product sum(g x) of its lr hypergradient run as passes of "
+              "their own (docs/MATH.md §4.6): 56 B per parameter against torch's fused 28. Torch has no Lion: its "
+              "baseline is the paper's algorithm in torch's foreach ops (20 B moved if fused; several passes as "
+              "written). The floor for Lion is relative to that slow baseline's read rate and means little."]
     return L
 
 

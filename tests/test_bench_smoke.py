@@ -12,6 +12,11 @@ def test_cpu_step_benchmark_runs(capsys):
     res = bench_cpu_step.main(["--elements", "64K", "--reps", "2", "--warmup", "1"])
     rows = {k: v for k, v in res["64K"].items() if not k.startswith("_")}
     assert set(rows) == set(bench_cpu_step.CONFIGS)
+    # make_results.py runs the configurations group by group: every one in exactly one group, baselines included
+    grouped = [n for names in bench_cpu_step.GROUPS.values() for n in names]
+    assert sorted(grouped) == sorted(bench_cpu_step.CONFIGS)
+    for names in bench_cpu_step.GROUPS.values():
+        assert all(bench_cpu_step.CONFIGS[n][2] in (None, *names) for n in names)
     for name, r in rows.items():
         assert r["median_ms"] > 0 and r["gbps"] > 0
         if r["baseline"] is not None:
