@@ -5,9 +5,22 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+import torch
+
 import hyperfused as hf
-from hyperfused import kinds
+from hyperfused import kinds, ops
 from towers import UPPER
+
+
+def backends() -> List[str]:
+    """The backends that run here: the reference, the C++ kernels when built, Triton (on CPU tensors under its
+    interpreter when there is no GPU)."""
+    out = ["reference"]
+    if ops.extension_available():
+        out.append("cpu")
+    if ops.triton_available() and not torch.cuda.is_available():
+        out.append("triton")
+    return out
 
 #: the level-0 learning rate each kind is tested with (steps large enough to move, small enough to stay finite);
 #: a kind not named here is tested with its class's default lr

@@ -6,20 +6,14 @@ import pytest
 import torch
 
 import hyperfused as hf
-from hyperfused import ops
+from hyperfused import ops  # noqa: F401
+from optim_infos import backends as _backends
 
 STEPS = 50
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 SHAPES = [(1,), (7,), (13, 11), (4097,)]
 
 
-def _backends():
-    out = ["reference"]
-    if ops.extension_available():
-        out.append("cpu")
-    if ops.triton_available() and not torch.cuda.is_available():
-        out.append("triton")
-    return out
 
 
 def _lion_loop(ps, grads, lr, betas, wd, maximize):

@@ -12,18 +12,12 @@ import pytest
 import torch
 
 import hyperfused as hf
-from hyperfused import ops
+from hyperfused import ops  # noqa: F401
+from optim_infos import backends as _backends
 
 KAPPA = 1e-3           # the level above: plain SGD on the raw lr
 
 
-def _backends():
-    out = ["reference"]
-    if ops.extension_available():
-        out.append("cpu")
-    if ops.triton_available() and not torch.cuda.is_available():
-        out.append("triton")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the simulation

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import hyperfused as hf
-from hyperfused import ops
+from hyperfused import ops  # noqa: F401
+from optim_infos import backends as _backends
 
 SHAPES = [(1,), (7,), (13, 11), (4097,)]      # a scalar tail, a vector body, a 2-D tensor, several vectors
 SCALES = [1e-4, 1.0]
@@ -37,13 +38,6 @@ CASES = [
 ]
 
 
-def _backends():
-    out = ["reference"]
-    if ops.extension_available():
-        out.append("cpu")
-    if ops.triton_available() and not torch.cuda.is_available():    # CPU tensors: the Triton interpreter
-        out.append("triton")
-    return out
 
 
 def _params(dtype, scale_index):

@@ -38,3 +38,19 @@ def check_unit(value, name: str, learned: Sequence[str], where: str, key: str) -
             raise ValueError(f"{where}: a learned {name} must lie strictly inside (0, 1), got {value!r}")
     elif not 0.0 <= v < 1.0:
         raise ValueError(f"{where}: {name} must lie in [0, 1), got {value!r}")
+
+
+class BetasValues:
+    """The hyperparameters of a param group holding ``lr`` and ``betas=(beta1, beta2)`` (Adam's, Lion's): a mixin
+    placed before HyperOptimizer."""
+
+    @classmethod
+    def _values_from(cls, d):
+        b1, b2 = d["betas"]
+        return {"lr": d["lr"], "beta1": b1, "beta2": b2}
+
+    @classmethod
+    def _check_values(cls, values, learned, where) -> None:
+        check_nonneg(values["lr"], "lr", where)
+        check_unit(values["beta1"], "beta1 (betas[0])", learned, where, "beta1")
+        check_unit(values["beta2"], "beta2 (betas[1])", learned, where, "beta2")

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ._checks import check_nonneg, check_unit
+from ._checks import BetasValues, check_nonneg
 from .base import HyperOptimizer, ParamsT
 
 
-class Adam(HyperOptimizer):
+class Adam(BetasValues, HyperOptimizer):
     """Hypergradient Adam; with no level above, torch.optim.Adam.
 
     ``m_0 = 0``, ``v_0 = initial_exp_avg_sq`` (0, as torch; the paper's package starts at ``eps``), bias
@@ -45,21 +45,11 @@ class Adam(HyperOptimizer):
         self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
 
     @classmethod
-    def _values_from(cls, d: Dict[str, Any]) -> Dict[str, float]:
-        b1, b2 = d["betas"]
-        return {"lr": d["lr"], "beta1": b1, "beta2": b2}
-
-    @classmethod
     def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:
         check_nonneg(d["eps"], "eps", "Adam")
         check_nonneg(d["initial_exp_avg_sq"], "initial_exp_avg_sq", "Adam")
         return {"eps": float(d["eps"]), "initial_exp_avg_sq": float(d["initial_exp_avg_sq"])}
 
-    @classmethod
-    def _check_values(cls, values, learned, where) -> None:
-        check_nonneg(values["lr"], "lr", where)
-        check_unit(values["beta1"], "beta1 (betas[0])", learned, where, "beta1")
-        check_unit(values["beta2"], "beta2 (betas[1])", learned, where, "beta2")
 
 
 class AdamW(Adam):

@@ -1,13 +1,13 @@
 """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms") as a level of a hypergradient tower."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
-from ._checks import check_nonneg, check_unit
+from ._checks import BetasValues
 from .base import HyperOptimizer, ParamsT
 
 
-class Lion(HyperOptimizer):
+class Lion(BetasValues, HyperOptimizer):
     """Hypergradient Lion; with no level above, the Lion of its paper (torch has none):
 
     ``c = beta1 m + (1 - beta1) g``, ``x' = x (1 - lr weight_decay) - lr sign(c)``, ``m' = beta2 m + (1 - beta2) g``
@@ -37,14 +37,3 @@ class Lion(HyperOptimizer):
                         learn=None if learn is None else tuple([learn] if isinstance(learn, str) else learn),
                         per_tensor=per_tensor)
         self._setup(params, defaults, hyper, learn, per_tensor, backend, one_pass)
-
-    @classmethod
-    def _values_from(cls, d: Dict[str, Any]) -> Dict[str, float]:
-        b1, b2 = d["betas"]
-        return {"lr": d["lr"], "beta1": b1, "beta2": b2}
-
-    @classmethod
-    def _check_values(cls, values, learned, where) -> None:
-        check_nonneg(values["lr"], "lr", where)
-        check_unit(values["beta1"], "beta1 (betas[0])", learned, where, "beta1")
-        check_unit(values["beta2"], "beta2 (betas[1])", learned, where, "beta2")
