@@ -317,16 +317,12 @@ def test_a_value_read_after_the_commit_is_the_written_one(captured, backend):
 # ---------------------------------------------------------------------------------------------------- compiled step
 #: what blocks a compiled step (locations as of this file's commit; the code is quoted, lines drift)
 BLOCKERS = {
-    "agd518": "hyperfused/optim/agd.py:518, AGD.step: the reference update reads ok on the host (`elif bool(ok)`)",
-    "agd573": "hyperfused/optim/agd.py:573 (AGD._sigmas_fused, `bool(unsettled.any())`) and hyperfused/ops/agd.py:188 "
-              "(power_iteration, `bool(active.any())`): the power iteration's early exit",
     "f64": "torch 2.13: an in-place write to a 0-dim float64 CPU tensor input is lost under AOTAutograd "
            "(test_torch_drops_inplace_writes_to_0dim_float64_inputs); a group with a float64 parameter keeps its "
            "hyperparameters as such tensors",
 }
 #: how each blocker shows in Dynamo's error (its code or its function; "f64" shows as a mismatch)
-MARKS = {"agd518": r"elif bool\(ok\)",
-         "agd573": r"bool\(unsettled\.any\(\)\)|bool\(active\.any\(\)\)|in _sigmas_fused\b|in power_iteration\b"}
+MARKS: dict = {}
 
 
 class Blocked(Exception):
@@ -343,8 +339,9 @@ STEP_CASES = {     # the blockers that remain (none: the case must pass)
     "cpu-adam_sgd_one_pass": (CASES["adam_sgd_one_pass"], []),
     "cpu-adam_sgd_mixed_dtype_one_pass": (CASES["adam_sgd_mixed_dtype_one_pass"], ["f64"]),
     "cpu-agd_frobenius": (CASES["agd_frobenius"], []),
-    "cpu-agd_spectral": (CASES["agd_spectral"], ["agd573"]),
-    "reference-agd_frobenius": ((ConvNet, lambda p: hf.AGD(p, backend="reference")), ["agd518"]),
+    "cpu-agd_spectral": (CASES["agd_spectral"], []),
+    "reference-agd_frobenius": ((ConvNet, lambda p: hf.AGD(p, backend="reference")), []),
+    "reference-agd_spectral": ((ConvNet, lambda p: hf.AGD(p, norm="spectral", backend="reference")), []),
 }
 
 

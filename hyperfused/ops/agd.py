@@ -185,7 +185,8 @@ def power_iteration(mats: Sequence[Tensor], us: Sequence[Tensor], vs: Sequence[T
             sigma = torch.where(active, s_b, sigma)
             change = (s_b - s_a).abs() / s_b.clamp_min(torch.finfo(s_b.dtype).tiny)
             active = active & (change > tol)
-            if not bool(active.any()):
+            # the early exit reads the device; a traced step runs every iteration (inactive rows keep their values)
+            if not torch.compiler.is_compiling() and not bool(active.any()):
                 break
         rank = min(G.shape[1], G.shape[2])
         sigma = torch.where(nonzero, torch.minimum(torch.maximum(sigma, fro / math.sqrt(rank)), fro), sigma)

@@ -505,9 +505,10 @@ class AGD(torch.optim.Optimizer):
             tri.agd_update(tensors, grads, coef, ok)
         elif self._use_kernels(tensors):
             agd_ops.update(tensors, grads, list(torch.split(coef, counts)), ok)
-        elif bool(ok):
+        else:                 # where(ok, ...): no host read of the verdict (a traced step cannot branch on it)
             for p, g, c in zip(tensors, grads, torch.split(coef, counts)):
-                p.sub_((c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g)
+                step = (c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g
+                p.copy_(torch.where(ok, p - step, p))
         if arena is not None:
             torch.where(ok, arena, before, out=arena)
         book["eta"] = torch.where(ok, eta, book["eta"])
@@ -560,14 +561,17 @@ class AGD(torch.optim.Optimizer):
         iters = [1] * len(grads)
         if self._max_iter > 1:
             unsettled = ((s_a - s_b).abs() > self._tol * s_a) & (f > 0)
-            if bool(unsettled.any()):
+            # (a traced step cannot branch on device values: it continues every tensor, keeping the settled slices
+            # as they are, which gives the same values)
+            compiling = torch.compiler.is_compiling()
+            if compiling or bool(unsettled.any()):
                 # the rare case: continue the tensors that have unsettled slices with batched iterations
                 sigma = sigma.clone()
-                flags = unsettled.tolist()
+                flags = None if compiling else unsettled.tolist()
                 r0 = 0
                 for t, (st, g) in enumerate(zip(states, grads)):
                     S = st["u"].shape[0]
-                    if any(flags[r0:r0 + S]):
+                    if compiling or any(flags[r0:r0 + S]):
                         done = ~unsettled[r0:r0 + S]
                         u, v = st["u"], st["v"]
                         mat = agd_ops.as_slices(g if g.dtype == torch.float64 else g.float())
