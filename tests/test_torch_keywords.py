@@ -314,3 +314,29 @@ def test_a_refused_edit_changes_nothing():
     assert torch.equal(ps[0].detach(), before[0])
     after = opt.state_dict()
     assert torch.equal(after["state"][0]["exp_avg"], before[1]["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("backend", [b for b in _backends() if b != "cpu"])
+def test_decoupled_decay_term_under_grad_scaler(backend):
+    """The dot product of AdamW's lr hypergradient is unscaled like the gradients (triton, cuda: the kernels unscale
+    as they read; the dot product reads them scaled)."""
+    def make(ps):
+        return hf.AdamW(ps, lr=1e-2, weight_decay=0.1, hyper=hf.SGD(lr=KAPPA), backend=backend)
+    p0, o0 = _run_backend(make, torch.float64)
+    p1, o1 = _run_backend(make, torch.float64, scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    assert abs(o1.hyperparameters()["lr"] - o0.hyperparameters()["lr"]) <= 1e-12 * o0.hyperparameters()["lr"]
+    for a, b in zip(p1, p0):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [hf.AdamW, hf.Lion])
+def test_lr_times_weight_decay_of_one_keeps_training(cls):
+    """At lr wd = 1 the decay's Jacobian term cannot be rebuilt (the update erased x): the hypergradient keeps the
+    kind's own term, nothing becomes NaN, no step is skipped (torch's AdamW trains there too)."""
+    ps = [torch.nn.Parameter(torch.randn(6, dtype=torch.float64))]
+    opt = cls(ps, lr=0.5, weight_decay=2.0, hyper=hf.SGD(lr=1e-6), learn=("lr",))
+    for t in range(4):
+        ps[0].grad = torch.randn(6, dtype=torch.float64)
+        opt.step()
+    assert opt.skipped_steps == 0
+    assert torch.isfinite(ps[0]).all() and opt.hyperparameters()["lr"] != 0.5

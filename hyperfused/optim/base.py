@@ -143,9 +143,11 @@ class HyperOptimizer(torch.optim.Optimizer):
             self._refuse_torch_only(f"{type(self).__name__} level", defaults)
             tr = self._transform_cfg(defaults, f"{type(self).__name__} level")
             if tr["weight_decay"] or tr["maximize"]:
-                raise ValueError(f"{type(self).__name__}: weight_decay and maximize are options of the optimizer at "
-                                 f"level 0 (the one constructed with params); a level of a tower optimizes the "
-                                 f"hyperparameters below it as they are")
+                raise ValueError(f"{type(self).__name__}: weight_decay (here {tr['weight_decay']!r}) and maximize "
+                                 f"(here {tr['maximize']!r}) are options of the optimizer at level 0 (the one "
+                                 f"constructed with params); a level of a tower optimizes the hyperparameters "
+                                 f"below it as they are: give weight_decay=0 and maximize=False (hf.AdamW's "
+                                 f"default weight_decay is 1e-2: hf.Adam is AdamW without it)")
             return
         self._owner = self
         level, depth = hyper, 1
@@ -753,8 +755,13 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _grad_dot_weights(plan) -> Tensor:
-        """sum(g~ * x) per tensor (float64, deterministic), 0 for a tensor that did not move at its last step."""
+        """sum(g~ * x) per tensor (float64, deterministic), 0 for a tensor that did not move at its last step. The
+        gradients may still carry GradScaler's scale (the kernels of cuda/triton unscale as they read): so does the
+        dot product, and it is unscaled the same way."""
         gx = ops.multi_tensor_dot(plan["grads"], [p.detach() for p in plan["params"]])
+        inv = plan.get("inv_scale")
+        if inv is not None:
+            gx = gx * inv.reshape(()).to(gx.dtype)
         moved = torch.stack([st["moved"] for st in plan["states"]])
         return torch.where(moved, gx, torch.zeros_like(gx))
 
@@ -769,7 +776,11 @@ class HyperOptimizer(torch.optim.Optimizer):
         d = d0["lr"]
         term = gx.to(d.dtype) if d.dim() else gx.sum().to(d.dtype)
         out = dict(d0)
-        out["lr"] = (d - wd * term) / (1.0 - lr * wd)
+        den = 1.0 - lr * wd
+        # at lr wd = 1 the last update erased x (x' = -lr d): x, and the decay's term, cannot be rebuilt; the
+        # hypergradient keeps the kind's own term there (docs/MATH.md §4.6)
+        ok = den != 0
+        out["lr"] = torch.where(ok, (d - wd * term) / torch.where(ok, den, torch.ones_like(den)), d)
         return out
 
     def _decay(self, plan, ok: Tensor) -> None:
