@@ -42,18 +42,28 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
     )
 
     class BuildExt(BuildExtension.with_options(use_ninja=True)):
-        """Also records, next to the extensions, the torch they were built against (hyperfused/_build_info.json):
-        the package refuses, with a message that says so, to load them under another torch."""
+        """Also records, next to the extensions, the torch they were built against and the digest of the kernels'
+        sources (hyperfused/_build_info.json): the package refuses, with a message that says so, to load them under
+        another torch or from a checkout whose csrc/ changed since."""
 
         def run(self):
             super().run()
             import json
 
+            import importlib.util
+
             import torch as _torch
+            # the digest of csrc/ the package checks at load time (hyperfused/ops/_ext.py, loaded by its path:
+            # the package itself needs the extension being built)
+            spec = importlib.util.spec_from_file_location(
+                "_hf_ext", os.path.join(os.path.dirname(os.path.abspath(__file__)), "hyperfused", "ops", "_ext.py"))
+            ext_mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(ext_mod)
+            sources = ext_mod.sources_digest(os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc"))
             dirs = {os.path.dirname(self.get_ext_fullpath(ext.name)) for ext in self.extensions}
             for d in dirs:
                 with open(os.path.join(d, "_build_info.json"), "w") as f:
-                    json.dump({"torch": _torch.__version__, "cuda": _torch.version.cuda}, f)
+                    json.dump({"torch": _torch.__version__, "cuda": _torch.version.cuda, "sources": sources}, f)
 
     cmdclass["build_ext"] = BuildExt
 

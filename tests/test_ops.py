@@ -198,3 +198,24 @@ def test_an_optimizer_says_which_backend_each_group_runs(monkeypatch):
     monkeypatch.setattr(ops, "_FALLBACK_WARNED", set())         # as in a fresh process
     with pytest.warns(UserWarning, match="reference"):
         assert hf.SGD(p).backends() == ["reference"]
+
+
+def test_extensions_built_from_other_kernel_sources_are_refused_with_a_message(tmp_path):
+    """The build records a digest of csrc/; a checkout whose kernels changed since (edited, pulled) refuses the old
+    extension and says to rebuild, instead of silently running the old kernels."""
+    import json
+    import shutil
+    from hyperfused.ops import _ext
+    src = tmp_path / "csrc"
+    shutil.copytree(_ext.SOURCES, src)
+    info = tmp_path / "_build_info.json"
+    info.write_text(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
+                                "sources": _ext.sources_digest(str(src))}))
+    assert _ext.build_mismatch(str(info), str(src)) is None
+    header = next(src.rglob("kinds.h"))
+    header.write_text(header.read_text() + "\n// edited\n")
+    msg = _ext.build_mismatch(str(info), str(src))
+    assert "other kernel sources" in msg and "rebuild" in msg
+    assert _ext.build_mismatch(str(info), str(tmp_path / "no-csrc")) is None     # an installed package: no check
+    if ops.extension_available() and os.path.exists(_ext.BUILD_INFO):      # this tree's own build is current
+        assert _ext.build_mismatch() is None

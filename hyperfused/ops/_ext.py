@@ -13,19 +13,48 @@ _state = {"tried": False, "ok": False, "error": None, "fake_error": None}
 BUILD_INFO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_build_info.json")
 
 
-def build_mismatch(path: str = BUILD_INFO):
-    """Why the compiled extensions must not be loaded under this torch (None when they may): the build records
-    the torch it compiled against in hyperfused/_build_info.json; an extension built against another torch
-    either fails to load with an unreadable symbol error or, worse, loads and misbehaves."""
+SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+
+
+def sources_digest(root: str = SOURCES):
+    """A digest of the kernels' sources (every .h, .cuh, .cpp, .cu under csrc/, by path and content), recorded by
+    the build; None where there is no csrc/ (an installed package)."""
+    if not os.path.isdir(root):
+        return None
+    import hashlib
+    h = hashlib.sha256()
+    for d, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith((".h", ".cuh", ".cpp", ".cu")):
+                full = os.path.join(d, name)
+                h.update(os.path.relpath(full, root).encode() + b"\0")
+                with open(full, "rb") as f:
+                    h.update(f.read() + b"\0")
+    return h.hexdigest()
+
+
+def build_mismatch(path: str = BUILD_INFO, sources: str = SOURCES):
+    """Why the compiled extensions must not be loaded (None when they may): the build records the torch it compiled
+    against, and the digest of the kernels' sources, in hyperfused/_build_info.json. An extension built against
+    another torch either fails to load with an unreadable symbol error or, worse, loads and misbehaves; one built
+    from other sources than the checkout's csrc/ (kernels edited or pulled since) silently runs the old kernels."""
     if not os.path.exists(path):
         return None
     import torch
     with open(path) as f:
-        built = json.load(f).get("torch")
+        info = json.load(f)
+    built = info.get("torch")
+    rebuild = "rebuild them (pip install --no-build-isolation -e . or python setup.py build_ext --inplace)"
     if built != torch.__version__:
         return (f"hyperfused's compiled extensions were built against torch {built}, but this is torch "
-                f"{torch.__version__}: rebuild them (pip install --no-build-isolation -e . or "
-                f"python setup.py build_ext --inplace)")
+                f"{torch.__version__}: {rebuild}")
+    recorded = info.get("sources")
+    if recorded is not None:
+        now = sources_digest(sources)
+        if now is not None and now != recorded:
+            return (f"hyperfused's compiled extensions were built from other kernel sources than {sources} holds "
+                    f"now (edited or updated since the build): {rebuild}")
     return None
 
 
