@@ -64,7 +64,7 @@ def _value(kind, raw):
     return raw * raw if kind == "rmsprop" else raw
 
 
-def _simulate(kind, x0s, lr0, steps, opts, one_pass=False):
+def _simulate(kind, x0s, lr0, steps, opts, one_pass=False, edit=None):
     """The learned lr (one for the group) and the weights after ``steps`` steps of the tower kind / SGD(KAPPA):
     delta = sum over tensors of g~_t . d x_t / d raw lr, through autograd on the last update; one-pass mode
     updates with the lr it starts the step with and moves the lr after."""
@@ -97,6 +97,9 @@ def _simulate(kind, x0s, lr0, steps, opts, one_pass=False):
         if one_pass:
             raw = raw - KAPPA * delta
         xs, sts = new_x, new_st
+        if edit is not None and t == edit[0]:        # a scheduler sets the lr: the learned lr restarts from it
+            raw = torch.tensor(edit[1], dtype=torch.float64)
+            raw = raw.sqrt() if kind == "rmsprop" else raw
     return float(_value(kind, raw)), xs
 
 
@@ -340,3 +343,30 @@ def test_lr_times_weight_decay_of_one_keeps_training(cls):
         opt.step()
     assert opt.skipped_steps == 0
     assert torch.isfinite(ps[0]).all() and opt.hyperparameters()["lr"] != 0.5
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+@pytest.mark.parametrize("case", [("adamw", dict(weight_decay=0.1)), ("rmsprop", {})], ids=["adamw", "rmsprop"])
+def test_an_lr_set_between_steps_restarts_the_learned_lr_and_the_jacobian_keeps_the_old_one(case, one_pass,
+                                                                                               backend):
+    """A scheduler's fill_ between steps: the learned lr restarts from the new value, and the next hypergradient
+    rebuilds the last update's Jacobian with the lr that update used (AdamW's decay term and RMSprop's J_lr carry
+    the lr), as the autograd simulation does."""
+    kind, opts = case
+    steps, edit = 7, (3, LR0[kind] * 0.5)
+    x0 = _x0()
+    want_lr, want_x = _simulate(kind, x0, LR0[kind], steps, opts, one_pass, edit=edit)
+    ps = [x.clone().requires_grad_(True) for x in x0]
+    opt = CLS[kind](ps, lr=LR0[kind], hyper=hf.SGD(lr=KAPPA), backend=backend, one_pass=one_pass, learn=("lr",),
+                    **dict(BASE[kind], **opts))
+    for t in range(steps):
+        for p, g in zip(ps, _loss_grad([p.detach() for p in ps], t)):
+            p.grad = g
+        opt.step()
+        if t == edit[0]:
+            opt.param_groups[0]["lr"].fill_(edit[1])
+    got_lr = opt.hyperparameters()["lr"]
+    assert abs(got_lr - want_lr) <= 1e-12 * abs(want_lr), (got_lr, want_lr)
+    for a, b in zip(ps, want_x):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-11, atol=1e-12)

@@ -559,6 +559,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 self._commit_tower(plan, ok)
                 self._decay(plan, ok)
                 self._pass_b(plan, ok)
+                self._keep_used(plan, ok)
         else:
             # one pass: the gradients are read once for the skip decision; pass B updates with the current
             # hyperparameters and sums the hypergradient from the old state; the tower steps after it
@@ -572,10 +573,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                     self._plan_tower(plan, *res)
             ok = ok_g & _all([plan["ok"] for plan in plans])
             for plan in plans:
-                if plan["specs"][0][2]:                 # the values the next Jacobian is rebuilt with
-                    used = plan["levels"][0]["used"]
-                    for name, t in plan["levels"][0]["hp"].items():
-                        used[name].copy_(torch.where(ok_g, t, used[name]))
+                self._keep_used(plan, ok_g)
                 self._commit_tower(plan, ok)
         for plan in plans:
             # param_groups' lr tensor shows the value in use: refreshed where it may have changed (a learned lr,
@@ -584,6 +582,15 @@ class HyperOptimizer(torch.optim.Optimizer):
                 self._publish_lr(plan["gi"], plan["specs"][0])
         self._tower()["skipped_steps"].add_((~ok).to(torch.int64))
         return loss
+
+    @staticmethod
+    def _keep_used(plan, ok: Tensor) -> None:
+        """Level 0's values of this step's update (where it was taken): what the next step rebuilds its Jacobian
+        with (docs/MATH.md §1.2-1.3)."""
+        if plan["specs"][0][2]:
+            used = plan["levels"][0]["used"]
+            for name, t in plan["levels"][0]["hp"].items():
+                used[name].copy_(torch.where(ok, t, used[name]))
 
     def _group_impl(self, group: Dict[str, Any]) -> "ops.backends.Backend":
         """The backend object that runs param group ``group`` (see ``_group_backend``)."""
@@ -633,7 +640,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 gt = self._group_tower(gi)
                 for p in group["params"]:
                     self._param_state(p, cfg0, learned0)
-                if self._one_pass and "used" not in gt["levels"][0]:
+                if (self._one_pass or learned0) and "used" not in gt["levels"][0]:
                     gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
 
     def _collect(self, gi: int, group: Dict[str, Any]) -> Dict[str, Any]:
@@ -669,7 +676,9 @@ class HyperOptimizer(torch.optim.Optimizer):
                 params.append(p)
                 grads.append(p.grad)
                 states.append(st)
-        if self._one_pass and "used" not in gt["levels"][0]:
+        # the values of the last update, which its Jacobian is rebuilt with: one-pass mode updates before the tower
+        # moves them, and in exact mode param_groups edits (schedulers) may change them between two steps
+        if (self._one_pass or learned0) and "used" not in gt["levels"][0]:
             gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
         # per-tensor lrs are indexed by position in the group; the rows of the tensors with a gradient
         index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
@@ -701,7 +710,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
         if not learned0:                     # nothing learned: pass A is the skip decision's read of the gradients
             return {}, self._grads_finite(plan)
-        hp_rows = self._rows(plan["levels"][0]["hp"], plan["index"], per0)
+        # the Jacobian of the last update, with the values it used (param_groups edits may have changed them)
+        hp_rows = self._rows(plan["levels"][0]["used"], plan["index"], per0)
         vals = self._values_of(spec0, hp_rows)
         d0, finite = plan["backend"].reduce(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
                                             [st["moved"] for st in plan["states"]], vals, hp_rows,
@@ -806,7 +816,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             return False
         spec0 = plan["specs"][0]
         _, _, learned0, per0, cfg0 = spec0
-        hp_rows = plan["levels"][0]["hp"]          # every tensor has a gradient where the lr is per tensor
+        hp_rows = plan["levels"][0]["used"]        # every tensor has a gradient where the lr is per tensor
         res = plan["backend"].reduce_tower(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
                                            [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
                                            hp_rows, plan["levels"], plan["specs"], plan["n"],
@@ -1019,10 +1029,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{name}.load_state_dict: param group {gi}: the checkpoint's tower has {n} levels, "
                                  f"this optimizer {len(want['levels'])} (height {len(want['levels']) - 1})")
             for k, (h, w) in enumerate(zip(have, want["levels"])):
-                if k == 0 and isinstance(h, dict) and "used" in h:     # one-pass mode's last-used values
-                    if not self._one_pass:
-                        raise ValueError(f"{name}.load_state_dict: the checkpoint was written by a one_pass=True "
-                                         f"optimizer; this one has one_pass=False")
+                if k == 0 and isinstance(h, dict) and "used" in h:     # the last update's values
                     _match_tree(h["used"], w["hp"], f"param group {gi}, level 0, 'used'", name)
                     h = {key: v for key, v in h.items() if key != "used"}
                 _match_tree(h, w, f"param group {gi}, level {k}", name)
