@@ -275,7 +275,8 @@ def test_unimplemented_keywords_are_refused_with_a_sentence(cls, kw):
         cls([torch.nn.Parameter(torch.zeros(3))], **kw)
 
 
-@pytest.mark.parametrize("kw", [dict(weight_decay=-0.1), dict(weight_decay=float("nan")), dict(maximize=1)])
+@pytest.mark.parametrize("kw", [dict(weight_decay=-0.1), dict(weight_decay=float("nan")), dict(maximize=1),
+                                dict(weight_decay="0.1"), dict(lr="0.1")])
 def test_bad_values_are_refused(kw):
     with pytest.raises((ValueError, TypeError), match=next(iter(kw))):
         hf.Adam([torch.nn.Parameter(torch.zeros(3))], **kw)
@@ -370,3 +371,12 @@ def test_an_lr_set_between_steps_restarts_the_learned_lr_and_the_jacobian_keeps_
     assert abs(got_lr - want_lr) <= 1e-12 * abs(want_lr), (got_lr, want_lr)
     for a, b in zip(ps, want_x):
         torch.testing.assert_close(a.detach(), b, rtol=1e-11, atol=1e-12)
+
+
+def test_numpy_scalars_are_accepted_as_torch_accepts_them():
+    import numpy as np
+    ps = [torch.nn.Parameter(torch.ones(3))]
+    opt = hf.AdamW(ps, lr=np.float64(1e-2), weight_decay=np.float32(0.1), maximize=np.True_)
+    ps[0].grad = torch.ones(3)
+    opt.step()
+    assert torch.all(ps[0] > 1 - 1e-2)        # maximize: the step goes up the gradient (the decay pulls a little)

@@ -6,6 +6,8 @@ from typing import Sequence
 
 
 def _num(value, name: str, where: str) -> float:
+    if isinstance(value, (str, bytes)):      # float("0.1") would take it; torch's optimizers refuse it
+        raise TypeError(f"{where}: {name} must be a number, got the string {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):

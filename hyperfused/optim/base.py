@@ -90,6 +90,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         out = {"weight_decay": float(wd)}
         for key in ("maximize", "decoupled_weight_decay"):
             v = d.get(key, False)
+            if type(v).__module__ == "numpy" and type(v).__name__ in ("bool_", "bool"):   # as torch accepts it
+                v = bool(v)
             if not isinstance(v, bool):
                 raise TypeError(f"{where}: {key} must be True or False, got {v!r}")
             out[key] = v
