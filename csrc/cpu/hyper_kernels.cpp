@@ -48,6 +48,17 @@ std::vector<Chunk> make_chunks(at::TensorList ts) {
   return out;
 }
 
+// The grain of the passes' parallel_for: below kSerialElements elements in all, the chunks run in the calling
+// thread (waking the pool costs more than such a pass, and on a loaded machine a small step waited for busy
+// threads); the sums do not depend on it (each chunk's are combined in chunk order).
+constexpr int64_t kSerialElements = 65536;
+
+inline int64_t grain_of(const std::vector<Chunk>& chunks) {
+  int64_t total = 0;
+  for (const auto& ch : chunks) total += ch.end - ch.begin;
+  return total < kSerialElements ? std::max<int64_t>(1, static_cast<int64_t>(chunks.size())) : 1;
+}
+
 // eps: [eps, eps_root] (hyper_math.h's D(s) = sqrt(s + eps_root) + eps), checked by check_eps
 template <typename T>
 Scalars<T> scalars_row(const double* row, at::ArrayRef<double> eps) {
@@ -258,7 +269,7 @@ at::Tensor hyper_reduce_cpu(int64_t kind, int64_t learn, bool momentum, at::Arra
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "hyper_reduce", [&] {
     using T = math_t<scalar_t>;
     const auto sc = scalars_table<T>(ps, n, eps);
-    at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, chunks.size(), grain_of(chunks), [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) {
         const Chunk& ch = chunks[k];
         const double* row = ps + ch.tensor * kScalCols;
@@ -302,7 +313,7 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, at::Arra
     // update starts there instead of where the cache has long been overwritten. Elementwise, so the order
     // changes no result; one-pass sums still land in their chunk's slot and are combined in chunk order.
     const int64_t last = static_cast<int64_t>(chunks.size()) - 1;
-    at::parallel_for(0, chunks.size(), 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, chunks.size(), grain_of(chunks), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int64_t k = last - i;
         const Chunk& ch = chunks[k];
