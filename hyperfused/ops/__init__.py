@@ -127,12 +127,12 @@ def multi_tensor_dot(a: List[torch.Tensor], b: List[torch.Tensor]) -> torch.Tens
     return reference.multi_tensor_dot(a, b)
 
 
-__all__ = ["BACKENDS", "resolve_backend", "auto_backend", "backend", "backends", "BackendFallbackWarning", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
+__all__ = ["BACKENDS", "resolve_backend", "auto_backend", "backend_of", "backends", "BackendFallbackWarning", "multi_tensor_dot", "hyper_reduce", "hyper_update", "grads_finite",
            "reference", "extension_available", "cuda_extension_available", "triton_available", "power_iteration",
            "agd"]
 
 
-def backend(name: str) -> backends.Backend:
+def backend_of(name: str) -> backends.Backend:
     """The backend object for a resolved backend name ("reference", "cpu", "cuda", "triton")."""
     if name not in backends.BACKENDS:
         raise NotImplementedError(f"no {name!r} backend for the hypergradient ops")
@@ -144,7 +144,7 @@ def hyper_reduce(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: boo
     """Pass A of a hypergradient step (see ``reference.hyper_reduce``) on the named backend. ``inv_scale``:
     GradScaler's 1 / scale (a one-element float64 tensor on the device) that the kernels multiply into every
     gradient element they read, so the gradients need not be unscaled in a pass of their own."""
-    return globals()["backend"](backend).reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
+    return backend_of(backend).reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
                                                 inv_scale=inv_scale)
 
 
@@ -152,10 +152,10 @@ def hyper_update(backend: str, kind: str, cfg: dict, learned, per_tensor_lr: boo
                  raw=None, jac=None, inv_scale=None):
     """Pass B of a hypergradient step (see ``reference.hyper_update``) on the named backend (``inv_scale`` as
     for ``hyper_reduce``)."""
-    return globals()["backend"](backend).update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok,
+    return backend_of(backend).update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok,
                                                 raw=raw, jac=jac, inv_scale=inv_scale)
 
 
 def grads_finite(backend: str, grads) -> torch.Tensor:
     """0-dim bool tensor: every element of every gradient is finite (one read of the gradients)."""
-    return globals()["backend"](backend).finite(grads)
+    return backend_of(backend).finite(grads)
