@@ -93,20 +93,24 @@ class CompiledBackend(Backend):
         self.name = name
         self.unscales = name == "cuda"          # the CPU kernels may keep the gradient tensor itself: unscaled first
 
+    def _kernels(self):
+        """The kernels fused.py calls: None for the compiled ops (torch.ops.hyperfused, by device)."""
+        return None
+
     def reduce(self, kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, inv_scale=None):
         from . import fused
         return fused.hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
-                                  inv_scale=inv_scale)
+                                  kernels=self._kernels(), inv_scale=inv_scale)
 
     def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
                inv_scale=None):
         from . import fused
         return fused.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac,
-                                  inv_scale=inv_scale)
+                                  kernels=self._kernels(), inv_scale=inv_scale)
 
     def finite(self, grads) -> Tensor:
         from . import fused
-        return fused.nonfinite(grads)
+        return fused.nonfinite(grads, kernels=self._kernels())
 
     def tower_plan(self, levels, specs, d0_flat, finite):
         from . import tower
@@ -134,30 +138,23 @@ class CompiledBackend(Backend):
         return (lambda ok_: tower.commit(levels, specs, scr, ok_)), tok
 
 
-class TritonBackend(Backend):
+class TritonBackend(CompiledBackend):
     """The Triton kernels (CUDA tensors; CPU tensors under the Triton interpreter), with the same arguments as
-    the compiled ops; the whole tower in one Triton program."""
-    name = "triton"
-    unscales = True
+    the compiled ops; the whole tower in one Triton program (pass A and the tower are separate launches)."""
+
+    def __init__(self):
+        super().__init__("triton")
+        self.unscales = True
 
     def _kernels(self):
         from . import triton as _triton
         return _triton.kernels()
 
-    def reduce(self, kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, inv_scale=None):
-        from . import fused
-        return fused.hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw,
-                                  kernels=self._kernels(), inv_scale=inv_scale)
+    def reduce_tower(self, *args, **kw):
+        return None
 
-    def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
-               inv_scale=None):
-        from . import fused
-        return fused.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac,
-                                  kernels=self._kernels(), inv_scale=inv_scale)
-
-    def finite(self, grads) -> Tensor:
-        from . import fused
-        return fused.nonfinite(grads, kernels=self._kernels())
+    def update_tower(self, *args, **kw):
+        return None
 
     def tower_plan(self, levels, specs, d0_flat, finite):
         from .triton import tower

@@ -52,7 +52,8 @@ def _table_columns(kind: str, learned: Sequence[str]):
 
 
 def _eps(kind: str, cfg: dict) -> List[float]:
-    """The ops' eps argument: [eps, eps_root], the denominators' sqrt(s + eps_root) + eps."""
+    """The ops' eps argument: the kind's two per-level constants (kinds.Kind.consts; Adagrad/RMSprop
+    [eps, eps_root], their denominators' sqrt(s + eps_root) + eps; Adam [eps, initial_exp_avg_sq])."""
     return list(eps_pair(kind, cfg))
 
 

@@ -81,6 +81,11 @@ class HyperOptimizer(torch.optim.Optimizer):
     _NO_EFFECT = ("foreach", "fused", "capturable")
 
     @classmethod
+    def _group_cfg(cls, d: Dict[str, Any], values: Dict[str, float], where: str) -> Dict[str, Any]:
+        """Level 0's static configuration, checked: the kind's (``_cfg_from``) and torch's gradient transforms."""
+        return dict(cls._cfg_from(d, values), **cls._transform_cfg(d, where))
+
+    @classmethod
     def _transform_cfg(cls, d: Dict[str, Any], where: str) -> Dict[str, Any]:
         """torch's gradient transforms of a param group (or constructor dict), checked: ``maximize`` (g -> -g),
         ``weight_decay`` (L2: g -> g + weight_decay * x, torch's order: after maximize) or, with
@@ -241,8 +246,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             raise ValueError(f"param group {gi}: learn={group['learn']} needs a level above (hyper=...)")
         vals = self._values_from(group)
         self._check_values(vals, self._group_learned(group), f"param group {gi}")
-        self._cfg_from(group, vals)
-        self._transform_cfg(group, f"param group {gi}")
+        self._group_cfg(group, vals, f"param group {gi}")
         if params:
             self._publish_lr(gi)
 
@@ -318,7 +322,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         group = self.param_groups[gi]
         vals0 = self._values_from(group)
         specs = [(self, vals0, self._group_learned(group), bool(group.get("per_tensor", False)),
-                  dict(self._cfg_from(group, vals0), **self._transform_cfg(group, f"param group {gi}")))]
+                  self._group_cfg(group, vals0, f"param group {gi}"))]
         for lv in self.levels[1:]:
             v = lv._values_from(lv._level_values)
             specs.append((lv, v, lv._learned_for(v), lv._per_tensor, lv._cfg_from(lv._level_values, v)))
@@ -376,7 +380,6 @@ class HyperOptimizer(torch.optim.Optimizer):
         lr not adopted). A refused edit raises before anything changes."""
         group = self.param_groups[gi]
         gt = self._group_tower(gi)
-        self._refuse_torch_only(f"param group {gi}", group)
         seen = self._seen.get(gi)
         if seen is not None:
             changed = [k for k in seen if not _same(group.get(k, _MISSING), seen[k])]
@@ -392,6 +395,8 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def _adopt_values(self, gi: int, gt: Dict[str, Any], changed: List[str]) -> None:
         group = self.param_groups[gi]
+        # (torch's keys not implemented here are in defaults, so the snapshot sees them change)
+        self._refuse_torch_only(f"param group {gi}", group)
         for k in changed:
             if k in self._STRUCTURAL:
                 raise ValueError(f"param group {gi}: {k} cannot change once the optimizer exists (it decides the "
@@ -403,8 +408,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         vals["lr"] = 0.0          # the lr is checked where it is adopted (reading a device tensor would sync)
         learned = self._group_learned(group)
         self._check_values(vals, learned, f"param group {gi}")
-        cfg = self._cfg_from(group, vals)
-        self._transform_cfg(group, f"param group {gi}")
+        cfg = self._group_cfg(group, vals, f"param group {gi}")
         hp = gt["levels"][0]["hp"]
         old = self._values_from(dict(self._seen[gi], lr=0.0))
         for name in self.hyper_names:           # only the values that changed (a learned one restarts there)
@@ -585,6 +589,13 @@ class HyperOptimizer(torch.optim.Optimizer):
         self._tower()["skipped_steps"].add_((~ok).to(torch.int64))
         return loss
 
+    def _ensure_used(self, gt: Dict[str, Any], learned0: Sequence[str]) -> None:
+        """Level 0's ``used`` values, made at the first step: the values of the last update, which its Jacobian is
+        rebuilt with (one-pass mode updates before the tower moves them, and in exact mode param_groups edits
+        (schedulers) may change them between two steps)."""
+        if (self._one_pass or learned0) and "used" not in gt["levels"][0]:
+            gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
+
     @staticmethod
     def _keep_used(plan, ok: Tensor) -> None:
         """Level 0's values of this step's update (where it was taken): what the next step rebuilds its Jacobian
@@ -642,8 +653,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 gt = self._group_tower(gi)
                 for p in group["params"]:
                     self._param_state(p, cfg0, learned0)
-                if (self._one_pass or learned0) and "used" not in gt["levels"][0]:
-                    gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
+                self._ensure_used(gt, learned0)
 
     def _collect(self, gi: int, group: Dict[str, Any]) -> Dict[str, Any]:
         """The tensors of this step (those with a gradient), their state (created on first use), the specs.
@@ -678,10 +688,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 params.append(p)
                 grads.append(p.grad)
                 states.append(st)
-        # the values of the last update, which its Jacobian is rebuilt with: one-pass mode updates before the tower
-        # moves them, and in exact mode param_groups edits (schedulers) may change them between two steps
-        if (self._one_pass or learned0) and "used" not in gt["levels"][0]:
-            gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
+        self._ensure_used(gt, learned0)
         # per-tensor lrs are indexed by position in the group; the rows of the tensors with a gradient
         index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
         return {"gi": gi, "specs": specs, "levels": gt["levels"], "params": params, "grads": grads,
@@ -741,28 +748,22 @@ class HyperOptimizer(torch.optim.Optimizer):
         maximize, wd, dec = cfg0["maximize"], cfg0["weight_decay"], cfg0["decoupled_weight_decay"]
         if not plan["grads"]:
             return
+        coupled = wd if not dec else 0.0
+        inv = plan.get("inv_scale")
+        if maximize and not coupled and inv is not None:     # the sign rides in the kernels' 1 / scale
+            plan["inv_scale"] = -inv
+        elif maximize or coupled:
+            grads = plan["grads"]
+            if inv is not None:
+                grads = torch._foreach_mul(grads, inv.reshape(()))
+                plan["inv_scale"] = None
+            if maximize:
+                grads = torch._foreach_neg(grads)
+            if coupled:
+                grads = torch._foreach_add(grads, [p.detach() for p in plan["params"]], alpha=coupled)
+            plan["grads"] = grads
         if dec and wd and "lr" in plan["specs"][0][2]:
             # sum(g~ * x) per tensor before anything moves x, for the decoupled decay's lr hypergradient
-            plan["gx"] = True
-        coupled = wd if not dec else 0.0
-        if not maximize and not coupled:
-            if "gx" in plan:
-                plan["gx"] = self._grad_dot_weights(plan)
-            return
-        inv = plan.get("inv_scale")
-        if not coupled and inv is not None and "gx" not in plan:   # fold the sign into the kernels' 1 / scale
-            plan["inv_scale"] = -inv
-            return
-        grads = plan["grads"]
-        if inv is not None:
-            grads = torch._foreach_mul(grads, inv.reshape(()))
-            plan["inv_scale"] = None
-        if maximize:
-            grads = torch._foreach_neg(grads)
-        if coupled:
-            grads = torch._foreach_add(grads, [p.detach() for p in plan["params"]], alpha=coupled)
-        plan["grads"] = grads
-        if "gx" in plan:
             plan["gx"] = self._grad_dot_weights(plan)
 
     @staticmethod
@@ -1077,9 +1078,9 @@ class HyperOptimizer(torch.optim.Optimizer):
             # the values the level above does not learn are the param group's (torch reads them from there)
             learned = self._group_learned(group)
             vals = self._values_from(dict(group, lr=0.0))
+            self._refuse_torch_only(f"load_state_dict: param group {gi}", group)
             self._check_values(vals, learned, f"load_state_dict: param group {gi}")
-            self._cfg_from(group, vals)
-            self._transform_cfg(group, f"load_state_dict: param group {gi}")
+            self._group_cfg(group, vals, f"load_state_dict: param group {gi}")
             for name in self.hyper_names:
                 if name != "lr" and name not in learned and name in hp:
                     hp[name].fill_(float(vals[name]))
