@@ -315,14 +315,16 @@ def test_a_value_read_after_the_commit_is_the_written_one(captured, backend):
 
 
 # ---------------------------------------------------------------------------------------------------- compiled step
-#: what blocks a compiled step (locations as of this file's commit; the code is quoted, lines drift)
-BLOCKERS = {
-    "f64": "torch 2.13: an in-place write to a 0-dim float64 CPU tensor input is lost under AOTAutograd "
-           "(test_torch_drops_inplace_writes_to_0dim_float64_inputs); a group with a float64 parameter keeps its "
-           "hyperparameters as such tensors",
-}
-#: how each blocker shows in Dynamo's error (its code or its function; "f64" shows as a mismatch)
+#: what blocks a compiled step (locations as of this file's commit; the code is quoted, lines drift). None today:
+#: the float64 case below was blocked by torch's lost write to 0-dim float64 inputs until the optimizer wrote such
+#: tensors through one-element views (hyperfused.ops.reference.inplace).
+BLOCKERS: dict = {}
+#: how each blocker shows in Dynamo's error (its code or its function; a lost write shows as a mismatch)
 MARKS: dict = {}
+F64 = (torch.float64, torch.float64)
+#: torch's own bug, which inplace() works around (the test below reproduces it with torch alone)
+TORCH_F64_BUG = ("torch 2.13: an in-place write to a 0-dim float64 CPU tensor input is lost under AOTAutograd "
+                 "(a group with a float64 parameter keeps its hyperparameters as such tensors)")
 
 
 class Blocked(Exception):
@@ -337,12 +339,37 @@ STEP_CASES = {     # the blockers that remain (none: the case must pass)
     "cpu-adam": ((MLP, lambda p: hf.Adam(p, backend="cpu")), []),
     "cpu-adam_sgd": (CASES["adam_sgd"], []),
     "cpu-adam_sgd_one_pass": (CASES["adam_sgd_one_pass"], []),
-    "cpu-adam_sgd_mixed_dtype_one_pass": (CASES["adam_sgd_mixed_dtype_one_pass"], ["f64"]),
+    "cpu-adam_sgd_mixed_dtype_one_pass": (CASES["adam_sgd_mixed_dtype_one_pass"], []),
+    "cpu-adam_sgd_float64": ((lambda: MLP(F64), lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), backend="cpu")), []),
+    "cpu-adam_sgd_float64_per_tensor": (
+        (lambda: MLP(F64), lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), per_tensor=True, backend="cpu")), []),
+    "reference-adam_sgd_float64": (
+        (lambda: MLP(F64), lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), backend="reference")), []),
+    "reference-adam_adam_float64_one_pass": (
+        (lambda: MLP(F64), lambda p: hf.Adam(p, hyper=hf.Adam(lr=1e-4), backend="reference", one_pass=True)), []),
     "cpu-agd_frobenius": (CASES["agd_frobenius"], []),
     "cpu-agd_spectral": (CASES["agd_spectral"], []),
     "reference-agd_frobenius": ((ConvNet, lambda p: hf.AGD(p, backend="reference")), []),
     "reference-agd_spectral": ((ConvNet, lambda p: hf.AGD(p, norm="spectral", backend="reference")), []),
 }
+
+
+# every kind of the kinds table at level 0 of a tower, with torch's keywords that add passes (L2 decay, AdamW's
+# decoupled decay and its dot product, maximize), on both backends that run here
+KIND_STEPS = {
+    "sgd": lambda p, **kw: hf.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2, **kw),
+    "adagrad": lambda p, **kw: hf.Adagrad(p, lr=0.05, weight_decay=1e-2, maximize=True, **kw),
+    "rmsprop": lambda p, **kw: hf.RMSprop(p, lr=0.01, weight_decay=1e-2, **kw),
+    "adamw": lambda p, **kw: hf.AdamW(p, lr=1e-2, **kw),
+    "lion": lambda p, **kw: hf.Lion(p, lr=1e-3, weight_decay=1e-2, **kw),
+}
+for _kind, _make in KIND_STEPS.items():
+    for _backend in ("reference", "cpu"):
+        STEP_CASES[f"{_backend}-{_kind}_sgd"] = (
+            (MLP, lambda p, m=_make, b=_backend: m(p, hyper=hf.SGD(lr=1e-4), backend=b)), [])
+    STEP_CASES[f"cpu-{_kind}_sgd_one_pass"] = (
+        (MLP, lambda p, m=_make: m(p, hyper=hf.SGD(lr=1e-4), backend="cpu", one_pass=True)), [])
+    STEP_CASES[f"cpu-{_kind}"] = ((MLP, lambda p, m=_make: m(p, backend="cpu")), [])
 
 
 def _cases(table):
@@ -386,8 +413,6 @@ def test_compiled_step_matches_eager_bitwise(case):
     (p_e, s_e), (p_c, s_c) = runs
     assert len(s_e) == len(s_c)
     same = all(torch.equal(a, b) for a, b in zip(p_e + s_e, p_c + s_c))
-    if not same and "f64" in blockers:
-        raise Blocked(f"{case}: f64")
     assert same
 
 
@@ -395,6 +420,7 @@ GRAPH_BREAK_CASES = {
     "reference-adam_sgd": (STEP_CASES["reference-adam_sgd"][0], []),
     "cpu-adam_sgd": (CASES["adam_sgd"], []),
     "cpu-adam_sgd_one_pass": (CASES["adam_sgd_one_pass"], []),
+    **{f"cpu-{k}_sgd": (STEP_CASES[f"cpu-{k}_sgd"][0], []) for k in KIND_STEPS},
 }
 
 
@@ -423,12 +449,12 @@ def test_step_compiles_without_graph_breaks(case):
         raise
 
 
-@pytest.mark.xfail(strict=True, reason=BLOCKERS["f64"])
+@pytest.mark.xfail(strict=True, reason=TORCH_F64_BUG)
 def test_torch_drops_inplace_writes_to_0dim_float64_inputs():
     """Not hyperfused's: torch 2.13's Dynamo gives a 0-dim float64 CPU input a symbolic float (its item()), the
     tensorify pass then restarts the trace with it specialized, and the retraced graph has lost the in-place
     write (aot_eager and inductor; eager and float32 are right). Strict: a torch that fixes it fails here, and
-    the mixed-dtype step case may then pass."""
+    reference.inplace, which hyperfused writes such tensors through, may then go."""
     a = torch.ones((), dtype=torch.float64)
 
     def g(a):

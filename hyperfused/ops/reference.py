@@ -28,6 +28,13 @@ import torch
 from .. import kinds
 
 Tensor = torch.Tensor
+
+
+def inplace(t: Tensor) -> Tensor:
+    """What an in-place write to the optimizer's tensor ``t`` goes through: a one-element view of a 0-dim tensor,
+    ``t`` itself otherwise. Under torch.compile (AOTAutograd; torch 2.13) a write straight into a 0-dim float64
+    graph input is lost (tests/test_compile.py reproduces it without hyperfused); through a view it is kept."""
+    return t.view(1) if t.dim() == 0 else t
 State = Dict[str, Tensor]
 
 
@@ -311,7 +318,7 @@ def _commit_state(st: State, new: State, ok: Tensor) -> None:
     because a new value may alias an old state tensor (e.g. SGD's previous momentum buffer)."""
     vals = {key: torch.where(ok, val.to(st[key].dtype), st[key]) for key, val in new.items()}
     for key, val in vals.items():
-        st[key].copy_(val)
+        inplace(st[key]).copy_(val)
 
 
 def _tensor_hp(hp: Dict[str, Tensor], i: int, per_tensor_lr: bool) -> Dict[str, Tensor]:
@@ -393,7 +400,7 @@ def tower_commit(levels, new: Dict[str, object], ok: Tensor) -> None:
         for name, t in new["new_hp"][k].items():
             old = levels[k]["hp"][name]
             if t is not old:
-                old.copy_(torch.where(ok, t, old))
+                inplace(old).copy_(torch.where(ok, t, old))
         stn = new["new_state"][k]
         if stn is not None:
             st = levels[k]["state"]

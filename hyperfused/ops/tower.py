@@ -9,6 +9,7 @@ import torch
 
 from ..kinds import MAX_TOWER_LEVELS as MAX_LEVELS
 from ..kinds import STATE_SLOTS
+from .reference import inplace
 from .tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
 
 Tensor = torch.Tensor
@@ -43,11 +44,12 @@ def _args(levels, specs, device, dtype) -> Tuple[List[int], List[float], List[Te
         desc += [shape["KINDS"][k], shape["LEARN"][k], int(shape["MOM"][k]), int(shape["PER"][k]),
                  shape["NSTATE"][k] if k else 0, nlr[k], units[k] if k else 0]
         hp = rec["hp"]
-        slots += [none if t is None else t for t in level_hp(lv.kind, rec["hp"])]
+        # (the ops write the tensors they are given: a 0-dim one goes as a one-element view, see inplace)
+        slots += [none if t is None else inplace(t) for t in level_hp(lv.kind, rec["hp"])]
         st = rec.get("state", {}) if k else {}
         arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
         slots += arrays + [none] * (STATE_SLOTS - len(arrays))
-        slots += [st["step"] if "step" in st else none, st["valid"] if "valid" in st else none]
+        slots += [inplace(st["step"]) if "step" in st else none, inplace(st["valid"]) if "valid" in st else none]
     eps = [e for lv, *_, cfg in specs for e in eps_pair(lv.kind, cfg)]
     return desc, eps, slots
 

@@ -366,11 +366,11 @@ class HyperOptimizer(torch.optim.Optimizer):
                             and new.device == lr.device and not new.requires_grad and not new.is_inference()
                             ) else torch.empty_like(lr)
             self._lr_alias[gi] = alias
-        alias.copy_(lr)
+        ref.inplace(alias).copy_(lr)
         pub = self._lr_pub.get(gi)
         if pub is None or pub.dtype != alias.dtype or pub.device != alias.device:
             pub = self._lr_pub[gi] = torch.empty_like(alias)
-        pub.copy_(alias)
+        ref.inplace(pub).copy_(alias)
         group["lr"] = alias
         self._lr_ver[gi] = alias._version      # an in-place change (a scheduler's fill_) moves the counter
 
@@ -415,7 +415,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             if name == "lr" or name not in hp or float(vals[name]) == float(old[name]):
                 continue
             val = torch.tensor(float(vals[name]), dtype=torch.float64)
-            hp[name].fill_(float(ref.to_raw(self.kind, name, val) if name in learned else val))
+            ref.inplace(hp[name]).fill_(float(ref.to_raw(self.kind, name, val) if name in learned else val))
         # state a new configuration needs (e.g. SGD's momentum switched on): created as at a first step; those
         # tensors' last update had no such state, so they carry no Jacobian into the next step
         x = torch.empty(0)
@@ -462,7 +462,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         else:                                            # in place: only what differs from the value shown
             changed = new_t != pub.to(new_t.dtype)
             adopt, lr_ok = changed & valid, valid | ~changed
-        lr_hp.copy_(torch.where(adopt, raw, lr_hp))
+        ref.inplace(lr_hp).copy_(torch.where(adopt, raw, lr_hp))
         if replaced:
             self._publish_lr(gi)
         return lr_ok
@@ -603,7 +603,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         if plan["specs"][0][2]:
             used = plan["levels"][0]["used"]
             for name, t in plan["levels"][0]["hp"].items():
-                used[name].copy_(torch.where(ok, t, used[name]))
+                ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
 
     def _group_impl(self, group: Dict[str, Any]) -> "ops.backends.Backend":
         """The backend object that runs param group ``group`` (see ``_group_backend``)."""
