@@ -62,8 +62,14 @@ TORCH_LIBRARY(hyperfused, m) {
   m.def("agd_normalize_rows(Tensor[] xs, Tensor(a!)[] dsts) -> Tensor");
   // The instruction set the CPU loops run with (default, avx2, avx512).
   m.def("cpu_isa() -> str", &hyperfused::cpu_isa);
-  // the CUDA kernels' tensor tables, walked on the host with stand-in pointers (tests; csrc/cuda/tables.h)
-  m.def("_cuda_table_plan(int[] numels) -> Tensor", &hyperfused::cuda_table_plan);
+  // the CUDA kernels' tensor tables, walked on the host with stand-in pointers (tests; csrc/cuda/tables.h);
+  // registered under CompositeExplicitAutograd (below), not as m.def's default CompositeImplicitAutograd, so that
+  // its fake implementation (hyperfused/ops/_fake.py) is the one a trace uses
+  m.def("_cuda_table_plan(int[] numels) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(hyperfused, CompositeExplicitAutograd, m) {
+  m.impl("_cuda_table_plan", &hyperfused::cuda_table_plan);
 }
 
 // A Python module so that `import hyperfused._C` loads the library and runs the registrations above.

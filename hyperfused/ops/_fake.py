@@ -280,8 +280,8 @@ def composite_implicit(name: str) -> bool:
 
 def register() -> List[str]:
     """Register every fake implementation once (hyperfused._C must have loaded); returns the ops registered. An op
-    whose kernel is CompositeImplicitAutograd (_cuda_table_plan as csrc/ops.cpp registers it) is left out: its
-    fake takes effect once its kernel is registered under CompositeExplicitAutograd instead."""
+    whose kernel is CompositeImplicitAutograd (``m.def(schema, fn)``; torch refuses a fake for it: it expects such
+    an op to decompose while tracing) is left out; csrc/ops.cpp registers none that way today."""
     if not _registered:
         for name, fn in FAKES.items():
             if composite_implicit(name):
