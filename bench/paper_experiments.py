@@ -124,6 +124,79 @@ def exp1(epochs, seeds, workers, model="paper-mlp", data="mnist"):
     return lines, summary
 
 
+# Table 1's rows as the paper's own package builds them (its class defaults: SGD 0.01, Adam 1e-3 / 0.9 / 0.999 with
+# v starting at eps, AdaGrad 0.01, RMSProp 0.01 / gamma 0.99 learning both), for the check that the package,
+# through its own loop, lands where hyperfused does
+PACKAGE_ROWS = {
+    "sgd(0.01)": lambda g: g.SGD(0.01),
+    "sgd(0.01)/sgd(0.01)": lambda g: g.SGD(0.01, optimizer=g.SGD(0.01)),
+    "adam(1e-3)": lambda g: g.Adam(),
+    "adam(1e-3)/sgd(1e-5)": lambda g: g.Adam(optimizer=g.SGD(1e-5)),
+    "adam[lr](1e-3)/sgd(1e-5)": lambda g: g.AdamBaydin(optimizer=g.SGD(1e-5)),
+    "adam(1e-3)/adam(1e-3)": lambda g: g.Adam(optimizer=g.Adam()),
+    "adagrad(0.01)": lambda g: g.AdaGrad(),
+    "adagrad(0.01)/sgd(0.01)": lambda g: g.AdaGrad(optimizer=g.SGD(0.01)),
+    "rmsprop(0.01)": lambda g: g.RMSProp(),
+    "rmsprop[lr,alpha](0.01)/sgd(1e-4)": lambda g: g.RMSProp(optimizer=g.SGD(1e-4)),
+}
+
+
+def _package_job(job):
+    """One run of the paper's package through its own loop (ModuleWrapper, create_graph=True), on the same model,
+    initial weights and batches as hyperfused's run of that seed."""
+    from gradient_descent_the_ultimate_optimizer import gdtuo
+    name, model, spec, epochs, batch, seed = job
+    torch.set_num_threads(1)
+    if name not in _DATA:
+        _DATA[name] = datasets.load(name)
+    data = _DATA[name]
+    torch.manual_seed(seed)
+    net = train.make_model(model, data.inputs, data.classes, 128)
+    mw = gdtuo.ModuleWrapper(net, optimizer=PACKAGE_ROWS[spec](gdtuo))
+    mw.initialize()
+    g = torch.Generator().manual_seed(seed)      # train_one's batch order
+    for _ in range(epochs):
+        perm = torch.randperm(len(data.x_train), generator=g)
+        for i in range(0, len(perm), batch):
+            idx = perm[i:i + batch]
+            mw.begin()
+            loss = nn.functional.cross_entropy(mw.forward(data.x_train[idx]), data.y_train[idx])
+            mw.zero_grad()
+            loss.backward(create_graph=True)
+            mw.step()
+    mw.end() if hasattr(mw, "end") else None
+    with torch.no_grad():
+        err = float((net(data.x_test).argmax(1) != data.y_test).float().mean())
+    return {"spec": spec, "seed": seed, "test_error": err}
+
+
+def exp1_package(epochs, seeds, workers, summary=None, model="paper-mlp", data="mnist"):
+    """The paper's package on the rows of PACKAGE_ROWS at seeds 0..seeds-1, beside hyperfused's runs of the same
+    seeds (``summary``: exp1's, whose per-seed errors are in seed order)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    jobs = [(data, model, spec, epochs, 256, seed) for seed in range(seeds) for spec in PACKAGE_ROWS]
+    if workers <= 1:
+        res = [_package_job(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            res = list(pool.map(_package_job, jobs))
+    lines = ["#### The paper's own package on the same runs", "",
+             f"The paper's package (gradient-descent-the-ultimate-optimizer 1.0) through its own loop (ModuleWrapper, "
+             f"`backward(create_graph=True)`), same model, initial weights and batches, seeds 0-{seeds - 1}, "
+             f"{epochs} epochs; beside it hyperfused's runs of the same seeds from the table above.", "",
+             "| optimizer (spec) | package: test error per seed | hyperfused, same seeds | paper |", "|---|---|---|---|"]
+    paper = {spec: v for spec, _, v in TABLE1}
+    out = {}
+    for spec in PACKAGE_ROWS:
+        errs = [100 * r["test_error"] for r in res if r["spec"] == spec]
+        ours = summary[spec]["errors"][:seeds] if summary else []
+        out[spec] = (errs, ours)
+        lines.append(f"| `{spec}` | {', '.join(f'{e:.2f}%' for e in errs)} | "
+                     f"{', '.join(f'{e:.2f}%' for e in ours) or 'n/a'} | {paper[spec]:.2f}% |")
+    return lines, out
+
+
 SWEEP_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 SWEEP_HEIGHTS = [0, 1, 2, 3]
 
@@ -261,6 +334,8 @@ def main(argv=None):
     ap.add_argument("--text-epochs", type=int, default=2, help="epochs of experiment 4")
     ap.add_argument("--fetch", action="store_true")
     ap.add_argument("--only", nargs="*", type=int, choices=[1, 2, 4, 5])
+    ap.add_argument("--package-seeds", type=int, default=2,
+                    help="seeds of the paper's package's own runs beside experiment 1 (0: none)")
     ap.add_argument("--out", default=os.path.join(HERE, "paper_experiments.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -273,7 +348,10 @@ def main(argv=None):
              "section above.", ""]
     mnist = datasets.load("mnist", fetch=args.fetch)
     if 1 in which:
-        lines += exp1(args.epochs, args.seeds, args.workers)[0] + [""]
+        l1, summary = exp1(args.epochs, args.seeds, args.workers)
+        lines += l1 + [""]
+        if args.package_seeds:
+            lines += exp1_package(args.epochs, args.package_seeds, args.workers, summary)[0] + [""]
     if 2 in which:
         lines += exp2(args.epochs, args.sweep_seeds, args.workers)[0] + [""]
     if 4 in which:
