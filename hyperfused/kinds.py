@@ -66,10 +66,12 @@ class Kind:
     param: Dict[str, int] = field(default_factory=dict)   # name -> parametrisation when learned (identity if absent)
     slots: Tuple[Slot, ...] = ()       # element-wise state, in the kernels' order
     step: bool = False                 # keeps a per-tensor step count ("step", a 0-dim tensor)
+    #: keeps one only in some configurations (``step_when(cfg)``; SGD with dampening, whose first step differs)
+    step_when: Optional[Callable[[dict], bool]] = None
     learnable: Optional[Tuple[str, ...]] = None   # what a level above may learn (None: every hyperparameter)
     #: the cfg keys of the two constants a kernel call takes per level (EPS_PER_LEVEL): Adagrad's and RMSprop's
     #: denominators sqrt(s + eps_root) + eps; Adam's eps and v's initial value (its beta2 Jacobian at the first
-    #: step is exactly 0 when v starts at 0)
+    #: step is exactly 0 when v starts at 0); SGD's dampening and Nesterov flag (0 or 1)
     consts: Tuple[str, str] = ("eps", "eps_root")
 
     @property
@@ -85,6 +87,10 @@ class Kind:
     def state_keys(self, cfg: dict, learned: Sequence[str]) -> Tuple[str, ...]:
         """The element-wise state arrays that exist for this configuration, in the kernels' order (s0, s1, s2)."""
         return tuple(s.name for s in self.slots if s.when(cfg, learned))
+
+    def counts_steps(self, cfg: dict) -> bool:
+        """Whether a tensor's state keeps a step count in this configuration."""
+        return self.step or (self.step_when is not None and self.step_when(cfg))
 
     def learn_mask(self, learned: Sequence[str]) -> int:
         return sum(learn_bit(self.column(n)) for n in learned)
@@ -103,12 +109,23 @@ def _momentum(cfg, learned):
     return bool(cfg.get("momentum", False))
 
 
+def _nesterov(cfg, learned):
+    return _momentum(cfg, learned) and bool(cfg.get("nesterov", 0.0))
+
+
+def _sgd_prev_grad(cfg, learned):
+    """SGD keeps the previous gradient for J_lr without momentum (d = g) and with Nesterov's (d = g + mu buf)."""
+    return "lr" in learned and (not _momentum(cfg, learned) or _nesterov(cfg, learned))
+
+
 KINDS: Dict[str, Kind] = {k.name: k for k in (
     Kind("sgd", 0, "SGD", ("lr", "momentum"),
          slots=(Slot("momentum_buffer", _momentum),
                 Slot("prev_momentum_buffer", lambda cfg, learned: _momentum(cfg, learned) and "momentum" in learned,
                      prev=True),
-                Slot("prev_grad", lambda cfg, learned: not _momentum(cfg, learned) and "lr" in learned, prev=True))),
+                Slot("prev_grad", _sgd_prev_grad, prev=True)),
+         step_when=lambda cfg: _momentum(cfg, ()) and float(cfg.get("dampening", 0.0)) != 0.0,
+         consts=("dampening", "nesterov")),
     Kind("adagrad", 1, "Adagrad", ("lr",),
          slots=(Slot("sum", init="initial_accumulator_value"),
                 Slot("prev_grad", lambda cfg, learned: bool(learned), prev=True))),

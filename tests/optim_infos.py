@@ -27,6 +27,10 @@ def backends() -> List[str]:
 LR0 = {"sgd": 0.05, "adam": 0.01, "rmsprop": 0.01, "adagrad": 0.05}
 #: what a configuration needs for every hyperparameter to be learnable (SGD learns momentum only when it is on)
 LEARNABLE = {"sgd": dict(momentum=0.9)}
+#: torch's variants of a kind that change its state or formulas (tested at height 1, each learned set)
+EXTRA = {"sgd": [dict(momentum=0.9, nesterov=True), dict(momentum=0.9, nesterov=True, learn=("lr",)),
+                 dict(momentum=0.9, nesterov=True, learn=("momentum",)), dict(momentum=0.9, dampening=0.3),
+                 dict(momentum=0.9, dampening=0.3, learn=("momentum",))]}
 
 CLS = {name: getattr(hf, spec.cls) for name, spec in kinds.KINDS.items()}
 
@@ -36,6 +40,9 @@ TOWERS = {
     2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7), **UPPER["adam"]),
     3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8, **UPPER["adagrad"])),
                           **UPPER["rmsprop"]),
+    # Nesterov's and dampened SGD above level 0 (the compiled and Triton backends run such towers in Python)
+    4: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7, momentum=0.5, nesterov=True, hyper=hf.SGD(
+        lr=1e-7, momentum=0.5, dampening=0.2, hyper=hf.SGD(lr=1e-8))), **UPPER["adam"]),
 }
 
 
@@ -53,7 +60,7 @@ def variants(kind: str) -> List[Dict]:
     if len(names) > 2:
         out.append(dict(base, learn=(names[0], names[-1])))
     out.append(dict(per_tensor=True))
-    return out
+    return out + EXTRA.get(kind, [])
 
 
 LEVEL0 = {kind: variants(kind) for kind in kinds.KINDS}

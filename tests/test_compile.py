@@ -360,6 +360,8 @@ STEP_CASES = {     # the blockers that remain (none: the case must pass)
 # decoupled decay and its dot product, maximize), on both backends that run here
 KIND_STEPS = {
     "sgd": lambda p, **kw: hf.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2, **kw),
+    "sgd_nesterov": lambda p, **kw: hf.SGD(p, lr=0.05, momentum=0.9, nesterov=True, **kw),
+    "sgd_dampening": lambda p, **kw: hf.SGD(p, lr=0.05, momentum=0.9, dampening=0.3, **kw),
     "adagrad": lambda p, **kw: hf.Adagrad(p, lr=0.05, weight_decay=1e-2, maximize=True, **kw),
     "rmsprop": lambda p, **kw: hf.RMSprop(p, lr=0.01, weight_decay=1e-2, **kw),
     "adamw": lambda p, **kw: hf.AdamW(p, lr=1e-2, **kw),

@@ -65,10 +65,11 @@ def test_header_kinds_match_the_table():
 
 
 def _configs(spec):
-    for momentum in (False, True):
+    extra = [{"momentum": True, "nesterov": 1.0}, {"momentum": True, "dampening": 0.5}] if spec.name == "sgd" else []
+    for cfg in [{"momentum": False}, {"momentum": True}] + extra:
         for r in range(len(spec.hyper) + 1):
             for learned in itertools.combinations(spec.hyper, r):
-                yield {"momentum": momentum}, learned
+                yield cfg, learned
 
 
 @pytest.mark.parametrize("name", sorted(kinds.KINDS))
@@ -80,7 +81,7 @@ def test_state_fits_the_kernels_and_reference_follows_the_table(name):
         full = dict(cfg, eps=1e-8, initial_accumulator_value=0.25, initial_exp_avg_sq=0.5)
         st = ref.init_state(name, torch.zeros(3), full, learned)
         assert [k for k in st if k != "step"] == list(keys)
-        assert ("step" in st) == spec.step
+        assert ("step" in st) == spec.counts_steps(cfg)
         for slot in spec.slots:
             if slot.name in st and slot.init:
                 assert torch.equal(st[slot.name], torch.full((3,), full[slot.init]))

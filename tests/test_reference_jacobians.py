@@ -15,11 +15,14 @@ from hyperfused.ops import reference as ref
 CONFIGS = {
     "sgd": ({"momentum": False}, {"lr": 0.1, "momentum": 0.0}),
     "sgd_m": ({"momentum": True}, {"lr": 0.1, "momentum": 0.8}),
+    "sgd_nesterov": ({"momentum": True, "nesterov": 1.0, "dampening": 0.0}, {"lr": 0.1, "momentum": 0.8}),
+    "sgd_dampening": ({"momentum": True, "nesterov": 0.0, "dampening": 0.3}, {"lr": 0.1, "momentum": 0.8}),
     "adagrad": ({"eps": 1e-10, "initial_accumulator_value": 0.1}, {"lr": 0.05}),
     "rmsprop": ({"eps": 1e-8}, {"lr": 0.01, "alpha": 0.9}),
     "adam": ({"eps": 1e-8}, {"lr": 0.01, "beta1": 0.8, "beta2": 0.95}),
 }
-NAMES = {"sgd": ("lr",), "sgd_m": ("lr", "momentum"), "adagrad": ("lr",), "rmsprop": ("lr", "alpha"),
+NAMES = {"sgd": ("lr",), "sgd_m": ("lr", "momentum"), "sgd_nesterov": ("lr", "momentum"),
+         "sgd_dampening": ("lr", "momentum"), "adagrad": ("lr",), "rmsprop": ("lr", "alpha"),
          "adam": ("lr", "beta1", "beta2")}
 
 

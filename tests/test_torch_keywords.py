@@ -1,5 +1,5 @@
 """torch's keywords on every kind: ``weight_decay`` (L2), ``maximize``, AdamW's decoupled decay, and the keywords
-that change nothing here (``foreach``, ``fused``, ``capturable``) or are refused (``amsgrad``, ``nesterov``, ...).
+that change nothing here (``foreach``, ``fused``, ``capturable``) or are refused (``amsgrad``, ``centered``, ...).
 
 Height 0 against torch.optim is tests/test_torch_parity.py. Here the hypergradients: a tower's learned lr (and
 betas) against a simulation written from the formulas with autograd, which differentiates the last update
@@ -42,9 +42,10 @@ def _update(kind, x, g, st, lr, opts):
         u = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
         x0 = x * (1 - lr * wd) if dec else x
         return x0 - lr * u, {"t": t, "m": m, "v": v}
-    if kind == "sgd":
-        buf = 0.9 * st["buf"] + g if st["t"] else g
-        return x - lr * buf, {"t": st["t"] + 1, "buf": buf}
+    if kind == "sgd":                  # torch.optim.SGD with momentum 0.9 (BASE), dampening, Nesterov's
+        buf = 0.9 * st["buf"] + (1 - opts.get("dampening", 0.0)) * g if st["t"] else g
+        d = g + 0.9 * buf if opts.get("nesterov") else buf
+        return x - lr * d, {"t": st["t"] + 1, "buf": buf}
     if kind == "rmsprop":
         s = 0.99 * st["s"] + 0.01 * g * g
         return x - lr * g / (s.sqrt() + 1e-8), {"t": st["t"] + 1, "s": s}
@@ -112,6 +113,10 @@ OPTIONS = [
     ("adam", dict(weight_decay=0.1)),
     ("adam", dict(maximize=True)),
     ("sgd", dict(weight_decay=0.1, maximize=True)),
+    ("sgd", dict(nesterov=True)),
+    ("sgd", dict(nesterov=True, weight_decay=0.1)),
+    ("sgd", dict(dampening=0.3)),
+    ("sgd", dict(dampening=0.5, weight_decay=0.1, maximize=True)),
     ("rmsprop", dict(weight_decay=0.1)),
     ("adagrad", dict(weight_decay=0.1, maximize=True)),
 ]
@@ -263,9 +268,8 @@ def test_keywords_without_effect_change_nothing(kw):
     assert opt.param_groups[0][next(iter(kw))] == next(iter(kw.values()))
 
 
-REFUSED = [(hf.Adam, dict(amsgrad=True)), (hf.AdamW, dict(differentiable=True)), (hf.SGD, dict(nesterov=True,
-           momentum=0.9)), (hf.SGD, dict(dampening=0.1)), (hf.RMSprop, dict(centered=True)),
-           (hf.RMSprop, dict(momentum=0.9)), (hf.Adagrad, dict(lr_decay=0.1))]
+REFUSED = [(hf.Adam, dict(amsgrad=True)), (hf.AdamW, dict(differentiable=True)), (hf.SGD, dict(differentiable=True)),
+           (hf.RMSprop, dict(centered=True)), (hf.RMSprop, dict(momentum=0.9)), (hf.Adagrad, dict(lr_decay=0.1))]
 
 
 @pytest.mark.parametrize("cls,kw", REFUSED, ids=[f"{c.__name__}-{'-'.join(k)}" for c, k in REFUSED])
@@ -273,6 +277,18 @@ def test_unimplemented_keywords_are_refused_with_a_sentence(cls, kw):
     key = next(k for k in kw if k != "momentum" or cls is hf.RMSprop)
     with pytest.raises(ValueError, match=f"{key}=.*not supported by hf.{cls.__name__}"):
         cls([torch.nn.Parameter(torch.zeros(3))], **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(nesterov=True), dict(nesterov=True, momentum=0.9, dampening=0.1),
+                                dict(momentum=0.9, nesterov=1), dict(momentum=0.9, dampening=float("inf"))])
+def test_sgd_refuses_what_torch_refuses(kw):
+    """torch.optim.SGD's rule: Nesterov momentum needs momentum > 0 and dampening 0; and values must be sane."""
+    key = "dampening" if "dampening" in kw and "nesterov" not in kw else "nesterov"
+    with pytest.raises((ValueError, TypeError), match=key):
+        hf.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1, **kw)
+    if kw.get("nesterov") is True:
+        with pytest.raises(ValueError):
+            torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1, **kw)
 
 
 @pytest.mark.parametrize("kw", [dict(weight_decay=-0.1), dict(weight_decay=float("nan")), dict(maximize=1),
@@ -380,3 +396,19 @@ def test_numpy_scalars_are_accepted_as_torch_accepts_them():
     ps[0].grad = torch.ones(3)
     opt.step()
     assert torch.all(ps[0] > 1 - 1e-2)        # maximize: the step goes up the gradient (the decay pulls a little)
+
+
+@pytest.mark.parametrize("key,value", [("nesterov", True), ("dampening", 0.2)])
+def test_sgd_nesterov_and_dampening_are_fixed_once_the_optimizer_exists(key, value):
+    """They decide the state's shape (a kept gradient, a step count): an edit in param_groups is refused with a
+    sentence at the next step, and nothing changes."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = hf.SGD([p], lr=0.1, momentum=0.9, hyper=hf.SGD(lr=1e-3))
+    p.grad = torch.full((4,), 0.5)
+    opt.step()
+    before = (p.detach().clone(), copy.deepcopy(opt.state_dict()))
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=f"{key} cannot change once the optimizer exists"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    assert str(opt.state_dict()["state"]) == str(before[1]["state"])

@@ -33,6 +33,11 @@ CASES = [
     ("adam-l2-max", hf.Adam, torch.optim.Adam, dict(weight_decay=0.1, maximize=True)),
     ("adam-decoupled", hf.Adam, torch.optim.Adam, dict(weight_decay=0.05, decoupled_weight_decay=True)),
     ("sgd-l2-max", hf.SGD, torch.optim.SGD, dict(momentum=0.9, weight_decay=0.1, maximize=True)),
+    ("sgd-nesterov", hf.SGD, torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
+    ("sgd-nesterov-l2", hf.SGD, torch.optim.SGD, dict(momentum=0.8, nesterov=True, weight_decay=0.1)),
+    ("sgd-dampening", hf.SGD, torch.optim.SGD, dict(momentum=0.9, dampening=0.3)),
+    ("sgd-dampening-l2-max", hf.SGD, torch.optim.SGD, dict(momentum=0.5, dampening=0.9, weight_decay=0.1,
+                                                            maximize=True)),
     ("rmsprop-l2-max", hf.RMSprop, torch.optim.RMSprop, dict(weight_decay=0.1, maximize=True)),
     ("adagrad-l2-max", hf.Adagrad, torch.optim.Adagrad, dict(weight_decay=0.1, maximize=True)),
 ]

@@ -179,6 +179,29 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
   }
   switch (f.kind) {
     case kSGD:
+      if (f.momentum && c.eps_root != T(0)) {  // Nesterov's: J_lr = -(g_prev + mu buf), J_mu = -lr (buf + mu buf_prev)
+        const bool lr = (f.learn & kLearnLr) != 0;
+        const T* gp = sgd_prev_grad_slot(f.learn, true, true) == 2 ? s2 : s1;
+        if (lr && h1) {
+          return reduce_loop<T, true>(g_s012, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
+            using V = decltype(z);
+            const auto& cc = sc.template get<V>();
+            j0 = sgd_nesterov_jac_lr(ld<V>(gp, k), ld<V>(s0, k), cc.h1);
+            j1 = sgd_nesterov_jac_mu(ld<V>(s0, k), ld<V>(s1, k), cc.lr, cc.h1);
+          });
+        }
+        if (h1) {
+          return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto&, auto& j1, auto&) {
+            using V = decltype(z);
+            const auto& cc = sc.template get<V>();
+            j1 = sgd_nesterov_jac_mu(ld<V>(s0, k), ld<V>(s1, k), cc.lr, cc.h1);
+          });
+        }
+        return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto&, auto&) {
+          using V = decltype(z);
+          j0 = sgd_nesterov_jac_lr(ld<V>(gp, k), ld<V>(s0, k), sc.template get<V>().h1);
+        });
+      }
       if (f.momentum && h1) {  // J_lr = -buf, J_mu = -lr buf_prev
         return reduce_loop<T, true>(g_s01, g, begin, end, out, [&](auto z, int64_t k, auto& j0, auto& j1, auto&) {
           using V = decltype(z);
@@ -236,6 +259,30 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
   const bool any = f.learn != 0 && f.store_prev;
   switch (f.kind) {
     case kSGD:
+      if (f.momentum && c.eps_root != T(0)) {     // Nesterov's (dampening 0)
+        const int pg = sgd_prev_grad_slot(f.learn, true, true);
+        T* prev = !f.store_prev ? nullptr : (pg == 1 ? s1 : (pg == 2 ? s2 : nullptr));
+        return update_loop<T>(begin, end, [&](auto z, int64_t k) {
+          using V = decltype(z);
+          const auto& cc = sc.template get<V>();
+          const V gk = ld<V>(g, k);
+          V buf = ld<V>(s0, k);
+          if (h1) st<V>(s1, k, buf);                  // the buffer before the update, for J_momentum
+          st<V>(x, k, sgd_nesterov_step(ld<V>(x, k), gk, buf, cc.lr, cc.h1));
+          st<V>(s0, k, buf);
+          if (prev != nullptr) st<V>(prev, k, gk);    // the previous gradient, for J_lr
+        });
+      }
+      if (f.momentum && c.eps != T(0)) {          // dampening: buf' = mu buf + k g, k = 1 at the first step
+        return update_loop<T>(begin, end, [&](auto z, int64_t k) {
+          using V = decltype(z);
+          const auto& cc = sc.template get<V>();
+          V buf = ld<V>(s0, k);
+          if (h1) st<V>(s1, k, buf);
+          st<V>(x, k, sgd_dampened_step(ld<V>(x, k), ld<V>(g, k), buf, cc.lr, cc.h1, cc.gk));
+          st<V>(s0, k, buf);
+        });
+      }
       if (f.momentum) {
         return update_loop<T>(begin, end, [&](auto z, int64_t k) {
           using V = decltype(z);

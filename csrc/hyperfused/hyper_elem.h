@@ -1,7 +1,9 @@
 // One element of a hypergradient pass, for the loops that work element by element: the CPU kernels' generic
 // path (half, bfloat16) and the CUDA kernels. Which state array feeds which formula of hyper_math.h is decided
-// here once. State arrays by kind: SGD (momentum_buffer, prev_momentum_buffer) or (prev_grad); Adagrad (sum,
-// prev_grad); RMSprop (square_avg, prev_grad); Adam (exp_avg, exp_avg_sq, prev_grad).
+// here once. State arrays by kind: SGD (momentum_buffer, prev_momentum_buffer, prev_grad) or (prev_grad); Adagrad
+// (sum, prev_grad); RMSprop (square_avg, prev_grad); Adam (exp_avg, exp_avg_sq, prev_grad). Those that exist are
+// packed into s0, s1, s2 in that order (kinds.py). SGD's per-level constants are [dampening, nesterov]: a
+// Scalars' eps and eps_root.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +29,9 @@ struct Arrays {
   T* s2 = nullptr;
 };
 
+template <typename T>
+HF_HOST_DEVICE T* slot_of(T* s0, T* s1, T* s2, int k) { return k == 0 ? s0 : (k == 1 ? s1 : s2); }
+
 // The Jacobian contributions of one element: j[0..2] for lr, h1, h2.
 template <typename scalar_t, typename T>
 HF_HOST_DEVICE void element_jac(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
@@ -34,7 +39,11 @@ HF_HOST_DEVICE void element_jac(int kind, int learn, bool momentum, const Arrays
   j0 = j1 = j2 = T(0);
   switch (kind) {
     case kSGD:
-      if (momentum) {
+      if (momentum && sgd_nesterov(c)) {
+        if (learn & kLearnLr) j0 = sgd_nesterov_jac_lr(slot_of(a.s0, a.s1, a.s2, sgd_prev_grad_slot(learn, true, true))[i],
+                                                   a.s0[i], c.h1);
+        if (learn & kLearnH1) j1 = sgd_nesterov_jac_mu(a.s0[i], a.s1[i], c.lr, c.h1);
+      } else if (momentum) {
         j0 = -a.s0[i];                        // -buf
         if (learn & kLearnH1) j1 = -c.lr * a.s1[i];  // -lr buf_prev
       } else {
@@ -71,7 +80,15 @@ HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arr
       if (momentum) {
         T buf = a.s0[i];
         if (learn & kLearnH1) a.s1[i] = buf;    // previous buffer, for J_momentum
-        xn = sgd_momentum_step(x, g, buf, c.lr, c.h1);
+        if (sgd_nesterov(c)) {
+          xn = sgd_nesterov_step(x, g, buf, c.lr, c.h1);
+          const int pg = sgd_prev_grad_slot(learn, true, true);
+          if (pg >= 0) slot_of(a.s0, a.s1, a.s2, pg)[i] = g;   // previous gradient, for J_lr
+        } else if (c.eps != T(0)) {
+          xn = sgd_dampened_step(x, g, buf, c.lr, c.h1, c.gk);
+        } else {
+          xn = sgd_momentum_step(x, g, buf, c.lr, c.h1);
+        }
         a.s0[i] = buf;
       } else {
         xn = sgd_step(x, g, c.lr);
@@ -117,11 +134,13 @@ HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arr
 HF_HOST_DEVICE bool update_reads(int kind, bool momentum, int which) {
   return which == 0 ? (kind != kSGD || momentum) : (which == 1 && kind == kAdam);
 }
-HF_HOST_DEVICE bool update_writes(int kind, int learn, bool momentum, int which) {
+HF_HOST_DEVICE bool update_writes(int kind, int learn, bool momentum, bool nesterov, int which) {
+  if (kind == kSGD && momentum && which > 0)   // the previous buffer (s1, learning mu), Nesterov's gradient
+    return (which == 1 && (learn & kLearnH1) != 0) || sgd_prev_grad_slot(learn, true, nesterov) == which;
   if (which == 0) return kind != kSGD || momentum || (learn & kLearnLr) != 0;
   if (which == 1)
-    return kind == kAdam || (kind == kSGD && momentum && (learn & kLearnH1) != 0) ||
-           ((kind == kAdagrad || kind == kRMSprop) && learn != 0) || (kind == kLion && (learn & kLearnLr) != 0);
+    return kind == kAdam || ((kind == kAdagrad || kind == kRMSprop) && learn != 0) ||
+           (kind == kLion && (learn & kLearnLr) != 0);
   return kind == kAdam && (learn & (kLearnH1 | kLearnH2)) != 0;
 }
 
@@ -162,9 +181,10 @@ HF_HOST_DEVICE void update_pack(int kind, int learn, bool momentum, const Arrays
   for (int e = 0; e < N; ++e)
     element_update<scalar_t, T>(kind, learn, momentum, r, e, c, Convert<T, scalar_t>::run(g[e]) * inv);
   Mem::store(a.x + i, x);
-  if (a.s0 != nullptr && update_writes(kind, learn, momentum, 0)) Mem::store(a.s0 + i, s0);
-  if (a.s1 != nullptr && update_writes(kind, learn, momentum, 1)) Mem::store(a.s1 + i, s1);
-  if (a.s2 != nullptr && update_writes(kind, learn, momentum, 2)) Mem::store(a.s2 + i, s2);
+  const bool nest = kind == kSGD && sgd_nesterov(c);
+  if (a.s0 != nullptr && update_writes(kind, learn, momentum, nest, 0)) Mem::store(a.s0 + i, s0);
+  if (a.s1 != nullptr && update_writes(kind, learn, momentum, nest, 1)) Mem::store(a.s1 + i, s1);
+  if (a.s2 != nullptr && update_writes(kind, learn, momentum, nest, 2)) Mem::store(a.s2 + i, s2);
 }
 
 // Pass A over elements [i, i + N) through registers: g (times inv) and every state array given, then the

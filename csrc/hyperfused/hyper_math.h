@@ -4,7 +4,8 @@
 // kernels will include the same one, so the CPU tests check the math the GPU runs.
 //
 // The formulas (hyperfused/ops/reference.py is the oracle; docs/MATH.md derives them):
-//   SGD      x' = x - lr g,  or with momentum buf' = mu buf + g, x' = x - lr buf'
+//   SGD      x' = x - lr g,  or with momentum buf' = mu buf + k g (k = 1 at a tensor's first step, 1 - dampening
+//            after), x' = x - lr buf', or with Nesterov's momentum x' = x - lr (g + mu buf')
 //   Adagrad  G' = G + g^2,  x' = x - lr g / D(G')
 //   RMSprop  s' = gamma s + (1 - gamma) g^2,  x' = x - lr g / D(s')               (lr = a^2, gamma = sigma(q))
 // with D(s) = sqrt(s + eps_root) + eps: torch's optimizers add eps outside the root (eps_root = 0), the
@@ -54,6 +55,7 @@ struct Scalars {
   T ic1, ic2;      // 1 / c1, 1 / c2
   T ih1c1, ih2c2;  // 1 / (h1 c1), 1 / (h2 c2): Adam's (m - g) / b1 / c1 and (v - g^2) / b2 / c2
   T ih1;           // 1 / h1: RMSprop's 1 / gamma
+  T gk;            // SGD: the gradient's weight in the momentum buffer, 1 at the first step, 1 - dampening after
 };
 
 template <typename T>
@@ -71,6 +73,8 @@ HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T eps_root, T ra
   s.ih1c1 = T(1) / (h1 * s.c1);
   s.ih2c2 = T(1) / (h2 * s.c2);
   s.ih1 = T(1) / h1;
+  // (SGD's constants are [dampening, nesterov] (kinds.py consts); t = 0 where SGD counts no steps, dampening 0)
+  s.gk = t == T(1) ? T(1) : T(1) - eps;
   // Adam's Jacobians of its first update: mh_1 = g whatever beta1, and vh_1 = g^2 whatever beta2 when v starts at
   // 0 (eps_root is Adam's initial v, kinds.py consts): exactly 0, so the terms whose difference is 0 are zeroed
   // rather than left to round-off (only Adam's Jacobians read these four)
@@ -92,7 +96,7 @@ HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
   o.lr = V(c.lr); o.h1 = V(c.h1); o.h2 = V(c.h2); o.eps = V(c.eps); o.eps_root = V(c.eps_root); o.raw_lr = V(c.raw_lr);
   o.dsig1 = V(c.dsig1); o.dsig2 = V(c.dsig2); o.c1 = V(c.c1); o.c2 = V(c.c2); o.dc1 = V(c.dc1);
   o.dc2 = V(c.dc2); o.om1 = V(c.om1); o.om2 = V(c.om2); o.ic1 = V(c.ic1); o.ic2 = V(c.ic2);
-  o.ih1c1 = V(c.ih1c1); o.ih2c2 = V(c.ih2c2); o.ih1 = V(c.ih1);
+  o.ih1c1 = V(c.ih1c1); o.ih2c2 = V(c.ih2c2); o.ih1 = V(c.ih1); o.gk = V(c.gk);
   return o;
 }
 
@@ -105,6 +109,37 @@ HF_HOST_DEVICE T sgd_momentum_step(T x, T g, T& buf, T lr, T mu) {
   buf = buf * mu + g;
   return x - buf * lr;
 }
+
+// SGD's constants are [dampening, nesterov] (a Scalars' eps, eps_root). With momentum: whether the update is Nesterov's, and the slot of its previous gradient (Nesterov's learning
+// lr; -1: none). Without momentum the previous gradient, if kept, is s0.
+template <typename T>
+HF_HOST_DEVICE bool sgd_nesterov(const Scalars<T>& c) { return c.eps_root != T(0); }
+HF_HOST_DEVICE int sgd_prev_grad_slot(int learn, bool momentum, bool nesterov) {
+  if (!momentum) return (learn & kLearnLr) ? 0 : -1;
+  if (!nesterov || !(learn & kLearnLr)) return -1;
+  return (learn & kLearnH1) ? 2 : 1;
+}
+
+// with dampening: buf' = mu buf + k g (k: Scalars::gk)
+template <typename T>
+HF_HOST_DEVICE T sgd_dampened_step(T x, T g, T& buf, T lr, T mu, T k) {
+  buf = buf * mu + g * k;
+  return x - buf * lr;
+}
+
+// Nesterov's (dampening 0): x' = x - lr (g + mu buf')
+template <typename T>
+HF_HOST_DEVICE T sgd_nesterov_step(T x, T g, T& buf, T lr, T mu) {
+  buf = buf * mu + g;
+  return x - (g + buf * mu) * lr;
+}
+
+// Nesterov's Jacobians of the last update (buf = buf_{t-1}, prev_buf = buf_{t-2}, g_prev = g_{t-1}, mu and lr its
+// values): J_lr = -(g_prev + mu buf), J_mu = -lr (buf + mu prev_buf)
+template <typename T>
+HF_HOST_DEVICE T sgd_nesterov_jac_lr(T g_prev, T buf, T mu) { return -(g_prev + buf * mu); }
+template <typename T>
+HF_HOST_DEVICE T sgd_nesterov_jac_mu(T buf, T prev_buf, T lr, T mu) { return -lr * (buf + mu * prev_buf); }
 
 // ------------------------------------------------------------------------------------------------ Adagrad
 template <typename T>

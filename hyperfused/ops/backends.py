@@ -158,6 +158,9 @@ class TritonBackend(CompiledBackend):
 
     def tower_plan(self, levels, specs, d0_flat, finite):
         from .triton import tower
+        from .tower_shape import compiled_covers
+        if not compiled_covers(specs):
+            return Backend.tower_plan(self, levels, specs, d0_flat, finite)
         scr, ok = tower.plan(levels, specs, d0_flat, finite)
         return (lambda ok_: tower.commit(levels, specs, scr, ok_)), ok
 

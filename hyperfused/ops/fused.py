@@ -233,7 +233,7 @@ def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw, compiled=Tru
     n = len(grads)
     valid = _check_prev_grads(states, list(valid))
     s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = [st["step"] for st in states] if kinds.KINDS[kind].step else None
+    steps = [st["step"] for st in states] if kinds.KINDS[kind].counts_steps(cfg) else None
     dev = grads[0].device
     scal = scalars(kind, learned, n, hp, raw, steps, valid, dev, host=compiled and dev.type == "cpu")
     g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
@@ -278,7 +278,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     dt = hp["lr"].dtype
     n = len(params)
     s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = [st["step"] for st in states] if kinds.KINDS[kind].step else None
+    steps = [st["step"] for st in states] if kinds.KINDS[kind].counts_steps(cfg) else None
     work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
     g = [_dense_like(x, w) for x, w in zip(grads, work)]
     dev = grads[0].device

@@ -80,7 +80,7 @@ def init_state(kind: str, x: Tensor, cfg: dict, learned: Sequence[str]) -> State
     order; 0 or the cfg value the table names) and its step count, if it keeps one."""
     spec = kinds.KINDS[kind]
     st: State = {}
-    if spec.step:
+    if spec.counts_steps(cfg):
         st["step"] = torch.zeros((), dtype=x.dtype, device=x.device)
     for slot in spec.slots:
         if slot.when(cfg, learned):
@@ -89,18 +89,29 @@ def init_state(kind: str, x: Tensor, cfg: dict, learned: Sequence[str]) -> State
 
 
 # --------------------------------------------------------------------------------------------------------
-# SGD (with or without momentum).  cfg: {"momentum": bool}
+# SGD (with or without momentum).  cfg: {"momentum": bool, "dampening": float, "nesterov": 0 or 1} (torch's)
 # --------------------------------------------------------------------------------------------------------
 def sgd_update(x: Tensor, g: Tensor, st: State, hp: Dict[str, Tensor], cfg: dict,
                learned: Sequence[str]) -> Tuple[Tensor, State]:
+    """buf_1 = g, buf_t = mu buf_{t-1} + (1 - dampening) g; x' = x - lr d with d = buf_t, or with Nesterov's
+    momentum d = g + mu buf_t (torch.optim.SGD; Nesterov needs dampening 0)."""
     new: State = {}
     if cfg["momentum"]:
         buf = st["momentum_buffer"]
-        nbuf = buf * hp["momentum"] + g          # buf_1 = g exactly, since buf_0 = 0
+        if "step" in st:                         # dampening: the first step takes g whole (buf_1 = g)
+            t = st["step"] + 1
+            new["step"] = t
+            one = torch.ones((), dtype=g.dtype, device=g.device)
+            nbuf = buf * hp["momentum"] + g * torch.where(t == 1, one, one - float(cfg["dampening"]))
+        else:
+            nbuf = buf * hp["momentum"] + g      # buf_1 = g exactly, since buf_0 = 0
         new["momentum_buffer"] = nbuf
         if "momentum" in learned:
             new["prev_momentum_buffer"] = buf
-        return x - nbuf * hp["lr"], new
+        if "prev_grad" in st:                     # Nesterov learning lr: J_lr needs g
+            new["prev_grad"] = g
+        d = g + nbuf * hp["momentum"] if cfg.get("nesterov") else nbuf
+        return x - d * hp["lr"], new
     if "lr" in learned:
         new["prev_grad"] = g
     return x - g * hp["lr"], new
@@ -108,12 +119,16 @@ def sgd_update(x: Tensor, g: Tensor, st: State, hp: Dict[str, Tensor], cfg: dict
 
 def sgd_jac(st: State, hp: Dict[str, Tensor], raw: Dict[str, Tensor], cfg: dict,
             learned: Sequence[str]) -> Dict[str, Tensor]:
+    """J_lr = -d; J_mu = -lr buf_{t-1} (d = buf_t), or -lr (buf_t + mu buf_{t-1}) with Nesterov's d."""
     J: Dict[str, Tensor] = {}
     if cfg["momentum"]:
+        nesterov = bool(cfg.get("nesterov"))
+        buf = st["momentum_buffer"]
         if "lr" in learned:
-            J["lr"] = -st["momentum_buffer"]
+            J["lr"] = -(st["prev_grad"] + buf * hp["momentum"]) if nesterov else -buf
         if "momentum" in learned:
-            J["momentum"] = -hp["lr"] * st["prev_momentum_buffer"]
+            prev = st["prev_momentum_buffer"]
+            J["momentum"] = -hp["lr"] * (buf + hp["momentum"] * prev if nesterov else prev)
     elif "lr" in learned:
         J["lr"] = -st["prev_grad"]
     return J

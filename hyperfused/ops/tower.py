@@ -10,7 +10,7 @@ import torch
 from ..kinds import MAX_TOWER_LEVELS as MAX_LEVELS
 from ..kinds import STATE_SLOTS
 from .reference import inplace
-from .tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
+from .tower_shape import _nlr, _state_keys, compiled_covers, eps_pair, level_hp, shape_of, units_of
 
 Tensor = torch.Tensor
 
@@ -18,7 +18,7 @@ Tensor = torch.Tensor
 def supported(levels, specs) -> bool:
     """The compiled tower ops cover this tower: built for its device, at most MAX_LEVELS levels, one dtype."""
     from . import _ext
-    if not 2 <= len(specs) <= MAX_LEVELS:
+    if not 2 <= len(specs) <= MAX_LEVELS or not compiled_covers(specs):
         return False
     dev = levels[0]["hp"]["lr"].device
     if dev.type == "cpu":

@@ -42,8 +42,16 @@ def shape_of(specs) -> Dict[str, tuple]:
         out["PARAM"] += [spec.parametrisation(spec.hyper[c]) if c < len(spec.hyper) and spec.hyper[c] in learned
                          else kinds.IDENTITY for c in range(kinds.HP_COLS)]
         out["PREV"].append(spec.prev_grad_slot(cfg))
-        out["STEPS"].append(bool(spec.step))
+        out["STEPS"].append(spec.counts_steps(cfg))
     return {k: tuple(v) for k, v in out.items()}
+
+
+def compiled_covers(specs) -> bool:
+    """The compiled and Triton towers run these levels above 0: all but SGD with Nesterov momentum or dampening
+    (its kept gradient and step count are implemented in the level-0 passes and the Python tower only; a tower
+    holding such a level runs the Python tower, on the device all the same)."""
+    return not any(lv.kind == "sgd" and (float(cfg.get("nesterov", 0.0)) or float(cfg.get("dampening", 0.0)))
+                   for lv, _, _, _, cfg in specs[1:])
 
 
 def _nlr(levels) -> Tuple[int, ...]:

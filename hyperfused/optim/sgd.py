@@ -3,19 +3,23 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ._checks import check_nonneg
+from ._checks import _num, check_nonneg
 from .base import HyperOptimizer, ParamsT
 
 
 class SGD(HyperOptimizer):
     """Hypergradient SGD: the paper's ``SGD`` (and ``SGDPerParam`` with ``per_tensor=True``).
 
-    Update: ``x' = x - lr * g``; with momentum ``buf = momentum * buf + g`` (``buf_1 = g``), ``x' = x - lr * buf``.
+    Update (torch.optim.SGD's): ``x' = x - lr * g``; with momentum ``buf = momentum * buf + (1 - dampening) * g``
+    (``buf_1 = g``) and ``x' = x - lr * buf``, or with ``nesterov=True`` ``x' = x - lr * (g + momentum * buf)``.
     With a level above (``hyper=``) it learns ``lr``, and ``momentum`` when it starts non-zero.
 
     Args:
         params: the model's parameters (level 0 of a tower), or None for a level of a tower.
         lr: learning rate (>= 0). momentum: momentum factor (>= 0; learned raw, unconstrained).
+        dampening, nesterov: torch's (Nesterov needs momentum > 0 and dampening 0). Both are fixed once the
+            optimizer exists (dampening adds a per-tensor step count to the state, Nesterov's lr hypergradient a
+            kept gradient). weight_decay, maximize: torch's (L2 decay on the gradient, gradient ascent).
         hyper: the level above, an optimizer constructed without params, or None.
         learn: names this level learns ("lr", "momentum"); default: the paper's.
         per_tensor: one learned lr per tensor (level 0) or per entry of the vector below (levels above).
@@ -32,7 +36,8 @@ class SGD(HyperOptimizer):
     """
 
     kind = "sgd"
-    _torch_only = {"dampening": 0, "nesterov": False, "differentiable": False}
+    _torch_only = {"differentiable": False}
+    _STRUCTURAL = HyperOptimizer._STRUCTURAL + ("dampening", "nesterov")
 
     def __init__(self, params: Optional[ParamsT] = None, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
@@ -41,7 +46,7 @@ class SGD(HyperOptimizer):
                  hyper: Optional[HyperOptimizer] = None, learn: Optional[Sequence[str]] = None,
                  per_tensor: bool = False, backend: str = "auto",
                  one_pass: bool = False) -> None:
-        # torch's positional order; what is not implemented (dampening, nesterov, differentiable) is refused
+        # torch's positional order; what is not implemented (differentiable) is refused
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                         maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused,
                         learn=None if learn is None else tuple([learn] if isinstance(learn, str) else learn),
@@ -50,7 +55,19 @@ class SGD(HyperOptimizer):
 
     @classmethod
     def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:
-        return {"momentum": float(d["momentum"]) != 0.0}
+        momentum = float(d["momentum"]) != 0.0
+        nesterov = d.get("nesterov", False)
+        if type(nesterov).__module__ == "numpy" and type(nesterov).__name__ in ("bool_", "bool"):
+            nesterov = bool(nesterov)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        dampening = _num(d.get("dampening", 0.0), "dampening", "SGD")
+        if nesterov and (float(d["momentum"]) <= 0 or dampening != 0):
+            raise ValueError(f"SGD: nesterov=True needs momentum > 0 and dampening = 0 (torch.optim.SGD's rule); "
+                             f"got momentum={d['momentum']!r}, dampening={d.get('dampening', 0.0)!r}")
+        # (without momentum, dampening and Nesterov change nothing, as in torch)
+        return {"momentum": momentum, "dampening": dampening if momentum else 0.0,
+                "nesterov": 1.0 if nesterov and momentum else 0.0}
 
     @classmethod
     def _default_learn(cls, values: Dict[str, float]) -> Tuple[str, ...]:

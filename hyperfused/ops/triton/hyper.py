@@ -97,7 +97,8 @@ def configure(block: Optional[int] = None, chunk: Optional[int] = None, num_warp
 @triton.jit
 def _derived(scal_ptr, row, eps_ptr):
     """The per-tensor scalars of one update from its float64 row (lr, h1, h2, raw_lr, dsig1, dsig2, t, flag),
-    computed once per program in float64 (bias corrections 1 - b^t and their derivatives t b^(t-1) / c^2)."""
+    computed once per program in float64 (bias corrections 1 - b^t and their derivatives t b^(t-1) / c^2; SGD's
+    weight of g in a dampened momentum buffer, 1 at the first step)."""
     base = scal_ptr + row * _TABLE_COLS
     lr = tl.load(base + 0)
     h1 = tl.load(base + 1)
@@ -110,7 +111,8 @@ def _derived(scal_ptr, row, eps_ptr):
     eps = tl.load(eps_ptr)
     eps_root = tl.load(eps_ptr + 1)
     c1, c2, dc1, dc2, r1, r2 = _bias(h1, h2, t, eps_root)
-    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, flag, eps, eps_root
+    gk = tl.where(t == 1.0, 1.0, 1.0 - eps)     # SGD (constants [dampening, nesterov]): g's weight in the buffer
+    return lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, flag, eps, eps_root, gk
 
 
 @triton.jit
@@ -135,16 +137,25 @@ def _bias(h1, h2, t, v0):
 
 
 @triton.jit
-def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1, a2,
+def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, PREV: tl.constexpr, a0, a1, a2,
          lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, eps, eps_root):
     """J_lr, J_h1, J_h2 of the last update at one tile, rebuilt from its state (a0, a1, a2: s0, s1, s2 in the
     math type) and its scalars; hyper_math.h element_jac. Adagrad's and RMSprop's denominator is
-    D = R + eps with R = sqrt(s + eps_root)."""
+    D = R + eps with R = sqrt(s + eps_root). MOMENTUM (SGD): 0 none, 1 plain, 2 dampened, 3 Nesterov's;
+    PREV: the slot of the previous gradient."""
     zero = a0 * 0.0
     j0 = zero
     j1 = zero
     j2 = zero
-    if KIND == 0:          # SGD: -buf (or -g_prev), and -lr buf_prev for the momentum
+    if KIND == 0 and MOMENTUM == 3:   # SGD, Nesterov's: -(g_prev + mu buf), -lr (buf + mu buf_prev)
+        if LEARN & 1:
+            if PREV == 2:
+                j0 = -(a2 + a0 * h1)
+            else:
+                j0 = -(a1 + a0 * h1)
+        if LEARN & 2:
+            j1 = -lr * (a0 + h1 * a1)
+    elif KIND == 0:        # SGD: -buf (or -g_prev), and -lr buf_prev for the momentum
         j0 = -a0
         if MOMENTUM:
             if LEARN & 2:
@@ -176,11 +187,19 @@ def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, a0, a1
 
 @triton.jit
 def _step(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, x, g, a0, a1, a2,
-          lr, h1, h2, eps, eps_root, c1, c2):
+          lr, h1, h2, eps, eps_root, c1, c2, gk):
     """One update at one tile: the new x and state (a0, a1, a2); hyper_math.h element_update. The previous
     gradient, where one is kept, is written by the caller."""
     if KIND == 0:
-        if MOMENTUM:
+        if MOMENTUM == 3:                # Nesterov's (dampening 0)
+            a1 = a0
+            a0 = a0 * h1 + g
+            x = x - (g + a0 * h1) * lr
+        elif MOMENTUM == 2:              # dampened: g weighs gk (1 at the first step, 1 - dampening after)
+            a1 = a0
+            a0 = a0 * h1 + g * gk
+            x = x - a0 * lr
+        elif MOMENTUM:
             a1 = a0                      # the buffer before this update, for J_momentum
             a0 = a0 * h1 + g
             x = x - a0 * lr
@@ -243,14 +262,15 @@ def _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, n_tensors
 
 @triton.jit
 def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, eps_ptr, inv_scale_ptr, part_ptr,
-                   n_tensors, KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
+                   n_tensors, KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, PREV: tl.constexpr,
                    NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, WITH_JAC: tl.constexpr,
                    G_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr, SCALED: tl.constexpr,
                    BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g."""
     pid, t, start, end, _xp, gp, p0, p1, p2 = _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
                                                              n_tensors, G_DT, M_DT, ALIGNED, CHUNK)
-    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, flag, eps64, epsr64 = _derived(scal_ptr, t, eps_ptr)
+    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, flag, eps64, epsr64, _gk = _derived(
+        scal_ptr, t, eps_ptr)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     valid = (zi + (flag != 0.0).to(tl.int32)) != 0     # broadcast first: scalar & block fails in the interpreter
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
@@ -277,7 +297,7 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
                 a1 = tl.load(p1 + offs, mask=m, other=0.0)
             if NS2:
                 a2 = tl.load(p2 + offs, mask=m, other=0.0)
-            j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, a0, a1, a2,
+            j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, PREV, a0, a1, a2,
                               lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), raw_lr.to(M_DT), dsig1.to(M_DT),
                               dsig2.to(M_DT), c1.to(M_DT), c2.to(M_DT), dc1.to(M_DT), dc2.to(M_DT), r1.to(M_DT),
                               r2.to(M_DT), eps64.to(M_DT), epsr64.to(M_DT))
@@ -305,7 +325,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
                                                             n_tensors, X_DT, M_DT, ALIGNED, CHUNK)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0      # broadcast first: scalar & block fails in the interpreter
-    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, _dc1, _dc2, _r1, _r2, store_prev, eps64, epsr64 = _derived(
+    lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, _dc1, _dc2, _r1, _r2, store_prev, eps64, epsr64, gk = _derived(
         scal_ptr, t, eps_ptr)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
@@ -314,7 +334,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     bad = tl.zeros([BLOCK], dtype=tl.float32)
     jvalid = ok
     if ONE_PASS:
-        (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2, jflag, _e, _er) = _derived(
+        (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2, jflag, _e, _er, _jgk) = _derived(
             jscal_ptr, t, eps_ptr)
         jvalid = (zi + (jflag != 0.0).to(tl.int32)) != 0
     if SCALED:
@@ -339,7 +359,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
             a2 = tl.load(p2 + offs, mask=m, other=0.0)
         if ONE_PASS:
             bad += tl.where((g - g) == 0.0, 0.0, 1.0)
-            j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, a0, a1, a2,
+            j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, PREV, a0, a1, a2,
                               jlr.to(M_DT), jh1.to(M_DT), jh2.to(M_DT), jraw.to(M_DT), jds1.to(M_DT),
                               jds2.to(M_DT), jc1.to(M_DT), jc2.to(M_DT), jdc1.to(M_DT), jdc2.to(M_DT),
                               jr1.to(M_DT), jr2.to(M_DT), eps64.to(M_DT), epsr64.to(M_DT))
@@ -348,7 +368,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
             acc1 += tl.where(use, g * j1, 0.0)
             acc2 += tl.where(use, g * j2, 0.0)
         x, a0, a1, a2 = _step(KIND, LEARN, MOMENTUM, x, g, a0, a1, a2, lr.to(M_DT), h1.to(M_DT), h2.to(M_DT),
-                              eps64.to(M_DT), epsr64.to(M_DT), c1.to(M_DT), c2.to(M_DT))
+                              eps64.to(M_DT), epsr64.to(M_DT), c1.to(M_DT), c2.to(M_DT), gk.to(M_DT))
         tl.store(xp + offs, _to_storage(x, X_DT), mask=m)
         # every state array given is written: the previous gradient's (slot PREV, hyperfused.kinds) with g
         if PREV == 0:
@@ -520,6 +540,23 @@ def _check_inv_scale(op: str, inv_scale: Optional[Tensor], device) -> None:
                          f"{inv_scale.dtype} of {inv_scale.numel()} elements on {inv_scale.device}")
 
 
+def _momentum_code(kind: int, momentum: bool, eps: Sequence[float]) -> int:
+    """The kernels' MOMENTUM: 0 none, 1 plain, 2 dampened, 3 Nesterov's (SGD's constants [dampening, nesterov])."""
+    if not momentum:
+        return 0
+    if int(kind) == SGD and float(eps[1]) != 0.0:
+        return 3
+    return 2 if int(kind) == SGD and float(eps[0]) != 0.0 else 1
+
+
+def _prev_slot(kind: int, learn: int, momentum: bool, eps: Sequence[float]) -> int:
+    """The state slot of the previous gradient (-1: none), as the kinds table orders the state."""
+    spec = kinds.BY_ID[int(kind)]
+    cfg = {"momentum": bool(momentum), "nesterov": float(eps[1]) if int(kind) == SGD else 0.0}
+    keys = spec.state_keys(cfg, spec.names_of(int(learn)))
+    return keys.index("prev_grad") if "prev_grad" in keys else -1
+
+
 def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], grads: List[Tensor], s0: List[Tensor],
                  s1: List[Tensor], s2: List[Tensor], scal: Tensor, inv_scale: Optional[Tensor] = None) -> Tensor:
     """Pass A (same arguments and result as ``torch.ops.hyperfused.hyper_reduce``)."""
@@ -540,7 +577,8 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], gr
     epst = _eps_tensor(eps, dev)
     _launch(_reduce_kernel, (chunks,), ptrs, numel, ct, cs, scal, epst, epst if inv_scale is None else inv_scale,
             part, n,
-            KIND=int(kind), LEARN=int(learn), MOMENTUM=bool(momentum),
+            KIND=int(kind), LEARN=int(learn), MOMENTUM=_momentum_code(kind, momentum, eps),
+            PREV=_prev_slot(kind, learn, momentum, eps),
             NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), WITH_JAC=bool(learn),
             G_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
             SCALED=inv_scale is not None,
@@ -576,13 +614,11 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
     chunks = ct.numel()
     part = torch.empty(chunks if one_pass else 1, ROW_COLS, dtype=torch.float64, device=dev)
     # which state list holds the previous gradient (written where column COL_VALID of the table says so)
-    spec = kinds.BY_ID[int(kind)]
-    keys = spec.state_keys({"momentum": bool(momentum)}, spec.names_of(int(learn)))
-    prev = keys.index("prev_grad") if "prev_grad" in keys else -1
+    prev = _prev_slot(kind, learn, momentum, eps)
     epst = _eps_tensor(eps, dev)
     _launch(_update_kernel, (chunks,), ptrs, numel, ct, cs, scal, scal_jac if one_pass else scal, epst,
             ok.reshape(()).view(torch.uint8), epst if inv_scale is None else inv_scale, part, n,
-            KIND=int(kind), LEARN=int(learn), MOMENTUM=bool(momentum),
+            KIND=int(kind), LEARN=int(learn), MOMENTUM=_momentum_code(kind, momentum, eps),
             NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), PREV=prev, ONE_PASS=one_pass,
             X_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
             SCALED=inv_scale is not None,

@@ -168,8 +168,8 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         eps = tl.load(eps_ptr + 2 * k).to(DT)
         eps_root = tl.load(eps_ptr + 2 * k + 1).to(DT)
         c1, c2, dc1, dc2, r1, r2 = _bias(h1, h2, t, eps_root)
-        j0, j1, j2 = _jac(KINDS[k], LEARN[k], MOM[k], s0, s1, s2, lr, h1, h2, raw_lr, ds1, ds2, c1, c2, dc1, dc2, r1,
-                          r2, eps, eps_root)
+        j0, j1, j2 = _jac(KINDS[k], LEARN[k], MOM[k], PREV[k], s0, s1, s2, lr, h1, h2, raw_lr, ds1, ds2, c1, c2,
+                          dc1, dc2, r1, r2, eps, eps_root)
         c0 = tl.where(m, g * j0, 0.0)
         out = tl.zeros([BLOCK], dtype=DT)
         pos = 0
@@ -206,7 +206,8 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         eps = tl.load(eps_ptr + 2 * k).to(DT)
         eps_root = tl.load(eps_ptr + 2 * k + 1).to(DT)
         c1, c2, _dc1, _dc2, _r1, _r2 = _bias(h1, h2, t, eps_root)
-        xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, eps_root, c1, c2)
+        # (gk: SGD's dampening; the levels above never have it here, backends.py runs such towers in Python)
+        xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, eps_root, c1, c2, 1.0)
         # the previous gradient, where a Jacobian of this level needs it (its slot: hyperfused.kinds)
         if PREV[k] == 0:
             a0 = g
