@@ -284,3 +284,38 @@ def test_every_kernel_launch_compiles_for_a_gpu_target():
     out = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert " of " in out.stdout and "FAIL" not in out.stdout
+
+
+def _bf16_store_kernel():
+    """A kernel storing float32 values as bfloat16 through the update's _to_storage (defined here, at module
+    level, because Triton resolves a kernel's names among its module's globals)."""
+    global _to_storage
+    import triton
+    import triton.language as tl
+    from hyperfused.ops.triton.hyper import _to_storage
+
+    @triton.jit
+    def k(src, dst, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        m = offs < n
+        tl.store(dst + offs, _to_storage(tl.load(src + offs, mask=m, other=0.0), tl.bfloat16), mask=m)
+    return k
+
+
+def test_bfloat16_rounding_keeps_nan_a_nan_and_matches_torch():
+    """_to_storage rounds float32 to bfloat16 on the bits (nearest even): every NaN payload stores as torch's NaN
+    (0x7FC0; adding the rounding bias to some payloads carried into the sign, giving -0.0, or wrapped to +0.0), and
+    finite values, infinities and round-to-even ties as torch's conversion."""
+    k = _bf16_store_kernel()
+    bits = torch.tensor([0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0xFFC00001, 0x7F800001, 0x7FFF8000,   # NaNs
+                         0x7F800000, 0xFF800000, 0x3F808000, 0x3F818000, 0x3F80C000, 0x00000001, 0x80000000,
+                         0x7F7FFFFF], dtype=torch.int64).to(torch.int32)      # inf, -inf, ties, tiny, -0, max
+    src = bits.view(torch.float32).to(DEV)
+    dst = torch.empty(len(bits), dtype=torch.bfloat16, device=DEV)
+    k[(1,)](src, dst, len(bits), BLOCK=16)
+    got = dst.cpu().view(torch.int16).to(torch.int64) & 0xFFFF
+    want = src.cpu().to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+    nan = torch.isnan(src.cpu())
+    assert torch.isnan(dst.cpu().float()[nan]).all()
+    assert (got[nan] == 0x7FC0).all(), [hex(v) for v in got[nan].tolist()]
+    assert torch.equal(got[~nan], want[~nan]), ([hex(v) for v in got.tolist()], [hex(v) for v in want.tolist()])

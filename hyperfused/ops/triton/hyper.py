@@ -229,8 +229,11 @@ def _to_storage(x, X_DT: tl.constexpr):
     (the Triton interpreter truncates in its own conversion; GPUs round to nearest even: this is the same on
     both, and a few integer operations in a memory-bound loop)."""
     if X_DT == tl.bfloat16:
-        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        x32 = x.to(tl.float32)
+        bits = x32.to(tl.uint32, bitcast=True)
         bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        # a NaN's payload would carry into the exponent (or wrap around to 0): any NaN stores as torch's 0x7FC0
+        bits = tl.where(x32 != x32, 0x7FC00000, bits)
         return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(X_DT)
