@@ -1,8 +1,10 @@
 """Regenerate bench/RESULTS.md: runs every CPU benchmark of bench/ and writes their numbers with the machine
 and the exact commands.
 
-    python bench/make_results.py            # about 10 minutes on 2 cores
+    python bench/make_results.py            # about 2 hours on 2 cores (the studies are most of it)
     python bench/make_results.py --quick    # fewer repetitions (a smoke run)
+    python bench/make_results.py --only paper   # one section: step, overhead, adamw_lion, agd, paper,
+                                                # transformer, agd_depth (repeatable)
 """
 import argparse
 import datetime
@@ -24,7 +26,9 @@ import bench_mlp_step  # noqa: E402
 import bench_step_overhead  # noqa: E402
 import bench_onepass_mnist  # noqa: E402
 import bench_agd  # noqa: E402
+import agd_depth  # noqa: E402
 import paper_experiments  # noqa: E402
+import transformer_study  # noqa: E402
 from hyperfused import ops  # noqa: E402
 
 
@@ -63,11 +67,15 @@ def main(argv=None):
         for name in only:
             new = {"agd": lambda: agd_section(reps, args.quick), "step": lambda: step_section(reps),
                    "overhead": lambda: overhead_section(reps),
-                   "adamw_lion": lambda: adamw_lion_section(reps)}[name]()
+                   "adamw_lion": lambda: adamw_lion_section(reps),
+                   "paper": lambda: paper_section(args.quick),
+                   "transformer": lambda: script_section(transformer_study, args.quick, "transformer"),
+                   "agd_depth": lambda: script_section(agd_depth, args.quick, "agd_depth")}[name]()
             new = new[:1] + ["", f"This section regenerated alone on {datetime.date.today()} "
                                  f"(`python bench/make_results.py --only {name}`); machine: {machine()}."] + new[1:]
             if SECTIONS[name] not in lines:            # a section new since the file was written: add it
-                at = next((k for k, ln in enumerate(lines) if ln.startswith("## Whole training step")), len(lines))
+                anchor = "## Microbenchmarks" if name in ("transformer", "agd_depth") else "## Whole training step"
+                at = next((k for k, ln in enumerate(lines) if ln.startswith(anchor)), len(lines))
                 lines[at:at] = [SECTIONS[name]]
             i = lines.index(SECTIONS[name])
             j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
@@ -113,20 +121,43 @@ def main(argv=None):
             L.append(f"| {r['spec']} | {r['mode']} | {100 * r['test_error']:.2f}% | {r['final_loss']:.4f} | {r['lr']:.4g} |")
         L.append("")
     if not args.skip_paper:
-        with tempfile.TemporaryDirectory() as tmp:
-            pe = ["--out", f"{tmp}/paper.md"] + (["--epochs", "1", "--sweep-epochs", "1", "--text-epochs", "1"]
-                                                 if args.quick else [])
-            try:
-                paper_experiments.main(pe)
-                L += open(f"{tmp}/paper.md").read().splitlines()
-            except Exception as exc:          # data missing: say so in the results
-                L += ["## The paper's experiments", "", f"Not run: {exc}", ""]
-    write(args.out, L + agd_section(reps, args.quick) + gpu_sections(args.out))
+        L += paper_section(args.quick)
+    L += agd_section(reps, args.quick)
+    if not args.skip_paper:
+        L += script_section(transformer_study, args.quick, "transformer")
+        L += script_section(agd_depth, args.quick, "agd_depth")
+    write(args.out, L + gpu_sections(args.out))
+
+
+def paper_section(quick):
+    """The paper's experiments (bench/paper_experiments.py; about 45 minutes on 2 cores, --quick: a smoke run)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pe = ["--out", f"{tmp}/paper.md"] + (["--epochs", "1", "--seeds", "2", "--sweep-seeds", "1",
+                                              "--peer-epochs", "1", "--text-epochs", "1", "--package-seeds", "1"]
+                                             if quick else [])
+        try:
+            paper_experiments.main(pe)
+            return open(f"{tmp}/paper.md").read().splitlines()
+        except Exception as exc:          # data missing: say so in the results
+            return [SECTIONS["paper"], "", f"Not run: {exc}", ""]
+
+
+def script_section(module, quick, name):
+    """A study script's section (its main writes the markdown; its figures go to bench/figures)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            module.main(["--out", f"{tmp}/s.md"] + (["--quick"] if quick else []))
+            return open(f"{tmp}/s.md").read().splitlines()
+        except Exception as exc:          # data missing: say so in the results
+            return [SECTIONS[name], "", f"Not run: {exc}", ""]
 
 
 SECTIONS = {"agd": "## Automatic Gradient Descent", "step": "## Optimizer step, 8 float32 tensors (CPU, 2 threads)",
             "overhead": "## Optimizer step of a small model: dispatch and Python (CPU, 2 threads)",
-            "adamw_lion": "## AdamW and Lion step, 8 float32 tensors (CPU, 2 threads)"}
+            "adamw_lion": "## AdamW and Lion step, 8 float32 tensors (CPU, 2 threads)",
+            "paper": "## The paper's experiments at this machine's scale",
+            "transformer": "## Can a tower replace a tuned learning-rate schedule? (character transformer, Shakespeare)",
+            "agd_depth": "## AGD across depths, no tuning, against tuned Adam and SGD"}
 
 
 def overhead_section(reps):

@@ -193,6 +193,38 @@ def run_one(job):
             "params": params, "lr_trace": lrs, "curve": curve, "diverged": diverged}
 
 
+def time_methods(methods, lr, steps, batch, width, layers, seed, data_name, warmup=5):
+    """Median ms per training step (forward, backward, optimizer step) of every method at one lr, measured in this
+    process alone, round-robin over the methods (one step of each in turn, so that a noisy machine slows them
+    alike), and each optimizer's state in MB."""
+    torch.set_num_threads(1)
+    d = load_text(data_name)
+    runs = []
+    for m in methods:
+        torch.manual_seed(seed)
+        model = make_model("gpt", 0, d.classes, width, depth=layers)
+        opt, sched, modes = make_optimizer(m, model.parameters(), lr, steps + warmup)
+        if modes:
+            opt.train()
+        runs.append((m, model, opt, sched, []))
+    g = torch.Generator().manual_seed(seed)
+    for t in range(steps + warmup):
+        idx = torch.randint(0, len(d.x_train), (batch,), generator=g)
+        for m, model, opt, sched, times in runs:
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            out = model(d.x_train[idx])
+            nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), d.y_train[idx].reshape(-1)).backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if t >= warmup:
+                times.append(time.perf_counter() - t0)
+    return {m: {"ms_per_step": 1e3 * statistics.median(times), "state_mb": _state_bytes(opt) / 2 ** 20,
+                "backend": (opt.backends()[0] if isinstance(opt, hf.HyperOptimizer) else "torch")}
+            for m, _, opt, _, times in runs}
+
+
 def run_all(jobs, workers):
     if workers <= 1:
         return [run_one(j) for j in jobs]
@@ -236,7 +268,7 @@ def plot(res, methods, lrs, path_loss, path_lr):
     plt.close(fig)
 
 
-def section(res, methods, lrs, args, figs):
+def section(res, methods, lrs, args, figs, timing=None):
     params = res[0]["params"]
     cmd = "python bench/transformer_study.py" + (" --quick" if args.quick else "") + (
         f" --data {args.data}" if args.data != "shakespeare" else "")
@@ -253,7 +285,11 @@ def section(res, methods, lrs, args, figs):
          "level's gradient is about the product of two successive level-0 hypergradients, ~2e3 each in the first "
          "steps of this model).", "",
          f"Validation loss vs initial lr: [{figs[0]}]({figs[0]}); learned lr over training: [{figs[1]}]({figs[1]}).",
-         "", "| method | " + " | ".join(f"lr={lr:g}" for lr in lrs) + " | best | worst | ms/step | state MB |",
+         "", ("Time per training step: the separate timing run (`--time-steps`: every method at lr "
+              f"{lrs[len(lrs) // 2]:g}, one step of each in turn in one single-thread process, median), not the "
+              "grid's runs (which share the machine with each other)." if timing else
+              "Time per training step: median over each grid run (the runs share the machine)."), "",
+         "| method | " + " | ".join(f"lr={lr:g}" for lr in lrs) + " | best | worst | ms/step | state MB |",
          "|---|" + "---|" * (len(lrs) + 4)]
     for m in methods:
         rows = {r["lr"]: r for r in res if r["method"] == m}
@@ -261,8 +297,8 @@ def section(res, methods, lrs, args, figs):
         finite = [v for v in vals if math.isfinite(v)]
         best = min(finite) if finite else float("nan")
         worst = max(vals) if len(finite) == len(vals) else float("inf")
-        ms = statistics.median(r["ms_per_step"] for r in rows.values())
-        mb = statistics.median(r["state_mb"] for r in rows.values())
+        ms = timing[m]["ms_per_step"] if timing else statistics.median(r["ms_per_step"] for r in rows.values())
+        mb = timing[m]["state_mb"] if timing else statistics.median(r["state_mb"] for r in rows.values())
         L.append(f"| {m} | " + " | ".join("diverged" if not math.isfinite(v) else f"{v:.3f}" for v in vals)
                  + f" | {best:.3f} | {worst:.3f} | {ms:.1f} | {mb:.1f} |")
     L += ["", "Final learned level-0 lr (towers; per-tensor: mean over tensors):", "",
@@ -290,26 +326,31 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a smoke run: a tiny model, 12 steps, two lrs")
     ap.add_argument("--out", default=os.path.join(HERE, "transformer_study.md"))
     ap.add_argument("--json", help="also write every run's results here")
+    ap.add_argument("--time-steps", type=int, default=60,
+                    help="steps per method of the separate timing run (round-robin, one process; 0: none)")
     ap.add_argument("--figures", default=FIG)
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.width, args.layers, args.batch, args.val, args.lrs = 12, 32, 2, 4, 16, args.lrs[:2]
+        args.time_steps = min(args.time_steps, 3)
     methods = [m for m in args.methods if available(m)]
     skipped = [m for m in args.methods if m not in methods]
     jobs = [(m, lr, args.steps, args.batch, args.width, args.layers, args.seed, args.val, args.data)
             for m in methods for lr in args.lrs]
     res = run_all(jobs, args.workers)
+    timing = (time_methods(methods, args.lrs[len(args.lrs) // 2], args.time_steps, args.batch, args.width, args.layers,
+                           args.seed, args.data) if args.time_steps else None)
     figs = ("figures/transformer_val_vs_lr.png", "figures/transformer_learned_lr.png")
     plot(res, methods, args.lrs, os.path.join(args.figures, os.path.basename(figs[0])),
          os.path.join(args.figures, os.path.basename(figs[1])))
-    L = section(res, methods, args.lrs, args, figs)
+    L = section(res, methods, args.lrs, args, figs, timing)
     if skipped:
         L += [f"Not run (package missing): {', '.join(skipped)}.", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(L) + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(res, f)
+            json.dump({"runs": res, "timing": timing}, f)
     print("\n".join(L))
     print(f"wrote {args.out}")
     return res

@@ -135,6 +135,8 @@ def parse_spec(text: str, conventions: str = "torch") -> Spec:
                 raise _point(text, where, width, f"[{names}] names nothing to learn; leave it out "
                              f"(without it the level learns its default set)")
             known = KINDS[kind].hyper_names
+            if i == 0:          # a decoupled decay at level 0 is learnable too (the optimizer checks the kind)
+                known = known + ("weight_decay",)
             bad = [n for n in learn if n not in known]
             if bad:
                 raise _point(text, where, width, f"{kind} cannot learn {bad[0]!r}; it learns {', '.join(known)}")

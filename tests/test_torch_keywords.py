@@ -412,3 +412,125 @@ def test_sgd_nesterov_and_dampening_are_fixed_once_the_optimizer_exists(key, val
         opt.step()
     assert torch.equal(p.detach(), before[0])
     assert str(opt.state_dict()["state"]) == str(before[1]["state"])
+
+
+# ---------------------------------------------------------------------------------------------- learned decay
+def _decoupled_update(kind, x, g, st, lr, wd):
+    """AdamW's or Lion's update with the decay's value a tensor (differentiable in lr and wd)."""
+    if kind == "adamw":
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        t = st["t"] + 1
+        m = b1 * st["m"] + (1 - b1) * g
+        v = b2 * st["v"] + (1 - b2) * g * g
+        u = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        return x * (1 - lr * wd) - lr * u, {"t": t, "m": m, "v": v}
+    b1, b2 = 0.9, 0.99                                       # Lion
+    c = b1 * st["m"] + (1 - b1) * g
+    return x * (1 - lr * wd) - lr * torch.sign(c), {"t": st["t"] + 1, "m": b2 * st["m"] + (1 - b2) * g, "v": st["v"]}
+
+
+def _simulate_decay(kind, x0s, lr0, wd0, steps, learn, kappa, one_pass=False):
+    """The tower kind / SGD(kappa) learning ``learn`` (lr and / or weight_decay, both raw = value) through autograd
+    on the last update; the learned decay is projected onto >= 0 after each step."""
+    xs = [x.clone() for x in x0s]
+    sts = [{"t": 0, "m": torch.zeros_like(x), "v": torch.zeros_like(x)} for x in xs]
+    raw = {"lr": torch.tensor(lr0, dtype=torch.float64), "weight_decay": torch.tensor(wd0, dtype=torch.float64)}
+    last = None
+    for t in range(steps):
+        gs = _loss_grad(xs, t)
+        delta = {n: torch.zeros((), dtype=torch.float64) for n in learn}
+        if last is not None:
+            r = {n: last[3][n].clone().requires_grad_(n in learn) for n in raw}
+            for xp, gp, sp, ge in zip(last[0], last[1], last[2], gs):
+                xn, _ = _decoupled_update(kind, xp, gp, sp, r["lr"], r["weight_decay"])
+                got = torch.autograd.grad((ge * xn).sum(), [r[n] for n in learn])
+                for n, d in zip(learn, got):
+                    delta[n] = delta[n] + d
+        if not one_pass:
+            raw = {n: (raw[n] - kappa * delta[n]) if n in learn else raw[n] for n in raw}
+            raw["weight_decay"] = raw["weight_decay"].clamp_min(0)
+        used = {n: v.detach().clone() for n, v in raw.items()}
+        new_x, new_st = [], []
+        for x, g, st in zip(xs, gs, sts):
+            xn, stn = _decoupled_update(kind, x, g, st, used["lr"], used["weight_decay"])
+            new_x.append(xn.detach())
+            new_st.append({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in stn.items()})
+        last = (xs, gs, sts, used)
+        if one_pass:
+            raw = {n: (raw[n] - kappa * delta[n]) if n in learn else raw[n] for n in raw}
+            raw["weight_decay"] = raw["weight_decay"].clamp_min(0)
+        xs, sts = new_x, new_st
+    return {n: float(v) for n, v in raw.items()}, xs
+
+
+DECAY_CASES = [("adamw", ("lr", "weight_decay"), 1e-2, 0.1, 1e-3), ("adamw", ("weight_decay",), 1e-2, 0.1, 1e-1),
+               ("lion", ("lr", "weight_decay"), 1e-3, 0.1, 1e-5), ("lion", ("weight_decay",), 1e-3, 0.5, 1.0),
+               ("adamw", ("weight_decay",), 1e-2, 0.0, 1e-1)]      # starting at 0, the projection at 0 acts
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+@pytest.mark.parametrize("case", DECAY_CASES, ids=[f"{k}-{'-'.join(l)}-wd{w}" for k, l, _, w, _ in DECAY_CASES])
+def test_learned_weight_decay_matches_autograd_simulation(case, one_pass, backend):
+    """learn=(..., "weight_decay") on a decoupled decay: J_wd = -lr x of the last update, through autograd, the
+    learned value kept >= 0; every backend (the tower runs in Python there)."""
+    kind, learn, lr0, wd0, kappa = case
+    steps = 8
+    x0 = _x0()
+    want, want_x = _simulate_decay(kind, x0, lr0, wd0, steps, learn, kappa, one_pass)
+    ps = [x.clone().requires_grad_(True) for x in x0]
+    cls = hf.AdamW if kind == "adamw" else hf.Lion
+    opt = cls(ps, lr=lr0, weight_decay=wd0, hyper=hf.SGD(lr=kappa), learn=learn, backend=backend, one_pass=one_pass)
+    for t in range(steps):
+        for p, g in zip(ps, _loss_grad([p.detach() for p in ps], t)):
+            p.grad = g
+        opt.step()
+    got = opt.hyperparameters()
+    for n in ("lr", "weight_decay"):
+        assert abs(got[n] - want[n]) <= 1e-11 * max(1.0, abs(want[n])), (n, got[n], want[n])
+    assert abs(got["weight_decay"] - wd0) > 1e-9 or (wd0 == 0 and got["weight_decay"] == 0), "the decay did not move"
+    for a, b in zip(ps, want_x):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-12)
+
+
+def test_weight_decay_is_learned_for_a_decoupled_decay_only():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(ValueError, match="decoupled decay only"):
+        hf.Adam(p, weight_decay=0.1, hyper=hf.SGD(lr=1e-3), learn=("lr", "weight_decay"))
+    with pytest.raises(ValueError, match="decoupled decay only"):
+        hf.SGD(p, lr=0.1, weight_decay=0.1, hyper=hf.SGD(lr=1e-3), learn=("weight_decay",))
+    opt = hf.Adam(p, weight_decay=0.1, decoupled_weight_decay=True, hyper=hf.SGD(lr=1e-3),
+                  learn=("weight_decay", "lr"))
+    assert opt.param_groups[0]["learn"] == ("lr", "weight_decay")
+    assert hf.AdamW(p, hyper=hf.SGD(lr=1e-3), learn="weight_decay").param_groups[0]["learn"] == ("weight_decay",)
+
+
+@pytest.mark.parametrize("backend", [b for b in _backends() if b != "triton"])
+def test_learned_weight_decay_resumes_bitwise_and_restarts_from_an_edit(backend):
+    """The learned decay rides in the checkpoint (a resumed run continues bit for bit), and a value set in
+    param_groups restarts it from there (as a learned lr restarts)."""
+    def run(steps, resume_at=None, edit_at=None):
+        ps = [x.clone().requires_grad_(True) for x in _x0()]
+        make = lambda: hf.AdamW(ps, lr=1e-2, weight_decay=0.1, hyper=hf.SGD(lr=1e-2), learn=("lr", "weight_decay"),
+                                backend=backend)
+        opt = make()
+        for t in range(steps):
+            if t == resume_at:
+                sd = copy.deepcopy(opt.state_dict())
+                opt = make()
+                opt.load_state_dict(sd)
+            if t == edit_at:
+                opt.param_groups[0]["weight_decay"] = 0.25
+                edited = opt.hyperparameters()["weight_decay"]       # adopted (before the step moves it)
+            for p, g in zip(ps, _loss_grad([p.detach() for p in ps], t)):
+                p.grad = g
+            opt.step()
+        return opt, [p.detach().clone() for p in ps], (edited if edit_at is not None else None)
+
+    a, pa, _ = run(6)
+    b, pb, _ = run(6, resume_at=3)
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb))
+    assert a.hyperparameters() == b.hyperparameters()
+    assert a.hyperparameters()["weight_decay"] != 0.1
+    _, _, edited = run(4, edit_at=2)
+    assert edited == 0.25

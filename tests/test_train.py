@@ -110,6 +110,8 @@ def test_fuzzed_specs_give_spec_errors_or_working_optimizers(seed):
         try:
             spec = train.parse_spec(text, conventions=conventions)
             opt = train.build_optimizer(spec, [w], conventions=conventions)
+            if hasattr(opt, "train") and hasattr(opt, "eval"):       # schedule-free optimizers, as train_one does
+                opt.train()
             w.grad = torch.ones_like(w)
             opt.step()
             outcomes["ok"] += 1

@@ -47,9 +47,12 @@ def shape_of(specs) -> Dict[str, tuple]:
 
 
 def compiled_covers(specs) -> bool:
-    """The compiled and Triton towers run these levels above 0: all but SGD with Nesterov momentum or dampening
-    (its kept gradient and step count are implemented in the level-0 passes and the Python tower only; a tower
-    holding such a level runs the Python tower, on the device all the same)."""
+    """The compiled and Triton towers run these levels: all but a learned decoupled weight decay at level 0 (not a
+    column of the kinds table) and SGD with Nesterov momentum or dampening above it (its kept gradient and step
+    count are implemented in the level-0 passes and the Python tower only). A tower holding either runs the Python
+    tower, on the device all the same."""
+    if "weight_decay" in specs[0][2]:
+        return False
     return not any(lv.kind == "sgd" and (float(cfg.get("nesterov", 0.0)) or float(cfg.get("dampening", 0.0)))
                    for lv, _, _, _, cfg in specs[1:])
 

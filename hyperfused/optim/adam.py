@@ -57,7 +57,7 @@ class AdamW(Adam):
     ``x' = x (1 - lr weight_decay) - lr mh / (sqrt(vh) + eps)`` (torch's order: the decay first, with the lr of
     this step). With a level above it learns ``lr`` and the betas as :class:`hyperfused.Adam` does; the lr's
     Jacobian includes the decay's term, ``J_lr = -(u + weight_decay x)`` (docs/MATH.md §4.6). ``weight_decay`` is
-    fixed (not learnable here).
+    learned too when ``learn`` names it (``J_weight_decay = -lr x``; kept >= 0).
 
     Args: as :class:`hyperfused.Adam`, with torch's AdamW default ``weight_decay=1e-2``.
     """

@@ -30,6 +30,7 @@ from ._checks import check_nonneg
 Tensor = torch.Tensor
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 
+WD = "weight_decay"           # a decoupled decay, learnable at level 0 besides the kind's hyperparameters
 _TOWER_KEY = "hyperfused"     # the key of the tower's state in ``self.state`` (a string: not a parameter)
 
 
@@ -124,7 +125,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             if hyper._owner is not None:
                 raise ValueError("this hyper= level already belongs to another tower; construct a new one")
         self.hyper: Optional[HyperOptimizer] = hyper
-        self._learn_request = None if learn is None else self._normalize_learn(learn)
+        self._learn_request = None if learn is None else self._normalize_learn(learn, defaults)
         self._per_tensor = bool(per_tensor)
         self._backend_request = backend
         self._one_pass = bool(one_pass)
@@ -169,10 +170,20 @@ class HyperOptimizer(torch.optim.Optimizer):
         self._seen: Dict[int, Dict[str, Any]] = {}   # the other param_group values the tower last adopted
         super().__init__(params, defaults)
 
-    def _normalize_learn(self, learn: Sequence[str]) -> Tuple[str, ...]:
+    def _normalize_learn(self, learn: Sequence[str], d: Optional[Dict[str, Any]] = None) -> Tuple[str, ...]:
+        """``learn`` checked and in canonical order: the kind's names in column order, then ``weight_decay`` (a
+        decoupled decay's, learned as it is; ``d``: the constructor's or param group's dict)."""
         if isinstance(learn, str):
             learn = (learn,)
         names = tuple(learn)
+        wd = WD in names
+        if wd:
+            d = self._level_values if d is None else d
+            if not (self._decoupled or d.get("decoupled_weight_decay", False)) or "weight_decay" not in d:
+                raise ValueError(f"{type(self).__name__}: weight_decay is learned for a decoupled decay only "
+                                 f"(hf.AdamW, hf.Lion, Adam with decoupled_weight_decay=True), at level 0; torch's "
+                                 f"L2 decay (weight_decay on the gradient) stays fixed")
+            names = tuple(n for n in names if n != WD)
         for n in names:
             if n in self.hyper_names and n not in self.learnable_names:
                 raise ValueError(f"{type(self).__name__}: {n!r} cannot be learned (its Jacobian is zero: it acts "
@@ -181,9 +192,17 @@ class HyperOptimizer(torch.optim.Optimizer):
             if n not in self.hyper_names:
                 raise ValueError(f"{type(self).__name__}: unknown name {n!r} in learn=; "
                                  f"it can learn {', '.join(repr(h) for h in self.learnable_names)}")
-        if not names:
+        if not names and not wd:
             raise ValueError(f"{type(self).__name__}: learn=() learns nothing; leave out hyper= instead")
-        return tuple(h for h in self.hyper_names if h in names)
+        return tuple(h for h in self.hyper_names if h in names) + ((WD,) if wd else ())
+
+    def _kernel_learned(self, learned: Sequence[str]) -> Tuple[str, ...]:
+        """What the level-0 kernels learn for ``learned``: the kind's names; a learned decoupled decay needs the
+        kind's own lr term (its hypergradient is built from it, docs/MATH.md §4.6), so lr too."""
+        if WD not in learned:
+            return tuple(learned)
+        kl = tuple(n for n in learned if n != WD)
+        return kl if "lr" in kl else ("lr",) + kl
 
     def _learned_for(self, values: Dict[str, float], request: Optional[Tuple[str, ...]] = None) -> Tuple[str, ...]:
         if self.hyper is None:
@@ -241,7 +260,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             raise ValueError(f"param group {gi} holds parameters on different devices "
                              f"({', '.join(sorted(str(d) for d in devices))}); put each device in its own group")
         if group.get("learn") is not None:
-            group["learn"] = self._normalize_learn(group["learn"])
+            group["learn"] = self._normalize_learn(group["learn"], group)
         if self.hyper is None and group.get("learn"):
             raise ValueError(f"param group {gi}: learn={group['learn']} needs a level above (hyper=...)")
         vals = self._values_from(group)
@@ -281,8 +300,9 @@ class HyperOptimizer(torch.optim.Optimizer):
         units = n          # how many "tensors" level k sees: model tensors, then entries of the vector below
         for k, (lv, vals, learned, per_tensor, cfg) in enumerate(specs):
             hp = {}
-            for name in lv.hyper_names:
-                val = torch.tensor(float(vals[name]), dtype=dt, device=dev)
+            names = lv.hyper_names + ((WD,) if WD in learned else ())
+            for name in names:
+                val = torch.tensor(float(cfg[WD] if name == WD else vals[name]), dtype=dt, device=dev)
                 if name in learned:
                     val = ref.to_raw(lv.kind, name, val)
                 if name == "lr" and per_tensor:
@@ -411,6 +431,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         cfg = self._group_cfg(group, vals, f"param group {gi}")
         hp = gt["levels"][0]["hp"]
         old = self._values_from(dict(self._seen[gi], lr=0.0))
+        if WD in learned and WD in changed:     # a learned decay restarts from the edited value
+            ref.inplace(hp[WD]).fill_(cfg[WD])
         for name in self.hyper_names:           # only the values that changed (a learned one restarts there)
             if name == "lr" or name not in hp or float(vals[name]) == float(old[name]):
                 continue
@@ -419,7 +441,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         # state a new configuration needs (e.g. SGD's momentum switched on): created as at a first step; those
         # tensors' last update had no such state, so they carry no Jacobian into the next step
         x = torch.empty(0)
-        need = [k for k in ref.KINDS[self.kind][0](x, cfg, learned)]
+        need = [k for k in ref.KINDS[self.kind][0](x, cfg, self._kernel_learned(learned))]
         for p in group["params"]:
             st = self.state.get(p)
             if st and "moved" in st and any(k not in st for k in need):
@@ -625,7 +647,7 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _fresh_state(self, p: Tensor, cfg: dict, learned: Sequence[str]) -> Dict[str, Tensor]:
         """A parameter's state as at its first step, in its math dtype (a group may mix float32 and float64
         parameters; the kernels run each dtype with its own math type)."""
-        return ref.KINDS[self.kind][0](p.detach().to(ref.math_dtype(p.dtype)), cfg, learned)
+        return ref.KINDS[self.kind][0](p.detach().to(ref.math_dtype(p.dtype)), cfg, self._kernel_learned(learned))
 
     def _param_state(self, p: Tensor, cfg0: dict, learned0: Sequence[str]) -> Dict[str, Any]:
         """The state of parameter ``p``, created on first use. For a DTensor parameter (FSDP2) the
@@ -722,10 +744,11 @@ class HyperOptimizer(torch.optim.Optimizer):
         # the Jacobian of the last update, with the values it used (param_groups edits may have changed them)
         hp_rows = self._rows(plan["levels"][0]["used"], plan["index"], per0)
         vals = self._values_of(spec0, hp_rows)
-        d0, finite = plan["backend"].reduce(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
+        d0, finite = plan["backend"].reduce(self.kind, cfg0, self._kernel_learned(learned0), per0, plan["grads"],
+                                            plan["states"],
                                             [st["moved"] for st in plan["states"]], vals, hp_rows,
                                             inv_scale=plan.get("inv_scale"))
-        d0 = self._decoupled_delta(plan, d0, vals["lr"])
+        d0 = self._decoupled_delta(plan, d0, vals)
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
     @staticmethod
@@ -762,8 +785,9 @@ class HyperOptimizer(torch.optim.Optimizer):
             if coupled:
                 grads = torch._foreach_add(grads, [p.detach() for p in plan["params"]], alpha=coupled)
             plan["grads"] = grads
-        if dec and wd and "lr" in plan["specs"][0][2]:
-            # sum(g~ * x) per tensor before anything moves x, for the decoupled decay's lr hypergradient
+        learned0 = plan["specs"][0][2]
+        if dec and ((wd and "lr" in learned0) or WD in learned0):
+            # sum(g~ * x) per tensor before anything moves x, for the decoupled decay's lr (and decay) hypergradient
             plan["gx"] = self._grad_dot_weights(plan)
 
     @staticmethod
@@ -778,34 +802,51 @@ class HyperOptimizer(torch.optim.Optimizer):
         moved = torch.stack([st["moved"] for st in plan["states"]])
         return torch.where(moved, gx, torch.zeros_like(gx))
 
-    def _decoupled_delta(self, plan, d0: Dict[str, Tensor], lr: Tensor) -> Dict[str, Tensor]:
-        """AdamW's lr hypergradient: with x' = x (1 - lr wd) - lr d the Jacobian is J_lr = -(d + wd x) =
-        -(d + wd x') / (1 - lr wd) (x' the current weights), so delta_lr = (delta_adam - wd sum(g~ x')) / (1 - lr wd),
-        lr the value the last update used (per tensor with per-tensor lrs)."""
+    def _decoupled_delta(self, plan, d0: Dict[str, Tensor], used: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The decoupled decay's terms (AdamW, Lion; docs/MATH.md §4.6). With x' = x (1 - lr wd) - lr d and the
+        kind's own delta_k = sum(g~ J_k) = -sum(g~ d), x' the current weights and lr, wd the values the last update
+        used (``used``; lr per tensor with per-tensor lrs):
+            J_lr = -(d + wd x) = -(d + wd x') / (1 - lr wd)  ->  delta_lr = (delta_k - wd sum(g~ x')) / (1 - lr wd)
+            J_wd = -lr x = -lr (x' + lr d) / (1 - lr wd)     ->  delta_wd = -lr (sum(g~ x') - lr delta_k) / (1 - lr wd)
+        (a learned wd: the kernels then sum delta_k for lr whether or not lr is learned)."""
         gx = plan.get("gx")
         if gx is None or "lr" not in d0:
             return d0
-        wd = plan["specs"][0][4]["weight_decay"]
+        spec0 = plan["specs"][0]
+        learned = spec0[2]
+        wd = used[WD] if WD in learned else spec0[4]["weight_decay"]
+        lr = used["lr"]
         d = d0["lr"]
         term = gx.to(d.dtype) if d.dim() else gx.sum().to(d.dtype)
         out = dict(d0)
         den = 1.0 - lr * wd
-        # at lr wd = 1 the last update erased x (x' = -lr d): x, and the decay's term, cannot be rebuilt; the
-        # hypergradient keeps the kind's own term there (docs/MATH.md §4.6)
+        # at lr wd = 1 the last update erased x (x' = -lr d): x, and the decay's terms, cannot be rebuilt; the
+        # lr hypergradient keeps the kind's own term there and the decay's is 0
         ok = den != 0
-        out["lr"] = torch.where(ok, (d - wd * term) / torch.where(ok, den, torch.ones_like(den)), d)
+        safe = torch.where(ok, den, torch.ones_like(den))
+        if "lr" in learned:
+            out["lr"] = torch.where(ok, (d - wd * term) / safe, d)
+        if WD in learned:
+            dwd = torch.where(ok, -lr * (term - lr * d) / safe, torch.zeros_like(d))
+            out[WD] = (dwd.sum() if dwd.dim() else dwd).to(d.dtype)
+        if "lr" not in learned:
+            del out["lr"]                     # the kind's term, summed for the decay's: not a hypergradient here
         return out
 
+    def _decay_value(self, spec0, hp: Dict[str, Tensor]):
+        """The decoupled decay's value: the learned one (kept >= 0 by the commit) or the configured number."""
+        return hp[WD] if WD in spec0[2] else spec0[4]["weight_decay"]
+
     def _decay(self, plan, ok: Tensor) -> None:
-        """Decoupled weight decay (AdamW): x *= 1 - lr wd with the lr this step's update uses, where ``ok``."""
+        """Decoupled weight decay (AdamW): x *= 1 - lr wd with the lr (and wd) this step's update uses, where
+        ``ok``."""
         spec0 = plan["specs"][0]
         cfg0 = spec0[4]
-        wd = cfg0["weight_decay"]
-        if not (cfg0["decoupled_weight_decay"] and wd and plan["params"]):
+        if not (cfg0["decoupled_weight_decay"] and (cfg0["weight_decay"] or WD in spec0[2]) and plan["params"]):
             return
         rows = self._rows(plan["levels"][0]["hp"], plan["index"], spec0[3])
         lr = self._value_of(spec0, rows, "lr")
-        factor = torch.where(ok, 1.0 - lr * wd, torch.ones_like(lr))
+        factor = torch.where(ok, 1.0 - lr * self._decay_value(spec0, rows), torch.ones_like(lr))
         params = [p.detach() for p in plan["params"]]
         if factor.dim():
             torch._foreach_mul_(params, list(factor.unbind()))
@@ -820,7 +861,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         spec0 = plan["specs"][0]
         _, _, learned0, per0, cfg0 = spec0
         hp_rows = plan["levels"][0]["used"]        # every tensor has a gradient where the lr is per tensor
-        res = plan["backend"].reduce_tower(self.kind, cfg0, learned0, per0, plan["grads"], plan["states"],
+        res = plan["backend"].reduce_tower(self.kind, cfg0, self._kernel_learned(learned0), per0, plan["grads"],
+                                           plan["states"],
                                            [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
                                            hp_rows, plan["levels"], plan["specs"], plan["n"],
                                            inv_scale=plan.get("inv_scale"))
@@ -842,17 +884,19 @@ class HyperOptimizer(torch.optim.Optimizer):
             if self._one_pass:
                 used = self._rows(rec["used"], plan["index"], per0)
                 jac = (self._values_of(spec0, used), used, [st["moved"] for st in plan["states"]])
-                used_lr = jac[0]["lr"]
+                used_vals = jac[0]
             fused = None
             if jac is not None and self._may_fuse_tower(plan):   # the levels above in the same op (launch)
-                fused = plan["backend"].update_tower(self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
+                fused = plan["backend"].update_tower(self.kind, cfg0, self._kernel_learned(learned0), per0,
+                                                     plan["params"], plan["grads"],
                                                      plan["states"], self._values_of(spec0, rows), ok, rows, jac,
                                                      plan["levels"], plan["specs"], plan["n"],
                                                      inv_scale=plan.get("inv_scale"))
             if fused is not None:
                 plan["tower_commit"], plan["ok"] = fused
             else:
-                result = plan["backend"].update(self.kind, cfg0, learned0, per0, plan["params"], plan["grads"],
+                result = plan["backend"].update(self.kind, cfg0, self._kernel_learned(learned0), per0,
+                                                plan["params"], plan["grads"],
                                                 plan["states"], self._values_of(spec0, rows), ok, raw=rows, jac=jac,
                                                 inv_scale=plan.get("inv_scale"))
             # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
@@ -867,7 +911,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         if result is None:
             return self._zero_deltas(plan, learned0, per0), torch.ones((), dtype=torch.bool, device=plan["device"])
         d0, finite = result
-        d0 = self._decoupled_delta(plan, d0, used_lr)
+        d0 = self._decoupled_delta(plan, d0, used_vals)
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
 
     def _grads_finite(self, plan) -> Tensor:
@@ -904,6 +948,8 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _commit_tower(self, plan: Dict[str, Any], ok: Tensor) -> None:
         if plan["tower_commit"] is not None:
             plan["tower_commit"](ok)
+            if WD in plan["specs"][0][2]:         # a learned decay stays >= 0 (projected: clamped at 0)
+                ref.inplace(plan["levels"][0]["hp"][WD]).clamp_(min=0)
 
     # ---------------------------------------------------------------- small helpers
     @staticmethod

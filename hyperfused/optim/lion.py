@@ -13,15 +13,16 @@ class Lion(BetasValues, HyperOptimizer):
     ``c = beta1 m + (1 - beta1) g``, ``x' = x (1 - lr weight_decay) - lr sign(c)``, ``m' = beta2 m + (1 - beta2) g``
     (``m_0 = 0``; the decay is decoupled, first, with this step's lr). With a level above it learns ``lr``: the
     Jacobian is ``J_lr = -(sign(c) + weight_decay x)`` (docs/MATH.md §4.7). The betas act through the sign only
-    (their Jacobian is zero almost everywhere) and cannot be learned; ``weight_decay`` is fixed.
+    (their Jacobian is zero almost everywhere) and cannot be learned; ``weight_decay`` is learned when ``learn``
+    names it (``J_weight_decay = -lr x``; kept >= 0).
 
     State: ``exp_avg`` (m), and when the lr is learned ``prev_sign``, the last update's sign(c) kept for the
     Jacobian (float, in the math dtype: 4 bytes per element; see docs/MATH.md §4.7 for why not 1 byte).
 
     Args:
         params, lr (>= 0; default 1e-4, the paper's advice of 3-10x below AdamW's), betas ((beta1, beta2) in
-        [0, 1)), weight_decay (>= 0), maximize, hyper, learn ("lr"), per_tensor, backend, one_pass: as for
-        :class:`hyperfused.Adam`.
+        [0, 1)), weight_decay (>= 0), maximize, hyper, learn ("lr", "weight_decay"), per_tensor, backend,
+        one_pass: as for :class:`hyperfused.Adam`.
     """
 
     kind = "lion"
