@@ -257,11 +257,11 @@ def plot(res, methods, lrs, path_loss, path_lr):
         for r in res:
             if r["method"] == m:
                 ax.plot([p[0] for p in r["lr_trace"]], [p[1] for p in r["lr_trace"]], label=f"lr0={r['lr']:g}")
-        ax.set_yscale("log")
+        ax.set_yscale("symlog", linthresh=1e-5)     # a learned Adam lr is unconstrained: it can cross 0
         ax.set_title(m + (" (mean over tensors)" if "per-tensor" in m else ""), fontsize=9)
         ax.set_xlabel("step")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("level-0 learning rate")
+    axes[0].set_ylabel("level-0 learning rate (symlog: linear below 1e-5)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path_lr, dpi=110)
