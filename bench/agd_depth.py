@@ -13,7 +13,6 @@ seed 0's test accuracy; the grid runs at seed 0) runs at every seed. Every optim
 weights scaled by sqrt(d_out / d_in)), so the comparison is of optimizers, not of initialisations.
 """
 import argparse
-import json
 import math
 import os
 import statistics
@@ -22,12 +21,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import hyperfused as hf  # noqa: E402
 from hyperfused import data as datasets  # noqa: E402
+from _pool import run_pool, write_section  # noqa: E402
 
 FIG = os.path.join(HERE, "figures")
 DEPTHS = [2, 4, 8, 16]
@@ -114,12 +115,7 @@ def run_one(job):
 
 
 def run_all(jobs, workers):
-    if workers <= 1:
-        return [run_one(j) for j in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(run_one, jobs))
+    return run_pool(run_one, jobs, workers)
 
 
 OPTIMIZERS = (("agd", [None]), ("agd.spectral", [None]), ("adam", ADAM_LRS), ("sgd", SGD_LRS))
@@ -229,13 +225,7 @@ def main(argv=None):
         L.append(f"| {r['protocol']} | {r['depth']} | {r['opt']} | {lr} | {r['acc']:.2f}% ± {r['acc_std']:.2f} | "
                  f"{r['loss']:.4f} | {grid} |")
     L.append("")
-    with open(args.out, "w") as f:
-        f.write("\n".join(L) + "\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"runs": res, "rows": rows}, f)
-    print("\n".join(L))
-    print(f"wrote {args.out}")
+    write_section(L, args.out, args.json, {"runs": res, "rows": rows})
     return rows
 
 

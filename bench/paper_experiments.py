@@ -23,12 +23,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from hyperfused import data as datasets  # noqa: E402
 from hyperfused import train  # noqa: E402
+from _pool import run_pool  # noqa: E402
 
 FIG = os.path.join(HERE, "figures")
 
@@ -85,12 +87,7 @@ def _job(job):
 
 def run_jobs(jobs, workers):
     """Every job, on ``workers`` processes (1: in this process); results in the order of ``jobs``."""
-    if workers <= 1:
-        return [_job(j) for j in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_job, jobs))
+    return run_pool(_job, jobs, workers)
 
 
 def _mean_std(xs):
@@ -181,14 +178,8 @@ def _package_job(job):
 def exp1_package(epochs, seeds, workers, summary=None, model="paper-mlp", data="mnist"):
     """The paper's package on the rows of PACKAGE_ROWS at seeds 0..seeds-1, beside hyperfused's runs of the same
     seeds (``summary``: exp1's, whose per-seed errors are in seed order)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     jobs = [(data, model, spec, epochs, 256, seed) for seed in range(seeds) for spec in PACKAGE_ROWS]
-    if workers <= 1:
-        res = [_package_job(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            res = list(pool.map(_package_job, jobs))
+    res = run_pool(_package_job, jobs, workers)
     lines = ["#### The paper's own package on the same runs", "",
              f"The paper's package (gradient-descent-the-ultimate-optimizer 1.0) through its own loop (ModuleWrapper, "
              f"`backward(create_graph=True)`), same model, initial weights and batches, seeds 0-{seeds - 1}, "

@@ -19,7 +19,6 @@ AdamW is the paper's Adam / SGD value (1e-5), not tuned here.
 import argparse
 import copy
 import importlib.util
-import json
 import math
 import os
 import statistics
@@ -28,12 +27,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import hyperfused as hf  # noqa: E402
 from hyperfused import data as datasets  # noqa: E402
+from _pool import run_pool, write_section  # noqa: E402
 from hyperfused.models import make_model  # noqa: E402
 
 FIG = os.path.join(HERE, "figures")
@@ -226,12 +227,7 @@ def time_methods(methods, lr, steps, batch, width, layers, seed, data_name, warm
 
 
 def run_all(jobs, workers):
-    if workers <= 1:
-        return [run_one(j) for j in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(run_one, jobs))
+    return run_pool(run_one, jobs, workers)
 
 
 def plot(res, methods, lrs, path_loss, path_lr):
@@ -346,13 +342,7 @@ def main(argv=None):
     L = section(res, methods, args.lrs, args, figs, timing)
     if skipped:
         L += [f"Not run (package missing): {', '.join(skipped)}.", ""]
-    with open(args.out, "w") as f:
-        f.write("\n".join(L) + "\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"runs": res, "timing": timing}, f)
-    print("\n".join(L))
-    print(f"wrote {args.out}")
+    write_section(L, args.out, args.json, {"runs": res, "timing": timing})
     return res
 
 
