@@ -35,6 +35,9 @@ DEPTHS = [2, 4, 8, 16]
 ADAM_LRS = [1e-4, 1e-3, 1e-2]
 SGD_LRS = [0.01, 0.1, 1.0]
 PROTOCOLS = ("harness", "authors")
+#: single-factor variants of the two, to find which difference matters: the loss swapped (-mse, -xent), the inputs
+#: normalised or not (-norm, -raw)
+ABLATIONS = ("harness-mse", "authors-xent", "harness-norm", "authors-raw")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
@@ -54,8 +57,22 @@ class FCN(nn.Module):
         return self.layers[-1](x)
 
 
+def _authors(protocol):
+    """ReLU * sqrt(2) (the authors' architecture), else tanh."""
+    return protocol.startswith("authors")
+
+
+def _normalised(protocol):
+    """Inputs normalised with MNIST's mean and std (the authors' data), else pixels in [0, 1]."""
+    return (_authors(protocol) and not protocol.endswith("-raw")) or protocol.endswith("-norm")
+
+
+def _square_loss(protocol):
+    return (_authors(protocol) and not protocol.endswith("-xent")) or protocol.endswith("-mse")
+
+
 def loss_fn(protocol, out, y):
-    if protocol == "harness":
+    if not _square_loss(protocol):
         return nn.functional.cross_entropy(out, y)
     target = nn.functional.one_hot(y, out.shape[1]).to(out.dtype) * math.sqrt(out.shape[1])
     return (out - target).square().mean()
@@ -83,10 +100,10 @@ def run_one(job):
         _DATA[data_name] = datasets.load(data_name)
     d = _DATA[data_name]
     xtr, xte = d.x_train, d.x_test
-    if protocol == "authors":
+    if _normalised(protocol):
         xtr, xte = (xtr - MNIST_MEAN) / MNIST_STD, (xte - MNIST_MEAN) / MNIST_STD
     torch.manual_seed(seed)
-    model = FCN(d.inputs, d.classes, depth, width, "tanh" if protocol == "harness" else "relu")
+    model = FCN(d.inputs, d.classes, depth, width, "relu" if _authors(protocol) else "tanh")
     hf.AGD(model.parameters()).init_weights(generator=torch.Generator().manual_seed(seed))
     opt = make_opt(opt_name, lr, model.parameters())
     g = torch.Generator().manual_seed(seed)
@@ -128,27 +145,29 @@ def _best_lr(res, proto, depth, name, lrs):
     return max(lrs, key=lambda lr: acc.get(lr, -1.0))
 
 
-def run_study(protocols, depths, width, epochs, batch, seeds, data, workers):
+def run_study(protocols, depths, width, epochs, batch, seeds, data, workers, optimizers=None):
     """Seed 0 runs every lr of the grids; the other seeds run AGD and each baseline's best lr of seed 0."""
+    opts = OPTIMIZERS if optimizers is None else tuple(o for o in OPTIMIZERS if o[0] in optimizers)
     base = dict(width=width, epochs=epochs, batch=batch, data=data)
 
     def job(proto, depth, name, lr, seed):
         return (proto, depth, base["width"], name, lr, base["epochs"], base["batch"], seed, base["data"])
-    jobs = [job(p, d, n, lr, 0) for p in protocols for d in depths for n, lrs in OPTIMIZERS for lr in lrs]
+    jobs = [job(p, d, n, lr, 0) for p in protocols for d in depths for n, lrs in opts for lr in lrs]
     res = run_all(jobs, workers)
     if seeds > 1:
         more = [job(p, d, n, _best_lr(res, p, d, n, lrs), s) for p in protocols for d in depths
-                for n, lrs in OPTIMIZERS for s in range(1, seeds)]
+                for n, lrs in opts for s in range(1, seeds)]
         res += run_all(more, workers)
     return res
 
 
-def summarise(res, protocols, depths):
+def summarise(res, protocols, depths, optimizers=None):
     """Per protocol and depth: AGD (both norms), and Adam / SGD at their best lr: mean and std over the seeds."""
     rows = []
+    opts = OPTIMIZERS if optimizers is None else tuple(o for o in OPTIMIZERS if o[0] in optimizers)
     for proto in protocols:
         for depth in depths:
-            for name, lrs in OPTIMIZERS:
+            for name, lrs in opts:
                 lr = _best_lr(res, proto, depth, name, lrs)
                 rs = [r for r in res if (r["protocol"], r["depth"], r["opt"], r["lr"]) == (proto, depth, name, lr)]
                 accs = [100 * r["test_acc"] for r in rs]
@@ -192,7 +211,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS + ABLATIONS)
+    ap.add_argument("--optimizers", nargs="+", choices=[o for o, _ in OPTIMIZERS],
+                    help="a subset of the optimizers (default: all)")
     ap.add_argument("--data", default="mnist", choices=["mnist", "fashion-mnist", "digits"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a smoke run: digits, depths 2 and 4, width 32, 1 seed")
@@ -203,8 +224,8 @@ def main(argv=None):
     if args.quick:
         args.depths, args.width, args.epochs, args.seeds, args.data = [2, 4], 32, 1, 1, "digits"
     res = run_study(args.protocols, args.depths, args.width, args.epochs, args.batch, args.seeds, args.data,
-                    args.workers)
-    rows = summarise(res, args.protocols, args.depths)
+                    args.workers, args.optimizers)
+    rows = summarise(res, args.protocols, args.depths, args.optimizers)
     fig = "figures/agd_depth.png"
     plot(rows, args.protocols, args.depths, os.path.join(args.figures, os.path.basename(fig)))
     cmd = "python bench/agd_depth.py" + (" --quick" if args.quick else "")

@@ -40,9 +40,10 @@ TOWERS = {
     2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7), **UPPER["adam"]),
     3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8, **UPPER["adagrad"])),
                           **UPPER["rmsprop"]),
-    # Nesterov's and dampened SGD above level 0 (the compiled and Triton backends run such towers in Python)
-    4: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7, momentum=0.5, nesterov=True, hyper=hf.SGD(
-        lr=1e-7, momentum=0.5, dampening=0.2, hyper=hf.SGD(lr=1e-8))), **UPPER["adam"]),
+    # Nesterov's and dampened SGD above level 0 (the compiled and Triton backends run such towers in Python); small
+    # steps: a level learning the momentum of the one below multiplies the scales and overflows within 6 steps
+    4: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-9, momentum=0.5, nesterov=True, learn=("lr",), hyper=hf.SGD(
+        lr=1e-12, momentum=0.5, dampening=0.2, learn=("lr",), hyper=hf.SGD(lr=1e-15))), **UPPER["adam"]),
 }
 
 

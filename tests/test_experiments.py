@@ -108,3 +108,12 @@ def test_agd_depth_authors_protocol_is_theirs():
     out, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
     want = sum(((out[i] - math.sqrt(3) * F.one_hot(y[i], 3)) ** 2).sum() for i in range(4)) / 12
     torch.testing.assert_close(agd_depth.loss_fn("authors", out, y), want)
+
+
+def test_agd_depth_ablations_change_one_factor_each():
+    import agd_depth as a
+    factors = {p: (a._authors(p), a._normalised(p), a._square_loss(p)) for p in a.PROTOCOLS + a.ABLATIONS}
+    assert factors["harness"] == (False, False, False) and factors["authors"] == (True, True, True)
+    for p in a.ABLATIONS:
+        base = factors[p.split("-")[0]]
+        assert sum(x != y for x, y in zip(factors[p], base)) == 1, p
