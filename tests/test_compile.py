@@ -376,6 +376,22 @@ for _kind, _make in KIND_STEPS.items():
     STEP_CASES[f"cpu-{_kind}"] = ((MLP, lambda p, m=_make: m(p, backend="cpu")), [])
 
 
+# the Triton backend (its launchers as custom ops; CPU tensors under the interpreter here): the levels above run as
+# the Python tower under compile (the Triton tower's launcher is host work), so these match eager to round-off
+TRITON_STEP_CASES = {
+    "triton-adam": (MLP, lambda p: hf.Adam(p, backend="triton")),
+    "triton-adam_sgd": (MLP, lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), backend="triton")),
+    "triton-adam_sgd_one_pass": (MLP, lambda p: hf.Adam(p, hyper=hf.SGD(lr=1e-4), backend="triton", one_pass=True)),
+    "triton-adamw_sgd": (MLP, lambda p: KIND_STEPS["adamw"](p, hyper=hf.SGD(lr=1e-4), backend="triton")),
+    "triton-sgd_nesterov_sgd": (MLP, lambda p: KIND_STEPS["sgd_nesterov"](p, hyper=hf.SGD(lr=1e-4), backend="triton")),
+    "triton-lion_sgd_float64": ((lambda: MLP(F64)), lambda p: KIND_STEPS["lion"](p, hyper=hf.SGD(lr=1e-4),
+                                                                                backend="triton")),
+    "triton-agd_frobenius": (ConvNet, lambda p: hf.AGD(p, backend="triton")),
+    "triton-agd_spectral": (ConvNet, lambda p: hf.AGD(p, norm="spectral", backend="triton")),
+}
+STEP_CASES.update({k: (v, []) for k, v in TRITON_STEP_CASES.items()})
+
+
 def _cases(table):
     return [pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=Blocked,
                                                    reason="; ".join(BLOCKERS[b] for b in blockers)))
@@ -394,6 +410,8 @@ def test_compiled_step_matches_eager_bitwise(case):
     whose version counter the compiled step moved). Strict xfails, each naming what blocks it
     (BLOCKERS; the suggested changes are in the report of the branch that added this file): a fix makes its case
     pass, and the xfail must then go; a failure for another reason fails the test."""
+    if case.startswith("triton-") and not ops.triton_available():
+        pytest.skip("triton is not installed")
     (make_model, make_opt), blockers = STEP_CASES[case]
     runs = []
     for compiled in (False, True):
@@ -416,6 +434,13 @@ def test_compiled_step_matches_eager_bitwise(case):
         runs.append(([p.detach() for p in model.parameters()], _state_leaves(opt)))
     (p_e, s_e), (p_c, s_c) = runs
     assert len(s_e) == len(s_c)
+    if case.startswith("triton-"):
+        for a, b in zip(p_e + s_e, p_c + s_c):
+            if a.is_floating_point():
+                torch.testing.assert_close(a, b, rtol=1e-6 if a.dtype != torch.float64 else 1e-12, atol=0)
+            else:
+                assert torch.equal(a, b)
+        return
     same = all(torch.equal(a, b) for a, b in zip(p_e + s_e, p_c + s_c))
     assert same
 
@@ -425,6 +450,8 @@ GRAPH_BREAK_CASES = {
     "cpu-adam_sgd": (CASES["adam_sgd"], []),
     "cpu-adam_sgd_one_pass": (CASES["adam_sgd_one_pass"], []),
     **{f"cpu-{k}_sgd": (STEP_CASES[f"cpu-{k}_sgd"][0], []) for k in KIND_STEPS},
+    "triton-adam_sgd": (STEP_CASES["triton-adam_sgd"][0], []),
+    "triton-agd_spectral": (STEP_CASES["triton-agd_spectral"][0], []),
 }
 
 
@@ -433,6 +460,8 @@ def test_step_compiles_without_graph_breaks(case):
     """torch.compile(opt.step) without fullgraph, as inside a compiled training step (whose own breaks, zero_grad and
     backward, are outside the optimizer), under torch._dynamo.error_on_graph_break: any break in the optimizer
     raises. Unlike fullgraph=True this does not capture .item() (a break here). Strict xfails as above."""
+    if case.startswith("triton-") and not ops.triton_available():
+        pytest.skip("triton is not installed")
     (make_model, make_opt), blockers = GRAPH_BREAK_CASES[case]
     torch.manual_seed(0)
     model = make_model()

@@ -147,8 +147,12 @@ class TritonBackend(CompiledBackend):
         self.unscales = True
 
     def _kernels(self):
+        """The Triton launchers as custom ops (traceable by torch.compile through their fakes), or the launchers
+        themselves when the compiled extension (whose schemas the ops copy) is not loaded."""
         from . import triton as _triton
-        return _triton.kernels()
+        from .triton import ops as _tops
+        mod = _triton.kernels()
+        return (_tops.ops() or mod) if mod is not None else None
 
     def reduce_tower(self, *args, **kw):
         return None
@@ -159,7 +163,9 @@ class TritonBackend(CompiledBackend):
     def tower_plan(self, levels, specs, d0_flat, finite):
         from .triton import tower
         from .tower_shape import compiled_covers
-        if not compiled_covers(specs):
+        # (under torch.compile the levels above run as the Python tower: the Triton tower's launcher builds its
+        # tables on the host, which a trace cannot follow; the same arithmetic, to round-off)
+        if not compiled_covers(specs) or torch.compiler.is_compiling():
             return Backend.tower_plan(self, levels, specs, d0_flat, finite)
         scr, ok = tower.plan(levels, specs, d0_flat, finite)
         return (lambda ok_: tower.commit(levels, specs, scr, ok_)), ok

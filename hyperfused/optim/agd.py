@@ -410,11 +410,13 @@ class AGD(torch.optim.Optimizer):
         return self.backend in ("auto", "cpu", "cuda")
 
     def _tri_kernels(self):
-        """The Triton AGD kernel module when backend='triton', else None."""
+        """The Triton AGD kernels when backend='triton' (as custom ops, traceable by torch.compile, when the
+        compiled extension is loaded; else the launchers themselves), else None."""
         if self.backend != "triton":
             return None
         import importlib
-        return importlib.import_module("hyperfused.ops.triton.agd")
+        from ..ops.triton import ops as _tops
+        return _tops.ops() or importlib.import_module("hyperfused.ops.triton.agd")
 
     def _per_slice(self, shapes, counts, gains, device):
         """Per slice s_k and gain (float64 on the device), rebuilt when the shapes or gains change (cached by
