@@ -17,6 +17,15 @@ def _num(value, name: str, where: str) -> float:
     return v
 
 
+def check_flag(value, name: str, where: str) -> bool:
+    """A True/False option (numpy bools accepted, as torch accepts them); anything else is refused."""
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
+        value = bool(value)
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
+    return value
+
+
 def eps_split(d) -> dict:
     """Adagrad's and RMSprop's denominators are sqrt(s + eps_root) + eps: torch adds eps after the root, the
     paper's package (``eps_inside_sqrt=True``) under it."""

@@ -25,7 +25,7 @@ import torch
 
 from .. import kinds, ops
 from ..ops import reference as ref
-from ._checks import check_nonneg
+from ._checks import check_flag, check_nonneg
 
 Tensor = torch.Tensor
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
@@ -95,12 +95,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         check_nonneg(wd, "weight_decay", where)
         out = {"weight_decay": float(wd)}
         for key in ("maximize", "decoupled_weight_decay"):
-            v = d.get(key, False)
-            if type(v).__module__ == "numpy" and type(v).__name__ in ("bool_", "bool"):   # as torch accepts it
-                v = bool(v)
-            if not isinstance(v, bool):
-                raise TypeError(f"{where}: {key} must be True or False, got {v!r}")
-            out[key] = v
+            out[key] = check_flag(d.get(key, False), key, where)
         out["decoupled_weight_decay"] = out["decoupled_weight_decay"] or cls._decoupled
         return out
 

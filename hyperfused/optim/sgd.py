@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ._checks import _num, check_nonneg
+from ._checks import _num, check_flag, check_nonneg
 from .base import HyperOptimizer, ParamsT
 
 
@@ -56,11 +56,7 @@ class SGD(HyperOptimizer):
     @classmethod
     def _cfg_from(cls, d: Dict[str, Any], values: Dict[str, float]) -> Dict[str, Any]:
         momentum = float(d["momentum"]) != 0.0
-        nesterov = d.get("nesterov", False)
-        if type(nesterov).__module__ == "numpy" and type(nesterov).__name__ in ("bool_", "bool"):
-            nesterov = bool(nesterov)
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        nesterov = check_flag(d.get("nesterov", False), "nesterov", "SGD")
         dampening = _num(d.get("dampening", 0.0), "dampening", "SGD")
         if nesterov and (float(d["momentum"]) <= 0 or dampening != 0):
             raise ValueError(f"SGD: nesterov=True needs momentum > 0 and dampening = 0 (torch.optim.SGD's rule); "
