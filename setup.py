@@ -17,7 +17,9 @@ cmdclass = {}
 # Link libstdc++ as the shared library torch itself uses, also where the compiler driver links it statically by
 # default (seen on a GPU image whose g++ wrapper did): a private static copy inside the extension has its own
 # locale, never set up, so every number written into an error message (TORCH_CHECK) came out missing or crashed
-# the process. An explicit -lstdc++ before the driver's own libraries resolves every use to the shared library.
+# the process. An explicit -lstdc++ asks for the shared library; since the driver's own flags may still win, the
+# kernels' error messages are also formatted without iostreams (csrc/hyperfused/check.h), which a static copy
+# cannot break.
 SHARED_LIBSTDCXX = ["-lstdc++"]
 if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
     from torch.utils.cpp_extension import BuildExtension, CppExtension

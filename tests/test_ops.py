@@ -219,3 +219,44 @@ def test_extensions_built_from_other_kernel_sources_are_refused_with_a_message(t
     assert _ext.build_mismatch(str(info), str(tmp_path / "no-csrc")) is None     # an installed package: no check
     if ops.extension_available() and os.path.exists(_ext.BUILD_INFO):      # this tree's own build is current
         assert _ext.build_mismatch() is None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The C++ ops' error messages are formatted without iostreams (csrc/hyperfused/check.h): an extension linked
+# with a private static libstdc++ (a GPU image's compiler driver did so) wrote no number into TORCH_CHECK's
+# stream, and crashed there. Built that way here, the old messages stopped at their first number.
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+
+def test_every_cpp_check_formats_its_message_without_a_stream():
+    offenders = []
+    for root, _, files in os.walk(CSRC):
+        for name in files:
+            path = os.path.join(root, name)
+            if name == "check.h" or not name.endswith((".cpp", ".cu", ".h", ".cuh")):
+                continue
+            with open(path) as f:
+                text = f.read()
+            for token in ("TORCH_CHECK", "ostringstream", "c10::str(", "std::cout", "std::cerr"):
+                if token in text:
+                    offenders.append(f"{os.path.relpath(path, CSRC)}: {token}")
+    assert not offenders, "use HF_CHECK / hyperfused::msg (csrc/hyperfused/check.h): " + ", ".join(offenders)
+
+
+def test_cpp_error_messages_carry_their_numbers_dtypes_devices_and_shapes():
+    if not ops.extension_available():
+        pytest.skip("the C++ extension is not built")
+    k = torch.ops.hyperfused
+    g = [torch.randn(4)]
+    scal = torch.zeros(1, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError) as e:
+        k.hyper_reduce(0, 1, False, [0.0, 0.0], g, [torch.randn(4)], [], [], scal,
+                       inv_scale=torch.ones(2, dtype=torch.float32))
+    assert "got Float of 2 elements on cpu" in str(e.value)
+    with pytest.raises(RuntimeError) as e:
+        k.agd_normalize_rows([torch.randn(3, 5, dtype=torch.float64), torch.randn(7, 2)],
+                             [torch.zeros(15, dtype=torch.float64), torch.zeros(14)])
+    assert "tensor 1 must be a contiguous float64 CPU matrix (rows, d), got Float of shape [7, 2]" in str(e.value)
+    with pytest.raises(RuntimeError) as e:
+        k.agd_normalize_rows([torch.randn(3, 5, dtype=torch.float64)], [])
+    assert "1 tensors but 0 destinations" in str(e.value)

@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../hyperfused/check.h"
 #include "../hyperfused/common.h"
 
 namespace hyperfused {
@@ -90,13 +91,13 @@ void sumsq_chunk(const scalar_t* g, int64_t begin, int64_t end, int64_t S, doubl
 }
 
 at::Tensor agd_sumsq_cpu(at::TensorList grads, at::IntArrayRef slices) {
-  TORCH_CHECK(grads.size() == slices.size(), "agd_sumsq: ", grads.size(), " gradients but ", slices.size(),
+  HF_CHECK(grads.size() == slices.size(), "agd_sumsq: ", grads.size(), " gradients but ", slices.size(),
               " slice counts");
   std::vector<int64_t> offset(grads.size() + 1, 0);
   for (size_t i = 0; i < grads.size(); ++i) {
-    TORCH_CHECK(grads[i].device().is_cpu() && grads[i].is_contiguous(), "agd_sumsq: gradient ", i,
+    HF_CHECK(grads[i].device().is_cpu() && grads[i].is_contiguous(), "agd_sumsq: gradient ", i,
                 " must be a contiguous CPU tensor");
-    TORCH_CHECK(slices[i] >= 1 && grads[i].numel() % slices[i] == 0, "agd_sumsq: gradient ", i, " of ",
+    HF_CHECK(slices[i] >= 1 && grads[i].numel() % slices[i] == 0, "agd_sumsq: gradient ", i, " of ",
                 grads[i].numel(), " elements cannot have ", slices[i], " slices");
     offset[i + 1] = offset[i] + slices[i];
   }
@@ -156,23 +157,23 @@ void update_chunk(scalar_t* w, const scalar_t* g, int64_t begin, int64_t end, in
 // ok (optional one-element bool): when false nothing is written (the caller's skip decision, as on CUDA)
 void agd_update_cpu(at::TensorList params, at::TensorList grads, const at::Tensor& coef,
                     const std::optional<at::Tensor>& ok) {
-  TORCH_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
-  TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.is_contiguous() && coef.device().is_cpu(),
+  HF_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
+  HF_CHECK(coef.scalar_type() == at::kDouble && coef.is_contiguous() && coef.device().is_cpu(),
               "agd_update: coef must be a contiguous float64 CPU tensor");
   std::vector<int64_t> offset(params.size() + 1, 0), slices(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
-    TORCH_CHECK(p.is_contiguous() && grads[i].is_contiguous() && p.sizes() == grads[i].sizes() &&
+    HF_CHECK(p.is_contiguous() && grads[i].is_contiguous() && p.sizes() == grads[i].sizes() &&
                     p.scalar_type() == grads[i].scalar_type(),
                 "agd_update: parameter ", i, " and its gradient must be contiguous, of one shape and dtype");
-    TORCH_CHECK(p.dim() == 2 || p.dim() == 4, "agd_update: parameter ", i, " must be a matrix or a 4-D kernel");
+    HF_CHECK(p.dim() == 2 || p.dim() == 4, "agd_update: parameter ", i, " must be a matrix or a 4-D kernel");
     slices[i] = p.dim() == 2 ? 1 : p.size(2) * p.size(3);
     offset[i + 1] = offset[i] + slices[i];
   }
-  TORCH_CHECK(coef.numel() == offset.back(), "agd_update: ", coef.numel(), " coefficients for ", offset.back(),
+  HF_CHECK(coef.numel() == offset.back(), "agd_update: ", coef.numel(), " coefficients for ", offset.back(),
               " slices");
   if (ok.has_value()) {
-    TORCH_CHECK(ok->scalar_type() == at::kBool && ok->numel() == 1 && ok->device().is_cpu(),
+    HF_CHECK(ok->scalar_type() == at::kBool && ok->numel() == 1 && ok->device().is_cpu(),
                 "agd_update: ok must be a one-element bool CPU tensor");
     if (!ok->item<bool>()) return;
   }
@@ -311,14 +312,14 @@ void gtu_block(const scalar_t* g, const double* u, int64_t o0, int64_t o1, int64
 }
 
 void check_mats(const char* op, at::TensorList grads, at::TensorList vecs, bool by_in) {
-  TORCH_CHECK(grads.size() == vecs.size(), op, ": ", grads.size(), " gradients but ", vecs.size(), " vectors");
+  HF_CHECK(grads.size() == vecs.size(), op, ": ", grads.size(), " gradients but ", vecs.size(), " vectors");
   for (size_t t = 0; t < grads.size(); ++t) {
     const auto& g = grads[t];
-    TORCH_CHECK(g.device().is_cpu() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), op, ": gradient ", t,
+    HF_CHECK(g.device().is_cpu() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), op, ": gradient ", t,
                 " must be a contiguous CPU matrix or 4-D kernel");
     const int64_t S = g.dim() == 2 ? 1 : g.size(2) * g.size(3);
     const int64_t n = by_in ? g.size(1) : g.size(0);
-    TORCH_CHECK(vecs[t].scalar_type() == at::kDouble && vecs[t].is_contiguous() && vecs[t].numel() == S * n, op,
+    HF_CHECK(vecs[t].scalar_type() == at::kDouble && vecs[t].is_contiguous() && vecs[t].numel() == S * n, op,
                 ": vector ", t, " must be a contiguous float64 tensor of ", S, " x ", n, " elements");
   }
 }
@@ -400,16 +401,16 @@ std::vector<at::Tensor> agd_gtu_cpu(at::TensorList grads, at::TensorList us) {
 // Rows of every tensor, normalised in place into dsts (rows of norm 0 keep what dsts held); the norms, in row
 // order, are returned. Each row has one owner and is summed left to right in float64.
 at::Tensor agd_normalize_rows_cpu(at::TensorList xs, at::TensorList dsts) {
-  TORCH_CHECK(xs.size() == dsts.size(), "agd_normalize_rows: ", xs.size(), " tensors but ", dsts.size(),
+  HF_CHECK(xs.size() == dsts.size(), "agd_normalize_rows: ", xs.size(), " tensors but ", dsts.size(),
               " destinations");
   std::vector<int64_t> row0(xs.size() + 1, 0);
   for (size_t t = 0; t < xs.size(); ++t) {
     const auto& x = xs[t];
     const auto& d = dsts[t];
-    TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kDouble && x.is_contiguous() && x.dim() == 2,
+    HF_CHECK(x.device().is_cpu() && x.scalar_type() == at::kDouble && x.is_contiguous() && x.dim() == 2,
                 "agd_normalize_rows: tensor ", t, " must be a contiguous float64 CPU matrix (rows, d), got ",
                 x.scalar_type(), " of shape ", x.sizes());
-    TORCH_CHECK(d.device().is_cpu() && d.scalar_type() == at::kDouble && d.is_contiguous() &&
+    HF_CHECK(d.device().is_cpu() && d.scalar_type() == at::kDouble && d.is_contiguous() &&
                     d.numel() == x.numel(),
                 "agd_normalize_rows: destination ", t, " must be a contiguous float64 CPU tensor of ", x.numel(),
                 " elements");

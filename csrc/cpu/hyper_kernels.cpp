@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../hyperfused/check.h"
 #include "../hyperfused/hyper_elem.h"
 #include "../hyperfused/tower_desc.h"
 #include "hyper_loops_api.h"
@@ -203,27 +204,27 @@ at::Tensor combine(const std::vector<Chunk>& chunks, const std::vector<double>& 
 void check_lists(const char* op, at::TensorList grads, at::TensorList params, at::TensorList s0,
                  at::TensorList s1, at::TensorList s2, const at::Tensor& scal) {
   const size_t n = grads.size();
-  TORCH_CHECK(params.empty() || params.size() == n, op, ": ", params.size(), " params for ", n, " grads");
+  HF_CHECK(params.empty() || params.size() == n, op, ": ", params.size(), " params for ", n, " grads");
   for (auto* lst : {&s0, &s1, &s2})
-    TORCH_CHECK(lst->empty() || lst->size() == n, op, ": a state list has ", lst->size(), " tensors for ", n,
+    HF_CHECK(lst->empty() || lst->size() == n, op, ": a state list has ", lst->size(), " tensors for ", n,
                 " grads");
-  TORCH_CHECK(scal.scalar_type() == at::kDouble && scal.dim() == 2 && scal.size(0) == (int64_t)n &&
+  HF_CHECK(scal.scalar_type() == at::kDouble && scal.dim() == 2 && scal.size(0) == (int64_t)n &&
                   scal.size(1) == kScalCols && scal.is_contiguous(),
               op, ": scalars must be a contiguous float64 tensor of shape [", n, ", ", kScalCols, "]");
   for (size_t i = 0; i < n; ++i) {
     const auto& g = grads[i];
     // Every tensor of element i is walked in memory order, so they must be dense and share one layout.
-    TORCH_CHECK(g.device().is_cpu() && g.is_non_overlapping_and_dense(), op, ": gradient ", i,
+    HF_CHECK(g.device().is_cpu() && g.is_non_overlapping_and_dense(), op, ": gradient ", i,
                 " must be a dense CPU tensor");
     if (!params.empty())
-      TORCH_CHECK(params[i].sizes() == g.sizes() && params[i].strides() == g.strides() &&
+      HF_CHECK(params[i].sizes() == g.sizes() && params[i].strides() == g.strides() &&
                       params[i].scalar_type() == g.scalar_type(),
                   op, ": parameter ", i, " must have the gradient's shape, strides and dtype");
     for (auto* lst : {&s0, &s1, &s2})
       if (!lst->empty())
-        TORCH_CHECK((*lst)[i].sizes() == g.sizes() && (*lst)[i].strides() == g.strides(), op,
+        HF_CHECK((*lst)[i].sizes() == g.sizes() && (*lst)[i].strides() == g.strides(), op,
                     ": state tensor ", i, " must have the gradient's shape and strides");
-    TORCH_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
+    HF_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
   }
 }
 
@@ -234,7 +235,7 @@ using math_t = typename std::conditional<std::is_same<scalar_t, double>::value, 
 // as they were). The CUDA and Triton kernels apply the factor as they load instead.
 std::vector<at::Tensor> unscaled(const char* op, at::TensorList grads, const c10::optional<at::Tensor>& inv_scale) {
   const auto& f = *inv_scale;
-  TORCH_CHECK(f.numel() == 1 && f.scalar_type() == at::kDouble && f.device().is_cpu(), op,
+  HF_CHECK(f.numel() == 1 && f.scalar_type() == at::kDouble && f.device().is_cpu(), op,
               ": inv_scale must be a one-element float64 CPU tensor, got ", f.scalar_type(), " of ", f.numel(),
               " elements on ", f.device());
   const double inv = f.item<double>();
@@ -294,7 +295,7 @@ at::Tensor hyper_update_cpu(int64_t kind, int64_t learn, bool momentum, at::Arra
   check_lists("hyper_update", grads, params, s0, s1, s2, scal);
   check_eps("hyper_update", eps);
   check_kind("hyper_update", kind);
-  TORCH_CHECK(!params.empty() || grads.empty(), "hyper_update: params are required");
+  HF_CHECK(!params.empty() || grads.empty(), "hyper_update: params are required");
   const bool one_pass = scal_jac.has_value();
   if (one_pass) check_lists("hyper_update", grads, params, s0, s1, s2, *scal_jac);
   const int64_t n = grads.size();
@@ -366,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cpu(
     at::TensorList s0, at::TensorList s1, at::TensorList s2, const at::Tensor& scal, const at::Tensor& scal_jac,
     const at::Tensor& ok, at::IntArrayRef d0_map, at::IntArrayRef desc, at::ArrayRef<double> tower_eps,
     at::TensorList slots, const c10::optional<at::Tensor>& inv_scale) {
-  TORCH_CHECK(scal_jac.defined(), "hyper_update_tower: scal_jac is required (one-pass mode)");
+  HF_CHECK(scal_jac.defined(), "hyper_update_tower: scal_jac is required (one-pass mode)");
   at::Tensor rows, scr, tok;
   with_tower_args("hyper_update_tower", grads.size(), d0_map, desc, tower_eps, slots,
                   [&](const auto& d, const D0Map& m) {

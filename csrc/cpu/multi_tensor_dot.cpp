@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "../hyperfused/check.h"
 #include "../hyperfused/common.h"
 
 namespace hyperfused {
@@ -37,15 +38,15 @@ double dot_one(const at::Tensor& a, const at::Tensor& b) {
 }
 
 at::Tensor multi_tensor_dot_cpu(at::TensorList a, at::TensorList b) {
-  TORCH_CHECK(a.size() == b.size(), "multi_tensor_dot: got ", a.size(), " tensors in a and ", b.size(), " in b");
+  HF_CHECK(a.size() == b.size(), "multi_tensor_dot: got ", a.size(), " tensors in a and ", b.size(), " in b");
   auto out = at::empty({static_cast<int64_t>(a.size())}, at::TensorOptions().dtype(at::kDouble));
   double* po = out.data_ptr<double>();
   for (size_t i = 0; i < a.size(); ++i) {
-    TORCH_CHECK(a[i].sizes() == b[i].sizes(), "multi_tensor_dot: pair ", i, " has shapes ", a[i].sizes(),
+    HF_CHECK(a[i].sizes() == b[i].sizes(), "multi_tensor_dot: pair ", i, " has shapes ", a[i].sizes(),
                 " and ", b[i].sizes());
-    TORCH_CHECK(a[i].scalar_type() == b[i].scalar_type(), "multi_tensor_dot: pair ", i, " has dtypes ",
+    HF_CHECK(a[i].scalar_type() == b[i].scalar_type(), "multi_tensor_dot: pair ", i, " has dtypes ",
                 a[i].scalar_type(), " and ", b[i].scalar_type());
-    TORCH_CHECK(a[i].device().is_cpu() && b[i].device().is_cpu(), "multi_tensor_dot: pair ", i,
+    HF_CHECK(a[i].device().is_cpu() && b[i].device().is_cpu(), "multi_tensor_dot: pair ", i,
                 " is not on the CPU");
     const at::Tensor ca = a[i].contiguous();
     const at::Tensor cb = b[i].contiguous();

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "../hyperfused/check.h"
 #include "../cuda/tables.h"
 
 namespace hyperfused {
@@ -15,14 +16,14 @@ at::Tensor cuda_table_plan(c10::IntArrayRef numels) {
   std::vector<int64_t> rows;
   int64_t launches = 0;
   const auto n = static_cast<int64_t>(numels.size());
-  for (int64_t i = 0; i < n; ++i) TORCH_CHECK(numels[i] >= 0, "_cuda_table_plan: negative size ", numels[i]);
+  for (int64_t i = 0; i < n; ++i) HF_CHECK(numels[i] >= 0, "_cuda_table_plan: negative size ", numels[i]);
   cuda::walk_tables(
       n, [&](int64_t i) { return numels[i]; },
       [&](cuda::TensorTable& tab, int slot, int64_t i) {   // stand-in pointers that name their tensor
         tab.x[slot] = reinterpret_cast<void*>(static_cast<uintptr_t>((i + 1) * 4096));
       },
       [&](const cuda::TensorTable& tab, int offset) {
-        TORCH_CHECK(tab.n_blocks <= cuda::kMaxBlocks && tab.n_tensors <= cuda::kMaxTensors,
+        HF_CHECK(tab.n_blocks <= cuda::kMaxBlocks && tab.n_tensors <= cuda::kMaxTensors,
                     "_cuda_table_plan: a table over its bounds");
         for (int b = 0; b < tab.n_blocks; ++b) {
           const int t = tab.block_tensor[b];

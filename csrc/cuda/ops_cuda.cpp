@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../hyperfused/check.h"
 #include "../hyperfused/tower_desc.h"
 #include "agd_cuda.h"
 #include "hyper_cuda.h"
@@ -29,7 +30,7 @@ DType dtype_of(const at::Tensor& t) {
     case at::kDouble: return DType::kDouble;
     case at::kHalf: return DType::kHalf;
     case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "hyperfused CUDA kernels: unsupported dtype ", t.scalar_type());
+    default: HF_CHECK(false, "hyperfused CUDA kernels: unsupported dtype ", t.scalar_type());
   }
   return DType::kFloat;
 }
@@ -60,25 +61,25 @@ void for_tables(at::TensorList params, at::TensorList grads, at::TensorList s0, 
 void check(const char* op, at::TensorList grads, at::TensorList params, at::TensorList s0, at::TensorList s1,
            at::TensorList s2, const at::Tensor& scal) {
   const size_t n = grads.size();
-  TORCH_CHECK(params.empty() || params.size() == n, op, ": ", params.size(), " params for ", n, " grads");
+  HF_CHECK(params.empty() || params.size() == n, op, ": ", params.size(), " params for ", n, " grads");
   for (auto* lst : {&s0, &s1, &s2})
-    TORCH_CHECK(lst->empty() || lst->size() == n, op, ": a state list has ", lst->size(), " tensors for ", n, " grads");
-  TORCH_CHECK(scal.is_cuda() && scal.scalar_type() == at::kDouble && scal.dim() == 2 && scal.size(0) == (int64_t)n &&
+    HF_CHECK(lst->empty() || lst->size() == n, op, ": a state list has ", lst->size(), " tensors for ", n, " grads");
+  HF_CHECK(scal.is_cuda() && scal.scalar_type() == at::kDouble && scal.dim() == 2 && scal.size(0) == (int64_t)n &&
                   scal.size(1) == kScalCols && scal.is_contiguous(),
               op, ": scalars must be a contiguous float64 CUDA tensor of shape [", n, ", ", kScalCols, "]");
   for (size_t i = 0; i < n; ++i) {
     const auto& g = grads[i];
-    TORCH_CHECK(g.is_cuda() && g.is_contiguous(), op, ": gradient ", i, " must be a contiguous CUDA tensor");
-    TORCH_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
-    TORCH_CHECK(g.get_device() == grads[0].get_device(), op, ": all tensors must be on one device");
+    HF_CHECK(g.is_cuda() && g.is_contiguous(), op, ": gradient ", i, " must be a contiguous CUDA tensor");
+    HF_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
+    HF_CHECK(g.get_device() == grads[0].get_device(), op, ": all tensors must be on one device");
     if (!params.empty())
-      TORCH_CHECK(params[i].is_contiguous() && params[i].numel() == g.numel() &&
+      HF_CHECK(params[i].is_contiguous() && params[i].numel() == g.numel() &&
                       params[i].scalar_type() == g.scalar_type() && params[i].is_cuda(),
                   op, ": parameter ", i, " must be a contiguous CUDA tensor with the gradient's size and dtype");
     const auto math = g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     for (auto* lst : {&s0, &s1, &s2})
       if (!lst->empty())
-        TORCH_CHECK((*lst)[i].is_contiguous() && (*lst)[i].numel() == g.numel() && (*lst)[i].is_cuda() &&
+        HF_CHECK((*lst)[i].is_contiguous() && (*lst)[i].numel() == g.numel() && (*lst)[i].is_cuda() &&
                         (*lst)[i].scalar_type() == math,
                     op, ": state tensor ", i, " must be a contiguous CUDA tensor of the gradient's size in ", math);
   }
@@ -104,7 +105,7 @@ bool vec_aligned(std::initializer_list<at::TensorList> lists) {
 const double* inv_scale_ptr(const char* op, const c10::optional<at::Tensor>& inv_scale, const at::Tensor& g0) {
   if (!inv_scale.has_value()) return nullptr;
   const auto& f = *inv_scale;
-  TORCH_CHECK(f.numel() == 1 && f.scalar_type() == at::kDouble && f.is_contiguous() && f.device() == g0.device(),
+  HF_CHECK(f.numel() == 1 && f.scalar_type() == at::kDouble && f.is_contiguous() && f.device() == g0.device(),
               op, ": inv_scale must be a one-element float64 tensor on ", g0.device(), ", got ", f.scalar_type(),
               " of ", f.numel(), " elements on ", f.device());
   return f.data_ptr<double>();
@@ -173,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pass_then_tower(const char* op, a
                                                                at::ArrayRef<double> tower_eps, at::TensorList slots,
                                                                Partials&& partials) {
   const int64_t n = grads.size();
-  TORCH_CHECK(n > 0 && !slots.empty(), op, ": no gradients or no tower slots");
+  HF_CHECK(n > 0 && !slots.empty(), op, ": no gradients or no tower slots");
   check_slots_on(op, slots, grads[0].device());
   const c10::cuda::CUDAGuard guard(grads[0].device());
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -201,7 +202,7 @@ void check_update(const char* op, at::TensorList params, at::TensorList grads, a
                   at::TensorList s2, const at::Tensor& scal, const c10::optional<at::Tensor>& scal_jac,
                   const at::Tensor& ok) {
   check(op, grads, params, s0, s1, s2, scal);
-  TORCH_CHECK(ok.is_cuda() && ok.scalar_type() == at::kBool && ok.numel() == 1,
+  HF_CHECK(ok.is_cuda() && ok.scalar_type() == at::kBool && ok.numel() == 1,
               op, ": ok must be a one-element bool CUDA tensor (the skip flag stays on the device)");
   if (scal_jac.has_value()) check(op, grads, params, s0, s1, s2, *scal_jac);
 }
@@ -261,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hyper_update_tower_cuda(
 
 at::Tensor nonfinite_count_cuda(at::TensorList grads) {
   const int64_t n = grads.size();
-  TORCH_CHECK(n > 0, "nonfinite_count: no gradients");
+  HF_CHECK(n > 0, "nonfinite_count: no gradients");
   const c10::cuda::CUDAGuard guard(grads[0].device());
   auto opts = grads[0].options().dtype(at::kDouble);
   auto scal = at::zeros({n, kScalCols}, opts);
@@ -281,13 +282,13 @@ at::Tensor nonfinite_count_cuda(at::TensorList grads) {
 }
 
 at::Tensor multi_tensor_dot_cuda(at::TensorList a, at::TensorList b) {
-  TORCH_CHECK(a.size() == b.size(), "multi_tensor_dot: got ", a.size(), " tensors in a and ", b.size(), " in b");
+  HF_CHECK(a.size() == b.size(), "multi_tensor_dot: got ", a.size(), " tensors in a and ", b.size(), " in b");
   const int64_t n = a.size();
   if (n == 0) return at::zeros({0}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA));
   const c10::cuda::CUDAGuard guard(a[0].device());
   std::vector<at::Tensor> ac, bc;
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(a[i].sizes() == b[i].sizes() && a[i].scalar_type() == b[i].scalar_type() && a[i].is_cuda() &&
+    HF_CHECK(a[i].sizes() == b[i].sizes() && a[i].scalar_type() == b[i].scalar_type() && a[i].is_cuda() &&
                     b[i].is_cuda() && a[i].scalar_type() == a[0].scalar_type(),
                 "multi_tensor_dot: pair ", i, " must be CUDA tensors of one shape and dtype");
     ac.push_back(a[i].contiguous());
@@ -338,15 +339,15 @@ void for_agd_tables(at::TensorList params, at::TensorList grads, const std::vect
 void check_agd(const char* op, at::TensorList grads, const std::vector<int64_t>& slices) {
   for (size_t i = 0; i < grads.size(); ++i) {
     const auto& g = grads[i];
-    TORCH_CHECK(g.is_cuda() && g.is_contiguous(), op, ": gradient ", i, " must be a contiguous CUDA tensor");
-    TORCH_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
-    TORCH_CHECK(slices[i] >= 1 && slices[i] <= kAgdMaxSlices && g.numel() % slices[i] == 0, op, ": gradient ", i,
+    HF_CHECK(g.is_cuda() && g.is_contiguous(), op, ": gradient ", i, " must be a contiguous CUDA tensor");
+    HF_CHECK(g.scalar_type() == grads[0].scalar_type(), op, ": all gradients must share one dtype");
+    HF_CHECK(slices[i] >= 1 && slices[i] <= kAgdMaxSlices && g.numel() % slices[i] == 0, op, ": gradient ", i,
                 " of ", g.numel(), " elements cannot have ", slices[i], " slices (at most ", kAgdMaxSlices, ")");
   }
 }
 
 at::Tensor agd_sumsq_cuda(at::TensorList grads, at::IntArrayRef slices) {
-  TORCH_CHECK(grads.size() == slices.size(), "agd_sumsq: ", grads.size(), " gradients but ", slices.size(),
+  HF_CHECK(grads.size() == slices.size(), "agd_sumsq: ", grads.size(), " gradients but ", slices.size(),
               " slice counts");
   const std::vector<int64_t> sl(slices.begin(), slices.end());
   if (grads.empty()) return at::zeros({0}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA));
@@ -372,21 +373,21 @@ at::Tensor agd_sumsq_cuda(at::TensorList grads, at::IntArrayRef slices) {
 // skip decision needs no host synchronisation
 void agd_update_cuda(at::TensorList params, at::TensorList grads, const at::Tensor& coef,
                      const c10::optional<at::Tensor>& ok) {
-  TORCH_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
+  HF_CHECK(params.size() == grads.size(), "agd_update: ", params.size(), " params for ", grads.size(), " grads");
   std::vector<int64_t> sl;
   int64_t total = 0;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
-    TORCH_CHECK(p.is_cuda() && p.is_contiguous() && p.sizes() == grads[i].sizes() &&
+    HF_CHECK(p.is_cuda() && p.is_contiguous() && p.sizes() == grads[i].sizes() &&
                     p.scalar_type() == grads[i].scalar_type() && (p.dim() == 2 || p.dim() == 4),
                 "agd_update: parameter ", i, " must be a contiguous CUDA matrix or 4-D kernel shaped like its gradient");
     sl.push_back(slices_of(p));
     total += sl.back();
   }
-  TORCH_CHECK(coef.scalar_type() == at::kDouble && coef.numel() == total, "agd_update: coef must be float64 with ",
+  HF_CHECK(coef.scalar_type() == at::kDouble && coef.numel() == total, "agd_update: coef must be float64 with ",
               total, " entries (one per slice), got ", coef.numel());
   if (ok.has_value())
-    TORCH_CHECK(ok->scalar_type() == at::kBool && ok->numel() == 1 && ok->is_cuda(),
+    HF_CHECK(ok->scalar_type() == at::kBool && ok->numel() == 1 && ok->is_cuda(),
                 "agd_update: ok must be a one-element bool CUDA tensor");
   if (params.empty()) return;
   check_agd("agd_update", grads, sl);
@@ -402,16 +403,16 @@ void agd_update_cuda(at::TensorList params, at::TensorList grads, const at::Tens
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> agd_gv_cuda(at::TensorList grads, at::TensorList vs) {
-  TORCH_CHECK(grads.size() == vs.size(), "agd_gv: ", grads.size(), " gradients but ", vs.size(), " vectors");
+  HF_CHECK(grads.size() == vs.size(), "agd_gv: ", grads.size(), " gradients but ", vs.size(), " vectors");
   std::vector<at::Tensor> sq, gv;
   for (size_t t = 0; t < grads.size(); ++t) {
     const auto& g = grads[t];
-    TORCH_CHECK(g.is_cuda() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), "agd_gv: gradient ", t,
+    HF_CHECK(g.is_cuda() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), "agd_gv: gradient ", t,
                 " must be a contiguous CUDA matrix or 4-D kernel");
     const c10::cuda::CUDAGuard guard(g.device());
     const int64_t S = slices_of(g), d_out = g.size(0), d_in = g.size(1);
     auto v = vs[t].to(g.device(), at::kDouble).contiguous();
-    TORCH_CHECK(v.numel() == S * d_in, "agd_gv: vector ", t, " must have shape (", S, ", ", d_in, ")");
+    HF_CHECK(v.numel() == S * d_in, "agd_gv: vector ", t, " must have shape (", S, ", ", d_in, ")");
     auto out = at::empty({S, d_out}, g.options().dtype(at::kDouble));
     auto rows = at::empty({S, d_out}, out.options());
     launch_agd_gv(dtype_of(g), g.data_ptr(), d_out, d_in, static_cast<int>(S), v.data_ptr<double>(),
@@ -425,16 +426,16 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> agd_gv_cuda(at::TensorList grads
 }
 
 std::vector<at::Tensor> agd_gtu_cuda(at::TensorList grads, at::TensorList us) {
-  TORCH_CHECK(grads.size() == us.size(), "agd_gtu: ", grads.size(), " gradients but ", us.size(), " vectors");
+  HF_CHECK(grads.size() == us.size(), "agd_gtu: ", grads.size(), " gradients but ", us.size(), " vectors");
   std::vector<at::Tensor> out;
   for (size_t t = 0; t < grads.size(); ++t) {
     const auto& g = grads[t];
-    TORCH_CHECK(g.is_cuda() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), "agd_gtu: gradient ", t,
+    HF_CHECK(g.is_cuda() && g.is_contiguous() && (g.dim() == 2 || g.dim() == 4), "agd_gtu: gradient ", t,
                 " must be a contiguous CUDA matrix or 4-D kernel");
     const c10::cuda::CUDAGuard guard(g.device());
     const int64_t S = slices_of(g), d_out = g.size(0), d_in = g.size(1);
     auto u = us[t].to(g.device(), at::kDouble).contiguous();
-    TORCH_CHECK(u.numel() == S * d_out, "agd_gtu: vector ", t, " must have shape (", S, ", ", d_out, ")");
+    HF_CHECK(u.numel() == S * d_out, "agd_gtu: vector ", t, " must have shape (", S, ", ", d_out, ")");
     auto o = at::empty({S, d_in}, g.options().dtype(at::kDouble));
     launch_agd_gtu(dtype_of(g), g.data_ptr(), d_out, d_in, static_cast<int>(S), u.data_ptr<double>(),
                    o.data_ptr<double>(), at::cuda::getCurrentCUDAStream());
@@ -445,20 +446,20 @@ std::vector<at::Tensor> agd_gtu_cuda(at::TensorList grads, at::TensorList us) {
 }
 
 at::Tensor agd_normalize_rows_cuda(at::TensorList xs, at::TensorList dsts) {
-  TORCH_CHECK(xs.size() == dsts.size(), "agd_normalize_rows: ", xs.size(), " tensors but ", dsts.size(),
+  HF_CHECK(xs.size() == dsts.size(), "agd_normalize_rows: ", xs.size(), " tensors but ", dsts.size(),
               " destinations");
   int64_t total = 0;
   for (size_t t = 0; t < xs.size(); ++t) {
     const auto& x = xs[t];
     const auto& d = dsts[t];
-    TORCH_CHECK(x.is_cuda() && x.scalar_type() == at::kDouble && x.is_contiguous() && x.dim() == 2,
+    HF_CHECK(x.is_cuda() && x.scalar_type() == at::kDouble && x.is_contiguous() && x.dim() == 2,
                 "agd_normalize_rows: tensor ", t, " must be a contiguous float64 CUDA matrix (rows, d), got ",
                 x.scalar_type(), " of shape ", x.sizes(), " on ", x.device());
-    TORCH_CHECK(d.device() == x.device() && d.scalar_type() == at::kDouble && d.is_contiguous() &&
+    HF_CHECK(d.device() == x.device() && d.scalar_type() == at::kDouble && d.is_contiguous() &&
                     d.numel() == x.numel(),
                 "agd_normalize_rows: destination ", t, " must be a contiguous float64 tensor of ", x.numel(),
                 " elements on ", x.device());
-    TORCH_CHECK(x.device() == xs[0].device(), "agd_normalize_rows: all tensors must be on one device");
+    HF_CHECK(x.device() == xs[0].device(), "agd_normalize_rows: all tensors must be on one device");
     total += x.size(0);
   }
   if (xs.empty()) return at::empty({0}, at::TensorOptions().dtype(at::kDouble));
@@ -491,15 +492,15 @@ at::Tensor agd_normalize_rows_cuda(at::TensorList xs, at::TensorList dsts) {
 // The levels above level 0 in one-thread kernels: nothing here reads a device value.
 void check_slots_on(const char* op, at::TensorList slots, const at::Device& device) {
   for (const auto& t : slots)
-    TORCH_CHECK(t.numel() == 0 || t.device() == device, op, ": every slot must be on ", device);
+    HF_CHECK(t.numel() == 0 || t.device() == device, op, ": every slot must be on ", device);
 }
 
 std::tuple<at::Tensor, at::Tensor> hyper_tower_plan_cuda(at::IntArrayRef desc, at::ArrayRef<double> eps,
                                                          at::TensorList slots, const at::Tensor& d0,
                                                          const at::Tensor& finite) {
-  TORCH_CHECK(d0.is_cuda() && d0.dim() == 1 && d0.is_contiguous(), "hyper_tower_plan: d0 must be a contiguous "
+  HF_CHECK(d0.is_cuda() && d0.dim() == 1 && d0.is_contiguous(), "hyper_tower_plan: d0 must be a contiguous "
               "CUDA vector");
-  TORCH_CHECK(finite.device() == d0.device() && finite.scalar_type() == at::kBool && finite.numel() == 1,
+  HF_CHECK(finite.device() == d0.device() && finite.scalar_type() == at::kBool && finite.numel() == 1,
               "hyper_tower_plan: finite must be a one-element bool tensor on ", d0.device());
   check_slots_on("hyper_tower_plan", slots, d0.device());
   const c10::cuda::CUDAGuard guard(d0.device());
@@ -508,7 +509,7 @@ std::tuple<at::Tensor, at::Tensor> hyper_tower_plan_cuda(at::IntArrayRef desc, a
   auto fin = finite.reshape({}).contiguous();
   AT_DISPATCH_FLOATING_TYPES(d0.scalar_type(), "hyper_tower_plan", [&] {
     const auto d = tower_desc<scalar_t>("hyper_tower_plan", desc, eps, slots, d0.scalar_type());
-    TORCH_CHECK(d0.numel() >= d.lv[1].units, "hyper_tower_plan: d0 has ", d0.numel(), " entries, level 1 needs ",
+    HF_CHECK(d0.numel() >= d.lv[1].units, "hyper_tower_plan: d0 has ", d0.numel(), " entries, level 1 needs ",
                 d.lv[1].units);
     scr = at::zeros({kScratchRowsPerLevel * d.K * d.block}, d0.options());
     launch_tower_plan(d, d0.data_ptr<scalar_t>(), fin.data_ptr<bool>(), scr.data_ptr<scalar_t>(),
@@ -520,7 +521,7 @@ std::tuple<at::Tensor, at::Tensor> hyper_tower_plan_cuda(at::IntArrayRef desc, a
 
 void hyper_tower_commit_cuda(at::IntArrayRef desc, at::ArrayRef<double> eps, at::TensorList slots,
                              const at::Tensor& scratch, const at::Tensor& ok) {
-  TORCH_CHECK(scratch.is_cuda() && ok.device() == scratch.device() && ok.scalar_type() == at::kBool &&
+  HF_CHECK(scratch.is_cuda() && ok.device() == scratch.device() && ok.scalar_type() == at::kBool &&
                   ok.numel() == 1,
               "hyper_tower_commit: scratch and ok must be CUDA tensors (ok a one-element bool)");
   check_slots_on("hyper_tower_commit", slots, scratch.device());
@@ -529,7 +530,7 @@ void hyper_tower_commit_cuda(at::IntArrayRef desc, at::ArrayRef<double> eps, at:
   auto okc = ok.reshape({}).contiguous();
   AT_DISPATCH_FLOATING_TYPES(scratch.scalar_type(), "hyper_tower_commit", [&] {
     const auto d = tower_desc<scalar_t>("hyper_tower_commit", desc, eps, slots, scratch.scalar_type());
-    TORCH_CHECK(scratch.is_contiguous() && scratch.numel() == kScratchRowsPerLevel * d.K * d.block,
+    HF_CHECK(scratch.is_contiguous() && scratch.numel() == kScratchRowsPerLevel * d.K * d.block,
                 "hyper_tower_commit: scratch does not match the tower");
     launch_tower_commit(d, scratch.data_ptr<scalar_t>(), okc.data_ptr<bool>(), stream.stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -8,34 +8,35 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include "check.h"
 #include "tower.h"
 
 namespace hyperfused {
 
 // The eps argument of the level-0 ops: [eps, eps_root].
 inline void check_eps(const char* op, at::ArrayRef<double> eps) {
-  TORCH_CHECK(static_cast<int64_t>(eps.size()) == kEpsPerLevel, op, ": eps must be [eps, eps_root], got ",
+  HF_CHECK(static_cast<int64_t>(eps.size()) == kEpsPerLevel, op, ": eps must be [eps, eps_root], got ",
               eps.size(), " values");
 }
 
 // The kind argument of the ops: an id of kinds.h's table.
 inline void check_kind(const char* op, int64_t kind) {
-  TORCH_CHECK(kind >= 0 && kind < kNumKinds, op, ": kind must be an id of the kinds table (0 to ", kNumKinds - 1,
+  HF_CHECK(kind >= 0 && kind < kNumKinds, op, ": kind must be an id of the kinds table (0 to ", kNumKinds - 1,
               "), got ", kind);
 }
 
 template <typename T>
 TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<double> eps, at::TensorList slots,
                         at::ScalarType dtype) {
-  TORCH_CHECK(desc.size() >= kTowerHead, op, ": desc too short");
+  HF_CHECK(desc.size() >= kTowerHead, op, ": desc too short");
   TowerDesc<T> d;
   d.K = static_cast<int>(desc[0]);
   d.block = desc[1];
   d.top_units = desc[2];
   const int levels = d.K + 1;
-  TORCH_CHECK(d.K >= 1 && levels <= kMaxTowerLevels, op, ": a tower of ", levels, " levels (1 to ",
+  HF_CHECK(d.K >= 1 && levels <= kMaxTowerLevels, op, ": a tower of ", levels, " levels (1 to ",
               kMaxTowerLevels - 1, " above level 0 are supported)");
-  TORCH_CHECK(static_cast<int64_t>(desc.size()) == kTowerHead + kTowerPerLevel * levels &&
+  HF_CHECK(static_cast<int64_t>(desc.size()) == kTowerHead + kTowerPerLevel * levels &&
                   static_cast<int64_t>(eps.size()) == kEpsPerLevel * levels &&
                   static_cast<int64_t>(slots.size()) == kTowerSlots * levels,
               op, ": desc, eps and slots do not describe ", levels, " levels");
@@ -51,13 +52,13 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
     L.units = q[6];
     L.eps = static_cast<T>(eps[kEpsPerLevel * k]);
     L.eps_root = static_cast<T>(eps[kEpsPerLevel * k + 1]);
-    TORCH_CHECK(L.kind >= 0 && L.kind < kNumKinds && L.nstate >= 0 && L.nstate <= kStateSlots, op, ": bad level ", k);
-    TORCH_CHECK(k == 0 || (L.units >= 0 && L.units <= d.block), op, ": level ", k, " optimizes ", L.units,
+    HF_CHECK(L.kind >= 0 && L.kind < kNumKinds && L.nstate >= 0 && L.nstate <= kStateSlots, op, ": bad level ", k);
+    HF_CHECK(k == 0 || (L.units >= 0 && L.units <= d.block), op, ": level ", k, " optimizes ", L.units,
                 " entries, more than the scratch rows hold (", d.block, ")");
     auto ptr = [&](int j, int64_t need) -> T* {
       const at::Tensor& t = slots[kTowerSlots * k + j];
       if (t.numel() == 0) return nullptr;
-      TORCH_CHECK(t.scalar_type() == dtype && t.is_contiguous() && t.numel() >= need, op, ": level ", k,
+      HF_CHECK(t.scalar_type() == dtype && t.is_contiguous() && t.numel() >= need, op, ": level ", k,
                   " slot ", j, " must be a contiguous ", dtype, " tensor of at least ", need, " elements");
       return t.data_ptr<T>();
     };
@@ -68,14 +69,14 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
     L.step = ptr(6, 1);
     const at::Tensor& v = slots[kTowerSlots * k + 7];
     if (v.numel() > 0) {
-      TORCH_CHECK(v.scalar_type() == at::kBool && v.numel() == 1, op, ": level ", k, " valid flag must be bool");
+      HF_CHECK(v.scalar_type() == at::kBool && v.numel() == 1, op, ": level ", k, " valid flag must be bool");
       L.valid = v.data_ptr<bool>();
     }
-    TORCH_CHECK(L.lr != nullptr, op, ": level ", k, " has no lr");
-    TORCH_CHECK(k == 0 || L.nstate == 0 || L.s[L.nstate - 1] != nullptr, op, ": level ", k, " lacks its state");
-    TORCH_CHECK(k == 0 || L.valid != nullptr, op, ": level ", k, " has no valid flag");
-    TORCH_CHECK(!(L.learn & kLearnH1) || L.h1 != nullptr, op, ": level ", k, " learns h1 but has none");
-    TORCH_CHECK(!(L.learn & kLearnH2) || L.h2 != nullptr, op, ": level ", k, " learns beta2 but has none");
+    HF_CHECK(L.lr != nullptr, op, ": level ", k, " has no lr");
+    HF_CHECK(k == 0 || L.nstate == 0 || L.s[L.nstate - 1] != nullptr, op, ": level ", k, " lacks its state");
+    HF_CHECK(k == 0 || L.valid != nullptr, op, ": level ", k, " has no valid flag");
+    HF_CHECK(!(L.learn & kLearnH1) || L.h1 != nullptr, op, ": level ", k, " learns h1 but has none");
+    HF_CHECK(!(L.learn & kLearnH2) || L.h2 != nullptr, op, ": level ", k, " learns beta2 but has none");
   }
   return d;
 }
@@ -84,18 +85,18 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
 // n rows (tensors). Checks that the flat vector it makes is the one level 1 optimizes.
 template <typename T>
 D0Map d0_map_of(const char* op, at::IntArrayRef map, int64_t n, const TowerDesc<T>& d) {
-  TORCH_CHECK(map.size() >= 2 && map.size() <= 4, op, ": d0_map must be [per_lr, 1 to 3 columns], got ",
+  HF_CHECK(map.size() >= 2 && map.size() <= 4, op, ": d0_map must be [per_lr, 1 to 3 columns], got ",
               map.size(), " entries");
   D0Map m;
   m.per_lr = map[0] != 0;
   m.ncols = static_cast<int>(map.size()) - 1;
   int64_t len = 0;
   for (int c = 0; c < m.ncols; ++c) {
-    TORCH_CHECK(map[c + 1] >= 0 && map[c + 1] <= 2, op, ": d0_map column ", map[c + 1], " is not 0, 1 or 2");
+    HF_CHECK(map[c + 1] >= 0 && map[c + 1] <= 2, op, ": d0_map column ", map[c + 1], " is not 0, 1 or 2");
     m.col[c] = static_cast<int>(map[c + 1]);
     len += (m.col[c] == 0 && m.per_lr) ? n : 1;
   }
-  TORCH_CHECK(len == d.lv[1].units, op, ": the rows of ", n, " tensors make a delta of ", len,
+  HF_CHECK(len == d.lv[1].units, op, ": the rows of ", n, " tensors make a delta of ", len,
               " entries; level 1 optimizes ", d.lv[1].units);
   return m;
 }
@@ -106,9 +107,9 @@ D0Map d0_map_of(const char* op, at::IntArrayRef map, int64_t n, const TowerDesc<
 template <typename Fn>
 void with_tower_args(const char* op, int64_t n, at::IntArrayRef d0_map, at::IntArrayRef desc,
                      at::ArrayRef<double> eps, at::TensorList slots, Fn&& fn) {
-  TORCH_CHECK(!slots.empty(), op, ": no tower slots");
+  HF_CHECK(!slots.empty(), op, ": no tower slots");
   const auto dtype = slots[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": the tower's dtype must be float32 or float64, "
+  HF_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": the tower's dtype must be float32 or float64, "
               "got ", dtype);
   AT_DISPATCH_FLOATING_TYPES(dtype, "hyperfused_tower", [&] {
     const auto d = tower_desc<scalar_t>(op, desc, eps, slots, dtype);
