@@ -100,8 +100,10 @@ _HOST_TABLE_MAX = 128
 
 
 def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Tensor:
-    """``scalars`` for a few CPU tensors, with one tensor op: every entry read as a host number (the same
-    float64 values; dsigma of a one-element raw value computed in float64)."""
+    """``scalars`` for a few CPU tensors: the table filled through its numpy view from host numbers (the same
+    float64 values; dsigma of a one-element raw value computed in float64), with no tensor op per column."""
+    out = torch.empty((n, TABLE_COLS), dtype=torch.float64)
+    a = out.numpy()
     row = [0.0] * TABLE_COLS
     per = []
     for j, v in cols:
@@ -110,26 +112,42 @@ def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Ten
         if v.numel() == 1:
             row[j] = v.item()
         else:
-            per.append((j, v.reshape(-1).tolist()))
+            per.append((j, v.reshape(-1)))
     for j, r in sig:
         if r.numel() == 1:
             row[j] = ref.dsigma(r.item())
         else:
-            per.append((j, ref.dsigma(r).reshape(-1).tolist()))
+            per.append((j, ref.dsigma(r).reshape(-1)))
+    a[:] = row
+    for j, col in per:
+        a[:, j] = col.numpy()
     if steps is not None:
-        per.append((COL_STEP, [t.item() + step_offset for t in steps]))
-    per.append((COL_VALID, [float(v.item()) if isinstance(v, Tensor) else float(v) for v in valid]))
-    rows = []
-    for i in range(n):
-        r = list(row)
-        for j, col in per:
-            r[j] = col[i]
-        rows.append(r)
-    return torch.tensor(rows, dtype=torch.float64)
+        a[:, COL_STEP] = [t.item() + step_offset for t in steps]
+    a[:, COL_VALID] = [v.item() if isinstance(v, Tensor) else v for v in valid]
+    return out
+
+
+_META: Dict[tuple, tuple] = {}
+
+
+def _meta(kind, cfg, learned) -> tuple:
+    """(state keys, the ops' head arguments, counts steps) of a level's configuration, kept per cfg dict (the
+    optimizer makes a new one whenever a value changes, and never edits one; the entry holds it, so its id is
+    not reused while the entry lives)."""
+    key = (kind, id(cfg), tuple(learned))
+    hit = _META.get(key)
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    if len(_META) >= 256:
+        _META.clear()
+    spec = kinds.KINDS[kind]
+    out = (spec.state_keys(cfg, learned), _head(kind, cfg, learned), spec.counts_steps(cfg))
+    _META[key] = (cfg, out)
+    return out
 
 
 def _lists(kind, cfg, learned, states):
-    keys = state_keys(kind, cfg, learned)
+    keys = _meta(kind, cfg, learned)[0]
     lists = [[st[k] for st in states] for k in keys]
     while len(lists) < STATE_SLOTS:
         lists.append([])
@@ -155,6 +173,32 @@ def _dense(t: Tensor) -> bool:
             return False
         expect *= sz
     return True
+
+
+def _all_contiguous(ts: Sequence[Tensor]) -> bool:
+    for t in ts:
+        if not t.is_contiguous():
+            return False
+    return True
+
+
+def _one_dtype(ts: Sequence[Tensor]) -> bool:
+    d = ts[0].dtype
+    for t in ts:
+        if t.dtype != d:
+            return False
+    return True
+
+
+def _work_lists(params: Sequence[Tensor], grads: Sequence[Tensor]):
+    """The tensors pass B writes and the gradients it reads, laid out alike. Usually (everything contiguous,
+    eagerly) the tensors themselves, with no per-tensor work: the op writes the parameters in place under the
+    step's no_grad, as torch's fused optimizers do. Otherwise detached views, or contiguous copies of parameters
+    that are not dense (written back after the op), and gradients with the parameters' strides."""
+    if not torch.compiler.is_compiling() and _all_contiguous(params) and _all_contiguous(grads):
+        return params, grads
+    work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
+    return work, [_dense_like(x, w) for x, w in zip(grads, work)]
 
 
 def _dense_like(g: Tensor, p: Tensor) -> Tensor:
@@ -224,6 +268,9 @@ def _may_keep_reference(st: dict, g: Tensor, work: Tensor) -> bool:
             and g.stride() == work.stride() and g.device == prev.device and not g.is_inference())
 
 
+_ONES = [1.0] * 256
+
+
 def _compiled():
     return torch.ops.hyperfused
 
@@ -231,13 +278,18 @@ def _compiled():
 def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw, compiled=True):
     """hyper_reduce's positional arguments (for one gradient dtype: the caller splits by dtype)."""
     n = len(grads)
-    valid = _check_prev_grads(states, list(valid))
     s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = [st["step"] for st in states] if kinds.KINDS[kind].counts_steps(cfg) else None
+    keys, head, counts = _meta(kind, cfg, learned)
+    if "prev_grad" in keys:
+        valid = _check_prev_grads(states, list(valid))
+    steps = [st["step"] for st in states] if counts else None
     dev = grads[0].device
     scal = scalars(kind, learned, n, hp, raw, steps, valid, dev, host=compiled and dev.type == "cpu")
-    g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
-    return _head(kind, cfg, learned), g, s0, s1, s2, scal
+    if _all_contiguous(grads) and (not s0 or _all_contiguous(s0)):
+        g = grads
+    else:
+        g = [_dense_like(x, s) for x, s in zip(grads, s0)] if s0 else [x.contiguous() for x in grads]
+    return head, g, s0, s1, s2, scal
 
 
 def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, kernels=None, inv_scale=None):
@@ -278,25 +330,27 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     dt = hp["lr"].dtype
     n = len(params)
     s0, s1, s2 = _lists(kind, cfg, learned, states)
-    steps = [st["step"] for st in states] if kinds.KINDS[kind].counts_steps(cfg) else None
-    work = [p.detach() if _dense(p) else p.detach().contiguous() for p in params]
-    g = [_dense_like(x, w) for x, w in zip(grads, work)]
+    keys, head, counts = _meta(kind, cfg, learned)
+    steps = [st["step"] for st in states] if counts else None
+    work, g = _work_lists(params, grads)
     dev = grads[0].device
     # keeping the gradient itself needs to know whether the step was taken: on the host, so only for the C++
     # kernels on CPU tensors (the Triton kernels never read a device value on the host, on any device)
     host = compiled and dev.type == "cpu"
-    may_keep = host and inv_scale is None                              # a scaled gradient is never kept
+    may_keep = (host and inv_scale is None                             # a scaled gradient is never kept
+                and "prev_grad" in keys)
     keep = [may_keep and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
     # column 7 of the update's table: write the previous gradient (1) or keep the gradient tensor (0). Off the
     # CPU nothing is kept: a fill, not a copy from host memory (which a CUDA graph capture would refuse)
-    store = [0.0 if k else 1.0 for k in keep] if host else torch.ones(n, dtype=torch.float64, device=dev)
+    store = ([0.0 if k else 1.0 for k in keep] if may_keep else _ONES[:n] if n <= len(_ONES) else [1.0] * n) \
+        if host else torch.ones(n, dtype=torch.float64, device=dev)
     scal = scalars(kind, learned, n, hp, raw or {}, steps, store, dev, step_offset=1.0, host=host)
     scal_jac = None
     if jac is not None:
         jhp, jraw, jvalid = jac
-        jvalid = _check_prev_grads(states, list(jvalid))
+        if "prev_grad" in keys:
+            jvalid = _check_prev_grads(states, list(jvalid))
         scal_jac = scalars(kind, learned, n, jhp, jraw, steps, jvalid, dev, host=host)
-    head = _head(kind, cfg, learned)
     if tower_args is not None:
         if scal_jac is None or not compiled:
             raise ValueError("hyper_update: tower_args needs one-pass mode (jac) and the compiled kernels")
@@ -307,10 +361,11 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         rows = _by_dtype(g, lambda idx: kernels.hyper_update(
             *head, _pick(work, idx), _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx),
             _pick(scal, idx), _pick(scal_jac, idx), ok, **_scaled(inv_scale)), n)
-    for p, w in zip(params, work):
-        if w.data_ptr() != p.data_ptr():          # a contiguous copy of a non-dense parameter: write it back
-            p.detach().copy_(w)
-    if any(keep) and bool(ok):         # only CPU tensors are kept: no device synchronisation
+    if work is not params:
+        for p, w in zip(params, work):
+            if w is not p and w.data_ptr() != p.data_ptr():   # a contiguous copy of a non-dense parameter
+                p.detach().copy_(w)
+    if may_keep and any(keep) and bool(ok):         # only CPU tensors are kept: no device synchronisation
         for st, gi, k in zip(states, g, keep):
             if k:
                 st["prev_grad"] = gi
@@ -370,6 +425,8 @@ def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
 def nonfinite(grads: List[Tensor], kernels=None) -> Tensor:
     """0-dim bool: True when every gradient element is finite (one read of the gradients)."""
     kernels = kernels or _compiled()
+    if _all_contiguous(grads) and _one_dtype(grads):       # the usual case: one op and one comparison
+        return kernels.nonfinite_count(grads).sum() == 0
     g = [x if _dense(x) else x.contiguous() for x in grads]
     total = torch.zeros((), dtype=torch.float64, device=g[0].device)
     for d in {t.dtype for t in g}:

@@ -3,6 +3,7 @@
 per param group instead of a few dozen small torch ops, and on CUDA no host round trip."""
 from __future__ import annotations
 
+import weakref
 from typing import List, Tuple
 
 import torch
@@ -31,7 +32,43 @@ def supported(levels, specs) -> bool:
         t.dtype == dt for rec in levels for t in rec["hp"].values())
 
 
+# The tower ops' argument lists, kept per optimizer (weakly: they go with it) while the same tensors and the same
+# specs (rebuilt by the optimizer whenever a value changes) make them: building them costs more than the ops.
+# An entry holds what it was built from, so no identity in its key can be reused while it lives.
+_ARGS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ARGS_PER_OWNER = 32
+
+
+def _tensor_ids(levels) -> tuple:
+    ids = []
+    for rec in levels:
+        ids += map(id, rec["hp"].values())
+        st = rec.get("state")
+        if st:
+            ids += map(id, st.values())
+    return tuple(ids)
+
+
 def _args(levels, specs, device, dtype) -> Tuple[List[int], List[float], List[Tensor]]:
+    owner = specs[0][0]
+    try:
+        mine = _ARGS.get(owner)
+    except TypeError:                           # an owner that cannot be weakly referenced: no cache
+        return _build_args(levels, specs, device, dtype)
+    key = _tensor_ids(levels)
+    hit = None if mine is None else mine.get(id(levels))
+    if hit is not None and hit[0] is levels and hit[1] is specs and hit[2] == key and hit[3] == (device, dtype):
+        return hit[4]
+    args = _build_args(levels, specs, device, dtype)
+    if mine is None:
+        mine = _ARGS[owner] = {}
+    if len(mine) >= _ARGS_PER_OWNER:
+        mine.clear()
+    mine[id(levels)] = (levels, specs, key, (device, dtype), args)
+    return args
+
+
+def _build_args(levels, specs, device, dtype) -> Tuple[List[int], List[float], List[Tensor]]:
     shape = shape_of(specs)
     units = units_of(levels, specs)
     nlr = _nlr(levels)
