@@ -176,18 +176,12 @@ def _dense(t: Tensor) -> bool:
 
 
 def _all_contiguous(ts: Sequence[Tensor]) -> bool:
-    for t in ts:
-        if not t.is_contiguous():
-            return False
-    return True
+    return all(map(Tensor.is_contiguous, ts))
 
 
 def _one_dtype(ts: Sequence[Tensor]) -> bool:
     d = ts[0].dtype
-    for t in ts:
-        if t.dtype != d:
-            return False
-    return True
+    return all(t.dtype == d for t in ts)
 
 
 def _work_lists(params: Sequence[Tensor], grads: Sequence[Tensor]):
@@ -223,11 +217,6 @@ def _keep(t: Tensor) -> None:
     _STOLEN[key] = (weakref.ref(t, lambda _r, key=key: _STOLEN.pop(key, None)), t._version)
 
 
-def _kept_version(t: Tensor) -> Optional[int]:
-    entry = _STOLEN.get(id(t))
-    if entry is None or entry[0]() is not t:
-        return None
-    return entry[1]
 _warned = [False]
 
 
@@ -239,12 +228,13 @@ def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
             if "prev_grad" in st:
                 st["prev_grad_copy"] = True
         return out
+    stolen = _STOLEN
     for i, st in enumerate(states):
         prev = st.get("prev_grad")
-        if prev is None or st.get("prev_grad_copy"):
+        if prev is None or "prev_grad_copy" in st and st["prev_grad_copy"]:
             continue
-        ver = _kept_version(prev)
-        if ver is not None and prev._version != ver:
+        entry = stolen.get(id(prev))                  # (_kept_version, inline: this runs per tensor and step)
+        if entry is not None and entry[0]() is prev and prev._version != entry[1]:
             out[i] = torch.zeros_like(valid[i])
             st["prev_grad"] = torch.zeros_like(prev)      # our own buffer from now on
             st["prev_grad_copy"] = True
@@ -266,6 +256,21 @@ def _may_keep_reference(st: dict, g: Tensor, work: Tensor) -> bool:
     # an inference tensor (a gradient made under torch.inference_mode) has no version counter to watch: copied
     return (prev is not None and not st.get("prev_grad_copy", False) and g.dtype == prev.dtype
             and g.stride() == work.stride() and g.device == prev.device and not g.is_inference())
+
+
+def _keep_flags(states: List[dict], grads: List[Tensor], work: List[Tensor], laid_out: bool) -> List[bool]:
+    """``_may_keep_reference`` of every tensor (CPU tensors of one device). ``laid_out``: the gradients are the
+    parameters' layout already (``_work_lists`` handed both over as they are), so no stride is compared."""
+    if torch.compiler.is_compiling():
+        return [False] * len(states)
+    if not laid_out:
+        return [_may_keep_reference(st, g, w) for st, g, w in zip(states, grads, work)]
+    out = []
+    for st, g in zip(states, grads):
+        prev = st.get("prev_grad")
+        out.append(prev is not None and not st.get("prev_grad_copy", False) and g.dtype == prev.dtype
+                   and g.device == prev.device and not g.is_inference())
+    return out
 
 
 _ONES = [1.0] * 256
@@ -339,7 +344,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     host = compiled and dev.type == "cpu"
     may_keep = (host and inv_scale is None                             # a scaled gradient is never kept
                 and "prev_grad" in keys)
-    keep = [may_keep and _may_keep_reference(st, gi, w) for st, gi, w in zip(states, g, work)]
+    keep = _keep_flags(states, g, work, work is params) if may_keep else None
     # column 7 of the update's table: write the previous gradient (1) or keep the gradient tensor (0). Off the
     # CPU nothing is kept: a fill, not a copy from host memory (which a CUDA graph capture would refuse)
     store = ([0.0 if k else 1.0 for k in keep] if may_keep else _ONES[:n] if n <= len(_ONES) else [1.0] * n) \
@@ -365,7 +370,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         for p, w in zip(params, work):
             if w is not p and w.data_ptr() != p.data_ptr():   # a contiguous copy of a non-dense parameter
                 p.detach().copy_(w)
-    if may_keep and any(keep) and bool(ok):         # only CPU tensors are kept: no device synchronisation
+    if keep is not None and any(keep) and bool(ok):         # only CPU tensors are kept: no device synchronisation
         for st, gi, k in zip(states, g, keep):
             if k:
                 st["prev_grad"] = gi

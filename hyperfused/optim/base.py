@@ -397,9 +397,19 @@ class HyperOptimizer(torch.optim.Optimizer):
         gt = self._group_tower(gi)
         seen = self._seen.get(gi)
         if seen is not None:
+            # the values compared last time, when all immutable (numbers, strings, tuples of them): the same
+            # objects in the group mean nothing changed, without comparing them again
+            same = self.__dict__.setdefault("_seen_same", {}).get(gi)
+            if same is not None and same[0] is seen and same[1] is group and all(
+                    group.get(k, _MISSING) is v for k, v in same[2]):
+                return self._adopt_lr(gi, gt)
             changed = [k for k in seen if not _same(group.get(k, _MISSING), seen[k])]
             if changed:
                 self._adopt_values(gi, gt, changed)
+            else:
+                now = tuple((k, group.get(k, _MISSING)) for k in seen)
+                if all(_immutable(v) for _, v in now):
+                    self._seen_same[gi] = (seen, group, now)
         return self._adopt_lr(gi, gt)
 
     def _refuse_torch_only(self, where: str, group: Dict[str, Any]) -> None:
@@ -680,34 +690,38 @@ class HyperOptimizer(torch.optim.Optimizer):
         dt = self._hyper_dtype(group)
         _, _, learned0, per0, cfg0 = specs[0]
         params, grads, states, idle = [], [], [], []
+        index = []                # per-tensor lrs are indexed by position in the group: the tensors with a gradient
         mesh = None
-        for p in group["params"]:
-            if _is_dtensor(p):
+        DT = _dtensor_type()
+        state = self.state
+        for i, p in enumerate(group["params"]):
+            g = p.grad
+            if DT is not None and isinstance(p, DT):
                 if p.device_mesh.ndim != 1:
                     raise ValueError(f"{type(self).__name__} supports DTensor parameters on 1-D device meshes "
                                      f"(FSDP2's fully_shard); got a {p.device_mesh.ndim}-D mesh")
                 mesh = p.device_mesh
             elif mesh is not None:
                 raise ValueError(f"param group {gi} mixes DTensor and plain parameters; shard them all or none")
-            st = self._param_state(p, cfg0, learned0) if p.grad is not None else self.state[p]
-            if p.grad is None:
+            if g is None:
+                st = state[p]
                 if st:
                     idle.append(st)
                 continue
-            if p.grad.is_sparse:
+            if g.is_sparse:
                 raise ValueError(f"{type(self).__name__} does not support sparse gradients "
                                  f"(parameter of shape {tuple(p.shape)}); use dense gradients")
-            if _is_dtensor(p):
+            st = state.get(p) or self._param_state(p, cfg0, learned0)
+            index.append(i)
+            if mesh is not None:
                 params.append(p.detach().to_local())
-                grads.append(p.grad.to_local())
+                grads.append(g.to_local())
                 states.append({k: (v.to_local() if _is_dtensor(v) else v) for k, v in st.items()})
             else:
                 params.append(p)
-                grads.append(p.grad)
+                grads.append(g)
                 states.append(st)
         self._ensure_used(gt, learned0)
-        # per-tensor lrs are indexed by position in the group; the rows of the tensors with a gradient
-        index = [i for i, p in enumerate(group["params"]) if p.grad is not None]
         return {"gi": gi, "specs": specs, "levels": gt["levels"], "params": params, "grads": grads,
                 "states": states, "idle": idle, "index": index, "n": len(group["params"]), "dtype": dt,
                 "device": group["params"][0].device, "backend": self._group_impl(group),
@@ -896,11 +910,9 @@ class HyperOptimizer(torch.optim.Optimizer):
                                                 inv_scale=plan.get("inv_scale"))
             # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
             if learned0:              # (the flags say whether a tensor's last update has a Jacobian)
-                moved = [st["moved"] for st in plan["states"]]
-                torch._foreach_maximum_(moved, [ok] * len(moved))              # moved |= ok
+                _flags_set_where([st["moved"] for st in plan["states"]], ok, True)       # moved |= ok
         if plan["idle"] and learned0:   # no gradient this step: did not move, so no Jacobian next step
-            idle = [st["moved"] for st in plan["idle"]]
-            torch._foreach_minimum_(idle, [~ok] * len(idle))                   # moved &= ~ok
+            _flags_set_where([st["moved"] for st in plan["idle"]], ok, False)            # moved &= ~ok
         if not self._one_pass or "tower_commit" in plan:      # exact mode, or the tower already planned
             return None
         if result is None:
@@ -1140,14 +1152,44 @@ class HyperOptimizer(torch.optim.Optimizer):
 _DTENSOR: List[Any] = []
 
 
-def _is_dtensor(t) -> bool:
-    if not _DTENSOR:           # resolved once: the import machinery costs microseconds per call
+def _dtensor_type():
+    """torch's DTensor class, or None (torch without distributed); resolved once: the import machinery costs
+    microseconds per call."""
+    if not _DTENSOR:
         try:
             from torch.distributed.tensor import DTensor
-        except ImportError:    # torch without distributed
+        except ImportError:
             DTensor = None
         _DTENSOR.append(DTensor)
-    return _DTENSOR[0] is not None and isinstance(t, _DTENSOR[0])
+    return _DTENSOR[0]
+
+
+def _is_dtensor(t) -> bool:
+    DT = _dtensor_type()
+    return DT is not None and isinstance(t, DT)
+
+
+def _flags_set_where(flags: List[Tensor], ok: Tensor, value: bool, device_path: Optional[bool] = None) -> None:
+    """Set the 0-dim bool tensors ``flags`` to ``value`` where the 0-dim bool ``ok`` is true, in a number of ops
+    that does not grow with the flags. On CPU one multi-tensor maximum/minimum (a loop in C++). Elsewhere torch's
+    multi-tensor ops take one kernel per bool tensor (or refuse bool, in older torch): the flags are stacked,
+    combined and copied back (three launches). ``device_path`` forces the second route (tests)."""
+    if device_path is None:
+        device_path = flags[0].device.type != "cpu"
+    if not device_path:
+        if value:
+            torch._foreach_maximum_(flags, [ok] * len(flags))
+        else:
+            torch._foreach_minimum_(flags, [~ok] * len(flags))
+        return
+    both = torch.stack(flags)
+    both = both.logical_or_(ok) if value else both.logical_and_(~ok)
+    copy = getattr(torch, "_foreach_copy_", None)
+    if copy is None:                        # (torch before 2.1)
+        for f, b in zip(flags, both.unbind(0)):
+            f.copy_(b)
+    else:
+        copy(flags, list(both.unbind(0)))
 
 
 def _all(flags: List[Tensor]) -> Tensor:
@@ -1176,6 +1218,13 @@ def _same(a, b) -> bool:
         return bool(a == b)
     except Exception:           # noqa: BLE001 - incomparable values differ
         return False
+
+
+def _immutable(v) -> bool:
+    """A param_group value that cannot change without being replaced (compared by identity then)."""
+    if v is None or v is _MISSING or type(v) in (float, int, bool, str):
+        return True
+    return type(v) is tuple and all(_immutable(x) for x in v)
 
 
 def _match_tensor(have, want: Tensor, where: str, name: str) -> None:

@@ -1,0 +1,93 @@
+"""Host work of a step does not grow with the number of tensors: the ops a step dispatches (torch's and
+hyperfused's) are the same in number for a few tensors and for many. The only per-tensor dispatches allowed are
+host reads of CPU tensors (``aten::_local_scalar_dense``: the C++ kernels' scalar table is built from host
+numbers); the device path (Triton here, under the interpreter; the CUDA kernels take the same Python path as the
+Triton ones for their tables) reads nothing on the host at all."""
+import collections
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import hyperfused as hf
+from hyperfused import ops
+
+HOST_READ = "aten._local_scalar_dense.default"
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _dispatches(make, n, steps_before=3):
+    g = torch.Generator().manual_seed(n)
+    ps = [torch.nn.Parameter(torch.randn(300, generator=g)) for _ in range(n)]
+    opt = make(ps)
+    for t in range(steps_before + 1):
+        for p in ps:
+            p.grad = torch.randn(300, generator=g) * 1e-2
+        if t == steps_before:
+            with _Count() as c:
+                opt.step()
+        else:
+            opt.step()
+    return c.ops
+
+
+MAKERS = {
+    "Adam": lambda backend: (lambda ps: hf.Adam(ps, lr=1e-3, backend=backend)),
+    "Adam/SGD": lambda backend: (lambda ps: hf.Adam(ps, lr=1e-3, hyper=hf.SGD(lr=1e-5), backend=backend)),
+    "Adam/SGD one-pass": lambda backend: (lambda ps: hf.Adam(ps, lr=1e-3, hyper=hf.SGD(lr=1e-5), one_pass=True,
+                                                             backend=backend)),
+    "SGD momentum lr,momentum / Adam": lambda backend: (lambda ps: hf.SGD(
+        ps, lr=1e-2, momentum=0.9, learn=("lr", "momentum"), hyper=hf.Adam(lr=1e-4), backend=backend)),
+    "RMSprop per-tensor / SGD": lambda backend: (lambda ps: hf.RMSprop(
+        ps, lr=1e-3, per_tensor=True, hyper=hf.SGD(lr=1e-6), backend=backend)),
+}
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_cpu_kernels_dispatch_as_many_ops_for_4_and_40_tensors(name):
+    if not ops.extension_available():
+        pytest.skip("the C++ extension is not built")
+    few, many = (_dispatches(MAKERS[name]("cpu"), n) for n in (4, 40))
+    few.pop(HOST_READ, None)
+    many.pop(HOST_READ, None)
+    assert few == many, f"ops whose count grows with the tensors: " \
+                        f"{ {k: (few.get(k), many.get(k)) for k in set(few) | set(many) if few.get(k) != many.get(k)} }"
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_triton_path_dispatches_as_many_ops_for_4_and_40_tensors_and_reads_nothing_on_the_host(name):
+    if not ops.triton_available() or not ops._triton.interpreting():
+        pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py)")
+    few, many = (_dispatches(MAKERS[name]("triton"), n) for n in (4, 40))
+    assert HOST_READ not in few and HOST_READ not in many
+    assert few == many, f"ops whose count grows with the tensors: " \
+                        f"{ {k: (few.get(k), many.get(k)) for k in set(few) | set(many) if few.get(k) != many.get(k)} }"
+
+
+@pytest.mark.parametrize("device_path", [False, True])
+@pytest.mark.parametrize("value", [True, False])
+def test_moved_flags_update_in_a_fixed_number_of_ops(device_path, value):
+    """The flags saying whether a tensor moved at its last step: set where the step's verdict says so, in the
+    same ops for 3 flags as for 30 (the device route stacks them: torch's bool multi-tensor ops launch one
+    kernel per tensor on CUDA)."""
+    from hyperfused.optim.base import _flags_set_where
+    counts = []
+    for n in (3, 30):
+        for verdict in (True, False):
+            start = [bool(i % 3 == 0) for i in range(n)]
+            flags = [torch.tensor(b) for b in start]
+            with _Count() as c:
+                _flags_set_where(flags, torch.tensor(verdict), value, device_path=device_path)
+            want = [(value if verdict else b) for b in start]
+            assert [bool(f) for f in flags] == want
+            counts.append(sum(c.ops.values()))
+    assert counts[0] == counts[2] and counts[1] == counts[3]
