@@ -1,6 +1,7 @@
 """Compile every Triton kernel launch of a few optimizer steps for a real GPU target (sm_90), without a GPU.
 
     python tests/triton_compile_check.py          # with whatever Triton is installed; exit 1 on any failure
+    python tests/triton_compile_check.py --vector-loads   # the passes' global accesses by vector width (JSON)
 
 The Triton interpreter (how the tests run the kernels without a GPU) never runs Triton's code generator, so a
 kernel can pass every interpreted test and still fail to compile on a GPU (seen with Triton 3.6 on an H200). Here a
@@ -97,11 +98,55 @@ def compile_all(launches) -> list:
     return results
 
 
+def global_accesses(ptx: str) -> dict:
+    """Counts of the PTX's global loads and stores by vector width: {"ld.v1": .., "ld.v4": .., "st.v4": ..}."""
+    import re
+    out: dict = {}
+    for m in re.finditer(r"\b(ld|st)\.global(?:\.[a-z0-9:]+)*", ptx):
+        width = re.search(r"\.v(\d)", m.group(0))
+        key = f"{m.group(1)}.v{width.group(1) if width else 1}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def vector_report() -> list:
+    """The hypergradient passes' kernels for sm_90 on 16-byte aligned tensors, Adam learning lr and beta1 (its
+    state m, v and the previous gradient): the update reads x, g, m, v (one-pass: and the previous gradient) and
+    writes x, m, v and the previous gradient; pass A reads g, m, v and the previous gradient. Float32 and
+    bfloat16 parameters, exact and one-pass: [(label, arrays read, arrays written, global accesses by width)]."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from hyperfused.ops.triton import hyper
+    ptr = {"ptrs": "*i64", "numel_ptr": "*i64", "chunk_tensor_ptr": "*i32", "chunk_start_ptr": "*i64",
+           "scal_ptr": "*fp64", "jscal_ptr": "*fp64", "eps_ptr": "*fp64", "ok_ptr": "*u8", "inv_scale_ptr": "*fp64",
+           "part_ptr": "*fp64", "n_tensors": "i64"}
+    common = dict(KIND=3, LEARN=3, MOMENTUM=0, PREV=2, NS0=True, NS1=True, NS2=True, ALIGNED=True, SCALED=False,
+                  BLOCK=1024, CHUNK=65536)
+    out = []
+    for name, dt in (("float32", tl.float32), ("bfloat16", tl.bfloat16)):
+        for fn, label, extra, reads, writes in (
+                (hyper._update_kernel, "update", dict(ONE_PASS=False, X_DT=dt), 4, 4),
+                (hyper._update_kernel, "update one-pass", dict(ONE_PASS=True, X_DT=dt), 5, 4),
+                (hyper._reduce_kernel, "reduce", dict(WITH_JAC=True, G_DT=dt), 4, 0)):
+            consts = dict(common, M_DT=tl.float32, **extra)
+            sig = {n: ("constexpr" if n in consts else ptr[n]) for n in fn.arg_names}
+            k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+                               options={"num_warps": 4})
+            out.append((f"{label} {name}", reads, writes, global_accesses(k.asm["ptx"])))
+    return out
+
+
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: the kernels must be compiled, not interpreted", file=sys.stderr)
         return 2
     import triton
+    if "--vector-loads" in sys.argv[1:]:
+        print(json.dumps(vector_report()))
+        return 0
     results = compile_all(capture())
     bad = [r for r in results if r[1]]
     for name, err in results:

@@ -264,55 +264,128 @@ def _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, n_tensors
 
 
 @triton.jit
+def _reduce_tile(offs, m, gp, p0, p1, p2, inv, valid, acc0, acc1, acc2, bad,
+                 lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, eps, eps_root,
+                 KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, PREV: tl.constexpr,
+                 NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, WITH_JAC: tl.constexpr,
+                 M_DT: tl.constexpr, SCALED: tl.constexpr):
+    """One tile of pass A: the sums of g J and the non-finite count, added to the accumulators. ``m`` is the
+    tile's mask: uniform in the main loop (every lane in bounds, so loads are vectorised), per lane at the tail."""
+    g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
+    if SCALED:                                           # GradScaler's 1 / scale, applied as the gradient is read
+        g = g * inv
+    bad += tl.where((g - g) == 0.0, 0.0, 1.0)
+    if WITH_JAC:
+        a0 = g * 0.0
+        a1 = g * 0.0
+        a2 = g * 0.0
+        if NS0:
+            a0 = tl.load(p0 + offs, mask=m, other=0.0)
+        if NS1:
+            a1 = tl.load(p1 + offs, mask=m, other=0.0)
+        if NS2:
+            a2 = tl.load(p2 + offs, mask=m, other=0.0)
+        j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, PREV, a0, a1, a2, lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1,
+                          dc2, r1, r2, eps, eps_root)
+        use = m & valid
+        acc0 += tl.where(use, g * j0, 0.0)
+        acc1 += tl.where(use, g * j1, 0.0)
+        acc2 += tl.where(use, g * j2, 0.0)
+    return acc0, acc1, acc2, bad
+
+
+@triton.jit
 def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr, eps_ptr, inv_scale_ptr, part_ptr,
                    n_tensors, KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, PREV: tl.constexpr,
                    NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, WITH_JAC: tl.constexpr,
                    G_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr, SCALED: tl.constexpr,
                    BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g."""
+    """Pass A: one program per chunk writes sum(g J_lr), sum(g J_h1), sum(g J_h2), #non-finite g. The chunk's
+    whole tiles run unmasked (vector loads where the tensors are 16-byte aligned), then its partial last tile."""
     pid, t, start, end, _xp, gp, p0, p1, p2 = _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
                                                              n_tensors, G_DT, M_DT, ALIGNED, CHUNK)
     lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, flag, eps64, epsr64, _gk = _derived(
         scal_ptr, t, eps_ptr)
+    # the scalars in the math type, once, before the loops
+    lr_m, h1_m, h2_m, raw_m = lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), raw_lr.to(M_DT)
+    ds1_m, ds2_m, c1_m, c2_m = dsig1.to(M_DT), dsig2.to(M_DT), c1.to(M_DT), c2.to(M_DT)
+    dc1_m, dc2_m, r1_m, r2_m = dc1.to(M_DT), dc2.to(M_DT), r1.to(M_DT), r2.to(M_DT)
+    eps_m, epsr_m = eps64.to(M_DT), epsr64.to(M_DT)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     valid = (zi + (flag != 0.0).to(tl.int32)) != 0     # broadcast first: scalar & block fails in the interpreter
+    everywhere = zi == 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
     acc2 = tl.zeros([BLOCK], dtype=M_DT)
     bad = tl.zeros([BLOCK], dtype=tl.float32)
+    inv = lr_m
     if SCALED:
         inv = tl.load(inv_scale_ptr).to(M_DT)
     lane = tl.arange(0, BLOCK).to(tl.int64)
-    for k in range(0, tl.cdiv(end - start, BLOCK)):     # only the tiles this chunk has
-        offs = start + k * BLOCK + lane
-        m = offs < end
-        g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
-        if SCALED:                                       # GradScaler's 1 / scale, applied as the gradient is read
-            g = g * inv
-        bad += tl.where((g - g) == 0.0, 0.0, 1.0)
-        if WITH_JAC:
-            a0 = g * 0.0
-            a1 = g * 0.0
-            a2 = g * 0.0
-            if NS0:
-                a0 = tl.load(p0 + offs, mask=m, other=0.0)
-            if NS1:
-                a1 = tl.load(p1 + offs, mask=m, other=0.0)
-            if NS2:
-                a2 = tl.load(p2 + offs, mask=m, other=0.0)
-            j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, PREV, a0, a1, a2,
-                              lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), raw_lr.to(M_DT), dsig1.to(M_DT),
-                              dsig2.to(M_DT), c1.to(M_DT), c2.to(M_DT), dc1.to(M_DT), dc2.to(M_DT), r1.to(M_DT),
-                              r2.to(M_DT), eps64.to(M_DT), epsr64.to(M_DT))
-            use = m & valid
-            acc0 += tl.where(use, g * j0, 0.0)
-            acc1 += tl.where(use, g * j1, 0.0)
-            acc2 += tl.where(use, g * j2, 0.0)
+    full = (end - start) // BLOCK
+    for k in range(0, full):                            # whole tiles: no per-lane bound
+        acc0, acc1, acc2, bad = _reduce_tile(
+            start + k * BLOCK + lane, everywhere, gp, p0, p1, p2, inv, valid, acc0, acc1, acc2, bad,
+            lr_m, h1_m, h2_m, raw_m, ds1_m, ds2_m, c1_m, c2_m, dc1_m, dc2_m, r1_m, r2_m, eps_m, epsr_m,
+            KIND, LEARN, MOMENTUM, PREV, NS0, NS1, NS2, WITH_JAC, M_DT, SCALED)
+    offs = start + full * BLOCK + lane                  # the partial last tile (an empty mask when there is none)
+    acc0, acc1, acc2, bad = _reduce_tile(
+        offs, offs < end, gp, p0, p1, p2, inv, valid, acc0, acc1, acc2, bad,
+        lr_m, h1_m, h2_m, raw_m, ds1_m, ds2_m, c1_m, c2_m, dc1_m, dc2_m, r1_m, r2_m, eps_m, epsr_m,
+        KIND, LEARN, MOMENTUM, PREV, NS0, NS1, NS2, WITH_JAC, M_DT, SCALED)
     out = part_ptr + pid * _ROW_COLS
     tl.store(out + 0, tl.sum(acc0, axis=0).to(tl.float64))
     tl.store(out + 1, tl.sum(acc1, axis=0).to(tl.float64))
     tl.store(out + 2, tl.sum(acc2, axis=0).to(tl.float64))
     tl.store(out + 3, tl.sum(bad, axis=0).to(tl.float64))
+
+
+@triton.jit
+def _update_tile(offs, m, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
+                 lr, h1, h2, eps, eps_root, c1, c2, gk,
+                 jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
+                 KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
+                 NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, PREV: tl.constexpr,
+                 ONE_PASS: tl.constexpr, X_DT: tl.constexpr, M_DT: tl.constexpr, SCALED: tl.constexpr):
+    """One tile of pass B (``m``: the tile's mask, the step's ``ok`` included): the update in place and, in
+    one-pass mode, the sums of g J of the last update from the state before it, added to the accumulators."""
+    g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
+    if SCALED:
+        g = g * inv
+    x = tl.load(xp + offs, mask=m, other=0.0).to(M_DT)
+    a0 = g * 0.0
+    a1 = g * 0.0
+    a2 = g * 0.0
+    if NS0:
+        a0 = tl.load(p0 + offs, mask=m, other=0.0)
+    if NS1:
+        a1 = tl.load(p1 + offs, mask=m, other=0.0)
+    if NS2:
+        a2 = tl.load(p2 + offs, mask=m, other=0.0)
+    if ONE_PASS:
+        bad += tl.where((g - g) == 0.0, 0.0, 1.0)
+        j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, PREV, a0, a1, a2, jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2,
+                          jdc1, jdc2, jr1, jr2, eps, eps_root)
+        use = m & jvalid
+        acc0 += tl.where(use, g * j0, 0.0)
+        acc1 += tl.where(use, g * j1, 0.0)
+        acc2 += tl.where(use, g * j2, 0.0)
+    x, a0, a1, a2 = _step(KIND, LEARN, MOMENTUM, x, g, a0, a1, a2, lr, h1, h2, eps, eps_root, c1, c2, gk)
+    tl.store(xp + offs, _to_storage(x, X_DT), mask=m)
+    # every state array given is written: the previous gradient's (slot PREV, hyperfused.kinds) with g
+    if PREV == 0:
+        tl.store(p0 + offs, g, mask=m & keep)
+    elif NS0:
+        tl.store(p0 + offs, a0, mask=m)
+    if PREV == 1:
+        tl.store(p1 + offs, g, mask=m & keep)
+    elif NS1:
+        tl.store(p1 + offs, a1, mask=m)
+    if PREV == 2:
+        tl.store(p2 + offs, g, mask=m & keep)
+    elif NS2:
+        tl.store(p2 + offs, a2, mask=m)
+    return acc0, acc1, acc2, bad
 
 
 @triton.jit
@@ -323,69 +396,50 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
                    ONE_PASS: tl.constexpr, X_DT: tl.constexpr, M_DT: tl.constexpr, ALIGNED: tl.constexpr,
                    SCALED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """Pass B: the update in place, nothing written where the device flag ``ok`` is 0; in one-pass mode also
-    the next step's sums from the state as it was before this update (partials as in pass A)."""
+    the next step's sums from the state as it was before this update (partials as in pass A). The chunk's whole
+    tiles run with a uniform mask (vector loads and stores where the tensors are 16-byte aligned), then its
+    partial last tile."""
     pid, t, start, end, xp, gp, p0, p1, p2 = _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr,
                                                             n_tensors, X_DT, M_DT, ALIGNED, CHUNK)
     zi = tl.zeros([BLOCK], dtype=tl.int32)
     ok = (zi + tl.load(ok_ptr).to(tl.int32)) != 0      # broadcast first: scalar & block fails in the interpreter
     lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, _dc1, _dc2, _r1, _r2, store_prev, eps64, epsr64, gk = _derived(
         scal_ptr, t, eps_ptr)
+    lr_m, h1_m, h2_m, c1_m, c2_m, gk_m = lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), c1.to(M_DT), c2.to(M_DT), gk.to(M_DT)
+    eps_m, epsr_m = eps64.to(M_DT), epsr64.to(M_DT)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
     acc2 = tl.zeros([BLOCK], dtype=M_DT)
     bad = tl.zeros([BLOCK], dtype=tl.float32)
     jvalid = ok
+    # the Jacobian's scalars (one-pass mode; otherwise unused stand-ins)
+    jlr, jh1, jh2, jraw, jds1, jds2 = lr_m, h1_m, h2_m, lr_m, lr_m, lr_m
+    jc1, jc2, jdc1, jdc2, jr1, jr2 = c1_m, c2_m, lr_m, lr_m, lr_m, lr_m
     if ONE_PASS:
-        (jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2, jflag, _e, _er, _jgk) = _derived(
-            jscal_ptr, t, eps_ptr)
+        (jlr64, jh164, jh264, jraw64, jds164, jds264, jc164, jc264, jdc164, jdc264, jr164, jr264, jflag, _e, _er,
+         _jgk) = _derived(jscal_ptr, t, eps_ptr)
         jvalid = (zi + (jflag != 0.0).to(tl.int32)) != 0
+        jlr, jh1, jh2, jraw = jlr64.to(M_DT), jh164.to(M_DT), jh264.to(M_DT), jraw64.to(M_DT)
+        jds1, jds2, jc1, jc2 = jds164.to(M_DT), jds264.to(M_DT), jc164.to(M_DT), jc264.to(M_DT)
+        jdc1, jdc2, jr1, jr2 = jdc164.to(M_DT), jdc264.to(M_DT), jr164.to(M_DT), jr264.to(M_DT)
+    inv = lr_m
     if SCALED:
         inv = tl.load(inv_scale_ptr).to(M_DT)
     lane = tl.arange(0, BLOCK).to(tl.int64)
-    for k in range(0, tl.cdiv(end - start, BLOCK)):     # only the tiles this chunk has
-        offs = start + k * BLOCK + lane
-        inb = offs < end
-        m = inb & ok
-        g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
-        if SCALED:
-            g = g * inv
-        x = tl.load(xp + offs, mask=m, other=0.0).to(M_DT)
-        a0 = g * 0.0
-        a1 = g * 0.0
-        a2 = g * 0.0
-        if NS0:
-            a0 = tl.load(p0 + offs, mask=m, other=0.0)
-        if NS1:
-            a1 = tl.load(p1 + offs, mask=m, other=0.0)
-        if NS2:
-            a2 = tl.load(p2 + offs, mask=m, other=0.0)
-        if ONE_PASS:
-            bad += tl.where((g - g) == 0.0, 0.0, 1.0)
-            j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, PREV, a0, a1, a2,
-                              jlr.to(M_DT), jh1.to(M_DT), jh2.to(M_DT), jraw.to(M_DT), jds1.to(M_DT),
-                              jds2.to(M_DT), jc1.to(M_DT), jc2.to(M_DT), jdc1.to(M_DT), jdc2.to(M_DT),
-                              jr1.to(M_DT), jr2.to(M_DT), eps64.to(M_DT), epsr64.to(M_DT))
-            use = m & jvalid
-            acc0 += tl.where(use, g * j0, 0.0)
-            acc1 += tl.where(use, g * j1, 0.0)
-            acc2 += tl.where(use, g * j2, 0.0)
-        x, a0, a1, a2 = _step(KIND, LEARN, MOMENTUM, x, g, a0, a1, a2, lr.to(M_DT), h1.to(M_DT), h2.to(M_DT),
-                              eps64.to(M_DT), epsr64.to(M_DT), c1.to(M_DT), c2.to(M_DT), gk.to(M_DT))
-        tl.store(xp + offs, _to_storage(x, X_DT), mask=m)
-        # every state array given is written: the previous gradient's (slot PREV, hyperfused.kinds) with g
-        if PREV == 0:
-            tl.store(p0 + offs, g, mask=m & keep)
-        elif NS0:
-            tl.store(p0 + offs, a0, mask=m)
-        if PREV == 1:
-            tl.store(p1 + offs, g, mask=m & keep)
-        elif NS1:
-            tl.store(p1 + offs, a1, mask=m)
-        if PREV == 2:
-            tl.store(p2 + offs, g, mask=m & keep)
-        elif NS2:
-            tl.store(p2 + offs, a2, mask=m)
+    full = (end - start) // BLOCK
+    for k in range(0, full):                            # whole tiles: the mask is the step's ok, uniform
+        acc0, acc1, acc2, bad = _update_tile(
+            start + k * BLOCK + lane, ok, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
+            lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m,
+            jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
+            KIND, LEARN, MOMENTUM, NS0, NS1, NS2, PREV, ONE_PASS, X_DT, M_DT, SCALED)
+    offs = start + full * BLOCK + lane                  # the partial last tile (an empty mask when there is none)
+    acc0, acc1, acc2, bad = _update_tile(
+        offs, (offs < end) & ok, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
+        lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m,
+        jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
+        KIND, LEARN, MOMENTUM, NS0, NS1, NS2, PREV, ONE_PASS, X_DT, M_DT, SCALED)
     if ONE_PASS:
         out = part_ptr + pid * _ROW_COLS
         tl.store(out + 0, tl.sum(acc0, axis=0).to(tl.float64))
