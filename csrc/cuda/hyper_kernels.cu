@@ -142,15 +142,39 @@ __global__ void __launch_bounds__(kThreads)
   const Arrays<S, T> a = arrays<S, T>(tab, t);
   const bool go = *ok;
   const T inv = inv_scale != nullptr ? T(*inv_scale) : T(1);   // GradScaler's 1 / scale (1: unscaled gradients)
-  if (scal_jac != nullptr) {  // one-pass mode: sums from the old state, before it is written
+  const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * kTableCols, f, T(0));
+  if (scal_jac != nullptr) {
+    // one-pass mode, one read of the chunk: each element's sums from the old state, then (where the step is
+    // taken) its update, by the same thread from the same registers; the partial sums in the order of pass A
     const double* rj = scal_jac + int64_t(tab.global_index[t]) * kTableCols;
     const bool valid = rj[kColValid] != 0.0 && f.learn != 0;
-    // each thread reads the old state of exactly the elements it then updates: no race with the writes below
-    const Sums acc = chunk_sums<S, T, KIND>(a, f, valid, row_scalars(rj, f, T(0)), inv, begin, end);
-    block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
+    const Scalars<T> cj = row_scalars(rj, f, T(0));
+    T s0 = 0, s1 = 0, s2 = 0, bad = 0;
+    int64_t tail = begin;
+    if (f.aligned) {
+      const int64_t packs = (end - begin) / kVec;
+      for (int64_t v = threadIdx.x; v < packs; v += kThreads)
+        update_jac_pack<kVec, VecMem, S, T>(KIND, f.learn, f.momentum, valid, go, a, begin + v * kVec, c, cj, inv,
+                                            s0, s1, s2, bad);
+      tail = begin + packs * kVec;
+    }
+    for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
+      const T g = Convert<T, S>::run(a.g[i]) * inv;
+      bad += (g - g == T(0)) ? T(0) : T(1);
+      if (valid) {
+        T j0, j1, j2;
+        element_jac<S, T>(KIND, f.learn, f.momentum, a, i, cj, j0, j1, j2);
+        s0 += g * j0;
+        s1 += g * j1;
+        s2 += g * j2;
+      }
+      if (go) element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, g);
+    }
+    block_sums(Sums{{double(s0), double(s1), double(s2), double(bad)}}, partials, block_ids,
+               block_offset + blockIdx.x, tab.global_index[t]);
+    return;
   }
   if (!go) return;
-  const Scalars<T> c = row_scalars(scal + int64_t(tab.global_index[t]) * kTableCols, f, T(0));
   int64_t tail = begin;
   if (f.aligned) {
     const int64_t packs = (end - begin) / kVec;

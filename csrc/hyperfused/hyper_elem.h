@@ -187,6 +187,54 @@ HF_HOST_DEVICE void update_pack(int kind, int learn, bool momentum, const Arrays
   if (a.s2 != nullptr && update_writes(kind, learn, momentum, nest, 2)) Mem::store(a.s2 + i, s2);
 }
 
+// One-pass mode's pass B over elements [i, i + N): g and the state are loaded once; the sums g * J of the last
+// update (scalars `cj`, where `with_jac`) and the non-finite count are taken from those registers, then, where
+// `go` (the step's verdict), the update runs on the same registers (scalars `c`) and is stored. The chunk
+// streams from memory once (jac_pack then update_pack read it twice).
+template <int N, typename Mem, typename scalar_t, typename T>
+HF_HOST_DEVICE void update_jac_pack(int kind, int learn, bool momentum, bool with_jac, bool go,
+                                    const Arrays<scalar_t, T>& a, int64_t i, const Scalars<T>& c,
+                                    const Scalars<T>& cj, T inv, T& acc0, T& acc1, T& acc2, T& bad) {
+  scalar_t x[N], g[N];
+  T s0[N], s1[N], s2[N];
+  Mem::load(a.g + i, g);
+  if (a.s0 != nullptr && (with_jac || (go && update_reads(kind, momentum, 0)))) Mem::load(a.s0 + i, s0);
+  if (a.s1 != nullptr && (with_jac || (go && update_reads(kind, momentum, 1)))) Mem::load(a.s1 + i, s1);
+  if (a.s2 != nullptr && with_jac) Mem::load(a.s2 + i, s2);
+  Arrays<scalar_t, T> r;
+  r.x = x;
+  r.g = g;
+  r.s0 = a.s0 != nullptr ? s0 : nullptr;
+  r.s1 = a.s1 != nullptr ? s1 : nullptr;
+  r.s2 = a.s2 != nullptr ? s2 : nullptr;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int e = 0; e < N; ++e) {
+    const T ge = Convert<T, scalar_t>::run(g[e]) * inv;
+    bad += (ge - ge == T(0)) ? T(0) : T(1);
+    if (with_jac) {
+      T j0, j1, j2;
+      element_jac<scalar_t, T>(kind, learn, momentum, r, e, cj, j0, j1, j2);
+      acc0 += ge * j0;
+      acc1 += ge * j1;
+      acc2 += ge * j2;
+    }
+  }
+  if (!go) return;
+  Mem::load(a.x + i, x);
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int e = 0; e < N; ++e)
+    element_update<scalar_t, T>(kind, learn, momentum, r, e, c, Convert<T, scalar_t>::run(g[e]) * inv);
+  Mem::store(a.x + i, x);
+  const bool nest = kind == kSGD && sgd_nesterov(c);
+  if (a.s0 != nullptr && update_writes(kind, learn, momentum, nest, 0)) Mem::store(a.s0 + i, s0);
+  if (a.s1 != nullptr && update_writes(kind, learn, momentum, nest, 1)) Mem::store(a.s1 + i, s1);
+  if (a.s2 != nullptr && update_writes(kind, learn, momentum, nest, 2)) Mem::store(a.s2 + i, s2);
+}
+
 // Pass A over elements [i, i + N) through registers: g (times inv) and every state array given, then the
 // sums g * J and the non-finite count in element order.
 template <int N, typename Mem, typename scalar_t, typename T>
