@@ -339,3 +339,28 @@ def test_main_loops_use_16_byte_vector_accesses_on_aligned_tensors():
     for label, reads, writes, acc in report:
         assert acc.get("ld.v4", 0) >= reads, f"{label}: {acc}"
         assert acc.get("st.v4", 0) >= writes, f"{label}: {acc}"
+
+
+def test_no_host_to_device_copy_while_a_cuda_graph_is_captured(monkeypatch):
+    """The launch tables (chunk map, pointer table, constants) are copied from the host once per layout and
+    cached. During CUDA graph capture a cached table is used as it is; a new one is refused with the remedy (a
+    pageable copy from host memory would fail inside CUDA). Simulated on CPU: torch is told a capture is on."""
+    from hyperfused.ops.triton import hyper
+    sizes = (5, 70001)
+    hyper._MAPS.clear()
+    hyper._PTRS.clear()
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    # cached before the capture: no copy, no refusal
+    key = ("cuda", sizes, hyper.CONFIG["CHUNK"])
+    hyper._MAPS[key] = cached = tuple(torch.zeros(1) for _ in range(4))
+    assert hyper._chunk_map("cuda", sizes) is cached
+    # not cached: refused, naming the warm-up
+    with pytest.raises(RuntimeError, match="CUDA graph is being captured.*eager step"):
+        hyper._chunk_map("cuda", (6, 7))
+    with pytest.raises(RuntimeError, match="pointer table.*CUDA graph"):
+        hyper._pointer_table("cuda", ([torch.zeros(3)],), 1)
+    with pytest.raises(RuntimeError, match="CUDA graph"):
+        hyper._eps_tensor((1.2345e-7, 0.0), "cuda")
+    # CPU tables (the interpreter) never take the CUDA route
+    assert hyper._device_table([1, 2], torch.int64, "cpu").tolist() == [1, 2]
+    hyper._MAPS.clear()

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .hyper import INTERPRET, _TL_DTYPE, _launch, _pointer_table
+from .hyper import INTERPRET, _TL_DTYPE, _device_table, _launch, _pointer_table
 
 Tensor = torch.Tensor
 
@@ -195,7 +195,7 @@ def _row_map(device, rows: Tuple[int, ...], slices: Tuple[int, ...]):
             row_of += list(range(0, k * chunk, chunk))
             first.append(first[-1] + k)
             offset.append(offset[-1] + s)
-        hit = _MAPS[key] = tuple(torch.tensor(v, dtype=d).to(device) for v, d in (
+        hit = _MAPS[key] = tuple(_device_table(v, d, device) for v, d in (
             (tensor_of, torch.int32), (row_of, torch.int64), (first, torch.int32), (list(rows), torch.int64),
             (list(slices), torch.int32), (offset[:-1], torch.int64))) + (offset[-1],)
     return hit
@@ -210,8 +210,8 @@ def _block_map(device, extents: Tuple[int, ...], block: int):
             k = max(1, -(-n // block))
             tensor_of += [i] * k
             start_of += list(range(0, k * block, block))
-        hit = _MAPS[key] = (torch.tensor(tensor_of, dtype=torch.int32).to(device),
-                            torch.tensor(start_of, dtype=torch.int64).to(device))
+        hit = _MAPS[key] = (_device_table(tensor_of, torch.int32, device),
+                            _device_table(start_of, torch.int64, device))
     return hit
 
 
@@ -373,8 +373,8 @@ def agd_normalize_rows(xs: List[Tensor], dsts: List[Tensor]) -> Tensor:
     key = ("normrows", str(dev), rows)
     hit = _MAPS.get(key)
     if hit is None:      # program r: (tensor, row within it); a row of width 0 gets norm 0 like any zero row
-        hit = _MAPS[key] = (torch.tensor([t for t, n in enumerate(rows) for _ in range(n)], dtype=torch.int32).to(dev),
-                            torch.tensor([r for n in rows for r in range(n)], dtype=torch.int64).to(dev))
+        hit = _MAPS[key] = (_device_table([t for t, n in enumerate(rows) for _ in range(n)], torch.int32, dev),
+                            _device_table([r for n in rows for r in range(n)], torch.int64, dev))
     tensor_of, local = hit
     norms = torch.empty(sum(rows), dtype=torch.float64, device=dev)
     if norms.numel():
@@ -388,7 +388,7 @@ def _dims_tensors(device, dims):
     key = ("dims", str(device), tuple(dims))
     hit = _MAPS.get(key)
     if hit is None:
-        hit = _MAPS[key] = tuple(torch.tensor([d[j] for d in dims], dtype=dt).to(device)
+        hit = _MAPS[key] = tuple(_device_table([d[j] for d in dims], dt, device)
                                  for j, dt in ((0, torch.int64), (1, torch.int64), (2, torch.int32)))
     return hit
 
@@ -401,8 +401,8 @@ def _slice_table(device, slices):
         offset = [0]
         for s in slices:
             offset.append(offset[-1] + s)
-        hit = _MAPS[key] = (torch.tensor(slices, dtype=torch.int32).to(device),
-                            torch.tensor(offset[:-1], dtype=torch.int64).to(device), offset[-1])
+        hit = _MAPS[key] = (_device_table(slices, torch.int32, device),
+                            _device_table(offset[:-1], torch.int64, device), offset[-1])
     return hit
 
 
@@ -413,5 +413,5 @@ def _first_of(device, extents, block):
         first = [0]
         for n in extents:
             first.append(first[-1] + max(1, -(-n // block)))
-        hit = _MAPS[key] = torch.tensor(first, dtype=torch.int32).to(device)
+        hit = _MAPS[key] = _device_table(first, torch.int32, device)
     return hit

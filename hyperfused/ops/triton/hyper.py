@@ -495,10 +495,10 @@ def _chunk_map(device, sizes: Tuple[int, ...]):
         tensor_of.extend([i] * k)
         start_of.extend(range(0, k * chunk, chunk))
         first.append(first[-1] + k)
-    out = (torch.tensor(tensor_of, dtype=torch.int32).to(device),
-           torch.tensor(start_of, dtype=torch.int64).to(device),
-           torch.tensor(first, dtype=torch.int32).to(device),
-           torch.tensor(sizes, dtype=torch.int64).to(device))
+    out = (_device_table(tensor_of, torch.int32, device, "the chunk map"),
+           _device_table(start_of, torch.int64, device, "the chunk map"),
+           _device_table(first, torch.int32, device, "the chunk map"),
+           _device_table(sizes, torch.int64, device, "the chunk map"))
     if len(_MAPS) >= _CACHE_MAX:
         _MAPS.clear()
     _MAPS[key] = out
@@ -511,9 +511,7 @@ def _pointer_table(device, lists: Sequence[Sequence[Tensor]], n: int) -> Tensor:
     hit = _PTRS.get(key)
     if hit is not None:
         return hit
-    table = torch.tensor(addrs, dtype=torch.int64)
-    if table.device != torch.device(device):
-        table = table.pin_memory().to(device, non_blocking=True) if torch.cuda.is_available() else table.to(device)
+    table = _device_table(addrs, torch.int64, device, "the pointer table")
     if len(_PTRS) >= _CACHE_MAX:
         _PTRS.clear()
     _PTRS[key] = table
@@ -532,7 +530,7 @@ def _eps_tensor(eps: Sequence[float], device) -> Tensor:
     key = (vals, str(device))
     t = _EPS.get(key)
     if t is None:
-        t = _EPS[key] = torch.tensor(vals, dtype=torch.float64).to(device)
+        t = _EPS[key] = _device_table(vals, torch.float64, device, "the constants")
     return t
 
 
@@ -576,12 +574,36 @@ def _math_dtype(dt: torch.dtype) -> torch.dtype:
 
 
 def _launch(kernel, grid, *args, **kw):
+    """Launch on the device of the tensors (the first tensor argument's): Triton launches on the current CUDA
+    device, which need not be theirs (tensors on cuda:1 while cuda:0 is current)."""
     LAUNCHES["count"] += 1
     LAUNCHES["inside"] = True        # what the interpreter does with the arguments is not the step's own work
     try:
-        kernel[grid](*args, **kw)
+        dev = next((a.device for a in args if isinstance(a, Tensor)), None)
+        if dev is not None and dev.type == "cuda" and dev.index is not None \
+                and dev.index != torch.cuda.current_device():
+            with torch.cuda.device(dev):
+                kernel[grid](*args, **kw)
+        else:
+            kernel[grid](*args, **kw)
     finally:
         LAUNCHES["inside"] = False
+
+
+def _device_table(values, dtype: torch.dtype, device, what: str = "a launch table") -> Tensor:
+    """A small table built on the host and copied to ``device`` once (the callers cache it per layout). While a
+    CUDA graph is being captured such a copy cannot be captured: refused, with the remedy, instead of failing
+    inside CUDA."""
+    host = torch.tensor(values, dtype=dtype)
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return host.to(dev)
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"hyperfused (triton backend): {what} for these tensors is not cached yet while a CUDA graph is being "
+            f"captured, and a copy from host memory cannot be captured. Run an eager step with the same parameters "
+            f"and gradient buffers before capturing (the warm-up torch.cuda.graph asks for)")
+    return host.pin_memory().to(dev, non_blocking=True)
 
 
 def _finish(part: Tensor, first: Tensor, n: int) -> Tensor:

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ...kinds import SCRATCH_ROWS_PER_LEVEL, STATE_SLOTS
 from ..tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
-from .hyper import _TL_DTYPE, _bias, _jac, _launch, _step
+from .hyper import _TL_DTYPE, _bias, _device_table, _jac, _launch, _step
 
 Tensor = torch.Tensor
 _STATE_SLOTS = tl.constexpr(STATE_SLOTS)      # a global a kernel reads must be a constexpr
@@ -290,7 +290,7 @@ def _table(levels, specs, device) -> Tensor:
     if t is None:
         if len(_TABLES) > 64:
             _TABLES.clear()
-        t = _TABLES[key] = torch.tensor(ptrs, dtype=torch.int64).reshape(-1).to(device)
+        t = _TABLES[key] = _device_table(ptrs, torch.int64, device, "the tower's pointer table").reshape(-1)
     return t
 
 
@@ -299,7 +299,7 @@ def _eps(specs, device) -> Tensor:
     key = (str(device), vals)
     t = _EPS.get(key)
     if t is None:
-        t = _EPS[key] = torch.tensor(vals, dtype=torch.float64).to(device)
+        t = _EPS[key] = _device_table(vals, torch.float64, device, "the tower's constants")
     return t
 
 
