@@ -5,7 +5,9 @@ tensors of 1000 elements each, every optimizer stepped round-robin, medians of m
 
 At these sizes torch's fused Adam is a handful of microseconds of arithmetic and the rest is its own dispatch;
 the hypergradient optimizers add their passes' set-up (the per-tensor scalar table, the skip decision, the
-tower of levels above). Ratios are against torch.optim.Adam(fused=True) measured in the same run.
+tower of levels above). Ratios are against torch.optim.Adam(fused=True) measured in the same run. Also counted,
+outside the timing: the ops one step dispatches (torch's and hyperfused's), and how many of them are host reads
+of CPU tensors (the C++ kernels' scalar table is filled from host numbers; on a GPU no step reads the device).
 """
 from __future__ import annotations
 
@@ -41,11 +43,30 @@ def _setup(n_tensors: int, numel: int, seed: int):
     return ps
 
 
+def _ops_per_step(opt):
+    """(ops dispatched by one step, of which host reads of CPU tensors): torch's and hyperfused's ops, as a
+    TorchDispatchMode sees them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            Count.reads += str(func) == "aten._local_scalar_dense.default"
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        opt.step()
+    return Count.n, Count.reads
+
+
 def run(n_tensors: int, numel: int, reps: int, warmup: int):
     opts = {name: make(_setup(n_tensors, numel, i)) for i, (name, make) in enumerate(configs().items())}
     for opt in opts.values():
         for _ in range(warmup):
             opt.step()
+    counts = {name: _ops_per_step(opt) for name, opt in opts.items()}
     times = {name: [] for name in opts}
     for _ in range(reps):                      # round-robin: each optimizer sees the same machine state
         for name, opt in opts.items():
@@ -53,7 +74,8 @@ def run(n_tensors: int, numel: int, reps: int, warmup: int):
             opt.step()
             times[name].append(time.perf_counter() - t)
     base = statistics.median(times["torch Adam fused"])
-    return {name: {"median_us": statistics.median(ts) * 1e6, "ratio": statistics.median(ts) / base}
+    return {name: {"median_us": statistics.median(ts) * 1e6, "ratio": statistics.median(ts) / base,
+                   "ops": counts[name][0], "host_reads": counts[name][1]}
             for name, ts in times.items()}
 
 
@@ -74,7 +96,8 @@ def main(argv=None):
         res = results[str(n)] = run(n, args.numel, args.reps, args.warmup)
         print(f"{n} tensors x {args.numel} elements, {args.threads} threads, median of {args.reps} steps")
         for name, r in res.items():
-            print(f"  {name:28s} {r['median_us']:9.1f} us  {r['ratio']:5.2f}x torch Adam fused")
+            print(f"  {name:28s} {r['median_us']:9.1f} us  {r['ratio']:5.2f}x torch Adam fused  "
+                  f"{r['ops']:5d} ops ({r['host_reads']} host reads)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)

@@ -69,6 +69,9 @@ def test_step_overhead_benchmark_runs(capsys):
     assert set(rows) == set(bench_step_overhead.configs())
     assert rows["torch Adam fused"]["ratio"] == 1.0
     assert all(r["median_us"] > 0 for r in rows.values())
+    # ops per step are counted: torch's fused Adam is a handful; the cpu backend reads some numbers on the host
+    assert 0 < rows["torch Adam fused"]["ops"] < 20 and rows["torch Adam fused"]["host_reads"] == 0
+    assert rows["hf Adam/SGD exact"]["ops"] > rows["hf Adam/SGD exact"]["host_reads"] > 0
     assert "hf Adam/SGD exact" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench_step_overhead.main(["--tensors", "0"])
