@@ -43,7 +43,21 @@ State = Dict[str, Tensor]
 # --------------------------------------------------------------------------------------------------------
 def sigma(r: Tensor) -> Tensor:
     """(tanh r + 1) / 2: the package's ``clamp`` for betas and RMSprop's gamma."""
+    if r.device.type == "cpu" and not r.requires_grad and not torch.compiler.is_compiling():
+        one, two = _one_two(r.dtype)       # the same values as the Python numbers, without wrapping them per call
+        return (r.tanh() + one) / two
     return (r.tanh() + 1.0) / 2.0
+
+
+_ONE_TWO: Dict[torch.dtype, Tuple[Tensor, Tensor]] = {}
+
+
+def _one_two(dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    c = _ONE_TWO.get(dtype)
+    if c is None:
+        with torch.inference_mode(False), torch.no_grad():
+            c = _ONE_TWO[dtype] = (torch.ones((), dtype=dtype), torch.full((), 2.0, dtype=dtype))
+    return c
 
 
 def dsigma(r: Union[Tensor, float]) -> Union[Tensor, float]:

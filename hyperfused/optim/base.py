@@ -613,7 +613,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             # or one adopted from param_groups this step)
             if "lr" in plan["specs"][0][2] or plan["lr_adopted"]:
                 self._publish_lr(plan["gi"], plan["specs"][0])
-        self._tower()["skipped_steps"].add_((~ok).to(torch.int64))
+        self._tower()["skipped_steps"].add_(~ok)
         return loss
 
     def _ensure_used(self, gt: Dict[str, Any], learned0: Sequence[str]) -> None:
@@ -629,7 +629,19 @@ class HyperOptimizer(torch.optim.Optimizer):
         with (docs/MATH.md §1.2-1.3)."""
         if plan["specs"][0][2]:
             used = plan["levels"][0]["used"]
-            for name, t in plan["levels"][0]["hp"].items():
+            hp = plan["levels"][0]["hp"]
+            if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+                # on the host the verdict is a number: one multi-tensor copy when the step was taken
+                if bool(ok):
+                    dst, src = [ref.inplace(used[name]) for name in hp], [ref.inplace(t) for t in hp.values()]
+                    copy = getattr(torch, "_foreach_copy_", None)
+                    if copy is not None:
+                        copy(dst, src)
+                    else:                       # (torch before 2.1)
+                        for d, t in zip(dst, src):
+                            d.copy_(t)
+                return
+            for name, t in hp.items():
                 ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
 
     def _group_impl(self, group: Dict[str, Any]) -> "ops.backends.Backend":
