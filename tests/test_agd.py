@@ -376,3 +376,28 @@ def test_spectral_state_loaded_into_float32_weights_resumes():
     for p, q in zip(model.parameters(), clone.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert all(opt2.state[p]["u"].dtype == torch.float64 for p in clone.parameters())
+
+
+def test_agd_runs_its_passes_through_the_backend_objects(monkeypatch):
+    """AGD holds no backend branches: its sums of squares, power-iteration passes and update are the backend
+    objects' calls (hyperfused.ops.backends), like the hypergradient optimizers'."""
+    from hyperfused import ops as hf_ops
+    calls = []
+    for name in ("reference", "cpu"):
+        b = hf_ops.backends.get(name)
+        for m in ("agd_sumsq", "agd_update", "agd_power_kernels"):
+            orig = getattr(b, m)
+            monkeypatch.setattr(b, m, (lambda orig, name, m: lambda *a, **k: (calls.append((name, m)),
+                                                                                orig(*a, **k))[1])(orig, name, m))
+    for backend, norm in (("reference", "frobenius"), ("reference", "spectral"), ("cpu", "frobenius"),
+                          ("cpu", "spectral")):
+        calls.clear()
+        model = fcn()
+        opt = hf.AGD(model.parameters(), norm=norm, backend=backend)
+        x, y = data(1)[0]
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        want = {(backend, "agd_update")}
+        want |= {(backend, "agd_sumsq")} if norm == "frobenius" else {(backend, "agd_power_kernels")}
+        assert want <= set(calls), (backend, norm, calls)
+        assert {n for n, _ in calls} == {backend}

@@ -16,6 +16,17 @@ Every backend ("reference", "cpu", "cuda", "triton") answers the same calls:
     whether the kernels apply GradScaler's 1 / scale as they read the gradients (otherwise the optimizer
     divides the gradients first).
 
+Automatic Gradient Descent (``hyperfused.AGD``) calls three more:
+
+``agd_sumsq(grads, counts)``
+    every slice's sum of squares (float64, slices in tensor order; ``counts``: slices per tensor);
+``agd_update(params, grads, coef, counts, ok)``
+    W <- W - coef[slice] * g in place, nothing written where the 0-dim bool ``ok`` is false;
+``agd_power_kernels(grads)``
+    the fused power-iteration passes for these gradients, ``(gv, gtu, normalize_rows)`` with the compiled
+    ops' contracts (``agd_gv``, ``agd_gtu``, ``agd_normalize_rows``), or None where the backend has none
+    (the optimizer then runs the batched PyTorch power iteration).
+
 The Python tower (``reference.tower_plan``) is the oracle every compiled tower is tested against; a backend
 whose compiled tower does not cover a tower (too tall, mixed dtypes) falls back to it.
 """
@@ -58,6 +69,20 @@ class Backend:
 
     def update_tower(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac, levels, specs,
                      n_group, inv_scale=None) -> Optional[Tuple[Commit, Tensor]]:
+        return None
+
+    # ---------------------------------------------------------------- AGD
+    def agd_sumsq(self, grads, counts) -> Tensor:
+        from . import agd as agd_ops
+        return torch.cat([agd_ops.sumsq_slices(g) for g in grads])
+
+    def agd_update(self, params, grads, coef: Tensor, counts, ok: Tensor) -> None:
+        # where(ok, ...): no host read of the verdict (a traced step cannot branch on it)
+        for p, g, c in zip(params, grads, torch.split(coef, list(counts))):
+            step = (c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g
+            p.copy_(torch.where(ok, p - step, p))
+
+    def agd_power_kernels(self, grads):
         return None
 
     def __repr__(self) -> str:
@@ -138,6 +163,23 @@ class CompiledBackend(Backend):
         return (lambda ok_: tower.commit(levels, specs, scr, ok_)), tok
 
 
+    # the AGD ops: compiled where built for the tensors' device, else the reference ops (agd_ops falls back)
+    def agd_sumsq(self, grads, counts) -> Tensor:
+        from . import agd as agd_ops
+        return torch.cat(agd_ops.sumsq(grads))
+
+    def agd_update(self, params, grads, coef: Tensor, counts, ok: Tensor) -> None:
+        from . import agd as agd_ops
+        agd_ops.update(params, grads, list(torch.split(coef, list(counts))), ok)
+
+    def agd_power_kernels(self, grads):
+        from . import agd as agd_ops
+        if not (agd_ops._compiled_for(grads) and all(g.is_contiguous() for g in grads)):
+            return None
+        k = torch.ops.hyperfused
+        return k.agd_gv, k.agd_gtu, agd_ops.normalize_rows_
+
+
 class TritonBackend(CompiledBackend):
     """The Triton kernels (CUDA tensors; CPU tensors under the Triton interpreter), with the same arguments as
     the compiled ops; the whole tower in one Triton program (pass A and the tower are separate launches)."""
@@ -153,6 +195,23 @@ class TritonBackend(CompiledBackend):
         from .triton import ops as _tops
         mod = _triton.kernels()
         return (_tops.ops() or mod) if mod is not None else None
+
+    def _agd_kernels(self):
+        """The Triton AGD kernels as custom ops (traceable by torch.compile) when the compiled extension is loaded,
+        else the launchers themselves."""
+        import importlib
+        from .triton import ops as _tops
+        return _tops.ops() or importlib.import_module("hyperfused.ops.triton.agd")
+
+    def agd_sumsq(self, grads, counts) -> Tensor:
+        return self._agd_kernels().agd_sumsq(grads, list(counts))
+
+    def agd_update(self, params, grads, coef: Tensor, counts, ok: Tensor) -> None:
+        self._agd_kernels().agd_update(params, grads, coef, ok)
+
+    def agd_power_kernels(self, grads):
+        k = self._agd_kernels()
+        return k.agd_gv, k.agd_gtu, k.agd_normalize_rows
 
     def reduce_tower(self, *args, **kw):
         return None

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from .. import ops
 from ..ops import agd as agd_ops
 from .base import _is_dtensor
 
@@ -406,17 +407,13 @@ class AGD(torch.optim.Optimizer):
                             torch.nn.init.orthogonal_(w, generator=generator)
                             p[:, :, i, j].copy_((w * s).to(p.dtype))
 
-    def _use_kernels(self, params) -> bool:
-        return self.backend in ("auto", "cpu", "cuda")
-
-    def _tri_kernels(self):
-        """The Triton AGD kernels when backend='triton' (as custom ops, traceable by torch.compile, when the
-        compiled extension is loaded; else the launchers themselves), else None."""
-        if self.backend != "triton":
-            return None
-        import importlib
-        from ..ops.triton import ops as _tops
-        return _tops.ops() or importlib.import_module("hyperfused.ops.triton.agd")
+    def _impl(self, device: torch.device) -> "ops.backends.Backend":
+        """The backend object that runs the step's passes (its AGD calls: hyperfused.ops.backends): the reference
+        or Triton ops when asked for; otherwise the compiled ops of the tensors' device, which fall back to the
+        reference ops where they are not built."""
+        if self.backend in ("reference", "triton"):
+            return ops.backends.get(self.backend)
+        return ops.backends.get("cuda" if device.type == "cuda" else "cpu")
 
     def _per_slice(self, shapes, counts, gains, device):
         """Per slice s_k and gain (float64 on the device), rebuilt when the shapes or gains change (cached by
@@ -469,23 +466,20 @@ class AGD(torch.optim.Optimizer):
         book = self._book()
         counts = [1 if len(sh) == 2 else sh[2] * sh[3] for sh in shapes]
         scale, gain = self._per_slice(shapes, counts, gains, tensors[0].device)
-        tri = self._tri_kernels()
-        if tri is not None:
+        impl = self._impl(tensors[0].device)
+        if impl.name == "triton":
             grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
         arena = None
+        power = None
         if self._norm == "spectral":                  # the vectors as they were, to keep them if the step is skipped
             states = [self._init_uv(p) for p in params]
             arena = self._uv_arena(states)
             before = arena.clone()
-        fused_spectral = self._norm == "spectral" and (tri is not None or (
-            self._use_kernels(tensors) and agd_ops._compiled_for(grads) and all(g.is_contiguous() for g in grads)))
-        if fused_spectral:               # pass A: sums of squares and g v in one read
-            sq, denom = self._sigmas_fused(states, grads)
-        elif tri is not None:
-            sq = tri.agd_sumsq(grads, counts)
+            power = impl.agd_power_kernels(grads)
+        if power is not None:            # pass A: sums of squares and g v in one read
+            sq, denom = self._sigmas_fused(states, grads, power)
         else:
-            sq = torch.cat(agd_ops.sumsq(grads) if self._use_kernels(tensors) else
-                           [agd_ops.sumsq_slices(g) for g in grads])
+            sq = impl.agd_sumsq(grads, counts)
         if group is not None:            # one all-reduce of every slice's partial sum of squares
             import torch.distributed as dist
             dist.all_reduce(sq, group=group)
@@ -493,7 +487,7 @@ class AGD(torch.optim.Optimizer):
             denom = sq.sqrt()
             G = agd_ops.fixed_sum(scale * denom, 0)
         else:
-            if not fused_spectral:
+            if power is None:
                 denom = torch.cat(self._sigmas(states, grads))
             G = agd_ops.fixed_sum(scale * torch.where(denom > 0, sq / denom.clamp_min(1e-300), torch.zeros_like(sq)), 0)
         G = G / L
@@ -503,14 +497,7 @@ class AGD(torch.optim.Optimizer):
         # non-finite (a zero-norm slice's coefficient is 0 and would hide it from coef); the kernels read the flag
         # where it is (on a GPU, no host synchronisation), and every other write is where(ok, new, old)
         ok = torch.isfinite(sq).all() & torch.isfinite(coef).all() & torch.isfinite(eta)
-        if tri is not None:
-            tri.agd_update(tensors, grads, coef, ok)
-        elif self._use_kernels(tensors):
-            agd_ops.update(tensors, grads, list(torch.split(coef, counts)), ok)
-        else:                 # where(ok, ...): no host read of the verdict (a traced step cannot branch on it)
-            for p, g, c in zip(tensors, grads, torch.split(coef, counts)):
-                step = (c.reshape(1, 1, *p.shape[2:]) if p.dim() == 4 else c).to(p.dtype) * g
-                p.copy_(torch.where(ok, p - step, p))
+        impl.agd_update(tensors, grads, coef, counts, ok)
         if arena is not None:
             torch.where(ok, arena, before, out=arena)
         book["eta"] = torch.where(ok, eta, book["eta"])
@@ -545,19 +532,17 @@ class AGD(torch.optim.Optimizer):
             hit = self._rank_cache = (key, rank.rsqrt().to(grads[0].device))
         return hit[1]
 
-    def _sigmas_fused(self, states, grads):
+    def _sigmas_fused(self, states, grads, power):
         """One power iteration on the native layout with the fused ops: g v together with the sums of squares
         (pass A), u <- g v / |g v| for every row of every tensor in one call, g^T u (one more read), then
         v <- g^T u / |g^T u| likewise; u and v are updated in place in the state (a zero row keeps its vector,
         so a zero gradient leaves u, v as they were). The two half-step estimates decide convergence; only the
         tensors with slices that have not settled continue with batched iterations."""
-        tri = self._tri_kernels()
-        kern = tri or torch.ops.hyperfused
-        normalize = tri.agd_normalize_rows if tri is not None else agd_ops.normalize_rows_
+        agd_gv, agd_gtu, normalize = power
         us, vs = [st["u"] for st in states], [st["v"] for st in states]
-        sq, gv = kern.agd_gv(list(grads), vs)
+        sq, gv = agd_gv(list(grads), vs)
         s_b = normalize(gv, us)
-        s_a = normalize(kern.agd_gtu(list(grads), us), vs)
+        s_a = normalize(agd_gtu(list(grads), us), vs)
         f = sq.sqrt()
         sigma = s_a
         iters = [1] * len(grads)
