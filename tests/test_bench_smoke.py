@@ -102,8 +102,22 @@ def test_gpu_proof_dry_run(tmp_path):
     assert hf_rows and all(r["ratio"] > 0 and r["gbps"] > 0 for r in hf_rows)
     # the bytes model: fp32 Adam learning lr and betas moves 48 B per parameter, bf16 params halve x and g
     assert sec["rows"][f"hf Adam (lr, betas) exact [{hf_rows[0]['backend']}]"]["bytes_per_param"] == 48
-    assert res["step"][1]["rows"]["torch Adam fused"]["bytes_per_param"] == 22
+    assert res["step"][1]["rows"]["torch Adam fused"]["bytes_per_param"] == 14   # its state is bfloat16 too
     assert all(r["bitwise"] and not r["captured"] for r in res["graph"].values())
     assert res["power"]["warm"]["rel_error"] < 1e-2
     md = (tmp_path / "bench.md").read_text()
     assert "## GPU: no GPU (dry run" in md and "| torch Adam fused |" in md and "### Power iteration" in md
+
+
+def test_gpu_bench_counts_each_optimizers_own_state_bytes():
+    """torch's fused Adam keeps bfloat16 state for bfloat16 parameters, hyperfused float32 state: the GPU
+    benchmark's bytes per parameter (and so its bandwidth comparison) counts each one's own."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench", "gpu"))
+    import bench_gpu
+    import torch
+    # torch's Adam: x read + written, g read, m and v read + written
+    assert bench_gpu.stream_bytes((2, 1, 4), torch.bfloat16, "torch") == 3 * 2 + 4 * 2
+    assert bench_gpu.stream_bytes((2, 1, 4), torch.float32, "torch") == 7 * 4
+    # hyperfused's Adam (lr) exact: x twice, g twice (two passes), six state streams in float32
+    assert bench_gpu.stream_bytes((2, 2, 6), torch.bfloat16, "cuda") == 4 * 2 + 6 * 4
+    assert bench_gpu.stream_bytes((2, 2, 6), torch.float64, "triton") == 10 * 8

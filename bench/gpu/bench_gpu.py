@@ -102,10 +102,19 @@ def backends() -> list:
     return out
 
 
-def stream_bytes(streams, dtype) -> int:
+def state_dtype(dtype, backend: str) -> torch.dtype:
+    """The dtype of the optimizer's element-wise state for parameters of ``dtype``: torch's fused optimizers keep
+    it in the parameters' dtype (bfloat16 state for bfloat16 parameters), hyperfused in float32 (float64 for
+    float64 parameters)."""
+    if backend == "torch":
+        return dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def stream_bytes(streams, dtype, backend: str = "hf") -> int:
     p_rw, g_r, s_rw = streams
     item = torch.empty((), dtype=dtype).element_size()
-    state = 8 if dtype == torch.float64 else 4
+    state = torch.empty((), dtype=state_dtype(dtype, backend)).element_size()
     return (p_rw + g_r) * item + s_rw * state
 
 
@@ -187,7 +196,7 @@ def step_section(n: int, dtype, reps: int, warmup: int, copy_gbps: float) -> dic
     med = round_robin({k: o.step for k, o in opts.items()}, reps, warmup, before)
     rows = {}
     for key, m in meta.items():
-        nbytes = stream_bytes(m["streams"], dtype)
+        nbytes = stream_bytes(m["streams"], dtype, m["backend"])
         rows[key] = dict(m, median_ms=1e3 * med[key], bytes_per_param=nbytes, gbps=nbytes * n / med[key] / 1e9)
         rows[key]["of_copy"] = rows[key]["gbps"] / copy_gbps
     for key, r in rows.items():
@@ -333,7 +342,12 @@ def markdown(res: dict) -> str:
              f"Device-to-device copy: {res['copy']['gbps']:.0f} GB/s (read + write, {res['copy']['elements']} "
              "float32).", ""]
     for sec in res["step"]:
-        lines += [f"### Step, {sec['elements']} {sec['dtype']} elements in 8 tensors", "",
+        lines += [f"### Step, {sec['elements']} {sec['dtype']} elements in 8 tensors", ""]
+        if sec["dtype"] in ("torch.bfloat16", "torch.float16", "bfloat16", "float16"):
+            lines += ["State dtypes differ: torch's fused optimizers keep their state in the parameters' dtype "
+                      f"({sec['dtype']}, 2 B an element), hyperfused in float32 (4 B); B/param counts each one's "
+                      "own, so `BW vs baseline` compares bandwidth, and `ratio` the time for different work.", ""]
+        lines += [
                   "| configuration | B/param | median ms | ratio | target | GB/s | BW vs baseline | of copy | "
                   "triton/cuda |", "|---|---|---|---|---|---|---|---|---|"]
         for key, r in sec["rows"].items():
