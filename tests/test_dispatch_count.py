@@ -91,3 +91,51 @@ def test_moved_flags_update_in_a_fixed_number_of_ops(device_path, value):
             assert [bool(f) for f in flags] == want
             counts.append(sum(c.ops.values()))
     assert counts[0] == counts[2] and counts[1] == counts[3]
+
+
+def _table_by_columns(kind, learned, n, hp, raw, steps, valid, step_offset):
+    """The scalar table as the device path used to build it, one column copy at a time (the oracle)."""
+    from hyperfused import kinds
+    from hyperfused.ops import reference as ref
+    from hyperfused.ops.fused import _table_columns
+    values, raws, sigs = _table_columns(kind, learned)
+    out = torch.zeros((n, kinds.TABLE_COLS), dtype=torch.float64)
+    for j, name in values:
+        if hp.get(name) is not None:
+            out[:, j].copy_(hp[name])
+    for j, name in raws:
+        out[:, j].copy_(raw[name])
+    for j, name in sigs:
+        out[:, j].copy_(ref.dsigma(raw[name]))
+    if steps is not None:
+        out[:, kinds.COL_STEP].copy_(torch.stack(steps) + step_offset)
+    out[:, kinds.COL_VALID].copy_(torch.stack(valid) if isinstance(valid[0], torch.Tensor)
+                                  else torch.tensor(valid, dtype=torch.float64))
+    return out
+
+
+@pytest.mark.parametrize("kind,learned", [("adam", ()), ("adam", ("lr",)), ("adam", ("lr", "beta1", "beta2")),
+                                          ("rmsprop", ("lr", "alpha")), ("sgd", ("lr", "momentum"))])
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_device_scalar_table_in_few_ops_holds_the_same_values(kind, learned, n, dt):
+    """The scalar table of the device path (the GPU backends; the Triton interpreter here) is made of stacked
+    columns, one-element values broadcast as views: the same float64 values as copying each column into a zero
+    table (every conversion to float64 is exact), in a fixed number of ops."""
+    from hyperfused import kinds
+    from hyperfused.ops import fused
+    g = torch.Generator().manual_seed(n)
+    spec = kinds.KINDS[kind]
+    hp = {name: torch.rand((), generator=g, dtype=dt) * 0.5 + 0.3 for name in spec.hyper}
+    raw = {name: torch.randn((), generator=g, dtype=dt) for name in spec.hyper}
+    steps = [torch.tensor(float(i + 1)) for i in range(n)]
+    for valid in ([torch.tensor(i % 2 == 0) for i in range(n)], [1.0, 0.0, 1.0, 1.0, 0.0][:n]):
+        for off in (0.0, 1.0):
+            with _Count() as c:
+                dev = fused.scalars(kind, learned, n, hp, raw, steps, valid, "cpu", step_offset=off, host=False)
+            want = _table_by_columns(kind, learned, n, hp, raw, steps, valid, off)
+            assert dev.dtype == torch.float64 and torch.equal(dev, want), (dev, want)
+            # ops that launch work (views aside): the stacks, a zero column, the offset, each dsigma's four
+            launches = sum(v for k, v in c.ops.items() if not k.startswith(("aten.view", "aten.expand",
+                                                                           "aten.lift_fresh")))
+            assert launches <= 5 + 4 * len([x for x in learned if spec.parametrisation(x) == kinds.SIGMA]), c.ops

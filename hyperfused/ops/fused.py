@@ -71,26 +71,35 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     sig = [(j, raw[name]) for j, name in sigs]          # the columns of dsigma(raw)
     if host and n <= _HOST_TABLE_MAX and not torch.compiler.is_compiling():   # (a traced step: tensor ops)
         return _scalars_on_host(n, cols, sig, steps, valid, step_offset)
-    out = torch.zeros((n, TABLE_COLS), dtype=torch.float64, device=device)
-
-    def put(j, v):     # copy_ broadcasts a one-element value down the column and casts it to float64
-        if v is not None:
-            out.select(1, j).copy_(v)
-
+    # on the device: the columns (one-element values broadcast as views) stacked by one op, in as few launches as
+    # the values allow (a launch costs microseconds of host time on a GPU); the same float64 values as the host
+    # path (every conversion to float64 is exact)
+    parts: List[Optional[Tensor]] = [None] * TABLE_COLS
     for j, v in cols:
-        put(j, v)
+        parts[j] = v
     for j, r in sig:
-        put(j, ref.dsigma(r))
+        parts[j] = ref.dsigma(r)
     if steps is not None:
         st = torch.stack(list(steps))
-        put(COL_STEP, st + step_offset if step_offset else st)
+        parts[COL_STEP] = st + step_offset if step_offset else st
     if isinstance(valid, Tensor):
-        put(COL_VALID, valid)
+        parts[COL_VALID] = valid
     elif valid and isinstance(valid[0], Tensor):
-        put(COL_VALID, torch.stack(list(valid)))
+        parts[COL_VALID] = torch.stack(list(valid))
     else:                                      # numbers, known on the host
-        put(COL_VALID, torch.tensor([float(v) for v in valid], dtype=torch.float64, device=device))
-    return out
+        parts[COL_VALID] = torch.tensor([float(v) for v in valid], dtype=torch.float64, device=device)
+    zero = None
+    columns = []
+    for v in parts:
+        if v is None:
+            if zero is None:
+                zero = torch.zeros(n, dtype=torch.float64, device=device)
+            columns.append(zero)
+        else:
+            v = v.reshape(-1)
+            columns.append(v.expand(n) if v.numel() == 1 else v)
+    out = torch.stack(columns, dim=1)          # (promotes to the widest dtype: float64 where one column is)
+    return out if out.dtype == torch.float64 else out.to(torch.float64)
 
 
 # Up to this many tensors, a CPU table is built from host numbers: reading a 0-dim CPU tensor costs ~0.2 us,

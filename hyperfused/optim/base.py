@@ -630,8 +630,9 @@ class HyperOptimizer(torch.optim.Optimizer):
         if plan["specs"][0][2]:
             used = plan["levels"][0]["used"]
             hp = plan["levels"][0]["hp"]
-            if ok.device.type == "cpu" and not torch.compiler.is_compiling():
-                # on the host the verdict is a number: one multi-tensor copy when the step was taken
+            if plan["backend"].name == "cpu" and not torch.compiler.is_compiling():
+                # the C++ kernels' verdict is on the host: one multi-tensor copy when the step was taken (the
+                # device backends never read it, also under the Triton interpreter on CPU tensors)
                 if bool(ok):
                     dst, src = [ref.inplace(used[name]) for name in hp], [ref.inplace(t) for t in hp.values()]
                     copy = getattr(torch, "_foreach_copy_", None)
