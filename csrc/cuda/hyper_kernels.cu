@@ -89,6 +89,20 @@ __device__ __forceinline__ void block_sums(const Sums acc, double* partials, int
   }
 }
 
+// One element of pass A: the non-finite count and, where the Jacobian is valid, the sums g * J.
+template <typename S, typename T>
+__device__ __forceinline__ void element_sums(int KIND, const LaunchFlags& f, bool valid, const Arrays<S, T>& a,
+                                             int64_t i, const Scalars<T>& c, T g, T& s0, T& s1, T& s2, T& bad) {
+  bad += (g - g == T(0)) ? T(0) : T(1);
+  if (valid) {
+    T j0, j1, j2;
+    element_jac<S, T>(KIND, f.learn, f.momentum, a, i, c, j0, j1, j2);
+    s0 += g * j0;
+    s1 += g * j1;
+    s2 += g * j2;
+  }
+}
+
 template <typename S, typename T, int KIND>
 __device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFlags& f, bool valid,
                                            const Scalars<T>& c, T inv, int64_t begin, int64_t end) {
@@ -101,17 +115,8 @@ __device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFl
     tail = begin + packs * kVec;
   }
   // unaligned arrays, and the chunk's tail, element by element (jac_pack<1> here gave an sm_90 spill)
-  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
-    const T g = Convert<T, S>::run(a.g[i]) * inv;
-    bad += (g - g == T(0)) ? T(0) : T(1);
-    if (valid) {
-      T j0, j1, j2;
-      element_jac<S, T>(KIND, f.learn, f.momentum, a, i, c, j0, j1, j2);
-      s0 += g * j0;
-      s1 += g * j1;
-      s2 += g * j2;
-    }
-  }
+  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads)
+    element_sums<S, T>(KIND, f, valid, a, i, c, Convert<T, S>::run(a.g[i]) * inv, s0, s1, s2, bad);
   return Sums{{double(s0), double(s1), double(s2), double(bad)}};
 }
 
@@ -160,14 +165,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
       const T g = Convert<T, S>::run(a.g[i]) * inv;
-      bad += (g - g == T(0)) ? T(0) : T(1);
-      if (valid) {
-        T j0, j1, j2;
-        element_jac<S, T>(KIND, f.learn, f.momentum, a, i, cj, j0, j1, j2);
-        s0 += g * j0;
-        s1 += g * j1;
-        s2 += g * j2;
-      }
+      element_sums<S, T>(KIND, f, valid, a, i, cj, g, s0, s1, s2, bad);
       if (go) element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, g);
     }
     block_sums(Sums{{double(s0), double(s1), double(s2), double(bad)}}, partials, block_ids,

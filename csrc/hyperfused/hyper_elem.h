@@ -157,6 +157,45 @@ struct ElementMem {
   }
 };
 
+// The sums g * J of N elements held in registers (`r`: their state as loaded; `g`: their gradients) and the
+// non-finite count, added in element order (`with_jac` false: the count only).
+template <int N, typename scalar_t, typename T>
+HF_HOST_DEVICE void jac_sums(int kind, int learn, bool momentum, bool with_jac, const Arrays<scalar_t, T>& r,
+                             const scalar_t (&g)[N], const Scalars<T>& c, T inv, T& acc0, T& acc1, T& acc2, T& bad) {
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int e = 0; e < N; ++e) {
+    const T ge = Convert<T, scalar_t>::run(g[e]) * inv;
+    bad += (ge - ge == T(0)) ? T(0) : T(1);
+    if (with_jac) {
+      T j0, j1, j2;
+      element_jac<scalar_t, T>(kind, learn, momentum, r, e, c, j0, j1, j2);
+      acc0 += ge * j0;
+      acc1 += ge * j1;
+      acc2 += ge * j2;
+    }
+  }
+}
+
+// The update of N elements held in registers (`r`, whose x, g, s0, s1, s2 are the arrays below), stored back to
+// elements [i, i + N) of `a`: x and the state arrays the update writes.
+template <int N, typename Mem, typename scalar_t, typename T>
+HF_HOST_DEVICE void update_regs(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
+                                const Arrays<scalar_t, T>& r, scalar_t (&x)[N], const scalar_t (&g)[N], T (&s0)[N],
+                                T (&s1)[N], T (&s2)[N], const Scalars<T>& c, T inv) {
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int e = 0; e < N; ++e)
+    element_update<scalar_t, T>(kind, learn, momentum, r, e, c, Convert<T, scalar_t>::run(g[e]) * inv);
+  Mem::store(a.x + i, x);
+  const bool nest = kind == kSGD && sgd_nesterov(c);
+  if (a.s0 != nullptr && update_writes(kind, learn, momentum, nest, 0)) Mem::store(a.s0 + i, s0);
+  if (a.s1 != nullptr && update_writes(kind, learn, momentum, nest, 1)) Mem::store(a.s1 + i, s1);
+  if (a.s2 != nullptr && update_writes(kind, learn, momentum, nest, 2)) Mem::store(a.s2 + i, s2);
+}
+
 // The update of elements [i, i + N) through registers: the arrays it reads are loaded N elements at a time,
 // element_update runs on the registers, and the arrays it writes are stored back (Mem: how N elements move).
 // `inv` multiplies each gradient as it is read (GradScaler's 1 / scale; 1 otherwise).
@@ -175,16 +214,7 @@ HF_HOST_DEVICE void update_pack(int kind, int learn, bool momentum, const Arrays
   r.s0 = a.s0 != nullptr ? s0 : nullptr;
   r.s1 = a.s1 != nullptr ? s1 : nullptr;
   r.s2 = a.s2 != nullptr ? s2 : nullptr;
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int e = 0; e < N; ++e)
-    element_update<scalar_t, T>(kind, learn, momentum, r, e, c, Convert<T, scalar_t>::run(g[e]) * inv);
-  Mem::store(a.x + i, x);
-  const bool nest = kind == kSGD && sgd_nesterov(c);
-  if (a.s0 != nullptr && update_writes(kind, learn, momentum, nest, 0)) Mem::store(a.s0 + i, s0);
-  if (a.s1 != nullptr && update_writes(kind, learn, momentum, nest, 1)) Mem::store(a.s1 + i, s1);
-  if (a.s2 != nullptr && update_writes(kind, learn, momentum, nest, 2)) Mem::store(a.s2 + i, s2);
+  update_regs<N, Mem>(kind, learn, momentum, a, i, r, x, g, s0, s1, s2, c, inv);
 }
 
 // One-pass mode's pass B over elements [i, i + N): g and the state are loaded once; the sums g * J of the last
@@ -207,32 +237,10 @@ HF_HOST_DEVICE void update_jac_pack(int kind, int learn, bool momentum, bool wit
   r.s0 = a.s0 != nullptr ? s0 : nullptr;
   r.s1 = a.s1 != nullptr ? s1 : nullptr;
   r.s2 = a.s2 != nullptr ? s2 : nullptr;
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int e = 0; e < N; ++e) {
-    const T ge = Convert<T, scalar_t>::run(g[e]) * inv;
-    bad += (ge - ge == T(0)) ? T(0) : T(1);
-    if (with_jac) {
-      T j0, j1, j2;
-      element_jac<scalar_t, T>(kind, learn, momentum, r, e, cj, j0, j1, j2);
-      acc0 += ge * j0;
-      acc1 += ge * j1;
-      acc2 += ge * j2;
-    }
-  }
+  jac_sums<N>(kind, learn, momentum, with_jac, r, g, cj, inv, acc0, acc1, acc2, bad);
   if (!go) return;
   Mem::load(a.x + i, x);
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int e = 0; e < N; ++e)
-    element_update<scalar_t, T>(kind, learn, momentum, r, e, c, Convert<T, scalar_t>::run(g[e]) * inv);
-  Mem::store(a.x + i, x);
-  const bool nest = kind == kSGD && sgd_nesterov(c);
-  if (a.s0 != nullptr && update_writes(kind, learn, momentum, nest, 0)) Mem::store(a.s0 + i, s0);
-  if (a.s1 != nullptr && update_writes(kind, learn, momentum, nest, 1)) Mem::store(a.s1 + i, s1);
-  if (a.s2 != nullptr && update_writes(kind, learn, momentum, nest, 2)) Mem::store(a.s2 + i, s2);
+  update_regs<N, Mem>(kind, learn, momentum, a, i, r, x, g, s0, s1, s2, c, inv);
 }
 
 // Pass A over elements [i, i + N) through registers: g (times inv) and every state array given, then the
@@ -252,20 +260,7 @@ HF_HOST_DEVICE void jac_pack(int kind, int learn, bool momentum, bool with_jac, 
     r.s1 = a.s1 != nullptr ? s1 : nullptr;
     r.s2 = a.s2 != nullptr ? s2 : nullptr;
   }
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int e = 0; e < N; ++e) {
-    const T ge = Convert<T, scalar_t>::run(g[e]) * inv;
-    bad += (ge - ge == T(0)) ? T(0) : T(1);
-    if (with_jac) {
-      T j0, j1, j2;
-      element_jac<scalar_t, T>(kind, learn, momentum, r, e, c, j0, j1, j2);
-      acc0 += ge * j0;
-      acc1 += ge * j1;
-      acc2 += ge * j2;
-    }
-  }
+  jac_sums<N>(kind, learn, momentum, with_jac, r, g, c, inv, acc0, acc1, acc2, bad);
 }
 
 }  // namespace hyperfused

@@ -264,6 +264,22 @@ def _chunk_program(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, n_tensors
 
 
 @triton.jit
+def _load_state(p0, p1, p2, offs, m, like, NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr):
+    """The state arrays a call has (s0, s1, s2) at one tile, in the math type; zeros (shaped like ``like``) for
+    a slot it does not have."""
+    a0 = like * 0.0
+    a1 = like * 0.0
+    a2 = like * 0.0
+    if NS0:
+        a0 = tl.load(p0 + offs, mask=m, other=0.0)
+    if NS1:
+        a1 = tl.load(p1 + offs, mask=m, other=0.0)
+    if NS2:
+        a2 = tl.load(p2 + offs, mask=m, other=0.0)
+    return a0, a1, a2
+
+
+@triton.jit
 def _reduce_tile(offs, m, gp, p0, p1, p2, inv, valid, acc0, acc1, acc2, bad,
                  lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1, dc2, r1, r2, eps, eps_root,
                  KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, PREV: tl.constexpr,
@@ -276,15 +292,7 @@ def _reduce_tile(offs, m, gp, p0, p1, p2, inv, valid, acc0, acc1, acc2, bad,
         g = g * inv
     bad += tl.where((g - g) == 0.0, 0.0, 1.0)
     if WITH_JAC:
-        a0 = g * 0.0
-        a1 = g * 0.0
-        a2 = g * 0.0
-        if NS0:
-            a0 = tl.load(p0 + offs, mask=m, other=0.0)
-        if NS1:
-            a1 = tl.load(p1 + offs, mask=m, other=0.0)
-        if NS2:
-            a2 = tl.load(p2 + offs, mask=m, other=0.0)
+        a0, a1, a2 = _load_state(p0, p1, p2, offs, m, g, NS0, NS1, NS2)
         j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, PREV, a0, a1, a2, lr, h1, h2, raw_lr, dsig1, dsig2, c1, c2, dc1,
                           dc2, r1, r2, eps, eps_root)
         use = m & valid
@@ -353,15 +361,7 @@ def _update_tile(offs, m, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc
     if SCALED:
         g = g * inv
     x = tl.load(xp + offs, mask=m, other=0.0).to(M_DT)
-    a0 = g * 0.0
-    a1 = g * 0.0
-    a2 = g * 0.0
-    if NS0:
-        a0 = tl.load(p0 + offs, mask=m, other=0.0)
-    if NS1:
-        a1 = tl.load(p1 + offs, mask=m, other=0.0)
-    if NS2:
-        a2 = tl.load(p2 + offs, mask=m, other=0.0)
+    a0, a1, a2 = _load_state(p0, p1, p2, offs, m, g, NS0, NS1, NS2)
     if ONE_PASS:
         bad += tl.where((g - g) == 0.0, 0.0, 1.0)
         j0, j1, j2 = _jac(KIND, LEARN, MOMENTUM, PREV, a0, a1, a2, jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2,
