@@ -157,6 +157,19 @@ struct ElementMem {
   }
 };
 
+// The arrays of N elements held in registers, standing for `a`'s: x, g and the state slots `a` has.
+template <int N, typename scalar_t, typename T>
+HF_HOST_DEVICE Arrays<scalar_t, T> in_registers(const Arrays<scalar_t, T>& a, scalar_t (&x)[N], scalar_t (&g)[N],
+                                                T (&s0)[N], T (&s1)[N], T (&s2)[N]) {
+  Arrays<scalar_t, T> r;
+  r.x = x;
+  r.g = g;
+  r.s0 = a.s0 != nullptr ? s0 : nullptr;
+  r.s1 = a.s1 != nullptr ? s1 : nullptr;
+  r.s2 = a.s2 != nullptr ? s2 : nullptr;
+  return r;
+}
+
 // The sums g * J of N elements held in registers (`r`: their state as loaded; `g`: their gradients) and the
 // non-finite count, added in element order (`with_jac` false: the count only).
 template <int N, typename scalar_t, typename T>
@@ -208,12 +221,7 @@ HF_HOST_DEVICE void update_pack(int kind, int learn, bool momentum, const Arrays
   Mem::load(a.g + i, g);
   if (a.s0 != nullptr && update_reads(kind, momentum, 0)) Mem::load(a.s0 + i, s0);
   if (a.s1 != nullptr && update_reads(kind, momentum, 1)) Mem::load(a.s1 + i, s1);
-  Arrays<scalar_t, T> r;
-  r.x = x;
-  r.g = g;
-  r.s0 = a.s0 != nullptr ? s0 : nullptr;
-  r.s1 = a.s1 != nullptr ? s1 : nullptr;
-  r.s2 = a.s2 != nullptr ? s2 : nullptr;
+  const Arrays<scalar_t, T> r = in_registers<N>(a, x, g, s0, s1, s2);
   update_regs<N, Mem>(kind, learn, momentum, a, i, r, x, g, s0, s1, s2, c, inv);
 }
 
@@ -231,12 +239,7 @@ HF_HOST_DEVICE void update_jac_pack(int kind, int learn, bool momentum, bool wit
   if (a.s0 != nullptr && (with_jac || (go && update_reads(kind, momentum, 0)))) Mem::load(a.s0 + i, s0);
   if (a.s1 != nullptr && (with_jac || (go && update_reads(kind, momentum, 1)))) Mem::load(a.s1 + i, s1);
   if (a.s2 != nullptr && with_jac) Mem::load(a.s2 + i, s2);
-  Arrays<scalar_t, T> r;
-  r.x = x;
-  r.g = g;
-  r.s0 = a.s0 != nullptr ? s0 : nullptr;
-  r.s1 = a.s1 != nullptr ? s1 : nullptr;
-  r.s2 = a.s2 != nullptr ? s2 : nullptr;
+  const Arrays<scalar_t, T> r = in_registers<N>(a, x, g, s0, s1, s2);
   jac_sums<N>(kind, learn, momentum, with_jac, r, g, cj, inv, acc0, acc1, acc2, bad);
   if (!go) return;
   Mem::load(a.x + i, x);
