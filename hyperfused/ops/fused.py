@@ -240,7 +240,7 @@ def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
     stolen = _STOLEN
     for i, st in enumerate(states):
         prev = st.get("prev_grad")
-        if prev is None or "prev_grad_copy" in st and st["prev_grad_copy"]:
+        if prev is None or st.get("prev_grad_copy"):
             continue
         entry = stolen.get(id(prev))                  # (_kept_version, inline: this runs per tensor and step)
         if entry is not None and entry[0]() is prev and prev._version != entry[1]:
@@ -258,31 +258,21 @@ def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
     return out
 
 
-def _may_keep_reference(st: dict, g: Tensor, work: Tensor) -> bool:
-    if torch.compiler.is_compiling():
-        return False
+def _may_keep_reference(st: dict, g: Tensor, work: Optional[Tensor]) -> bool:
+    """Whether the state may keep the gradient tensor ``g`` itself as its previous gradient (``work``: the
+    parameter as the op writes it, whose strides ``g`` must have; None when they are known to be alike)."""
     prev = st.get("prev_grad")
     # an inference tensor (a gradient made under torch.inference_mode) has no version counter to watch: copied
     return (prev is not None and not st.get("prev_grad_copy", False) and g.dtype == prev.dtype
-            and g.stride() == work.stride() and g.device == prev.device and not g.is_inference())
+            and (work is None or g.stride() == work.stride()) and g.device == prev.device and not g.is_inference())
 
 
 def _keep_flags(states: List[dict], grads: List[Tensor], work: List[Tensor], laid_out: bool) -> List[bool]:
-    """``_may_keep_reference`` of every tensor (CPU tensors of one device). ``laid_out``: the gradients are the
-    parameters' layout already (``_work_lists`` handed both over as they are), so no stride is compared."""
+    """``_may_keep_reference`` of every tensor; never under torch.compile (a trace cannot watch version
+    counters). ``laid_out``: ``_work_lists`` handed the gradients and parameters over as they are (contiguous)."""
     if torch.compiler.is_compiling():
         return [False] * len(states)
-    if not laid_out:
-        return [_may_keep_reference(st, g, w) for st, g, w in zip(states, grads, work)]
-    out = []
-    for st, g in zip(states, grads):
-        prev = st.get("prev_grad")
-        out.append(prev is not None and not st.get("prev_grad_copy", False) and g.dtype == prev.dtype
-                   and g.device == prev.device and not g.is_inference())
-    return out
-
-
-_ONES = [1.0] * 256
+    return [_may_keep_reference(st, g, None if laid_out else w) for st, g, w in zip(states, grads, work)]
 
 
 def _compiled():
@@ -356,8 +346,8 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     keep = _keep_flags(states, g, work, work is params) if may_keep else None
     # column 7 of the update's table: write the previous gradient (1) or keep the gradient tensor (0). Off the
     # CPU nothing is kept: a fill, not a copy from host memory (which a CUDA graph capture would refuse)
-    store = ([0.0 if k else 1.0 for k in keep] if may_keep else _ONES[:n] if n <= len(_ONES) else [1.0] * n) \
-        if host else torch.ones(n, dtype=torch.float64, device=dev)
+    store = ([0.0 if k else 1.0 for k in keep] if may_keep else [1.0] * n) if host \
+        else torch.ones(n, dtype=torch.float64, device=dev)
     scal = scalars(kind, learned, n, hp, raw or {}, steps, store, dev, step_offset=1.0, host=host)
     scal_jac = None
     if jac is not None:

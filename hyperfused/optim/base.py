@@ -634,13 +634,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 # the C++ kernels' verdict is on the host: one multi-tensor copy when the step was taken (the
                 # device backends never read it, also under the Triton interpreter on CPU tensors)
                 if bool(ok):
-                    dst, src = [ref.inplace(used[name]) for name in hp], [ref.inplace(t) for t in hp.values()]
-                    copy = getattr(torch, "_foreach_copy_", None)
-                    if copy is not None:
-                        copy(dst, src)
-                    else:                       # (torch before 2.1)
-                        for d, t in zip(dst, src):
-                            d.copy_(t)
+                    _copy_all([ref.inplace(used[name]) for name in hp], [ref.inplace(t) for t in hp.values()])
                 return
             for name, t in hp.items():
                 ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
@@ -1197,12 +1191,17 @@ def _flags_set_where(flags: List[Tensor], ok: Tensor, value: bool, device_path: 
         return
     both = torch.stack(flags)
     both = both.logical_or_(ok) if value else both.logical_and_(~ok)
+    _copy_all(flags, list(both.unbind(0)))
+
+
+def _copy_all(dst: List[Tensor], src: List[Tensor]) -> None:
+    """dst[i].copy_(src[i]) for every i: one multi-tensor op (a loop of copies in torch before 2.1)."""
     copy = getattr(torch, "_foreach_copy_", None)
-    if copy is None:                        # (torch before 2.1)
-        for f, b in zip(flags, both.unbind(0)):
-            f.copy_(b)
+    if copy is not None:
+        copy(dst, src)
     else:
-        copy(flags, list(both.unbind(0)))
+        for d, s in zip(dst, src):
+            d.copy_(s)
 
 
 def _all(flags: List[Tensor]) -> Tensor:
