@@ -49,12 +49,14 @@ CONFIGS = {
     "torch SGD momentum fused": (lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, fused=True), 20, None),
     "hf SGD (lr) exact": (lambda p: hf.SGD(p, lr=1e-3, hyper=hf.SGD(lr=1e-8), backend="cpu"), 20,
                           "torch SGD momentum fused"),
-    # AdamW: the decay's multiply of x (+8) and the dot product sum(g x) for the lr (+8) are their own passes
+    # AdamW: the decay multiplies x inside the update; the dot product sum(g x) for the lr (+8) is its own pass
     "torch AdamW fused": (lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, fused=True), 28, None),
+    "hf AdamW plain (no tower)": (lambda p: hf.AdamW(p, lr=1e-3, weight_decay=1e-2, backend="cpu"), 28,
+                                  "torch AdamW fused"),
     "hf AdamW (lr) exact": (lambda p: hf.AdamW(p, lr=1e-3, weight_decay=1e-2, learn=("lr",), hyper=hf.SGD(lr=1e-8),
-                                               backend="cpu"), 56, "torch AdamW fused"),
+                                               backend="cpu"), 48, "torch AdamW fused"),
     "hf AdamW (lr) one-pass": (lambda p: hf.AdamW(p, lr=1e-3, weight_decay=1e-2, learn=("lr",),
-                                                  hyper=hf.SGD(lr=1e-8), backend="cpu", one_pass=True), 48,
+                                                  hyper=hf.SGD(lr=1e-8), backend="cpu", one_pass=True), 40,
                                "torch AdamW fused"),
     # Lion: torch has none; the baseline is Lion's paper algorithm as torch's foreach ops (x, g, m read; x, m written)
     "foreach Lion": (lambda p: ForeachLion(p, lr=1e-4), 20, None),
@@ -91,7 +93,8 @@ class ForeachLion(torch.optim.Optimizer):
 GROUPS = {"step": ["torch Adam fused", "hf Adam (lr, betas) exact", "hf Adam (lr) exact", "hf Adam (lr) one-pass",
                    "hf Adam (lr, betas) one-pass", "hf Adam plain (no tower)", "torch SGD momentum fused",
                    "hf SGD (lr) exact"],
-          "adamw_lion": ["torch AdamW fused", "hf AdamW (lr) exact", "hf AdamW (lr) one-pass", "foreach Lion",
+          "adamw_lion": ["torch AdamW fused", "hf AdamW plain (no tower)", "hf AdamW (lr) exact",
+                         "hf AdamW (lr) one-pass", "foreach Lion",
                          "hf Lion (lr) exact", "hf Lion (lr) one-pass"]}
 
 
@@ -107,8 +110,9 @@ READS = {
     "torch SGD momentum fused": (0, 12),
     "hf SGD (lr) exact": (8, 8),                # pass A: g, g_prev; update: x, g
     "torch AdamW fused": (0, 16),
-    "hf AdamW (lr) exact": (20, 20),            # pass A: g, m, v and the dot g, x; the decay x, the update x, g, m, v
-    "hf AdamW (lr) one-pass": (12, 20),         # the non-finite read of g and the dot g, x; decay and update
+    "hf AdamW plain (no tower)": (4, 16),       # the non-finite read of g; the update (the decay in it)
+    "hf AdamW (lr) exact": (20, 16),            # pass A: g, m, v and the dot g, x; the update x, g, m, v
+    "hf AdamW (lr) one-pass": (12, 16),         # the non-finite read of g and the dot g, x; the update
     "foreach Lion": (0, 12),                    # x, g, m (what any Lion reads)
     "hf Lion (lr) exact": (8, 12),              # pass A: g, prev_sign; update: x, g, m
     "hf Lion (lr) one-pass": (4, 16),           # the non-finite read of g; update: x, g, m, prev_sign

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 HP_COLS = 3             # hyperparameter columns of the kernels: lr, h1 (momentum / alpha / beta1), h2 (beta2)
 STATE_SLOTS = 3         # element-wise state arrays a kernel call takes per tensor (s0, s1, s2)
 ROW_COLS = 4            # a pass's float64 row per tensor: sum g*J for each hyperparameter column, non-finite count
-TABLE_COLS = 8          # the float64 per-tensor scalar table of a pass (columns below)
+TABLE_COLS = 9          # the float64 per-tensor scalar table of a pass (columns below)
 EPS_PER_LEVEL = 2       # [eps, eps_root]: the denominators' sqrt(s + eps_root) + eps
 MAX_TOWER_LEVELS = 8    # levels 0..7 run in the compiled / Triton tower; a taller tower runs the Python tower
 TOWER_HEAD = 3          # the tower ops' desc: [K, block, top_units] ...
@@ -32,7 +32,9 @@ SCRATCH_ROWS_PER_LEVEL = 2 + STATE_SLOTS + 1   # the tower's scratch rows per le
 #                         hyperparameters, new state arrays, step (csrc/hyperfused/tower.h)
 
 # Columns of the scalar table
-COL_LR, COL_H1, COL_H2, COL_RAW_LR, COL_DSIG1, COL_DSIG2, COL_STEP, COL_VALID = range(TABLE_COLS)
+COL_LR, COL_H1, COL_H2, COL_RAW_LR, COL_DSIG1, COL_DSIG2, COL_STEP, COL_VALID, COL_DECAY = range(TABLE_COLS)
+# (COL_DECAY, the update's table only: lr * weight_decay of a decoupled decay; the update multiplies x by 1 minus it
+# before the kind's own step, in the math type; 0 where there is none, and x * 1 is x exactly)
 # Column of a row that counts non-finite gradient elements
 ROW_NONFINITE = HP_COLS
 

@@ -49,7 +49,29 @@ MAKERS = {
         ps, lr=1e-2, momentum=0.9, learn=("lr", "momentum"), hyper=hf.Adam(lr=1e-4), backend=backend)),
     "RMSprop per-tensor / SGD": lambda backend: (lambda ps: hf.RMSprop(
         ps, lr=1e-3, per_tensor=True, hyper=hf.SGD(lr=1e-6), backend=backend)),
+    "AdamW lr,weight_decay / SGD": lambda backend: (lambda ps: hf.AdamW(
+        ps, lr=1e-3, weight_decay=0.1, learn=("lr", "weight_decay"), hyper=hf.SGD(lr=1e-6), backend=backend)),
 }
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("make", ["adamw", "lion"])
+def test_decoupled_decay_runs_in_the_update_pass(backend, make):
+    """AdamW's (and Lion's) decoupled decay costs no pass over the weights of its own: the step dispatches what
+    the same optimizer without decay does, plus the product lr * weight_decay (a one-element op) and its column
+    of the update's scalar table."""
+    if backend == "cpu" and not ops.extension_available():
+        pytest.skip("the C++ extension is not built")
+    if backend == "triton" and (not ops.triton_available() or not ops._triton.interpreting()):
+        pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py)")
+    cls = hf.Lion if make == "lion" else hf.AdamW
+    plain = _dispatches(lambda ps: cls(ps, lr=1e-3, weight_decay=0.0, backend=backend), 6)
+    decayed = _dispatches(lambda ps: cls(ps, lr=1e-3, weight_decay=0.1, backend=backend), 6)
+    extra = decayed - plain
+    assert not (plain - decayed), plain - decayed
+    # the product, and its column of the scalar table: read on the host (cpu) or broadcast as a view (device)
+    assert set(extra) <= {"aten.mul.Tensor", HOST_READ, "aten.view.default", "aten.expand.default"}, extra
+    assert extra["aten.mul.Tensor"] == 1 and sum(extra.values()) <= 3, extra
 
 
 @pytest.mark.parametrize("name", list(MAKERS))

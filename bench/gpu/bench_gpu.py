@@ -69,6 +69,9 @@ HF = {
                                                        one_pass=True), (2, 2, 6), "torch Adam fused"),
     # height 0: the non-finite read of g, then torch's update
     "Adam plain (height 0)": (lambda p, b: hf.Adam(p, lr=1e-3, backend=b), (2, 2, 4), "torch Adam fused"),
+    # AdamW at height 0: the decay rides in the update, as in torch's fused AdamW
+    "AdamW plain (height 0)": (lambda p, b: hf.AdamW(p, lr=1e-3, weight_decay=1e-2, backend=b), (2, 2, 4),
+                               "torch AdamW fused"),
     # pass A reads g, g_prev; pass B reads x, g and writes x, g_prev
     "SGD (lr) exact": (lambda p, b: hf.SGD(p, lr=1e-3, hyper=hf.SGD(lr=1e-8), backend=b), (2, 2, 2),
                        "torch SGD momentum fused"),

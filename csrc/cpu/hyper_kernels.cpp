@@ -33,7 +33,7 @@ namespace hyperfused {
 namespace {
 
 constexpr int kLanes = 8;
-constexpr int kScalCols = kTableCols;  // kinds.h: lr, h1, h2, raw_lr, dsig1, dsig2, t, valid
+constexpr int kScalCols = kTableCols;  // kinds.h: lr, h1, h2, raw_lr, dsig1, dsig2, t, valid, decay
 constexpr int kOutCols = kRowCols;     // kinds.h: sum g*J_lr, g*J_h1, g*J_h2, non-finite count
 
 struct Chunk {
@@ -63,8 +63,9 @@ inline int64_t grain_of(const std::vector<Chunk>& chunks) {
 // eps: [eps, eps_root] (hyper_math.h's D(s) = sqrt(s + eps_root) + eps), checked by check_eps
 template <typename T>
 Scalars<T> scalars_row(const double* row, at::ArrayRef<double> eps) {
-  return make_scalars<T>(T(row[kColLr]), T(row[kColH1]), T(row[kColH2]), T(eps[0]), T(eps[1]), T(row[kColRawLr]),
-                         T(row[kColDsig1]), T(row[kColDsig2]), T(row[kColStep]));
+  return with_decay(make_scalars<T>(T(row[kColLr]), T(row[kColH1]), T(row[kColH2]), T(eps[0]), T(eps[1]),
+                                    T(row[kColRawLr]), T(row[kColDsig1]), T(row[kColDsig2]), T(row[kColStep])),
+                    T(row[kColDecay]));
 }
 
 // The scalars of every tensor, computed once per call (not once per chunk).

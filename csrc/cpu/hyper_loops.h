@@ -248,6 +248,13 @@ void reduce_impl(const LoopFlags& f, bool with_jac, const T* g, const T* s0, con
 }
 
 // ------------------------------------------------------------------------------------------ updates
+// The weights at k as the kind's step takes them: times the decoupled weight decay's factor 1 - lr wd (exactly x
+// where there is none: the factor is 1).
+template <typename V, typename T>
+inline V x_decayed(const T* x, int64_t k, const BothScalars<T>& sc) {
+  return ld<V>(x, k) * sc.template get<V>().decay;
+}
+
 template <typename T>
 void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int64_t begin, int64_t end,
                  const Scalars<T>& c) {
@@ -268,7 +275,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
           const V gk = ld<V>(g, k);
           V buf = ld<V>(s0, k);
           if (h1) st<V>(s1, k, buf);                  // the buffer before the update, for J_momentum
-          st<V>(x, k, sgd_nesterov_step(ld<V>(x, k), gk, buf, cc.lr, cc.h1));
+          st<V>(x, k, sgd_nesterov_step(x_decayed<V>(x, k, sc), gk, buf, cc.lr, cc.h1));
           st<V>(s0, k, buf);
           if (prev != nullptr) st<V>(prev, k, gk);    // the previous gradient, for J_lr
         });
@@ -279,7 +286,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
           const auto& cc = sc.template get<V>();
           V buf = ld<V>(s0, k);
           if (h1) st<V>(s1, k, buf);
-          st<V>(x, k, sgd_dampened_step(ld<V>(x, k), ld<V>(g, k), buf, cc.lr, cc.h1, cc.gk));
+          st<V>(x, k, sgd_dampened_step(x_decayed<V>(x, k, sc), ld<V>(g, k), buf, cc.lr, cc.h1, cc.gk));
           st<V>(s0, k, buf);
         });
       }
@@ -289,14 +296,14 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
           const auto& cc = sc.template get<V>();
           V buf = ld<V>(s0, k);
           if (h1) st<V>(s1, k, buf);                  // the buffer before the update, for J_momentum
-          st<V>(x, k, sgd_momentum_step(ld<V>(x, k), ld<V>(g, k), buf, cc.lr, cc.h1));
+          st<V>(x, k, sgd_momentum_step(x_decayed<V>(x, k, sc), ld<V>(g, k), buf, cc.lr, cc.h1));
           st<V>(s0, k, buf);
         });
       }
       return update_loop<T>(begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         const V gk = ld<V>(g, k);
-        st<V>(x, k, sgd_step(ld<V>(x, k), gk, sc.template get<V>().lr));
+        st<V>(x, k, sgd_step(x_decayed<V>(x, k, sc), gk, sc.template get<V>().lr));
         if (lr) st<V>(s0, k, gk);                       // the previous gradient, for J_lr
       });
     case kAdagrad:
@@ -305,7 +312,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
         V G = ld<V>(s0, k);
-        st<V>(x, k, adagrad_step(ld<V>(x, k), gk, G, cc.lr, cc.eps, cc.eps_root));
+        st<V>(x, k, adagrad_step(x_decayed<V>(x, k, sc), gk, G, cc.lr, cc.eps, cc.eps_root));
         st<V>(s0, k, G);
         if (any) st<V>(s1, k, gk);
       });
@@ -315,7 +322,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
         V s = ld<V>(s0, k);
-        st<V>(x, k, rmsprop_step(ld<V>(x, k), gk, s, cc.lr, cc.h1, cc.eps, cc.eps_root));
+        st<V>(x, k, rmsprop_step(x_decayed<V>(x, k, sc), gk, s, cc.lr, cc.h1, cc.eps, cc.eps_root));
         st<V>(s0, k, s);
         if (any) st<V>(s1, k, gk);
       });
@@ -324,7 +331,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         using V = decltype(z);
         const V gk = ld<V>(g, k);
         V m = ld<V>(s0, k), v = ld<V>(s1, k);
-        st<V>(x, k, adam_step(ld<V>(x, k), gk, m, v, sc.template get<V>()));
+        st<V>(x, k, adam_step(x_decayed<V>(x, k, sc), gk, m, v, sc.template get<V>()));
         st<V>(s0, k, m);
         st<V>(s1, k, v);
         if (h12) st<V>(s2, k, gk);                      // the previous gradient, for J_beta
@@ -334,7 +341,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
       return update_loop<T>(begin, end, [&](auto z, int64_t k) {
         using V = decltype(z);
         V m = ld<V>(s0, k), s;
-        st<V>(x, k, lion_step(ld<V>(x, k), ld<V>(g, k), m, s, sc.template get<V>()));
+        st<V>(x, k, lion_step(x_decayed<V>(x, k, sc), ld<V>(g, k), m, s, sc.template get<V>()));
         st<V>(s0, k, m);
         if (keep_sign) st<V>(s1, k, s);
       });

@@ -73,7 +73,7 @@ HF_HOST_DEVICE void element_jac(int kind, int learn, bool momentum, const Arrays
 template <typename scalar_t, typename T>
 HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arrays<scalar_t, T>& a, int64_t i,
                            const Scalars<T>& c, T g) {
-  const T x = Convert<T, scalar_t>::run(a.x[i]);
+  const T x = Convert<T, scalar_t>::run(a.x[i]) * c.decay;   // (decoupled weight decay first; 1 without)
   T xn;
   switch (kind) {
     case kSGD:

@@ -56,6 +56,7 @@ struct Scalars {
   T ih1c1, ih2c2;  // 1 / (h1 c1), 1 / (h2 c2): Adam's (m - g) / b1 / c1 and (v - g^2) / b2 / c2
   T ih1;           // 1 / h1: RMSprop's 1 / gamma
   T gk;            // SGD: the gradient's weight in the momentum buffer, 1 at the first step, 1 - dampening after
+  T decay;         // x's factor before the kind's step: 1 - lr wd of a decoupled weight decay (AdamW, Lion), else 1
 };
 
 template <typename T>
@@ -75,6 +76,7 @@ HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T eps_root, T ra
   s.ih1 = T(1) / h1;
   // (SGD's constants are [dampening, nesterov] (kinds.py consts); t = 0 where SGD counts no steps, dampening 0)
   s.gk = t == T(1) ? T(1) : T(1) - eps;
+  s.decay = T(1);
   // Adam's Jacobians of its first update: mh_1 = g whatever beta1, and vh_1 = g^2 whatever beta2 when v starts at
   // 0 (eps_root is Adam's initial v, kinds.py consts): exactly 0, so the terms whose difference is 0 are zeroed
   // rather than left to round-off (only Adam's Jacobians read these four)
@@ -89,6 +91,15 @@ HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T eps_root, T ra
   return s;
 }
 
+// An update's scalars with its decoupled weight decay: `lw` is lr * weight_decay (the table's kColDecay), x is
+// multiplied by 1 - lw before the kind's own step (torch's AdamW: param.mul_(1 - lr * weight_decay), then the
+// Adam step), in the math type. lw = 0 leaves the factor 1, and x * 1 is x exactly.
+template <typename T>
+HF_HOST_DEVICE Scalars<T> with_decay(Scalars<T> s, T lw) {
+  s.decay = T(1) - lw;
+  return s;
+}
+
 // The same scalars as another type (e.g. broadcast into vectors): V must be constructible from T.
 template <typename V, typename T>
 HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
@@ -97,6 +108,7 @@ HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
   o.dsig1 = V(c.dsig1); o.dsig2 = V(c.dsig2); o.c1 = V(c.c1); o.c2 = V(c.c2); o.dc1 = V(c.dc1);
   o.dc2 = V(c.dc2); o.om1 = V(c.om1); o.om2 = V(c.om2); o.ic1 = V(c.ic1); o.ic2 = V(c.ic2);
   o.ih1c1 = V(c.ih1c1); o.ih2c2 = V(c.ih2c2); o.ih1 = V(c.ih1); o.gk = V(c.gk);
+  o.decay = V(c.decay);
   return o;
 }
 

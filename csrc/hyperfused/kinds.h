@@ -11,7 +11,7 @@ namespace hyperfused {
 constexpr int kHpCols = 3;           // hyperparameter columns: lr, h1 (momentum / alpha / beta1), h2 (beta2)
 constexpr int kStateSlots = 3;       // element-wise state arrays per tensor (s0, s1, s2)
 constexpr int kRowCols = 4;          // a pass's float64 row per tensor: sum g*J per column, non-finite count
-constexpr int kTableCols = 8;        // the float64 per-tensor scalar table of a pass
+constexpr int kTableCols = 9;        // the float64 per-tensor scalar table of a pass
 constexpr int kEpsPerLevel = 2;      // [eps, eps_root]
 constexpr int kMaxTowerLevels = 8;   // levels 0..7 (a taller tower runs the Python tower)
 constexpr int kTowerHead = 3;        // the tower ops' desc: [K, block, top_units] ...
@@ -23,7 +23,9 @@ constexpr int kScratchRowsPerLevel = 2 + kStateSlots + 1;
 
 // Columns of the scalar table
 constexpr int kColLr = 0, kColH1 = 1, kColH2 = 2, kColRawLr = 3, kColDsig1 = 4, kColDsig2 = 5, kColStep = 6,
-              kColValid = 7;
+              kColValid = 7, kColDecay = 8;
+// (kColDecay, the update's table only: lr * weight_decay of a decoupled decay (AdamW, Lion); the update multiplies
+// x by 1 minus it before the kind's own step, in the math type; 0 where there is none: x * 1 is x exactly)
 // Column of a row that counts non-finite gradient elements
 constexpr int kRowNonfinite = 3;
 

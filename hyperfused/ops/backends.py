@@ -4,8 +4,11 @@ Every backend ("reference", "cpu", "cuda", "triton") answers the same calls:
 
 ``reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw, inv_scale=None)``
     pass A: level 0's hypergradients and the finite flag (``reference.hyper_reduce``'s contract);
-``update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None, inv_scale=None)``
+``update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None, inv_scale=None,
+decay=None)``
     pass B, in place where ``ok`` (one-pass mode, with ``jac``: also pass A's result from the old state);
+    ``decay``: lr * weight_decay of a decoupled weight decay (one value or one per tensor): x is multiplied by
+    1 minus it before the kind's step, in the same pass;
 ``finite(grads)``
     a 0-dim bool: every gradient element is finite;
 ``tower_plan(levels, specs, d0_flat, finite) -> (commit, ok)``
@@ -50,7 +53,7 @@ class Backend:
         raise NotImplementedError
 
     def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
-               inv_scale=None):
+               inv_scale=None, decay=None):
         raise NotImplementedError
 
     def finite(self, grads) -> Tensor:
@@ -68,7 +71,7 @@ class Backend:
         return None
 
     def update_tower(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac, levels, specs,
-                     n_group, inv_scale=None) -> Optional[Tuple[Commit, Tensor]]:
+                     n_group, inv_scale=None, decay=None) -> Optional[Tuple[Commit, Tensor]]:
         return None
 
     # ---------------------------------------------------------------- AGD
@@ -98,9 +101,10 @@ class ReferenceBackend(Backend):
         return ref.hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw)
 
     def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
-               inv_scale=None):
+               inv_scale=None, decay=None):
         _no_scale(inv_scale)
-        return ref.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac)
+        return ref.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac,
+                                decay=decay)
 
 
 def _no_scale(inv_scale) -> None:
@@ -128,10 +132,10 @@ class CompiledBackend(Backend):
                                   kernels=self._kernels(), inv_scale=inv_scale)
 
     def update(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None, jac=None,
-               inv_scale=None):
+               inv_scale=None, decay=None):
         from . import fused
         return fused.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac,
-                                  kernels=self._kernels(), inv_scale=inv_scale)
+                                  kernels=self._kernels(), inv_scale=inv_scale, decay=decay)
 
     def finite(self, grads) -> Tensor:
         from . import fused
@@ -154,12 +158,12 @@ class CompiledBackend(Backend):
         return (lambda ok_: tower.commit(levels, specs, scr, ok_)), ok
 
     def update_tower(self, kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac, levels, specs,
-                     n_group, inv_scale=None):
+                     n_group, inv_scale=None, decay=None):
         from . import tower
         if not tower.fusable(levels, specs, grads, per_tensor_lr, n_group):
             return None
         scr, tok = tower.update_plan(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac,
-                                     levels, specs, inv_scale=inv_scale)
+                                     levels, specs, inv_scale=inv_scale, decay=decay)
         return (lambda ok_: tower.commit(levels, specs, scr, ok_)), tok
 
 

@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .. import kinds
-from ..kinds import (COL_DSIG1, COL_RAW_LR, COL_STEP, COL_VALID, ROW_COLS, ROW_NONFINITE, SIGMA, SQUARE,
-                     STATE_SLOTS, TABLE_COLS)
+from ..kinds import (COL_DECAY, COL_DSIG1, COL_RAW_LR, COL_STEP, COL_VALID, ROW_COLS, ROW_NONFINITE, SIGMA,
+                     SQUARE, STATE_SLOTS, TABLE_COLS)
 from . import reference as ref
 from .tower_shape import eps_pair
 
@@ -59,15 +59,18 @@ def _eps(kind: str, cfg: dict) -> List[float]:
 
 def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], raw: Dict[str, Tensor],
             steps: Optional[List[Tensor]], valid: List, device, step_offset: float = 0.0,
-            host: bool = False) -> Tensor:
+            host: bool = False, decay: Optional[Tensor] = None) -> Tensor:
     """The float64 [n, TABLE_COLS] table (hyperfused.kinds' COL_*): lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2),
-    step, valid. ``steps``: the
-    tensors' step counts (0-dim tensors, plus ``step_offset``); ``valid``: one 0-dim tensor or number per
-    tensor. ``host``: the tensors are on the CPU and the table may be built from host numbers (the compiled
-    CPU kernels; the Triton kernels keep the tensor-op path they take on a GPU, also under the interpreter)."""
+    step, valid, decay (``decay``: an update's lr * weight_decay, one value or one per tensor; 0 if None).
+    ``steps``: the tensors' step counts (0-dim tensors, plus ``step_offset``); ``valid``: one 0-dim tensor or
+    number per tensor. ``host``: the tensors are on the CPU and the table may be built from host numbers (the
+    compiled CPU kernels; the Triton kernels keep the tensor-op path they take on a GPU, also under the
+    interpreter)."""
     values, raws, sigs = _table_columns(kind, learned)
     cols: List[Tuple[int, Optional[Tensor]]] = [(j, hp.get(name)) for j, name in values]
     cols += [(j, raw[name]) for j, name in raws]
+    if decay is not None:
+        cols.append((COL_DECAY, decay))
     sig = [(j, raw[name]) for j, name in sigs]          # the columns of dsigma(raw)
     if host and n <= _HOST_TABLE_MAX and not torch.compiler.is_compiling():   # (a traced step: tensor ops)
         return _scalars_on_host(n, cols, sig, steps, valid, step_offset)
@@ -323,12 +326,13 @@ def hyper_reduce_tower(kind, cfg, learned, per_tensor_lr, grads, states, valid, 
 
 def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=None,
                  jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None,
-                 kernels=None, inv_scale=None, tower_args=None):
+                 kernels=None, inv_scale=None, tower_args=None, decay: Optional[Tensor] = None):
     """Pass B on the compiled kernel (or ``kernels``); same contract as ``reference.hyper_update``. With
     ``jac`` (one-pass mode: the values and raw values the last update used, and the valid flags) it also
     returns pass A's deltas, computed from the old state before it is overwritten. With ``tower_args`` too (the
     tower ops' (desc, eps, slots); compiled kernels, one gradient dtype) the op hyper_update_tower runs the
-    levels above on those sums and this returns the tower's (scratch, ok) instead."""
+    levels above on those sums and this returns the tower's (scratch, ok) instead. ``decay``: lr * weight_decay of
+    a decoupled weight decay (one value, or one per tensor), by which the kernels shrink x before the update."""
     compiled = kernels is None
     kernels = kernels or _compiled()
     dt = hp["lr"].dtype
@@ -348,7 +352,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     # CPU nothing is kept: a fill, not a copy from host memory (which a CUDA graph capture would refuse)
     store = ([0.0 if k else 1.0 for k in keep] if may_keep else [1.0] * n) if host \
         else torch.ones(n, dtype=torch.float64, device=dev)
-    scal = scalars(kind, learned, n, hp, raw or {}, steps, store, dev, step_offset=1.0, host=host)
+    scal = scalars(kind, learned, n, hp, raw or {}, steps, store, dev, step_offset=1.0, host=host, decay=decay)
     scal_jac = None
     if jac is not None:
         jhp, jraw, jvalid = jac

@@ -322,11 +322,14 @@ def hyper_reduce(kind: str, cfg: dict, learned: Sequence[str], per_tensor_lr: bo
 def hyper_update(kind: str, cfg: dict, learned: Sequence[str], per_tensor_lr: bool,
                  params: List[Tensor], grads: List[Tensor], states: List[State],
                  hp: Dict[str, Tensor], ok: Tensor, raw: Optional[Dict[str, Tensor]] = None,
-                 jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None):
+                 jac: Optional[Tuple[Dict[str, Tensor], Dict[str, Tensor], Sequence[Tensor]]] = None,
+                 decay: Optional[Tensor] = None):
     """Pass B: apply the update with the new hyperparameters, in place, only where ``ok`` (0-dim bool).
 
     One-pass mode passes ``jac = (values, raw values, valid flags)`` of the last update: pass A's result
-    from the state before this update is then returned as ``(delta, finite)``.
+    from the state before this update is then returned as ``(delta, finite)``. ``decay``: lr * weight_decay of
+    a decoupled weight decay (one value, or one per tensor): x is multiplied by 1 minus it, in the math dtype,
+    before the kind's step (docs/MATH.md §4.6).
     """
     result = None
     if jac is not None:
@@ -336,7 +339,8 @@ def hyper_update(kind: str, cfg: dict, learned: Sequence[str], per_tensor_lr: bo
     dt = hp["lr"].dtype
     for i, (p, g) in enumerate(zip(params, grads)):
         x = p.detach().to(dt)
-        xn, new = update(x, g.to(dt), states[i], _tensor_hp(hp, i, per_tensor_lr), cfg, learned)
+        xd = x if decay is None else x * (1.0 - (decay[i] if decay.dim() else decay))
+        xn, new = update(xd, g.to(dt), states[i], _tensor_hp(hp, i, per_tensor_lr), cfg, learned)
         p.detach().copy_(torch.where(ok, xn, x).to(p.dtype))
         _commit_state(states[i], new, ok)
     return result

@@ -121,12 +121,12 @@ def reduce_plan(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, raw
 
 
 def update_plan(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw, jac, levels, specs,
-                inv_scale=None):
+                inv_scale=None, decay=None):
     """One-pass mode's pass B and the tentative tower step in one op (see ``fusable``): (scratch, ok)."""
     from . import fused
     args = _args(levels, specs, grads[0].device, levels[0]["hp"]["lr"].dtype)
     scr, tok = fused.hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok, raw=raw, jac=jac,
-                                  inv_scale=inv_scale, tower_args=args)
+                                  inv_scale=inv_scale, tower_args=args, decay=decay)
     return (scr, args), tok
 
 

@@ -590,7 +590,6 @@ class HyperOptimizer(torch.optim.Optimizer):
             ok = _all([plan["ok"] for plan in plans] + extra_ok)
             for plan in plans:
                 self._commit_tower(plan, ok)
-                self._decay(plan, ok)
                 self._pass_b(plan, ok)
                 self._keep_used(plan, ok)
         else:
@@ -600,7 +599,6 @@ class HyperOptimizer(torch.optim.Optimizer):
             ok_g = _all(([scaler_ok] if scaler_ok is not None else [self._grads_finite(plan) for plan in plans])
                         + lr_oks)
             for plan in plans:
-                self._decay(plan, ok_g)
                 res = self._pass_b(plan, ok_g)
                 if res is not None:                       # None: the tower ran in pass B's op
                     self._plan_tower(plan, *res)
@@ -780,8 +778,8 @@ class HyperOptimizer(torch.optim.Optimizer):
     # formula then holds with g~ for g (docs/MATH.md §4.6), the hypergradients sum g~_t * J and the kept previous
     # gradient is g~. A pure maximize on a backend that scales gradients as it reads them is folded into that
     # factor (no pass of its own); otherwise g~ is made by two multi-tensor ops into new tensors (the user's
-    # gradients are left as they are). Decoupled decay (AdamW) scales the weights by 1 - lr wd before the update
-    # (``_decay``) and adds its term to the lr hypergradient (``_decoupled_delta``).
+    # gradients are left as they are). Decoupled decay (AdamW) scales the weights by 1 - lr wd inside pass B, before
+    # the kind's step (``_decay_amount``), and adds its term to the lr hypergradient (``_decoupled_delta``).
     def _transform_grads(self, plan) -> None:
         cfg0 = plan["specs"][0][4]
         maximize, wd, dec = cfg0["maximize"], cfg0["weight_decay"], cfg0["decoupled_weight_decay"]
@@ -799,7 +797,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             if maximize:
                 grads = torch._foreach_neg(grads)
             if coupled:
-                grads = torch._foreach_add(grads, [p.detach() for p in plan["params"]], alpha=coupled)
+                grads = torch._foreach_add(grads, plan["params"], alpha=coupled)
             plan["grads"] = grads
         learned0 = plan["specs"][0][2]
         if dec and ((wd and "lr" in learned0) or WD in learned0):
@@ -811,7 +809,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         """sum(g~ * x) per tensor (float64, deterministic), 0 for a tensor that did not move at its last step. The
         gradients may still carry GradScaler's scale (the kernels of cuda/triton unscale as they read): so does the
         dot product, and it is unscaled the same way."""
-        gx = ops.multi_tensor_dot(plan["grads"], [p.detach() for p in plan["params"]])
+        gx = ops.multi_tensor_dot(plan["grads"], plan["params"])
         inv = plan.get("inv_scale")
         if inv is not None:
             gx = gx * inv.reshape(()).to(gx.dtype)
@@ -853,21 +851,14 @@ class HyperOptimizer(torch.optim.Optimizer):
         """The decoupled decay's value: the learned one (kept >= 0 by the commit) or the configured number."""
         return hp[WD] if WD in spec0[2] else spec0[4]["weight_decay"]
 
-    def _decay(self, plan, ok: Tensor) -> None:
-        """Decoupled weight decay (AdamW): x *= 1 - lr wd with the lr (and wd) this step's update uses, where
-        ``ok``."""
-        spec0 = plan["specs"][0]
+    def _decay_amount(self, spec0, vals: Dict[str, Tensor]) -> Optional[Tensor]:
+        """lr * weight_decay of the decoupled weight decay (AdamW, Lion), with the values ``vals`` this step's update
+        uses (one value, or one per tensor with per-tensor lrs); None without one. Pass B applies it: x is
+        multiplied by 1 minus it before the kind's step, in the same pass, where the step is taken."""
         cfg0 = spec0[4]
-        if not (cfg0["decoupled_weight_decay"] and (cfg0["weight_decay"] or WD in spec0[2]) and plan["params"]):
-            return
-        rows = self._rows(plan["levels"][0]["hp"], plan["index"], spec0[3])
-        lr = self._value_of(spec0, rows, "lr")
-        factor = torch.where(ok, 1.0 - lr * self._decay_value(spec0, rows), torch.ones_like(lr))
-        params = [p.detach() for p in plan["params"]]
-        if factor.dim():
-            torch._foreach_mul_(params, list(factor.unbind()))
-        else:
-            torch._foreach_mul_(params, factor)
+        if not (cfg0["decoupled_weight_decay"] and (cfg0["weight_decay"] or WD in spec0[2])):
+            return None
+        return vals["lr"] * self._decay_value(spec0, vals)
 
     def _pass_a_and_tower(self, plan) -> bool:
         """Pass A and the levels above as one call where the backend can fuse them (the compiled ops: on CUDA
@@ -896,6 +887,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         result = None
         if plan["params"]:
             rows = self._rows(rec["hp"], plan["index"], per0)
+            vals = self._values_of(spec0, rows)
+            decay = self._decay_amount(spec0, vals)
             jac = None
             if self._one_pass:
                 used = self._rows(rec["used"], plan["index"], per0)
@@ -905,16 +898,16 @@ class HyperOptimizer(torch.optim.Optimizer):
             if jac is not None and self._may_fuse_tower(plan):   # the levels above in the same op (launch)
                 fused = plan["backend"].update_tower(self.kind, cfg0, self._kernel_learned(learned0), per0,
                                                      plan["params"], plan["grads"],
-                                                     plan["states"], self._values_of(spec0, rows), ok, rows, jac,
+                                                     plan["states"], vals, ok, rows, jac,
                                                      plan["levels"], plan["specs"], plan["n"],
-                                                     inv_scale=plan.get("inv_scale"))
+                                                     inv_scale=plan.get("inv_scale"), decay=decay)
             if fused is not None:
                 plan["tower_commit"], plan["ok"] = fused
             else:
                 result = plan["backend"].update(self.kind, cfg0, self._kernel_learned(learned0), per0,
                                                 plan["params"], plan["grads"],
-                                                plan["states"], self._values_of(spec0, rows), ok, raw=rows, jac=jac,
-                                                inv_scale=plan.get("inv_scale"))
+                                                plan["states"], vals, ok, raw=rows, jac=jac,
+                                                inv_scale=plan.get("inv_scale"), decay=decay)
             # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
             if learned0:              # (the flags say whether a tensor's last update has a Jacobian)
                 _flags_set_where([st["moved"] for st in plan["states"]], ok, True)       # moved |= ok

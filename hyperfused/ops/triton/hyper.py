@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 
 from ... import kinds
-from ...kinds import ROW_COLS, ROW_NONFINITE, TABLE_COLS
+from ...kinds import COL_DECAY, ROW_COLS, ROW_NONFINITE, TABLE_COLS
 from ..fused import _dense
 
 Tensor = torch.Tensor
@@ -69,6 +69,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # the kinds' ids in the op schemas (hyperfused.kinds); _jac and _step branch on them
 SGD, ADAGRAD, RMSPROP, ADAM = (kinds.KINDS[k].id for k in ("sgd", "adagrad", "rmsprop", "adam"))
 _TABLE_COLS = tl.constexpr(TABLE_COLS)
+_COL_DECAY = tl.constexpr(COL_DECAY)
 _ROW_COLS = tl.constexpr(ROW_COLS)
 
 #: tiling: elements per tile, elements per program (a multiple of BLOCK), warps per program
@@ -96,7 +97,7 @@ def configure(block: Optional[int] = None, chunk: Optional[int] = None, num_warp
 # ------------------------------------------------------------------------------------------------ element math
 @triton.jit
 def _derived(scal_ptr, row, eps_ptr):
-    """The per-tensor scalars of one update from its float64 row (lr, h1, h2, raw_lr, dsig1, dsig2, t, flag),
+    """The per-tensor scalars of one update from its float64 row (lr, h1, h2, raw_lr, dsig1, dsig2, t, flag, ...),
     computed once per program in float64 (bias corrections 1 - b^t and their derivatives t b^(t-1) / c^2; SGD's
     weight of g in a dampened momentum buffer, 1 at the first step)."""
     base = scal_ptr + row * _TABLE_COLS
@@ -350,17 +351,18 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
 
 @triton.jit
 def _update_tile(offs, m, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
-                 lr, h1, h2, eps, eps_root, c1, c2, gk,
+                 lr, h1, h2, eps, eps_root, c1, c2, gk, dec,
                  jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
                  KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
                  NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, PREV: tl.constexpr,
                  ONE_PASS: tl.constexpr, X_DT: tl.constexpr, M_DT: tl.constexpr, SCALED: tl.constexpr):
     """One tile of pass B (``m``: the tile's mask, the step's ``ok`` included): the update in place and, in
-    one-pass mode, the sums of g J of the last update from the state before it, added to the accumulators."""
+    one-pass mode, the sums of g J of the last update from the state before it, added to the accumulators. ``dec``:
+    x's factor before the kind's step, 1 - lr wd of a decoupled weight decay (1 without: x * 1 is x)."""
     g = tl.load(gp + offs, mask=m, other=0.0).to(M_DT)
     if SCALED:
         g = g * inv
-    x = tl.load(xp + offs, mask=m, other=0.0).to(M_DT)
+    x = tl.load(xp + offs, mask=m, other=0.0).to(M_DT) * dec
     a0, a1, a2 = _load_state(p0, p1, p2, offs, m, g, NS0, NS1, NS2)
     if ONE_PASS:
         bad += tl.where((g - g) == 0.0, 0.0, 1.0)
@@ -407,6 +409,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
         scal_ptr, t, eps_ptr)
     lr_m, h1_m, h2_m, c1_m, c2_m, gk_m = lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), c1.to(M_DT), c2.to(M_DT), gk.to(M_DT)
     eps_m, epsr_m = eps64.to(M_DT), epsr64.to(M_DT)
+    dec_m = 1.0 - tl.load(scal_ptr + t * _TABLE_COLS + _COL_DECAY).to(M_DT)    # (hyper_math.h with_decay)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
@@ -431,13 +434,13 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     for k in range(0, full):                            # whole tiles: the mask is the step's ok, uniform
         acc0, acc1, acc2, bad = _update_tile(
             start + k * BLOCK + lane, ok, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
-            lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m,
+            lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m, dec_m,
             jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
             KIND, LEARN, MOMENTUM, NS0, NS1, NS2, PREV, ONE_PASS, X_DT, M_DT, SCALED)
     offs = start + full * BLOCK + lane                  # the partial last tile (an empty mask when there is none)
     acc0, acc1, acc2, bad = _update_tile(
         offs, (offs < end) & ok, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
-        lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m,
+        lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m, dec_m,
         jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
         KIND, LEARN, MOMENTUM, NS0, NS1, NS2, PREV, ONE_PASS, X_DT, M_DT, SCALED)
     if ONE_PASS:
