@@ -20,10 +20,10 @@ from hyperfused import ops
 
 from bench_cpu_step import parse_n
 
-# one tensor's scalars: lr, beta1, beta2, raw lr, dsigma1, dsigma2, step, valid (the update's table: column 7 is
-# "write the previous gradient", 0 here)
-_SCAL = [[1e-3, 0.9, 0.999, 0.0, 0.09, 0.001, 5.0, 0.0]]
-_SCAL_JAC = [[1e-3, 0.9, 0.999, 0.0, 0.09, 0.001, 4.0, 1.0]]
+# one tensor's scalars: lr, beta1, beta2, raw lr, dsigma1, dsigma2, step, valid, decay (hyperfused.kinds; the
+# update's table: column 7 is "write the previous gradient", 0 here; no decoupled decay)
+_SCAL = [[1e-3, 0.9, 0.999, 0.0, 0.09, 0.001, 5.0, 0.0, 0.0]]
+_SCAL_JAC = [[1e-3, 0.9, 0.999, 0.0, 0.09, 0.001, 4.0, 1.0, 0.0]]
 
 
 # the read-only ops among the cases: bytes each reads per element (bench_cpu_step's floors use them as probes)

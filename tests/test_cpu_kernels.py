@@ -16,6 +16,7 @@ from optim_infos import LEVEL0  # the shared test matrix (hyperfused.kinds)
 from optim_infos import cases as _cases
 from optim_infos import maker as _maker
 from hyperfused import ops
+from hyperfused.kinds import TABLE_COLS
 
 pytestmark = pytest.mark.skipif(not ops.extension_available(), reason="the C++ extension is not built")
 
@@ -203,7 +204,7 @@ def test_scalar_table_host_and_tensor_paths_agree(per_tensor):
             args = ("adam", ("lr", "beta1", "beta2"), n, hp, raw, steps, valid, "cpu", offset)
             host = fused.scalars(*args, host=True)
             ops_path = fused.scalars(*args, host=False)
-            assert host.shape == (n, 8) and host.dtype == torch.float64
+            assert host.shape == (n, TABLE_COLS) and host.dtype == torch.float64
             torch.testing.assert_close(host, ops_path, rtol=1e-15, atol=0)
             assert host[:, 6].tolist() == [i + 3 + offset for i in range(n)]
             assert host[:, 7].tolist() == [float(v) for v in valid]

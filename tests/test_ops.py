@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hyperfused import ops
+from hyperfused.kinds import TABLE_COLS
 from hyperfused.ops import reference
 
 
@@ -248,7 +249,7 @@ def test_cpp_error_messages_carry_their_numbers_dtypes_devices_and_shapes():
         pytest.skip("the C++ extension is not built")
     k = torch.ops.hyperfused
     g = [torch.randn(4)]
-    scal = torch.zeros(1, 8, dtype=torch.float64)
+    scal = torch.zeros(1, TABLE_COLS, dtype=torch.float64)
     with pytest.raises(RuntimeError) as e:
         k.hyper_reduce(0, 1, False, [0.0, 0.0], g, [torch.randn(4)], [], [], scal,
                        inv_scale=torch.ones(2, dtype=torch.float32))

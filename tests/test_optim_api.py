@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import hyperfused as hf
+from hyperfused.kinds import TABLE_COLS
 
 
 def _model(dtype=torch.float32, seed=0):
@@ -489,7 +490,7 @@ def test_kernels_apply_inv_scale_as_they_read(kernels, dtype):
     kept = [x.clone() for x in scaled]
     inv = torch.tensor([1 / 1024], dtype=torch.float64, device=dev)
     prev = [torch.randn(n, generator=g).to(dev) for n in sizes]
-    scal = torch.zeros(len(sizes), 8, dtype=torch.float64, device=dev)
+    scal = torch.zeros(len(sizes), TABLE_COLS, dtype=torch.float64, device=dev)
     scal[:, 0] = scal[:, 3] = 0.1
     scal[:, 7] = 1.0
     a = k.hyper_reduce(0, 1, False, [0.0, 0.0], scaled, prev, [], [], scal, inv_scale=inv)

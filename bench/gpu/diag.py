@@ -37,12 +37,13 @@ print("lr", opt.hyperparameters()["lr"])
 REFUSAL = r'''
 import sys, torch, hyperfused as hf
 from hyperfused import ops
+from hyperfused.kinds import TABLE_COLS
 if sys.argv[1] == "with-cuda-ext":
     print("cuda extension loaded:", ops.cuda_extension_available())
 else:
     ops.load_extension()
 g = [torch.randn(7)]
-scal = torch.zeros(1, 8, dtype=torch.float64)
+scal = torch.zeros(1, TABLE_COLS, dtype=torch.float64)
 try:
     torch.ops.hyperfused.hyper_reduce(0, 1, False, [0.0, 0.0], g, [torch.randn(7)], [], [], scal,
                                       inv_scale=torch.ones(1, dtype=torch.float32))
