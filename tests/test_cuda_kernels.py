@@ -7,6 +7,7 @@ import torch
 
 import hyperfused as hf
 from hyperfused import ops
+from hyperfused.ops import agd as agd_ops
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and ops.cuda_extension_available()),
                                 reason="needs a CUDA device and the CUDA extension (hyperfused._C_cuda)")
@@ -113,6 +114,17 @@ def test_agd_ops_on_cuda_match_the_cpu_kernels():
     for a, b in zip(torch.ops.hyperfused.agd_gtu([x.cuda() for x in grads], [u.cuda() for u in us]),
                     torch.ops.hyperfused.agd_gtu(grads, us)):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-7)
+    # tall tensors: g^T u over ranges of rows whose partial sums are added in order (agd_cuda.h agd_gtu_splits)
+    tall = [torch.randn(3000, 5, generator=g, dtype=torch.float64), torch.randn(900, 3, 3, 3, generator=g)]
+    tall_us = [torch.randn(1, 3000, dtype=torch.float64, generator=g), torch.randn(9, 900, dtype=torch.float64,
+                                                                                  generator=g)]
+    got = torch.ops.hyperfused.agd_gtu([x.cuda() for x in tall], [u.cuda() for u in tall_us])
+    for a, x, u in zip(got, tall, tall_us):
+        m = agd_ops.as_slices(x.double())
+        torch.testing.assert_close(a.cpu(), torch.bmm(m.transpose(1, 2), u.unsqueeze(2)).squeeze(2), rtol=1e-9,
+                                   atol=1e-9)
+    again = torch.ops.hyperfused.agd_gtu([x.cuda() for x in tall], [u.cuda() for u in tall_us])
+    assert all(torch.equal(a, b) for a, b in zip(got, again))
     params_c = [torch.randn(16, 8, generator=g), torch.randn(6, 4, 3, 3, generator=g)]
     params_g = [p.clone().cuda() for p in params_c]
     coef = torch.rand(10, dtype=torch.float64, generator=g)
@@ -171,7 +183,6 @@ def test_agd_normalize_rows_on_cuda_matches_the_cpu_kernel():
 
 def test_agd_kernels_on_cuda_many_tensors_and_large_ones():
     """More tensors than one table holds, a tensor larger than one table's blocks, 7x7 kernels (49 slices)."""
-    from hyperfused.ops import agd as agd_ops
     g = torch.Generator().manual_seed(1)
     shapes = [(i % 9 + 1, i % 5 + 2) for i in range(40)] + [(3000, 8000), (16, 8, 7, 7), (5, 3, 3, 3)]
     grads = [torch.randn(*s, generator=g) for s in shapes]

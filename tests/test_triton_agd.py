@@ -93,6 +93,30 @@ def test_power_iteration_half_steps_match_pytorch(dtype):
         assert _rel(b, torch.bmm(m.transpose(1, 2), u.unsqueeze(2)).squeeze(2)) <= tol
 
 
+def test_gtu_splits_the_rows_of_tensors_with_few_columns():
+    """g^T u of tall tensors (few column programs) runs per range of rows, the ranges' partial sums added in order:
+    the same values as torch's, the same bits on every call, and a grid that fills a GPU (the plan for the GPU's
+    64 columns per program)."""
+    from hyperfused.ops.triton import agd
+    shapes = [(1500, 3), (700, 5, 3, 3), (9, 4)]
+    gs = _grads(torch.float64, shapes, seed=5)
+    dims = [agd._dims(g) for g in gs]
+    plan = agd.gtu_plan(dims, max(1, agd.AGD_CONFIG["BI"] // agd._sp([d[2] for d in dims])))
+    assert [p[1] for p in plan] == [6, 3, 1]                 # row ranges: 1500 / 256, 700 / 256, one
+    gen = torch.Generator().manual_seed(6)
+    us = [nn.functional.normalize(torch.randn(d[2], d[0], generator=gen, dtype=torch.float64), dim=1).to(DEV)
+          for d in dims]
+    out = agd.agd_gtu(gs, us)
+    for g, u, b in zip(gs, us, out):
+        m = agd_ops.as_slices(g)
+        assert _rel(b, torch.bmm(m.transpose(1, 2), u.unsqueeze(2)).squeeze(2)) <= 1e-13
+    assert all(torch.equal(a, b) for a, b in zip(out, agd.agd_gtu(gs, us)))
+    for d_out, d_in in ((4096, 4096), (50257, 768), (768, 3072)):
+        cols, ranges, rows = agd.gtu_plan([(d_out, d_in, 1)], 64)[0]
+        assert cols * ranges >= min(agd.AGD_CONFIG["GTU_PROGRAMS"], cols * -(-d_out // 256)) // 2, (d_out, d_in)
+        assert ranges * rows >= d_out and (ranges - 1) * rows < d_out
+
+
 def test_many_tensors_one_launch_per_pass():
     from hyperfused.ops.triton import hyper
     shapes = [((i % 7) + 1, (i % 5) + 2) for i in range(210)]

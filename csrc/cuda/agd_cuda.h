@@ -43,8 +43,22 @@ void launch_agd_update(DType dtype, const AgdTable& table, const double* coef, c
 // gtu[s][i] = sum_o g[o][i][s] u[s][o]. Fixed summation orders: deterministic.
 void launch_agd_gv(DType dtype, const void* g, int64_t d_out, int64_t d_in, int slices, const double* v,
                    double* gv, double* sq_rows, void* stream);
+// g^T u runs in blocks of 32 columns of one slice: d_in * S / 32 blocks, too few to fill a GPU for most
+// matrices (a 4096 x 4096 matrix: 128; a 50257 x 768 embedding: 24). The rows are then split into
+// agd_gtu_splits(...) ranges of at least kGtuMinRows rows, until about kGtuTargetBlocks blocks run: each range's
+// column sums go to its own partial row of `scratch` (splits * S * d_in doubles; unused for one split) and a second
+// kernel adds the partials in range order. The split count depends on the shape only: deterministic.
+constexpr int64_t kGtuTargetBlocks = 2048;
+constexpr int64_t kGtuMinRows = 256;
+inline int agd_gtu_splits(int64_t d_out, int64_t d_in, int slices) {
+  const int64_t blocks = ((d_in + 31) / 32) * slices;
+  const int64_t want = (kGtuTargetBlocks + blocks - 1) / blocks;
+  const int64_t most = (d_out + kGtuMinRows - 1) / kGtuMinRows;
+  const int64_t r = want < most ? want : most;
+  return static_cast<int>(r < 1 ? 1 : r);
+}
 void launch_agd_gtu(DType dtype, const void* g, int64_t d_out, int64_t d_in, int slices, const double* u,
-                    double* gtu, void* stream);
+                    double* gtu, double* scratch, void* stream);
 
 // The power iteration's row normalisation for up to kAgdMaxTensors (rows, d) float64 matrices per launch: one
 // block per row sums x^2 in a fixed tree order, writes the norm to norms[norm_offset + r] and, when it is not

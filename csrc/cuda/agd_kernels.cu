@@ -5,8 +5,9 @@
 // it accumulates one sum (pass A) or reads one coefficient (pass B). Bytes per element (fp32): pass A reads
 // g (4); pass B reads w, g and writes w (12).
 // gv / gtu: one warp per (output row o, slice s) for g v (the row's d_in elements of slice s, read with
-// stride S: coalesced for matrices), one block of 32 x 8 threads per (32 columns, slice) for g^T u (32
-// consecutive columns per row read together). Every sum runs in a fixed order.
+// stride S: coalesced for matrices), one block of 32 x 8 threads per (32 columns, slice, range of rows) for g^T u
+// (32 consecutive columns per row read together; the ranges' partial sums then added in order, agd_cuda.h).
+// Every sum runs in a fixed order.
 #include <cuda_runtime.h>
 
 #include "agd_cuda.h"
@@ -109,16 +110,19 @@ __global__ void __launch_bounds__(256) agd_gv_kernel(const S* g, int64_t d_out, 
   }
 }
 
-// g^T u: block (32 columns from blockIdx.x, slice blockIdx.y), threads (32, 8): thread row y sums rows o = y,
-// y + 8, ...; the 8 row sums are then added in order.
+// g^T u: block (32 columns from blockIdx.x, slice blockIdx.y, row range blockIdx.z of `rows` rows), threads
+// (32, 8): thread row y sums the range's rows o = r0 + y, r0 + y + 8, ...; the 8 row sums are then added in order
+// into row blockIdx.z of `out` ((ranges, S, d_in): the result itself when there is one range).
 template <typename S>
-__global__ void __launch_bounds__(256) agd_gtu_kernel(const S* g, int64_t d_out, int64_t d_in, int ns,
-                                                      const double* u, double* gtu) {
+__global__ void __launch_bounds__(256) agd_gtu_kernel(const S* g, int64_t d_out, int64_t d_in, int ns, int64_t rows,
+                                                      const double* u, double* out) {
   const int64_t i = int64_t(blockIdx.x) * 32 + threadIdx.x;
   const int s = blockIdx.y;
+  const int64_t r0 = int64_t(blockIdx.z) * rows;
+  const int64_t r1 = min(d_out, r0 + rows);
   double acc = 0;
   if (i < d_in)
-    for (int64_t o = threadIdx.y; o < d_out; o += 8)
+    for (int64_t o = r0 + threadIdx.y; o < r1; o += 8)
       acc += double(to_math(g[(o * d_in + i) * ns + s])) * u[int64_t(s) * d_out + o];
   __shared__ double sh[8][32];
   sh[threadIdx.y][threadIdx.x] = acc;
@@ -126,8 +130,17 @@ __global__ void __launch_bounds__(256) agd_gtu_kernel(const S* g, int64_t d_out,
   if (threadIdx.y == 0 && i < d_in) {
     double total = 0;
     for (int y = 0; y < 8; ++y) total += sh[y][threadIdx.x];
-    gtu[int64_t(s) * d_in + i] = total;
+    out[(int64_t(blockIdx.z) * ns + s) * d_in + i] = total;
   }
+}
+
+// The row ranges' partial g^T u added in range order: gtu[j] = sum_z part[z][j], j < n = S * d_in.
+__global__ void __launch_bounds__(256) agd_gtu_ranges_kernel(const double* part, int ranges, int64_t n, double* gtu) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  double total = 0;
+  for (int z = 0; z < ranges; ++z) total += part[int64_t(z) * n + j];
+  gtu[j] = total;
 }
 
 // Row normalisation: block = one row of one tensor of the table; 256 threads stride over the row, then a fixed
@@ -194,9 +207,17 @@ struct GvLaunch {
 template <typename S>
 struct GtuLaunch {
   static void run(const void* g, int64_t d_out, int64_t d_in, int ns, const double* u, double* gtu,
-                  cudaStream_t st) {
-    const dim3 grid(unsigned((d_in + 31) / 32), unsigned(ns));
-    agd_gtu_kernel<S><<<grid, dim3(32, 8), 0, st>>>(static_cast<const S*>(g), d_out, d_in, ns, u, gtu);
+                  double* scratch, cudaStream_t st) {
+    const int splits = agd_gtu_splits(d_out, d_in, ns);
+    const int64_t rows = (d_out + splits - 1) / splits;
+    const int ranges = int((d_out + rows - 1) / rows);
+    const dim3 grid(unsigned((d_in + 31) / 32), unsigned(ns), unsigned(ranges));
+    agd_gtu_kernel<S><<<grid, dim3(32, 8), 0, st>>>(static_cast<const S*>(g), d_out, d_in, ns, rows, u,
+                                                    ranges > 1 ? scratch : gtu);
+    if (ranges > 1) {
+      const int64_t n = int64_t(ns) * d_in;
+      agd_gtu_ranges_kernel<<<unsigned((n + 255) / 256), 256, 0, st>>>(scratch, ranges, n, gtu);
+    }
   }
 };
 
@@ -225,9 +246,9 @@ void launch_agd_gv(DType dtype, const void* g, int64_t d_out, int64_t d_in, int 
 }
 
 void launch_agd_gtu(DType dtype, const void* g, int64_t d_out, int64_t d_in, int slices, const double* u,
-                    double* gtu, void* stream) {
+                    double* gtu, double* scratch, void* stream) {
   if (d_out * d_in * slices == 0) return;
-  by_dtype<GtuLaunch>(dtype, g, d_out, d_in, slices, u, gtu, static_cast<cudaStream_t>(stream));
+  by_dtype<GtuLaunch>(dtype, g, d_out, d_in, slices, u, gtu, scratch, static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace cuda

@@ -437,8 +437,12 @@ std::vector<at::Tensor> agd_gtu_cuda(at::TensorList grads, at::TensorList us) {
     auto u = us[t].to(g.device(), at::kDouble).contiguous();
     HF_CHECK(u.numel() == S * d_out, "agd_gtu: vector ", t, " must have shape (", S, ", ", d_out, ")");
     auto o = at::empty({S, d_in}, g.options().dtype(at::kDouble));
+    const int splits = agd_gtu_splits(d_out, d_in, static_cast<int>(S));
+    at::Tensor scratch;          // the row ranges' partial sums (agd_cuda.h)
+    if (splits > 1) scratch = at::empty({int64_t(splits) * S * d_in}, o.options());
     launch_agd_gtu(dtype_of(g), g.data_ptr(), d_out, d_in, static_cast<int>(S), u.data_ptr<double>(),
-                   o.data_ptr<double>(), at::cuda::getCurrentCUDAStream());
+                   o.data_ptr<double>(), splits > 1 ? scratch.data_ptr<double>() : nullptr,
+                   at::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     out.push_back(o);
   }

@@ -16,7 +16,8 @@ sum with no scatter; consecutive rows are consecutive memory, so the loads stay 
 Multi-tensor as in hyper.py: one launch per pass for every tensor, with a pointer table, a chunk map of
 (tensor, first row) and fixed-order partial sums combined by a finishing kernel (deterministic, no atomics).
 The spectral half-iterations run one program per block of output rows (g v: rows o of every slice; g^T u:
-columns i), each looping over the other dimension in a fixed order: the results are written, not accumulated.
+columns i, and, where a tensor has few columns, per range of rows, whose partial sums a finishing kernel adds in
+range order: ``gtu_plan``), each looping over the other dimension in a fixed order: deterministic.
 
 Bytes per element (fp32 gradient): sumsq reads g (4); update reads w, g and writes w (12): AGD's 16 B/param.
 gv reads g (4, v is O(d_in) per slice); gtu reads g again (4).
@@ -35,7 +36,10 @@ Tensor = torch.Tensor
 
 #: rows per tile and per program of the Frobenius passes, output rows per program of the spectral ones
 AGD_CONFIG = {"ROWS": 1024 if INTERPRET else 256, "CHUNK_ROWS": 8192 if INTERPRET else 2048, "num_warps": 4,
-              "BO": 64 if INTERPRET else 16, "BI": 256 if INTERPRET else 64, "FB": 256}
+              "BO": 64 if INTERPRET else 16, "BI": 256 if INTERPRET else 64, "FB": 256,
+              # g^T u: a tensor whose column programs are fewer than GTU_PROGRAMS has its rows split into ranges
+              # of at least GTU_MIN_ROWS rows, one program each (gtu_plan)
+              "GTU_PROGRAMS": 1024, "GTU_MIN_ROWS": 256}
 
 
 @triton.jit
@@ -154,23 +158,46 @@ def _gv_kernel(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, 
 
 
 @triton.jit
-def _gtu_kernel(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, prog_col_ptr,
-                G_DT: tl.constexpr, SP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
-    """g^T u for columns [i0, i0 + BI) of every slice of one tensor (float64 out (S, d_in))."""
-    _pid, i0, dout, din, S, gp, up, op = _mat_program(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr,
+def _gtu_kernel(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, prog_tensor_ptr, prog_col_ptr, prog_row_ptr,
+                rows_ptr, part_ptr, G_DT: tl.constexpr, SP: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
+    """g^T u over one range of rows [r0, r0 + rows) for columns [i0, i0 + BI) of every slice of one tensor: this
+    program's partial [BI, SP] (float64), added over the ranges by ``_gtu_finish``."""
+    pid, i0, dout, din, S, gp, up, _op = _mat_program(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr,
                                                       prog_tensor_ptr, prog_col_ptr, G_DT)
+    r0 = tl.load(prog_row_ptr + pid)
+    rows = tl.load(rows_ptr + tl.load(prog_tensor_ptr + pid))
+    r1 = tl.minimum(dout, r0 + rows)
     i = i0 + tl.arange(0, BI).to(tl.int64)
     ob = tl.arange(0, BO).to(tl.int64)
     c = tl.arange(0, SP)
     acc = tl.zeros([BI, SP], dtype=tl.float64)
-    for k in range(0, tl.cdiv(dout, BO)):
-        o = k * BO + ob
-        m = (o < dout)[:, None, None] & (i < din)[None, :, None] & (c < S)[None, None, :]
+    for k in range(0, tl.cdiv(r1 - r0, BO)):
+        o = r0 + k * BO + ob
+        m = (o < r1)[:, None, None] & (i < din)[None, :, None] & (c < S)[None, None, :]
         idx = (o[:, None, None] * din + i[None, :, None]) * S + c[None, None, :]
         g = tl.load(gp + idx, mask=m, other=0.0).to(tl.float64)
-        um = (o < dout)[:, None] & (c < S)[None, :]
+        um = (o < r1)[:, None] & (c < S)[None, :]
         u = tl.load(up + c[None, :] * dout + o[:, None], mask=um, other=0.0)      # u[s, o] as [BO, SP]
         acc += tl.sum(g * u[:, None, :], axis=0)
+    cell = tl.arange(0, BI)[:, None] * SP + c[None, :]
+    tl.store(part_ptr + pid * (BI * SP) + cell, acc)
+
+
+@triton.jit
+def _gtu_finish(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr, fin_tensor_ptr, fin_col_ptr, fin_first_ptr,
+                ranges_ptr, part_ptr, G_DT: tl.constexpr, SP: tl.constexpr, BI: tl.constexpr):
+    """g^T u for columns [i0, i0 + BI) of one tensor: its row ranges' partials added in range order (float64 out
+    (S, d_in))."""
+    pid, i0, _dout, din, S, _gp, _up, op = _mat_program(ptrs, n_tensors, dout_ptr, din_ptr, slices_ptr,
+                                                        fin_tensor_ptr, fin_col_ptr, G_DT)
+    first = tl.load(fin_first_ptr + pid)
+    ranges = tl.load(ranges_ptr + tl.load(fin_tensor_ptr + pid))
+    c = tl.arange(0, SP)
+    cell = tl.arange(0, BI)[:, None] * SP + c[None, :]
+    acc = tl.zeros([BI, SP], dtype=tl.float64)
+    for z in range(0, ranges):
+        acc += tl.load(part_ptr + (first + z) * (BI * SP) + cell)
+    i = i0 + tl.arange(0, BI).to(tl.int64)
     im = (i < din)[:, None] & (c < S)[None, :]
     tl.store(op + c[None, :] * din + i[:, None], acc, mask=im)
 
@@ -320,12 +347,54 @@ def agd_gtu(grads: List[Tensor], us: List[Tensor]) -> List[Tensor]:
     outs = [torch.empty(d[2], d[1], dtype=torch.float64, device=dev) for d in dims]
     BO, BI, SP = AGD_CONFIG["BO"], AGD_CONFIG["BI"], _sp([d[2] for d in dims])
     BI = max(1, BI // SP)
-    pt, pc = _block_map(dev, tuple(d[1] for d in dims), BI)
+    pt, pc, pr, rows, ft, fc, ff, ranges, n_prog = _gtu_map(dev, tuple(dims), BI)
+    part = torch.empty(n_prog, BI * SP, dtype=torch.float64, device=dev)
     ptrs = _pointer_table(dev, (grads, us, outs), len(grads))
     dout, din, sl = _dims_tensors(dev, dims)
-    _launch(_gtu_kernel, (pt.numel(),), ptrs, len(grads), dout, din, sl, pt, pc, G_DT=_TL_DTYPE[grads[0].dtype],
-            SP=SP, BO=BO, BI=BI, num_warps=AGD_CONFIG["num_warps"])
+    _launch(_gtu_kernel, (n_prog,), ptrs, len(grads), dout, din, sl, pt, pc, pr, rows, part,
+            G_DT=_TL_DTYPE[grads[0].dtype], SP=SP, BO=BO, BI=BI, num_warps=AGD_CONFIG["num_warps"])
+    _launch(_gtu_finish, (ft.numel(),), ptrs, len(grads), dout, din, sl, ft, fc, ff, ranges, part,
+            G_DT=_TL_DTYPE[grads[0].dtype], SP=SP, BI=BI, num_warps=AGD_CONFIG["num_warps"])
     return outs
+
+
+def gtu_plan(dims: Sequence[Tuple[int, int, int]], bi: int) -> List[Tuple[int, int, int]]:
+    """Per tensor of shape (d_out, d_in, S): (column programs of ``bi`` columns, row ranges, rows per range) of
+    ``agd_gtu``. A tensor with few columns (a 4096 x 4096 matrix has 64 programs of 64 columns; a 50257 x 768
+    embedding 12) would leave most of a GPU idle: its rows are split into ranges of at least GTU_MIN_ROWS rows
+    until it has about GTU_PROGRAMS programs. The plan depends on the shapes only: the sums are deterministic."""
+    out = []
+    for d_out, d_in, _s in dims:
+        cols = max(1, -(-d_in // bi))
+        want = -(-AGD_CONFIG["GTU_PROGRAMS"] // cols)
+        most = max(1, -(-d_out // AGD_CONFIG["GTU_MIN_ROWS"]))
+        r = max(1, min(want, most))
+        rows = max(1, -(-d_out // r))
+        out.append((cols, max(1, -(-d_out // rows)), rows))
+    return out
+
+
+def _gtu_map(device, dims: Tuple[Tuple[int, int, int], ...], bi: int):
+    """agd_gtu's programs (tensor, first column, first row; a column block's ranges consecutive), each tensor's
+    rows per range and range count, the finishing programs (tensor, first column, first program), cached."""
+    key = ("gtu", str(device), dims, bi, AGD_CONFIG["GTU_PROGRAMS"], AGD_CONFIG["GTU_MIN_ROWS"])
+    hit = _MAPS.get(key)
+    if hit is None:
+        plan = gtu_plan(dims, bi)
+        pt, pc, pr, ft, fc, ff = [], [], [], [], [], []
+        for t, (cols, ranges, rows) in enumerate(plan):
+            for k in range(cols):
+                ft.append(t)
+                fc.append(k * bi)
+                ff.append(len(pt))
+                for z in range(ranges):
+                    pt.append(t)
+                    pc.append(k * bi)
+                    pr.append(z * rows)
+        tables = [(pt, torch.int32), (pc, torch.int64), (pr, torch.int64), ([p[2] for p in plan], torch.int64),
+                  (ft, torch.int32), (fc, torch.int64), (ff, torch.int64), ([p[1] for p in plan], torch.int32)]
+        hit = _MAPS[key] = tuple(_device_table(v, d, device) for v, d in tables) + (len(pt),)
+    return hit
 
 
 @triton.jit
