@@ -190,13 +190,16 @@ def test_many_tensors_every_table_column(kind, variant, one_pass, monkeypatch):
                             torch.tensor(hb[name], dtype=torch.float64)) <= 1e-12, name
 
 
+@pytest.mark.parametrize("dt", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("per_tensor", [False, True])
-def test_scalar_table_host_and_tensor_paths_agree(per_tensor):
+def test_scalar_table_host_and_tensor_paths_agree(per_tensor, dt):
+    """The cpu backend's table (host numbers) and the device backends' (tensor ops) hold the same float64 values,
+    for float32 hyperparameters too (sigma' of a float32 raw value is computed in float64 on both paths)."""
     from hyperfused.ops import fused
     n = 5
     g = torch.Generator().manual_seed(3)
-    lr = torch.rand(n, generator=g, dtype=torch.float64) if per_tensor else torch.tensor(0.01, dtype=torch.float64)
-    raw = {"lr": lr, "beta1": torch.tensor(1.1, dtype=torch.float64), "beta2": torch.tensor(2.3, dtype=torch.float64)}
+    lr = torch.rand(n, generator=g, dtype=dt) if per_tensor else torch.tensor(0.01, dtype=dt)
+    raw = {"lr": lr, "beta1": torch.tensor(1.1, dtype=dt), "beta2": torch.tensor(2.3, dtype=dt)}
     hp = {"lr": lr, "beta1": fused.ref.sigma(raw["beta1"]), "beta2": fused.ref.sigma(raw["beta2"])}
     steps = [torch.tensor(float(i + 3)) for i in range(n)]
     for valid in ([torch.tensor(i % 2 == 0) for i in range(n)], [0.0, 1.0, 1.0, 0.0, 1.0]):
@@ -209,7 +212,7 @@ def test_scalar_table_host_and_tensor_paths_agree(per_tensor):
             assert host[:, 6].tolist() == [i + 3 + offset for i in range(n)]
             assert host[:, 7].tolist() == [float(v) for v in valid]
             # d/dr of sigma(r) = (tanh r + 1) / 2, written out here rather than read from ref.dsigma (which builds it)
-            for col, r in ((4, 1.1), (5, 2.3)):
+            for col, r in ((4, float(raw["beta1"])), (5, float(raw["beta2"]))):
                 assert host[:, col].tolist() == pytest.approx([(1 - math.tanh(r) ** 2) / 2] * n, rel=1e-15)
 
 

@@ -81,7 +81,7 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     for j, v in cols:
         parts[j] = v
     for j, r in sig:
-        parts[j] = ref.dsigma(r)
+        parts[j] = ref.dsigma(r.to(torch.float64))     # in float64, as the host path: the same table on every backend
     if steps is not None:
         st = torch.stack(list(steps))
         parts[COL_STEP] = st + step_offset if step_offset else st
