@@ -17,6 +17,11 @@ temperature hit all alike), CUDA events around each call, medians:
    matter), and whether the replayed trajectory equals the eager one bitwise.
 4. agd: hf.AGD Frobenius and spectral steps on ResNet-18-shaped bias-free weights, per backend.
 5. power: the warm-started power iteration vs torch.linalg.matrix_norm(ord=2) on a 4096x4096 matrix.
+6. overhead: the host cost of a step by tensor count (8, 300, 1000 tensors of 4096 elements, where launches and
+   Python, not memory, make the time): steps issued back to back, one synchronisation per round, per step, torch's
+   fused Adam against hf.Adam and hf.Adam/SGD on each backend (target: 1.5x at 1000 tensors).
+7. gtu: AGD's g^T u pass alone on a 4096x4096 matrix and a 50257x768 embedding (few column blocks: their rows
+   are split into ranges), the gradient's bytes over the time against torch's u @ g on the same matrix.
 Writes bench.json (everything) and bench.md (tables for bench/RESULTS.md, labelled with the device). Targets
 missed are printed as MISSED with the measurement.
 """
@@ -82,6 +87,9 @@ BW_TARGET = 0.85            # effective bandwidth >= 85% of torch fused Adam's
 TRITON_VS_CUDA = 1.15       # Triton within 1.15x of the CUDA backend
 SPECTRAL_VS_FRO = 2.0       # spectral AGD <= 2x Frobenius
 POWER_VS_NORM = 100.0       # power iteration >= 100x faster than matrix_norm(ord=2)
+OVERHEAD_AT_MOST = 1.5      # host cost of a step at the largest tensor count <= 1.5x torch fused Adam's
+OVERHEAD_COUNTS = (8, 300, 1000)
+GTU_SHAPES = ((4096, 4096), (50257, 768))
 
 RESNET18 = ([(64, 3, 7, 7)] + [(64, 64, 3, 3)] * 4 + [(128, 64, 3, 3)] + [(128, 128, 3, 3)] * 3 + [(128, 64, 1, 1)]
             + [(256, 128, 3, 3)] + [(256, 256, 3, 3)] * 3 + [(256, 128, 1, 1)] + [(512, 256, 3, 3)]
@@ -330,6 +338,61 @@ def power_section(reps: int, dim: int) -> dict:
     return out
 
 
+def overhead_section(rounds: int, steps: int, counts, size: int) -> dict:
+    """Per tensor count: the time of a step of small tensors (launches and Python), `steps` steps issued back to
+    back with one synchronisation at the end (as a training loop issues them), the median over `rounds` rounds
+    taken round-robin over the configurations."""
+    out = {}
+    for count in counts:
+        def build(make, seed=count):
+            g = torch.Generator(device=DEV).manual_seed(seed)
+            ps = [torch.nn.Parameter(torch.randn(size, generator=g, device=DEV) * 0.1) for _ in range(count)]
+            for p in ps:
+                p.grad = torch.randn(size, generator=g, device=DEV) * 1e-3
+            return make(ps)
+        makers = {"torch Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True)}
+        for b in backends():
+            makers[f"hf Adam [{b}]"] = lambda ps, b=b: hf.Adam(ps, lr=1e-3, backend=b)
+            makers[f"hf Adam/SGD [{b}]"] = lambda ps, b=b: hf.Adam(ps, lr=1e-3, hyper=hf.SGD(lr=1e-8), backend=b)
+        opts = {name: build(make) for name, make in makers.items()}
+        for o in opts.values():                        # state made, kernels compiled, caches filled
+            for _ in range(3):
+                o.step()
+        _sync()
+        times = {name: [] for name in opts}
+        for _ in range(rounds):
+            for name, o in opts.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    o.step()
+                _sync()
+                times[name].append((time.perf_counter() - t0) / steps)
+        base = statistics.median(times["torch Adam fused"])
+        out[str(count)] = {name: {"us": 1e6 * statistics.median(v), "ratio": statistics.median(v) / base}
+                           for name, v in times.items()}
+        del opts
+    return out
+
+
+def gtu_section(reps: int, shapes) -> dict:
+    """AGD's g^T u alone (float32 gradient, float64 u), per backend, against torch's u @ g (a gemv)."""
+    out = {}
+    g_ = torch.Generator(device=DEV).manual_seed(0)
+    for shape in shapes:
+        g = torch.randn(*shape, generator=g_, device=DEV)
+        u = torch.randn(1, shape[0], generator=g_, device=DEV, dtype=torch.float64)
+        u32 = u[0].float()
+        calls = {"torch u @ g": lambda: u32 @ g}
+        for b in backends():
+            kern = ops.backends.get(b).agd_power_kernels([g])
+            if kern is not None:
+                calls[f"agd_gtu [{b}]"] = lambda k=kern[1]: k([g], [u])
+        med = round_robin(calls, reps, 3)
+        gb = g.numel() * g.element_size() / 1e9
+        out["x".join(map(str, shape))] = {k: {"median_ms": 1e3 * v, "gbps": gb / v} for k, v in med.items()}
+    return out
+
+
 # --------------------------------------------------------------------------------------------- reports
 def _x(v, fmt="{:.2f}x"):
     return fmt.format(v) if v is not None else ""
@@ -390,6 +453,24 @@ def markdown(res: dict) -> str:
             lines.append(f"| power iteration, {k} start | {r['median_ms']:.3f} | {r['speedup']:.0f}x faster | "
                          f"{r['iterations']} | {r['rel_error']:.1e} |")
         lines += ["", f"Target: warm start >= {POWER_VS_NORM:.0f}x: {'met' if pw['met'] else '**MISSED**'}.", ""]
+    ov = res.get("overhead")
+    if ov:
+        counts = list(ov)
+        lines += ["### Host cost of a step by tensor count (4096-element float32 tensors; us per step, back to back)",
+                  "", "| configuration | " + " | ".join(f"{c} tensors | vs torch" for c in counts) + " |",
+                  "|---|" + "---|---|" * len(counts)]
+        for name in ov[counts[0]]:
+            lines.append(f"| {name} | " + " | ".join(f"{ov[c][name]['us']:.0f} | {ov[c][name]['ratio']:.2f}x"
+                                                   for c in counts) + " |")
+        lines += ["", f"Target: at most {OVERHEAD_AT_MOST}x torch's fused Adam at {counts[-1]} tensors.", ""]
+    gt = res.get("gtu")
+    if gt:
+        lines += ["### AGD g^T u alone (float32 gradient)", "", "| matrix | call | median ms | GB/s of the gradient |",
+                  "|---|---|---|---|"]
+        for shape, rows in gt.items():
+            for k, r in rows.items():
+                lines.append(f"| {shape} | {k} | {r['median_ms']:.3f} | {r['gbps']:.0f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -412,6 +493,13 @@ def missed(res: dict) -> list:
             out.append(f"agd {k}: {r['vs_frobenius']:.2f}x Frobenius > {SPECTRAL_VS_FRO}x")
     if res.get("power") and not res["power"]["met"]:
         out.append(f"power iteration: {res['power']['warm']['speedup']:.0f}x < {POWER_VS_NORM:.0f}x")
+    ov = res.get("overhead")
+    if ov:
+        last = list(ov)[-1]
+        for name, r in ov[last].items():
+            if name.startswith("hf") and r["ratio"] > OVERHEAD_AT_MOST:
+                out.append(f"host cost at {last} tensors, {name}: {r['ratio']:.2f}x torch fused Adam > "
+                           f"{OVERHEAD_AT_MOST}x")
     return out
 
 
@@ -421,7 +509,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--dry-run", action="store_true", help="CPU tensors, tiny sizes: the harness only")
     ap.add_argument("--elements", type=int, default=None, help="elements per step benchmark (default 2^28)")
-    ap.add_argument("--sections", default="copy,step,graph,agd,power")
+    ap.add_argument("--sections", default="copy,step,graph,agd,power,overhead,gtu")
     ap.add_argument("--backends", default="", help="comma-separated subset of the backends (default: all here)")
     args = ap.parse_args(argv)
     ONLY[:] = [b for b in args.backends.split(",") if b]
@@ -462,6 +550,13 @@ def main(argv=None) -> int:
     if "power" in sections:
         res["power"] = power_section(reps, 4096 if GPU else 64)
         save("power")
+    if "overhead" in sections:
+        res["overhead"] = overhead_section(3 if args.quick or not GPU else 5, 20 if GPU else 2,
+                                           OVERHEAD_COUNTS if GPU else (2, 6), 4096 if GPU else 64)
+        save("overhead")
+    if "gtu" in sections:
+        res["gtu"] = gtu_section(reps, GTU_SHAPES if GPU else ((300, 4), (64, 64)))
+        save("gtu")
     print(markdown(res))
     print("targets missed:" if res["missed"] else "targets: all met")
     for m in res["missed"]:
