@@ -88,6 +88,27 @@ def test_height_0_equals_torch(case, dtype, backend, one_pass):
                                        msg=lambda m: f"{case[0]} {backend} scale {scale}: {m}")
 
 
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("cls,state,kw", [(hf.RMSprop, "square_avg", {}), (hf.RMSprop, "square_avg", dict(alpha=0.9)),
+                                          (hf.Lion, "exp_avg", {})], ids=["rmsprop", "rmsprop-0.9", "lion-m"])
+def test_fixed_betas_enter_the_update_as_the_numbers_given(cls, state, kw, backend):
+    """1 - alpha, 1 - beta come from the numbers given, rounded once, as torch computes them (in float32 a
+    rounded 0.99 makes 1 - alpha off by 1e-6 of its value: RMSprop then drifted from torch by 4x torch's own
+    rounding error over 30 steps of a small MLP). After one step from a zero state the average is (1 - beta) g (or
+    g^2) to the last bit of the float32 product. (Adam keeps its rounded betas: its bias corrections cancel them,
+    see hyperfused.kinds' bias_corrected; the parity tests hold it to torch.)"""
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(257, generator=g))
+    p.grad = torch.randn(257, generator=g)
+    opt = cls([p], backend=backend, **kw)
+    opt.step()
+    h = kw.get("alpha", 0.99)                # RMSprop's alpha, Lion's beta2 (m' = beta2 m + (1 - beta2) g)
+    base = p.grad * p.grad if state in ("square_avg", "exp_avg_sq") else p.grad
+    want = base * torch.tensor(1.0 - h, dtype=torch.float32)
+    got = opt.state[p][state]
+    assert torch.allclose(got, want, rtol=2 ** -23, atol=0), float(((got - want) / want).abs().max())
+
+
 def test_paper_conventions_are_one_argument_away():
     """The paper's package's conventions (v_0 = eps for Adam, G_0 = 0.1 and eps under the root for Adagrad,
     eps under the root for RMSprop) differ from torch's exactly where the issue says: with 1e-4 gradients the

@@ -322,7 +322,7 @@ void update_impl(const LoopFlags& f, T* x, const T* g, T* s0, T* s1, T* s2, int6
         const auto& cc = sc.template get<V>();
         const V gk = ld<V>(g, k);
         V s = ld<V>(s0, k);
-        st<V>(x, k, rmsprop_step(x_decayed<V>(x, k, sc), gk, s, cc.lr, cc.h1, cc.eps, cc.eps_root));
+        st<V>(x, k, rmsprop_step(x_decayed<V>(x, k, sc), gk, s, cc.lr, cc.h1, cc.om1, cc.eps, cc.eps_root));
         st<V>(s0, k, s);
         if (any) st<V>(s1, k, gk);
       });

@@ -104,7 +104,7 @@ HF_HOST_DEVICE void element_update(int kind, int learn, bool momentum, const Arr
     }
     case kRMSprop: {
       T s = a.s0[i];
-      xn = rmsprop_step(x, g, s, c.lr, c.h1, c.eps, c.eps_root);
+      xn = rmsprop_step(x, g, s, c.lr, c.h1, c.om1, c.eps, c.eps_root);
       a.s0[i] = s;
       if (learn) a.s1[i] = g;
       break;

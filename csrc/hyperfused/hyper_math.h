@@ -100,6 +100,18 @@ HF_HOST_DEVICE Scalars<T> with_decay(Scalars<T> s, T lw) {
   return s;
 }
 
+// An update's scalars with the complements 1 - h1, 1 - h2 (Adam's and Lion's 1 - beta, RMSprop's 1 - alpha)
+// computed from the row's float64 values and rounded once, as torch's optimizers compute 1 - beta in double from
+// the number they were given: a fixed beta2 = 0.999 passed exactly gives the T nearest 0.001, where 1 - T(0.999)
+// is off by 1.3e-5 of it in float. For a value that is already a T (a learned one) this is the same number as
+// T(1) - h: the exact difference of two floats fits a double, and both round it once.
+template <typename T>
+HF_HOST_DEVICE Scalars<T> with_complements(Scalars<T> s, double h1, double h2) {
+  s.om1 = T(1.0 - h1);
+  s.om2 = T(1.0 - h2);
+  return s;
+}
+
 // The same scalars as another type (e.g. broadcast into vectors): V must be constructible from T.
 template <typename V, typename T>
 HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
@@ -168,8 +180,8 @@ HF_HOST_DEVICE T adagrad_jac_lr(T g_prev, T G, T eps, T eps_root) {
 
 // ------------------------------------------------------------------------------------------------ RMSprop
 template <typename T>
-HF_HOST_DEVICE T rmsprop_step(T x, T g, T& s, T lr, T gamma, T eps, T eps_root) {
-  s = gamma * s + (T(1) - gamma) * (g * g);
+HF_HOST_DEVICE T rmsprop_step(T x, T g, T& s, T lr, T gamma, T om, T eps, T eps_root) {   // om = 1 - gamma
+  s = gamma * s + om * (g * g);
   return x - lr * g / (MathOps<T>::sqrt(s + eps_root) + eps);
 }
 

@@ -79,7 +79,7 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     # path (every conversion to float64 is exact)
     parts: List[Optional[Tensor]] = [None] * TABLE_COLS
     for j, v in cols:
-        parts[j] = v
+        parts[j] = v if (v is None or isinstance(v, Tensor)) else _const(float(v), device)
     for j, r in sig:
         parts[j] = ref.dsigma(r.to(torch.float64))     # in float64, as the host path: the same table on every backend
     if steps is not None:
@@ -105,6 +105,21 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     return out if out.dtype == torch.float64 else out.to(torch.float64)
 
 
+_CONSTS: Dict[tuple, Tensor] = {}
+
+
+def _const(v: float, device) -> Tensor:
+    """A 0-dim float64 tensor holding ``v`` on ``device``, made once (a fixed hyperparameter's exact number in a
+    device table: no copy from the host per step; made by a fill, which a CUDA graph capture allows)."""
+    key = (v, str(device))
+    t = _CONSTS.get(key)
+    if t is None:
+        if len(_CONSTS) >= 1024:
+            _CONSTS.clear()
+        t = _CONSTS[key] = torch.full((), v, dtype=torch.float64, device=device)
+    return t
+
+
 # Up to this many tensors, a CPU table is built from host numbers: reading a 0-dim CPU tensor costs ~0.2 us,
 # a tensor op ~3 us (stacking 64 step counts ~21 us, reading them ~14 us), and a small model's step is made of
 # such costs. Beyond it the Python lists cost about what the tensor ops do.
@@ -121,7 +136,9 @@ def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Ten
     for j, v in cols:
         if v is None:
             continue
-        if v.numel() == 1:
+        if not isinstance(v, Tensor):           # a fixed hyperparameter's exact number
+            row[j] = float(v)
+        elif v.numel() == 1:
             row[j] = v.item()
         else:
             per.append((j, v.reshape(-1)))

@@ -851,6 +851,24 @@ class HyperOptimizer(torch.optim.Optimizer):
         """The decoupled decay's value: the learned one (kept >= 0 by the commit) or the configured number."""
         return hp[WD] if WD in spec0[2] else spec0[4]["weight_decay"]
 
+    @staticmethod
+    def _exact_fixed(spec0, vals: Dict[str, Any]) -> Dict[str, Any]:
+        """The update's values with every fixed hyperparameter but the lr as the number the group gives (a Python
+        float, exact) rather than its tensor (in the group's hyperparameter dtype): the backends then form
+        1 - beta (Adam, Lion) and 1 - alpha (RMSprop) from the exact number, as torch does. From a float32 0.999,
+        1 - beta2 is off by 1.3e-5 of its value; RMSprop, which has no bias correction to cancel it, drifted from
+        torch's float32 trajectory by 4x torch's own rounding error. Not for a bias-corrected kind (Adam: its
+        kernels make 1 - beta^t from the same rounded value, and the two roundings cancel)."""
+        lv, given, learned = spec0[0], spec0[1], spec0[2]
+        if kinds.KINDS[lv.kind].bias_corrected:
+            return vals
+        out = None
+        for name in lv.hyper_names:
+            if name != "lr" and name not in learned and name in given and name in vals:
+                out = dict(vals) if out is None else out
+                out[name] = float(given[name])
+        return vals if out is None else out
+
     def _decay_amount(self, spec0, vals: Dict[str, Tensor]) -> Optional[Tensor]:
         """lr * weight_decay of the decoupled weight decay (AdamW, Lion), with the values ``vals`` this step's update
         uses (one value, or one per tensor with per-tensor lrs); None without one. Pass B applies it: x is
@@ -887,7 +905,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         result = None
         if plan["params"]:
             rows = self._rows(rec["hp"], plan["index"], per0)
-            vals = self._values_of(spec0, rows)
+            vals = self._exact_fixed(spec0, self._values_of(spec0, rows))
             decay = self._decay_amount(spec0, vals)
             jac = None
             if self._one_pass:

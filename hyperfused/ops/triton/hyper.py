@@ -188,9 +188,9 @@ def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, PREV: 
 
 @triton.jit
 def _step(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, x, g, a0, a1, a2,
-          lr, h1, h2, eps, eps_root, c1, c2, gk):
-    """One update at one tile: the new x and state (a0, a1, a2); hyper_math.h element_update. The previous
-    gradient, where one is kept, is written by the caller."""
+          lr, h1, h2, eps, eps_root, c1, c2, gk, om1, om2):
+    """One update at one tile: the new x and state (a0, a1, a2); hyper_math.h element_update (om1, om2: 1 - h1,
+    1 - h2, with_complements). The previous gradient, where one is kept, is written by the caller."""
     if KIND == 0:
         if MOMENTUM == 3:                # Nesterov's (dampening 0)
             a1 = a0
@@ -210,16 +210,16 @@ def _step(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, x, g,
         a0 = a0 + g * g
         x = x - lr * g / (tl.sqrt(a0 + eps_root) + eps)
     elif KIND == 2:
-        a0 = h1 * a0 + (1.0 - h1) * (g * g)
+        a0 = h1 * a0 + om1 * (g * g)
         x = x - lr * g / (tl.sqrt(a0 + eps_root) + eps)
     elif KIND == 4:                      # Lion: s1 keeps sign(c) for J_lr
-        c = h1 * a0 + (1.0 - h1) * g
+        c = h1 * a0 + om1 * g
         a1 = tl.where(c > 0.0, 1.0, tl.where(c < 0.0, -1.0, 0.0)).to(a0.dtype)
-        a0 = h2 * a0 + (1.0 - h2) * g
+        a0 = h2 * a0 + om2 * g
         x = x - lr * a1
     else:
-        a0 = h1 * a0 + (1.0 - h1) * g
-        a1 = h2 * a1 + (1.0 - h2) * g * g
+        a0 = h1 * a0 + om1 * g
+        a1 = h2 * a1 + om2 * g * g
         x = x - lr * ((a0 / c1) / (tl.sqrt(a1 / c2) + eps))
     return x, a0, a1, a2
 
@@ -351,7 +351,7 @@ def _reduce_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
 
 @triton.jit
 def _update_tile(offs, m, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
-                 lr, h1, h2, eps, eps_root, c1, c2, gk, dec,
+                 lr, h1, h2, eps, eps_root, c1, c2, gk, dec, om1, om2,
                  jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
                  KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr,
                  NS0: tl.constexpr, NS1: tl.constexpr, NS2: tl.constexpr, PREV: tl.constexpr,
@@ -372,7 +372,7 @@ def _update_tile(offs, m, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc
         acc0 += tl.where(use, g * j0, 0.0)
         acc1 += tl.where(use, g * j1, 0.0)
         acc2 += tl.where(use, g * j2, 0.0)
-    x, a0, a1, a2 = _step(KIND, LEARN, MOMENTUM, x, g, a0, a1, a2, lr, h1, h2, eps, eps_root, c1, c2, gk)
+    x, a0, a1, a2 = _step(KIND, LEARN, MOMENTUM, x, g, a0, a1, a2, lr, h1, h2, eps, eps_root, c1, c2, gk, om1, om2)
     tl.store(xp + offs, _to_storage(x, X_DT), mask=m)
     # every state array given is written: the previous gradient's (slot PREV, hyperfused.kinds) with g
     if PREV == 0:
@@ -410,6 +410,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     lr_m, h1_m, h2_m, c1_m, c2_m, gk_m = lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), c1.to(M_DT), c2.to(M_DT), gk.to(M_DT)
     eps_m, epsr_m = eps64.to(M_DT), epsr64.to(M_DT)
     dec_m = 1.0 - tl.load(scal_ptr + t * _TABLE_COLS + _COL_DECAY).to(M_DT)    # (hyper_math.h with_decay)
+    om1_m, om2_m = (1.0 - h1).to(M_DT), (1.0 - h2).to(M_DT)       # in float64, rounded once (with_complements)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
@@ -434,13 +435,13 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     for k in range(0, full):                            # whole tiles: the mask is the step's ok, uniform
         acc0, acc1, acc2, bad = _update_tile(
             start + k * BLOCK + lane, ok, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
-            lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m, dec_m,
+            lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m, dec_m, om1_m, om2_m,
             jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
             KIND, LEARN, MOMENTUM, NS0, NS1, NS2, PREV, ONE_PASS, X_DT, M_DT, SCALED)
     offs = start + full * BLOCK + lane                  # the partial last tile (an empty mask when there is none)
     acc0, acc1, acc2, bad = _update_tile(
         offs, (offs < end) & ok, xp, gp, p0, p1, p2, inv, keep, jvalid, acc0, acc1, acc2, bad,
-        lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m, dec_m,
+        lr_m, h1_m, h2_m, eps_m, epsr_m, c1_m, c2_m, gk_m, dec_m, om1_m, om2_m,
         jlr, jh1, jh2, jraw, jds1, jds2, jc1, jc2, jdc1, jdc2, jr1, jr2,
         KIND, LEARN, MOMENTUM, NS0, NS1, NS2, PREV, ONE_PASS, X_DT, M_DT, SCALED)
     if ONE_PASS:
