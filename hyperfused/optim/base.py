@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import copy
 import math
+import numbers
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -855,16 +856,18 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _exact_fixed(spec0, vals: Dict[str, Any]) -> Dict[str, Any]:
         """The update's values with every fixed hyperparameter but the lr as the number the group gives (a Python
         float, exact) rather than its tensor (in the group's hyperparameter dtype): the backends then form
-        1 - beta (Adam, Lion) and 1 - alpha (RMSprop) from the exact number, as torch does. From a float32 0.999,
-        1 - beta2 is off by 1.3e-5 of its value; RMSprop, which has no bias correction to cancel it, drifted from
+        1 - beta (Lion) and 1 - alpha (RMSprop) from the exact number, as torch does. From a float32 0.99,
+        1 - alpha is off by 1e-6 of its value; RMSprop, which has no bias correction to absorb it, drifted from
         torch's float32 trajectory by 4x torch's own rounding error. Not for a bias-corrected kind (Adam: its
-        kernels make 1 - beta^t from the same rounded value, and the two roundings cancel)."""
+        kernels make 1 - beta^t from the same rounded value, and the two roundings cancel), nor for a value given
+        as a tensor (reading it would synchronise with its device)."""
         lv, given, learned = spec0[0], spec0[1], spec0[2]
         if kinds.KINDS[lv.kind].bias_corrected:
             return vals
         out = None
         for name in lv.hyper_names:
-            if name != "lr" and name not in learned and name in given and name in vals:
+            if (name != "lr" and name not in learned and name in vals
+                    and isinstance(given.get(name), numbers.Real) and not isinstance(given[name], bool)):
                 out = dict(vals) if out is None else out
                 out[name] = float(given[name])
         return vals if out is None else out
