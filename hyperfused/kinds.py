@@ -75,10 +75,6 @@ class Kind:
     #: denominators sqrt(s + eps_root) + eps; Adam's eps and v's initial value (its beta2 Jacobian at the first
     #: step is exactly 0 when v starts at 0); SGD's dampening and Nesterov flag (0 or 1)
     consts: Tuple[str, str] = ("eps", "eps_root")
-    #: divides its averages by bias corrections 1 - beta^t made from the same (rounded) betas as its 1 - beta
-    #: (Adam): the rounding of a float32 beta then cancels (m_1 / c_1 = g exactly), so its fixed betas enter the
-    #: kernels as their float32 values; the other kinds' fixed h1, h2 enter as the numbers given (torch's 1 - beta)
-    bias_corrected: bool = False
 
     @property
     def learnable_names(self) -> Tuple[str, ...]:
@@ -141,7 +137,7 @@ KINDS: Dict[str, Kind] = {k.name: k for k in (
     Kind("adam", 3, "Adam", ("lr", "beta1", "beta2"), param={"beta1": SIGMA, "beta2": SIGMA},
          slots=(Slot("exp_avg"), Slot("exp_avg_sq", init="initial_exp_avg_sq"),
                 Slot("prev_grad", lambda cfg, learned: "beta1" in learned or "beta2" in learned, prev=True)),
-         step=True, consts=("eps", "initial_exp_avg_sq"), bias_corrected=True),
+         step=True, consts=("eps", "initial_exp_avg_sq")),
     Kind("lion", 4, "Lion", ("lr", "beta1", "beta2"), learnable=("lr",),
          slots=(Slot("exp_avg"), Slot("prev_sign", lambda cfg, learned: "lr" in learned, prev=True))),
 )}

@@ -90,19 +90,22 @@ def test_height_0_equals_torch(case, dtype, backend, one_pass):
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("cls,state,kw", [(hf.RMSprop, "square_avg", {}), (hf.RMSprop, "square_avg", dict(alpha=0.9)),
-                                          (hf.Lion, "exp_avg", {})], ids=["rmsprop", "rmsprop-0.9", "lion-m"])
+                                          (hf.Lion, "exp_avg", {}), (hf.Adam, "exp_avg", {}),
+                                          (hf.Adam, "exp_avg_sq", {})],
+                         ids=["rmsprop", "rmsprop-0.9", "lion-m", "adam-m", "adam-v"])
 def test_fixed_betas_enter_the_update_as_the_numbers_given(cls, state, kw, backend):
     """1 - alpha, 1 - beta come from the numbers given, rounded once, as torch computes them (in float32 a
     rounded 0.99 makes 1 - alpha off by 1e-6 of its value: RMSprop then drifted from torch by 4x torch's own
     rounding error over 30 steps of a small MLP). After one step from a zero state the average is (1 - beta) g (or
-    g^2) to the last bit of the float32 product. (Adam keeps its rounded betas: its bias corrections cancel them,
-    see hyperfused.kinds' bias_corrected; the parity tests hold it to torch.)"""
+    g^2) to the last bit of the float32 product (Adam's bias corrections are made from the same numbers in float64:
+    the parity tests hold them to torch)."""
     g = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.randn(257, generator=g))
     p.grad = torch.randn(257, generator=g)
     opt = cls([p], backend=backend, **kw)
     opt.step()
-    h = kw.get("alpha", 0.99)                # RMSprop's alpha, Lion's beta2 (m' = beta2 m + (1 - beta2) g)
+    # RMSprop's alpha, Lion's beta2 (m' = beta2 m + (1 - beta2) g), Adam's beta1 / beta2
+    h = {"exp_avg_sq": 0.999}.get(state, 0.9) if cls is hf.Adam else kw.get("alpha", 0.99)
     base = p.grad * p.grad if state in ("square_avg", "exp_avg_sq") else p.grad
     want = base * torch.tensor(1.0 - h, dtype=torch.float32)
     got = opt.state[p][state]

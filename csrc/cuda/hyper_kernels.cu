@@ -44,20 +44,9 @@ struct VecMem {
   }
 };
 
-__device__ __forceinline__ Scalars<float> row_scalars(const double* row, const LaunchFlags& f, float) {
-  return with_decay(with_complements(make_scalars<float>(float(row[kColLr]), float(row[kColH1]), float(row[kColH2]),
-                                                         float(f.eps), float(f.eps_root), float(row[kColRawLr]),
-                                                         float(row[kColDsig1]), float(row[kColDsig2]),
-                                                         float(row[kColStep])),
-                                     row[kColH1], row[kColH2]),
-                    float(row[kColDecay]));
-}
-__device__ __forceinline__ Scalars<double> row_scalars(const double* row, const LaunchFlags& f, double) {
-  return with_decay(with_complements(make_scalars<double>(row[kColLr], row[kColH1], row[kColH2], f.eps, f.eps_root,
-                                                          row[kColRawLr], row[kColDsig1], row[kColDsig2],
-                                                          row[kColStep]),
-                                     row[kColH1], row[kColH2]),
-                    row[kColDecay]);
+template <typename T>
+__device__ __forceinline__ Scalars<T> row_scalars(const double* row, const LaunchFlags& f, T) {
+  return with_decay(row_scalars_of<T>(row, f.eps, f.eps_root), T(row[kColDecay]));
 }
 
 template <typename S, typename T>

@@ -100,18 +100,6 @@ HF_HOST_DEVICE Scalars<T> with_decay(Scalars<T> s, T lw) {
   return s;
 }
 
-// An update's scalars with the complements 1 - h1, 1 - h2 (Adam's and Lion's 1 - beta, RMSprop's 1 - alpha)
-// computed from the row's float64 values and rounded once, as torch's optimizers compute 1 - beta in double from
-// the number they were given: a fixed beta2 = 0.999 passed exactly gives the T nearest 0.001, where 1 - T(0.999)
-// is off by 1.3e-5 of it in float. For a value that is already a T (a learned one) this is the same number as
-// T(1) - h: the exact difference of two floats fits a double, and both round it once.
-template <typename T>
-HF_HOST_DEVICE Scalars<T> with_complements(Scalars<T> s, double h1, double h2) {
-  s.om1 = T(1.0 - h1);
-  s.om2 = T(1.0 - h2);
-  return s;
-}
-
 // The same scalars as another type (e.g. broadcast into vectors): V must be constructible from T.
 template <typename V, typename T>
 HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
@@ -122,6 +110,19 @@ HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
   o.ih1c1 = V(c.ih1c1); o.ih2c2 = V(c.ih2c2); o.ih1 = V(c.ih1); o.gk = V(c.gk);
   o.decay = V(c.decay);
   return o;
+}
+
+// A pass's scalars from its float64 row: every per-tensor scalar (1 - beta, the bias corrections 1 - beta^t and
+// their derivatives, the reciprocals) computed in double and rounded once to T, as torch computes 1 - beta and its
+// bias corrections in double from the numbers it was given (and as the Triton kernels do). A fixed beta2 = 0.999
+// given exactly then yields the T nearest 0.001 for both 1 - beta2 and 1 - beta2^1 (they cancel at the first step,
+// v_1 / c_2 = g^2), where forming them in float from a rounded 0.999 is off by 1.3e-5 of their value; RMSprop's
+// 1 - alpha, with no bias correction to absorb it, moved a float32 trajectory 4x further from torch's than torch's
+// own rounding. (The tower, tower.h, keeps make_scalars in T.)
+template <typename T>
+HF_HOST_DEVICE Scalars<T> row_scalars_of(const double* row, double eps, double eps_root) {
+  return cast_scalars<T>(make_scalars<double>(row[kColLr], row[kColH1], row[kColH2], eps, eps_root, row[kColRawLr],
+                                              row[kColDsig1], row[kColDsig2], row[kColStep]));
 }
 
 // ------------------------------------------------------------------------------------------------ SGD

@@ -208,13 +208,28 @@ def rmsprop_jac(st, hp, raw, cfg, learned):
 # Adam.  beta_i = sigma(b_i) when learned.  cfg: {"eps": 1e-8, "initial_exp_avg_sq": 0.0 (torch's; the paper's
 # package starts v at eps)}
 # --------------------------------------------------------------------------------------------------------
+def _f64(b):
+    return b.double() if isinstance(b, Tensor) else float(b)
+
+
+def _complement(b, dt) -> Tensor:
+    """1 - b in float64, rounded once to ``dt`` (b: a number given exactly, or a learned value's tensor), as
+    torch computes 1 - beta in double; the kernels do the same (hyper_math.h row_scalars_of)."""
+    return torch.as_tensor(1.0 - _f64(b), dtype=torch.float64).to(dt)
+
+
+def _bias(b, t: Tensor, dt) -> Tensor:
+    """The bias correction 1 - b^t in float64, rounded once to ``dt`` (torch's are computed in double)."""
+    return (1.0 - _f64(b) ** t.double()).to(dt)
+
+
 def adam_update(x, g, st, hp, cfg, learned):
     b1, b2, eps = hp["beta1"], hp["beta2"], cfg["eps"]
     t = st["step"] + 1
-    m = b1 * st["exp_avg"] + (1.0 - b1) * g
-    v = b2 * st["exp_avg_sq"] + (1.0 - b2) * g * g
-    mh = m / (1.0 - b1 ** t)
-    vh = v / (1.0 - b2 ** t)
+    m = b1 * st["exp_avg"] + _complement(b1, g.dtype) * g
+    v = b2 * st["exp_avg_sq"] + _complement(b2, g.dtype) * g * g
+    mh = m / _bias(b1, t, g.dtype)
+    vh = v / _bias(b2, t, g.dtype)
     u = mh / (vh ** 0.5 + eps)
     new: State = {"step": t, "exp_avg": m, "exp_avg_sq": v}
     if "prev_grad" in st:
@@ -226,8 +241,8 @@ def adam_jac(st, hp, raw, cfg, learned):
     b1, b2, lr, eps = hp["beta1"], hp["beta2"], hp["lr"], cfg["eps"]
     t = st["step"]
     m, v = st["exp_avg"], st["exp_avg_sq"]
-    c1 = 1.0 - b1 ** t
-    c2 = 1.0 - b2 ** t
+    c1 = _bias(b1, t, m.dtype)
+    c2 = _bias(b2, t, m.dtype)
     mh = m / c1
     S = (v / c2).sqrt()
     den = S + eps

@@ -855,15 +855,12 @@ class HyperOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _exact_fixed(spec0, vals: Dict[str, Any]) -> Dict[str, Any]:
         """The update's values with every fixed hyperparameter but the lr as the number the group gives (a Python
-        float, exact) rather than its tensor (in the group's hyperparameter dtype): the backends then form
-        1 - beta (Lion) and 1 - alpha (RMSprop) from the exact number, as torch does. From a float32 0.99,
-        1 - alpha is off by 1e-6 of its value; RMSprop, which has no bias correction to absorb it, drifted from
-        torch's float32 trajectory by 4x torch's own rounding error. Not for a bias-corrected kind (Adam: its
-        kernels make 1 - beta^t from the same rounded value, and the two roundings cancel), nor for a value given
-        as a tensor (reading it would synchronise with its device)."""
+        float, exact) rather than its tensor (in the group's hyperparameter dtype): the backends then form 1 - beta,
+        1 - alpha and Adam's bias corrections 1 - beta^t from the exact number in float64, as torch does. From a
+        float32 0.99, 1 - alpha is off by 1e-6 of its value; RMSprop, which has no bias correction to absorb it,
+        drifted from torch's float32 trajectory by 4x torch's own rounding error. Not for a value given as a tensor
+        (reading it would synchronise with its device)."""
         lv, given, learned = spec0[0], spec0[1], spec0[2]
-        if kinds.KINDS[lv.kind].bias_corrected:
-            return vals
         out = None
         for name in lv.hyper_names:
             if (name != "lr" and name not in learned and name in vals
