@@ -190,7 +190,8 @@ def _jac(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, PREV: 
 def _step(KIND: tl.constexpr, LEARN: tl.constexpr, MOMENTUM: tl.constexpr, x, g, a0, a1, a2,
           lr, h1, h2, eps, eps_root, c1, c2, gk, om1, om2):
     """One update at one tile: the new x and state (a0, a1, a2); hyper_math.h element_update (om1, om2: 1 - h1,
-    1 - h2, with_complements). The previous gradient, where one is kept, is written by the caller."""
+    1 - h2, computed in float64: hyper_math.h row_scalars_of). The previous gradient, where one is kept, is written
+    by the caller."""
     if KIND == 0:
         if MOMENTUM == 3:                # Nesterov's (dampening 0)
             a1 = a0
@@ -410,7 +411,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
     lr_m, h1_m, h2_m, c1_m, c2_m, gk_m = lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), c1.to(M_DT), c2.to(M_DT), gk.to(M_DT)
     eps_m, epsr_m = eps64.to(M_DT), epsr64.to(M_DT)
     dec_m = 1.0 - tl.load(scal_ptr + t * _TABLE_COLS + _COL_DECAY).to(M_DT)    # (hyper_math.h with_decay)
-    om1_m, om2_m = (1.0 - h1).to(M_DT), (1.0 - h2).to(M_DT)       # in float64, rounded once (with_complements)
+    om1_m, om2_m = (1.0 - h1).to(M_DT), (1.0 - h2).to(M_DT)       # in float64, rounded once (row_scalars_of)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
     acc1 = tl.zeros([BLOCK], dtype=M_DT)
