@@ -63,7 +63,7 @@ inline int64_t grain_of(const std::vector<Chunk>& chunks) {
 // eps: [eps, eps_root] (hyper_math.h's D(s) = sqrt(s + eps_root) + eps), checked by check_eps
 template <typename T>
 Scalars<T> scalars_row(const double* row, at::ArrayRef<double> eps) {
-  return with_decay(row_scalars_of<T>(row, eps[0], eps[1]), T(row[kColDecay]));
+  return row_scalars_of<T>(row, eps[0], eps[1]);
 }
 
 // The scalars of every tensor, computed once per call (not once per chunk).

@@ -46,7 +46,7 @@ struct VecMem {
 
 template <typename T>
 __device__ __forceinline__ Scalars<T> row_scalars(const double* row, const LaunchFlags& f, T) {
-  return with_decay(row_scalars_of<T>(row, f.eps, f.eps_root), T(row[kColDecay]));
+  return row_scalars_of<T>(row, f.eps, f.eps_root);
 }
 
 template <typename S, typename T>

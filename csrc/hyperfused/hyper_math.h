@@ -91,15 +91,6 @@ HF_HOST_DEVICE Scalars<T> make_scalars(T lr, T h1, T h2, T eps, T eps_root, T ra
   return s;
 }
 
-// An update's scalars with its decoupled weight decay: `lw` is lr * weight_decay (the table's kColDecay), x is
-// multiplied by 1 - lw before the kind's own step (torch's AdamW: param.mul_(1 - lr * weight_decay), then the
-// Adam step), in the math type. lw = 0 leaves the factor 1, and x * 1 is x exactly.
-template <typename T>
-HF_HOST_DEVICE Scalars<T> with_decay(Scalars<T> s, T lw) {
-  s.decay = T(1) - lw;
-  return s;
-}
-
 // The same scalars as another type (e.g. broadcast into vectors): V must be constructible from T.
 template <typename V, typename T>
 HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
@@ -118,11 +109,15 @@ HF_HOST_DEVICE Scalars<V> cast_scalars(const Scalars<T>& c) {
 // given exactly then yields the T nearest 0.001 for both 1 - beta2 and 1 - beta2^1 (they cancel at the first step,
 // v_1 / c_2 = g^2), where forming them in float from a rounded 0.999 is off by 1.3e-5 of their value; RMSprop's
 // 1 - alpha, with no bias correction to absorb it, moved a float32 trajectory 4x further from torch's than torch's
-// own rounding. (The tower, tower.h, keeps make_scalars in T.)
+// own rounding. (The tower, tower.h, keeps make_scalars in T.) The decoupled weight decay: kColDecay holds
+// lr * weight_decay, and x is multiplied by 1 - lw, in T, before the kind's own step (torch's AdamW:
+// param.mul_(1 - lr * weight_decay), then the Adam step); lw = 0 leaves the factor 1, and x * 1 is x exactly.
 template <typename T>
 HF_HOST_DEVICE Scalars<T> row_scalars_of(const double* row, double eps, double eps_root) {
-  return cast_scalars<T>(make_scalars<double>(row[kColLr], row[kColH1], row[kColH2], eps, eps_root, row[kColRawLr],
-                                              row[kColDsig1], row[kColDsig2], row[kColStep]));
+  Scalars<T> s = cast_scalars<T>(make_scalars<double>(row[kColLr], row[kColH1], row[kColH2], eps, eps_root,
+                                                      row[kColRawLr], row[kColDsig1], row[kColDsig2], row[kColStep]));
+  s.decay = T(1) - T(row[kColDecay]);
+  return s;
 }
 
 // ------------------------------------------------------------------------------------------------ SGD

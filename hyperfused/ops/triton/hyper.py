@@ -410,7 +410,7 @@ def _update_kernel(ptrs, numel_ptr, chunk_tensor_ptr, chunk_start_ptr, scal_ptr,
         scal_ptr, t, eps_ptr)
     lr_m, h1_m, h2_m, c1_m, c2_m, gk_m = lr.to(M_DT), h1.to(M_DT), h2.to(M_DT), c1.to(M_DT), c2.to(M_DT), gk.to(M_DT)
     eps_m, epsr_m = eps64.to(M_DT), epsr64.to(M_DT)
-    dec_m = 1.0 - tl.load(scal_ptr + t * _TABLE_COLS + _COL_DECAY).to(M_DT)    # (hyper_math.h with_decay)
+    dec_m = 1.0 - tl.load(scal_ptr + t * _TABLE_COLS + _COL_DECAY).to(M_DT)    # (hyper_math.h row_scalars_of)
     om1_m, om2_m = (1.0 - h1).to(M_DT), (1.0 - h2).to(M_DT)       # in float64, rounded once (row_scalars_of)
     keep = (zi + (store_prev != 0.0).to(tl.int32)) != 0
     acc0 = tl.zeros([BLOCK], dtype=M_DT)
