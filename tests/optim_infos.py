@@ -40,8 +40,8 @@ TOWERS = {
     2: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-7), **UPPER["adam"]),
     3: lambda: hf.RMSprop(lr=1e-4, hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.Adagrad(lr=1e-8, **UPPER["adagrad"])),
                           **UPPER["rmsprop"]),
-    # Nesterov's and dampened SGD above level 0 (the compiled and Triton backends run such towers in Python); small
-    # steps: a level learning the momentum of the one below multiplies the scales and overflows within 6 steps
+    # Nesterov's and dampened SGD above level 0 (in the compiled and Triton towers, as every kind); small steps: a
+    # level learning the momentum of the one below multiplies the scales and overflows within 6 steps
     4: lambda: hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-9, momentum=0.5, nesterov=True, learn=("lr",), hyper=hf.SGD(
         lr=1e-12, momentum=0.5, dampening=0.2, learn=("lr",), hyper=hf.SGD(lr=1e-15))), **UPPER["adam"]),
 }
@@ -89,3 +89,37 @@ def maker(kind: str, kw: Dict, height: int):
     def make(params, backend, one_pass):
         return CLS[kind](params, lr=lr0(kind), hyper=TOWERS[height](), backend=backend, one_pass=one_pass, **kw)
     return make
+
+
+# SGD levels with Nesterov's momentum (its previous gradient in slot 1 or, learning its momentum too, slot 2) and
+# with dampening (a step count: the first step takes the gradient whole) above level 0
+NESTEROV_DAMPENED_TOWERS = {
+    "adam/sgd-nesterov[lr,mu]/sgd": lambda p, b, o: hf.Adam(
+        p, lr=0.01, hyper=hf.SGD(lr=1e-7, momentum=0.5, nesterov=True, hyper=hf.SGD(lr=1e-9)), backend=b,
+        one_pass=o),
+    "adam/sgd-dampened[lr,mu]/sgd": lambda p, b, o: hf.Adam(
+        p, lr=0.01, hyper=hf.SGD(lr=1e-9, momentum=0.5, dampening=0.3, hyper=hf.SGD(lr=1e-15)), backend=b,
+        one_pass=o),
+    "sgd-per-tensor/sgd-nesterov[lr]/sgd-dampened[lr]/sgd": lambda p, b, o: hf.SGD(
+        p, lr=0.05, momentum=0.9, per_tensor=True, learn=("lr",), hyper=hf.SGD(
+            lr=1e-11, momentum=0.5, nesterov=True, learn=("lr",), hyper=hf.SGD(
+                lr=1e-20, momentum=0.5, dampening=0.3, learn=("lr",), hyper=hf.SGD(lr=1e-28))),
+        backend=b, one_pass=o),
+}
+
+
+def assert_tower_states_equal(mine, theirs, steps: int) -> None:
+    """The levels above level 0 of two optimizers hold the same state (buffers, kept gradients to float64
+    rounding; step counts and valid flags exactly), and a dampened level counted every one of ``steps`` steps."""
+    a, b = mine._group_tower(0)["levels"], theirs._group_tower(0)["levels"]
+    for k in range(1, len(b)):
+        assert set(a[k]["state"]) == set(b[k]["state"]), k
+        for key, v in b[k]["state"].items():
+            w = a[k]["state"][key]
+            if v.dtype == torch.bool or key == "step":
+                assert torch.equal(w.cpu(), v.cpu()), (k, key)
+            else:
+                assert float((w.cpu() - v.cpu()).norm() / v.norm().clamp_min(1e-30)) <= 1e-12, (k, key)
+    counted = [float(lv["state"]["step"]) for lv in a[1:] if "step" in lv["state"]]
+    damped = [cfg for *_, cfg in mine._level_specs(0)[1:] if cfg.get("momentum") and float(cfg.get("dampening", 0))]
+    assert counted == [float(steps)] * len(damped)

@@ -13,6 +13,7 @@ import torch
 
 import hyperfused as hf
 from optim_infos import LEVEL0  # the shared test matrix (hyperfused.kinds)
+from optim_infos import NESTEROV_DAMPENED_TOWERS, assert_tower_states_equal
 from optim_infos import cases as _cases
 from optim_infos import maker as _maker
 from hyperfused import ops
@@ -475,3 +476,20 @@ def test_update_tower_op_checks_its_tower_arguments_before_writing():
         assert torch.equal(p.detach(), b)
     for st, b in zip(states, before[1]):
         assert torch.equal(st["exp_avg"], b)
+
+
+@pytest.mark.parametrize("make", list(NESTEROV_DAMPENED_TOWERS.values()), ids=list(NESTEROV_DAMPENED_TOWERS))
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_compiled_tower_runs_nesterov_and_dampened_levels(make, one_pass, monkeypatch):
+    """SGD with Nesterov's momentum or dampening as a level above level 0 runs in the C++ tower ops (not the Python
+    tower), and its trajectory, hyperparameters and state (buffers, kept gradients, step counts) are the
+    reference's."""
+    from hyperfused.ops import tower
+    calls = []
+    for name in ("plan", "reduce_plan", "update_plan"):
+        real_fn = getattr(tower, name)
+        monkeypatch.setattr(tower, name, lambda *a, _f=real_fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    o_cpu = _compare(make, torch.float64, one_pass, steps=6)
+    assert len(calls) == 6 and tower.supported(*_tower_of(make))
+    _, o_ref = _run(make, torch.float64, "reference", 6, one_pass)
+    assert_tower_states_equal(o_cpu, o_ref, 6)

@@ -15,6 +15,7 @@ import torch
 
 import hyperfused as hf
 from optim_infos import LEVEL0  # the shared test matrix (hyperfused.kinds)
+from optim_infos import NESTEROV_DAMPENED_TOWERS, assert_tower_states_equal
 from optim_infos import cases as _cases
 from optim_infos import maker as _maker
 from hyperfused import ops
@@ -105,6 +106,21 @@ def test_odd_sizes_and_per_tensor_lr(one_pass):
     from hyperfused.ops.triton import hyper
     hyper.configure(block=4096 if DEV == "cpu" else 1024, chunk=16384 if DEV == "cpu" else 8192)
     _compare(_maker("adam", dict(per_tensor=True), 1), torch.float32, one_pass, steps=3, sizes=ODD)
+
+
+@pytest.mark.parametrize("make", list(NESTEROV_DAMPENED_TOWERS.values()), ids=list(NESTEROV_DAMPENED_TOWERS))
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_triton_tower_runs_nesterov_and_dampened_levels(make, one_pass, monkeypatch):
+    """SGD with Nesterov's momentum or dampening as a level above level 0 runs in the Triton tower kernel (not the
+    Python tower): trajectory, hyperparameters and the levels' state (step counts included) are the reference's."""
+    from hyperfused.ops.triton import tower
+    calls = []
+    real = tower.plan
+    monkeypatch.setattr(tower, "plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    o_tri = _compare(make, torch.float64, one_pass, steps=4)
+    assert len(calls) == 4
+    _, o_ref = _run(make, torch.float64, "reference", 4, one_pass)
+    assert_tower_states_equal(o_tri, o_ref, 4)
 
 
 def test_more_than_200_tensors_in_one_launch():

@@ -33,7 +33,8 @@ struct TowerLevel {
   T* h1 = nullptr;          // momentum / alpha / beta1 (none for Adagrad)
   T* h2 = nullptr;          // beta2
   T* s[kStateSlots] = {nullptr, nullptr, nullptr};
-  T* step = nullptr;        // Adam's step count
+  T* step = nullptr;        // the step count, where the level keeps one (Adam; SGD with dampening, whose first
+                            // step takes g whole); t = 0 where none
   bool* valid = nullptr;    // k >= 1: whether the level's state holds a last update (its Jacobian exists)
 };
 
@@ -147,7 +148,7 @@ HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, 
     const TowerLevel<T>& L = d.lv[k];
     const T* g = scr + (k - 1) * B;
     T* out = scr + k * B;
-    const T t = (kind_steps(L.kind) && L.step != nullptr) ? L.step[0] : T(0);
+    const T t = L.step != nullptr ? L.step[0] : T(0);
     T zero[1] = {T(0)};
     T sum0 = 0, sum1 = 0, sum2 = 0;
     for (int64_t r = 0; r < B; ++r) out[r] = T(0);
@@ -192,7 +193,7 @@ HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, 
     for (int64_t r = 0; r < B; ++r) xn[r] = T(0);
     tower_flat_x<T>(d.lv[k - 1], xn);
     const T* fresh = k < K ? scr + (K + k) * B : nullptr;
-    const T t = (kind_steps(L.kind) && L.step != nullptr) ? L.step[0] + T(1) : T(0);
+    const T t = L.step != nullptr ? L.step[0] + T(1) : T(0);
     T* st = scr + (2 * K + (kStateSlots + 1) * (k - 1)) * B;
     for (int j = 0; j < kStateSlots; ++j)
       for (int64_t r = 0; r < B; ++r) st[j * B + r] = (j < L.nstate && r < L.units) ? L.s[j][r] : T(0);
@@ -241,7 +242,7 @@ HF_HOST_DEVICE void tower_commit(const TowerDesc<T>& d, const T* scr, bool ok) {
     const T* st = scr + (2 * K + (kStateSlots + 1) * (k - 1)) * B;
     for (int j = 0; j < L.nstate && j < kStateSlots; ++j)
       for (int64_t r = 0; r < L.units; ++r) L.s[j][r] = st[j * B + r];
-    if (kind_steps(L.kind) && L.step != nullptr) L.step[0] = st[kStateSlots * B];
+    if (L.step != nullptr) L.step[0] = st[kStateSlots * B];
     if (L.valid != nullptr) L.valid[0] = true;
   }
 }

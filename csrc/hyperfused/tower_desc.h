@@ -2,7 +2,8 @@
 // (needs ATen: not for .cu files).
 //   desc:  [K, block, top_units] then per level k = 0..K: [kind, learn, momentum, per, nstate, nlr, units]
 //   eps:   per level kEpsPerLevel values, [eps, eps_root] (hyper_math.h's D(s) = sqrt(s + eps_root) + eps)
-//   slots: 8 per level: lr, h1, h2, s0, s1, s2, step, valid (an empty tensor where the level has none)
+//   slots: 8 per level: lr, h1, h2, s0, s1, s2, step, valid (an empty tensor where the level has none; a level
+//          above 0 keeps a step count where its configuration counts steps: kinds.py counts_steps)
 #pragma once
 
 #include <ATen/ATen.h>
@@ -75,6 +76,8 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
     HF_CHECK(L.lr != nullptr, op, ": level ", k, " has no lr");
     HF_CHECK(k == 0 || L.nstate == 0 || L.s[L.nstate - 1] != nullptr, op, ": level ", k, " lacks its state");
     HF_CHECK(k == 0 || L.valid != nullptr, op, ": level ", k, " has no valid flag");
+    HF_CHECK(k == 0 || !kind_steps(L.kind) || L.step != nullptr, op, ": level ", k,
+                " is of a kind that counts steps and has no step count");
     HF_CHECK(!(L.learn & kLearnH1) || L.h1 != nullptr, op, ": level ", k, " learns h1 but has none");
     HF_CHECK(!(L.learn & kLearnH2) || L.h2 != nullptr, op, ": level ", k, " learns beta2 but has none");
   }

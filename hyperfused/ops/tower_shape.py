@@ -26,35 +26,50 @@ def level_hp(kind: str, hp) -> list:
 
 
 def shape_of(specs) -> Dict[str, tuple]:
-    """The tower's compile-time shape: kinds, learned bits, momentum flags, per-tensor lrs, state arrays, and what
-    the kinds table says of each level's kind: its number of hyperparameters, the parametrisation of each learned
-    column (3 per level, identity where not learned), the state slot of its previous gradient (-1: none), and
-    whether it counts steps."""
+    """The tower's compile-time shape: kinds, learned bits, momentum codes (``momentum_code``), per-tensor lrs,
+    state arrays, and what the kinds table says of each level's kind: its number of hyperparameters, the
+    parametrisation of each learned column (3 per level, identity where not learned), the state slot of its
+    previous gradient for its learned set (-1: none), and whether it counts steps."""
     out = dict(KINDS=[], LEARN=[], MOM=[], PER=[], NSTATE=[], NHP=[], PARAM=[], PREV=[], STEPS=[])
     for lv, _, learned, per, cfg in specs:
         spec = kinds.KINDS[lv.kind]
         out["KINDS"].append(spec.id)
         out["LEARN"].append(spec.learn_mask(learned))
-        out["MOM"].append(bool(cfg.get("momentum", False)))
+        out["MOM"].append(momentum_code(spec.id, bool(cfg.get("momentum", False)), eps_pair(lv.kind, cfg)))
         out["PER"].append(bool(per))
         out["NSTATE"].append(len(spec.state_keys(cfg, learned)))
         out["NHP"].append(len(spec.hyper))
         out["PARAM"] += [spec.parametrisation(spec.hyper[c]) if c < len(spec.hyper) and spec.hyper[c] in learned
                          else kinds.IDENTITY for c in range(kinds.HP_COLS)]
-        out["PREV"].append(spec.prev_grad_slot(cfg))
+        out["PREV"].append(prev_slot(spec.id, spec.learn_mask(learned), bool(cfg.get("momentum", False)),
+                                     eps_pair(lv.kind, cfg)))
         out["STEPS"].append(spec.counts_steps(cfg))
     return {k: tuple(v) for k, v in out.items()}
 
 
 def compiled_covers(specs) -> bool:
     """The compiled and Triton towers run these levels: all but a learned decoupled weight decay at level 0 (not a
-    column of the kinds table) and SGD with Nesterov momentum or dampening above it (its kept gradient and step
-    count are implemented in the level-0 passes and the Python tower only). A tower holding either runs the Python
-    tower, on the device all the same."""
-    if "weight_decay" in specs[0][2]:
-        return False
-    return not any(lv.kind == "sgd" and (float(cfg.get("nesterov", 0.0)) or float(cfg.get("dampening", 0.0)))
-                   for lv, _, _, _, cfg in specs[1:])
+    column of the kinds table, whose levels have at most three hyperparameters). A tower learning it runs the
+    Python tower, on the device all the same."""
+    return "weight_decay" not in specs[0][2]
+
+
+def momentum_code(kind: int, momentum: bool, consts: Sequence[float]) -> int:
+    """The kernels' MOMENTUM: 0 none, 1 plain, 2 dampened, 3 Nesterov's (SGD's constants [dampening, nesterov])."""
+    if not momentum:
+        return 0
+    if int(kind) == kinds.KINDS["sgd"].id and float(consts[1]) != 0.0:
+        return 3
+    return 2 if int(kind) == kinds.KINDS["sgd"].id and float(consts[0]) != 0.0 else 1
+
+
+def prev_slot(kind: int, learn: int, momentum: bool, consts: Sequence[float]) -> int:
+    """The state slot of the previous gradient for learned bits ``learn`` (-1: none), as the kinds table orders the
+    state."""
+    spec = kinds.BY_ID[int(kind)]
+    cfg = {"momentum": bool(momentum), "nesterov": float(consts[1]) if spec.name == "sgd" else 0.0}
+    keys = spec.state_keys(cfg, spec.names_of(int(learn)))
+    return keys.index("prev_grad") if "prev_grad" in keys else -1
 
 
 def _nlr(levels) -> Tuple[int, ...]:

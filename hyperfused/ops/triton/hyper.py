@@ -61,6 +61,7 @@ import triton.language as tl
 from ... import kinds
 from ...kinds import COL_DECAY, ROW_COLS, ROW_NONFINITE, TABLE_COLS
 from ..fused import _dense
+from ..tower_shape import momentum_code, prev_slot
 
 Tensor = torch.Tensor
 
@@ -624,23 +625,6 @@ def _check_inv_scale(op: str, inv_scale: Optional[Tensor], device) -> None:
                          f"{inv_scale.dtype} of {inv_scale.numel()} elements on {inv_scale.device}")
 
 
-def _momentum_code(kind: int, momentum: bool, eps: Sequence[float]) -> int:
-    """The kernels' MOMENTUM: 0 none, 1 plain, 2 dampened, 3 Nesterov's (SGD's constants [dampening, nesterov])."""
-    if not momentum:
-        return 0
-    if int(kind) == SGD and float(eps[1]) != 0.0:
-        return 3
-    return 2 if int(kind) == SGD and float(eps[0]) != 0.0 else 1
-
-
-def _prev_slot(kind: int, learn: int, momentum: bool, eps: Sequence[float]) -> int:
-    """The state slot of the previous gradient (-1: none), as the kinds table orders the state."""
-    spec = kinds.BY_ID[int(kind)]
-    cfg = {"momentum": bool(momentum), "nesterov": float(eps[1]) if int(kind) == SGD else 0.0}
-    keys = spec.state_keys(cfg, spec.names_of(int(learn)))
-    return keys.index("prev_grad") if "prev_grad" in keys else -1
-
-
 def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], grads: List[Tensor], s0: List[Tensor],
                  s1: List[Tensor], s2: List[Tensor], scal: Tensor, inv_scale: Optional[Tensor] = None) -> Tensor:
     """Pass A (same arguments and result as ``torch.ops.hyperfused.hyper_reduce``)."""
@@ -661,8 +645,8 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], gr
     epst = _eps_tensor(eps, dev)
     _launch(_reduce_kernel, (chunks,), ptrs, numel, ct, cs, scal, epst, epst if inv_scale is None else inv_scale,
             part, n,
-            KIND=int(kind), LEARN=int(learn), MOMENTUM=_momentum_code(kind, momentum, eps),
-            PREV=_prev_slot(kind, learn, momentum, eps),
+            KIND=int(kind), LEARN=int(learn), MOMENTUM=momentum_code(kind, momentum, eps),
+            PREV=prev_slot(kind, learn, momentum, eps),
             NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), WITH_JAC=bool(learn),
             G_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
             SCALED=inv_scale is not None,
@@ -698,11 +682,11 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
     chunks = ct.numel()
     part = torch.empty(chunks if one_pass else 1, ROW_COLS, dtype=torch.float64, device=dev)
     # which state list holds the previous gradient (written where column COL_VALID of the table says so)
-    prev = _prev_slot(kind, learn, momentum, eps)
+    prev = prev_slot(kind, learn, momentum, eps)
     epst = _eps_tensor(eps, dev)
     _launch(_update_kernel, (chunks,), ptrs, numel, ct, cs, scal, scal_jac if one_pass else scal, epst,
             ok.reshape(()).view(torch.uint8), epst if inv_scale is None else inv_scale, part, n,
-            KIND=int(kind), LEARN=int(learn), MOMENTUM=_momentum_code(kind, momentum, eps),
+            KIND=int(kind), LEARN=int(learn), MOMENTUM=momentum_code(kind, momentum, eps),
             NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), PREV=prev, ONE_PASS=one_pass,
             X_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
             SCALED=inv_scale is not None,

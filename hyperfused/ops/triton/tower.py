@@ -206,8 +206,8 @@ def _tower_plan(tab, eps_ptr, d0_ptr, finite_ptr, scr, ok_ptr,
         eps = tl.load(eps_ptr + 2 * k).to(DT)
         eps_root = tl.load(eps_ptr + 2 * k + 1).to(DT)
         c1, c2, _dc1, _dc2, _r1, _r2 = _bias(h1, h2, t, eps_root)
-        # (gk: SGD's dampening; the levels above never have it here, backends.py runs such towers in Python)
-        xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, eps_root, c1, c2, 1.0,
+        gk = tl.where(t == 1.0, 1.0, 1.0 - eps)     # dampened SGD (constants [dampening, nesterov]): g's weight
+        xn, a0, a1, a2 = _step(KINDS[k], LEARN[k], MOM[k], x, g, s0, s1, s2, lr, h1, h2, eps, eps_root, c1, c2, gk,
                                1.0 - h1, 1.0 - h2)
         # the previous gradient, where a Jacobian of this level needs it (its slot: hyperfused.kinds)
         if PREV[k] == 0:
