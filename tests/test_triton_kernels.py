@@ -318,6 +318,38 @@ def _bf16_store_kernel():
     return k
 
 
+def test_launch_checks_take_whole_lists_and_still_name_the_offending_tensor():
+    """The wrappers check the tensors a property at a time over whole lists (the step's host cost at 1000 tensors);
+    a list that does not fit goes through the per-tensor loop, whose error names the tensor and the problem."""
+    from hyperfused.ops.triton import hyper
+    n = 5
+    gs = [torch.randn(3, 4) for _ in range(n)]
+    ps = [torch.randn(3, 4) for _ in range(n)]
+    s0 = [torch.zeros(3, 4) for _ in range(n)]
+    scal = torch.zeros(n, hyper.TABLE_COLS, dtype=torch.float64)
+    assert hyper._lists_fit(gs, ps, s0, [], [], torch.float32)      # the usual call: no per-tensor loop
+    hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    bad = [
+        ("param dtype", dict(ps=ps[:2] + [ps[2].double()] + ps[3:]), "parameter 2 must have the gradient's"),
+        ("param shape", dict(ps=ps[:4] + [torch.randn(4, 3)]), "parameter 4 must have the gradient's"),
+        ("state stride", dict(s0=[s0[0].t().contiguous().t()] + s0[1:]), "state tensor 0 must have"),
+        ("state dtype", dict(s0=s0[:1] + [s0[1].double()] + s0[2:]), "state tensor 1 must have"),
+        ("state device", dict(s0=s0[:3] + [torch.zeros(3, 4, device="meta")] + s0[4:]), "state tensor 3 must"),
+        ("grad dtype", dict(gs=gs[:1] + [gs[1].half()] + gs[2:]), "share one dtype"),
+        ("grad int", dict(gs=[g.int() for g in gs]), "gradient 0 has dtype torch.int32"),
+    ]
+    for what, kw, msg in bad:
+        args = dict(gs=gs, ps=ps, s0=s0)
+        args.update(kw)
+        assert not hyper._lists_fit(args["gs"], args["ps"], args["s0"], [], [], torch.float32), what
+        with pytest.raises((ValueError, TypeError), match=msg):
+            hyper._check("op", args["gs"], args["ps"], args["s0"], [], [], scal, torch.float32)
+    # a dense gradient that is not contiguous (with parameters laid out alike) is accepted by the loop
+    t = [torch.randn(4, 3).t() for _ in range(n)]
+    assert not hyper._lists_fit(t, t, [], [], [], torch.float32)
+    hyper._check("op", t, t, [], [], [], scal, torch.float32)
+
+
 def test_bfloat16_rounding_keeps_nan_a_nan_and_matches_torch():
     """_to_storage rounds float32 to bfloat16 on the bits (nearest even): every NaN payload stores as torch's NaN
     (0x7FC0; adding the rounding bias to some payloads carried into the sign, giving -0.0, or wrapped to +0.0), and

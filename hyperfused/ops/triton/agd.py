@@ -268,7 +268,7 @@ def agd_sumsq(grads: List[Tensor], slices: List[int]) -> Tensor:
     ct, cr, first, nrows, sl, off, total = _row_map(dev, rows, tuple(slices))
     SP = _sp(slices)
     part = torch.empty(ct.numel(), SP, dtype=torch.float64, device=dev)
-    ptrs = _pointer_table(dev, (grads,), len(grads))
+    ptrs, _ = _pointer_table(dev, (grads,), len(grads))
     _launch(_sumsq_kernel, (ct.numel(),), ptrs, nrows, sl, ct, cr, part, G_DT=_TL_DTYPE[grads[0].dtype], SP=SP,
             ROWS=max(1, AGD_CONFIG["ROWS"] // SP), CHUNK_ROWS=AGD_CONFIG["CHUNK_ROWS"],
             num_warps=AGD_CONFIG["num_warps"])
@@ -299,7 +299,7 @@ def agd_update(params: List[Tensor], grads: List[Tensor], coef: Tensor, ok: Opti
     if ok is None:
         ok = torch.ones((), dtype=torch.bool, device=dev)
     SP = _sp(slices)
-    ptrs = _pointer_table(dev, (params, grads), len(params))
+    ptrs, _ = _pointer_table(dev, (params, grads), len(params))
     _launch(_update_kernel, (ct.numel(),), ptrs, len(params), nrows, sl, off, ct, cr, coef.contiguous(),
             ok.reshape(()).view(torch.uint8), X_DT=_TL_DTYPE[params[0].dtype], SP=SP,
             ROWS=max(1, AGD_CONFIG["ROWS"] // SP), CHUNK_ROWS=AGD_CONFIG["CHUNK_ROWS"],
@@ -323,7 +323,7 @@ def agd_gv(grads: List[Tensor], vs: List[Tensor]) -> Tuple[Tensor, List[Tensor]]
     BO, BI, SP = AGD_CONFIG["BO"], AGD_CONFIG["BI"], _sp([d[2] for d in dims])
     pt, pr = _block_map(dev, tuple(d[0] for d in dims), BO)
     part = torch.empty(pt.numel(), SP, dtype=torch.float64, device=dev)
-    ptrs = _pointer_table(dev, (grads, vs, outs), len(grads))
+    ptrs, _ = _pointer_table(dev, (grads, vs, outs), len(grads))
     dout, din, sl = _dims_tensors(dev, dims)
     _launch(_gv_kernel, (pt.numel(),), ptrs, len(grads), dout, din, sl, pt, pr, part,
             G_DT=_TL_DTYPE[grads[0].dtype], SP=SP, BO=BO, BI=max(1, BI // SP), num_warps=AGD_CONFIG["num_warps"])
@@ -349,7 +349,7 @@ def agd_gtu(grads: List[Tensor], us: List[Tensor]) -> List[Tensor]:
     BI = max(1, BI // SP)
     pt, pc, pr, rows, ft, fc, ff, ranges, n_prog = _gtu_map(dev, tuple(dims), BI)
     part = torch.empty(n_prog, BI * SP, dtype=torch.float64, device=dev)
-    ptrs = _pointer_table(dev, (grads, us, outs), len(grads))
+    ptrs, _ = _pointer_table(dev, (grads, us, outs), len(grads))
     dout, din, sl = _dims_tensors(dev, dims)
     _launch(_gtu_kernel, (n_prog,), ptrs, len(grads), dout, din, sl, pt, pc, pr, rows, part,
             G_DT=_TL_DTYPE[grads[0].dtype], SP=SP, BO=BO, BI=BI, num_warps=AGD_CONFIG["num_warps"])
@@ -448,7 +448,7 @@ def agd_normalize_rows(xs: List[Tensor], dsts: List[Tensor]) -> Tensor:
     norms = torch.empty(sum(rows), dtype=torch.float64, device=dev)
     if norms.numel():
         widths = _dims_tensors(dev, tuple((x.shape[1], x.shape[1], 1) for x in xs))[0]
-        _launch(_normalize_rows_kernel, (norms.numel(),), _pointer_table(dev, (xs, dsts), len(xs)), len(xs),
+        _launch(_normalize_rows_kernel, (norms.numel(),), _pointer_table(dev, (xs, dsts), len(xs))[0], len(xs),
                 tensor_of, local, widths, norms, BW=AGD_CONFIG["FB"], num_warps=AGD_CONFIG["num_warps"])
     return norms
 

@@ -52,6 +52,7 @@ pure-PyTorch reference.
 from __future__ import annotations
 
 import os
+from operator import attrgetter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -511,17 +512,20 @@ def _chunk_map(device, sizes: Tuple[int, ...]):
     return out
 
 
-def _pointer_table(device, lists: Sequence[Sequence[Tensor]], n: int) -> Tensor:
-    addrs = tuple(tuple(t.data_ptr() for t in lst) if lst else (0,) * n for lst in lists)
+def _pointer_table(device, lists: Sequence[Sequence[Tensor]], n: int) -> Tuple[Tensor, bool]:
+    """The launch's pointer table on the device (cached per address set) and whether every address is 16-byte
+    aligned (the kernels' vector accesses)."""
+    addrs = tuple(tuple(map(Tensor.data_ptr, lst)) if lst else (0,) * n for lst in lists)
     key = (str(device), addrs)
     hit = _PTRS.get(key)
     if hit is not None:
         return hit
+    aligned = all(a % 16 == 0 for lst in addrs for a in lst)
     table = _device_table(addrs, torch.int64, device, "the pointer table")
     if len(_PTRS) >= _CACHE_MAX:
         _PTRS.clear()
-    _PTRS[key] = table
-    return table
+    _PTRS[key] = (table, aligned)
+    return table, aligned
 
 
 _EPS: Dict[tuple, Tensor] = {}
@@ -540,8 +544,30 @@ def _eps_tensor(eps: Sequence[float], device) -> Tensor:
     return t
 
 
-def _aligned(lists: Sequence[Sequence[Tensor]]) -> bool:
-    return all(t.data_ptr() % 16 == 0 for lst in lists for t in lst)
+_DTYPE, _DEVICE = attrgetter("dtype"), attrgetter("device")
+
+
+def _check_table(op: str, scal: Tensor, n: int) -> None:
+    if scal.dtype != torch.float64 or scal.dim() != 2 or scal.shape[0] != n or scal.shape[1] != TABLE_COLS \
+            or not scal.is_contiguous():
+        raise ValueError(f"{op}: scalars must be a contiguous float64 tensor of shape [{n}, {TABLE_COLS}]")
+
+
+def _lists_fit(grads, params, s0, s1, s2, math_dt) -> bool:
+    """Whether the tensors fit the kernels, checked a property at a time over each whole list (maps of C methods:
+    about 1 us per tensor instead of the 4 of a Python loop over the tensors, which costs milliseconds a step at
+    1000 tensors). False sends the call to ``_check``'s loop, which names the offending tensor (or accepts
+    non-contiguous dense gradients, which this path leaves to it)."""
+    dt, dev = grads[0].dtype, grads[0].device
+    if dt not in _TL_DTYPE or set(map(_DTYPE, grads)) != {dt} or set(map(_DEVICE, grads)) != {dev} \
+            or not all(map(Tensor.is_contiguous, grads)):
+        return False
+    sizes, strides = list(map(Tensor.size, grads)), list(map(Tensor.stride, grads))
+    for lst, want in ((params, dt), (s0, math_dt), (s1, math_dt), (s2, math_dt)):
+        if lst and (list(map(Tensor.size, lst)) != sizes or list(map(Tensor.stride, lst)) != strides
+                    or set(map(_DTYPE, lst)) != {want} or set(map(_DEVICE, lst)) != {dev}):
+            return False
+    return True
 
 
 def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
@@ -551,13 +577,13 @@ def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
     for lst in (s0, s1, s2):
         if lst and len(lst) != n:
             raise ValueError(f"{op}: a state list has {len(lst)} tensors for {n} grads")
-    if scal.dtype != torch.float64 or scal.dim() != 2 or scal.shape[0] != n or scal.shape[1] != TABLE_COLS \
-            or not scal.is_contiguous():
-        raise ValueError(f"{op}: scalars must be a contiguous float64 tensor of shape [{n}, {TABLE_COLS}]")
+    _check_table(op, scal, n)
     dev = grads[0].device
     if dev.type == "cpu" and not INTERPRET:
         raise RuntimeError(f"{op}: the Triton kernels run on CUDA tensors; CPU tensors need the Triton "
                            f"interpreter (set TRITON_INTERPRET=1 before importing hyperfused)")
+    if _lists_fit(grads, params, s0, s1, s2, math_dt):
+        return
     for i, g in enumerate(grads):
         if g.dtype not in _TL_DTYPE:
             raise TypeError(f"{op}: gradient {i} has dtype {g.dtype}; the kernels take float32, float64, "
@@ -567,12 +593,13 @@ def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
         if g.device != dev or not g.is_contiguous() and not _dense(g):
             raise ValueError(f"{op}: gradient {i} must be a dense tensor on {dev}")
         if params and (params[i].shape != g.shape or params[i].stride() != g.stride()
-                       or params[i].dtype != g.dtype):
-            raise ValueError(f"{op}: parameter {i} must have the gradient's shape, strides and dtype")
+                       or params[i].dtype != g.dtype or params[i].device != dev):
+            raise ValueError(f"{op}: parameter {i} must have the gradient's shape, strides, dtype and device")
         for lst in (s0, s1, s2):
-            if lst and (lst[i].shape != g.shape or lst[i].stride() != g.stride() or lst[i].dtype != math_dt):
-                raise ValueError(f"{op}: state tensor {i} must have the gradient's shape and strides and dtype "
-                                 f"{math_dt} (got {lst[i].dtype})")
+            if lst and (lst[i].shape != g.shape or lst[i].stride() != g.stride() or lst[i].dtype != math_dt
+                        or lst[i].device != dev):
+                raise ValueError(f"{op}: state tensor {i} must have the gradient's shape, strides and device and "
+                                 f"dtype {math_dt} (got {lst[i].dtype} on {lst[i].device})")
 
 
 def _math_dtype(dt: torch.dtype) -> torch.dtype:
@@ -637,9 +664,8 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], gr
     _check("hyper_reduce", grads, [], s0, s1, s2, scal, mdt)
     dev = grads[0].device
     _check_inv_scale("hyper_reduce", inv_scale, dev)
-    ct, cs, first, numel = _chunk_map(dev, tuple(g.numel() for g in grads))
-    lists = ([], grads, s0, s1, s2)
-    ptrs = _pointer_table(dev, lists, n)
+    ct, cs, first, numel = _chunk_map(dev, tuple(map(Tensor.numel, grads)))
+    ptrs, aligned = _pointer_table(dev, ([], grads, s0, s1, s2), n)
     chunks = ct.numel()
     part = torch.empty(chunks, ROW_COLS, dtype=torch.float64, device=dev)
     epst = _eps_tensor(eps, dev)
@@ -648,7 +674,7 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], gr
             KIND=int(kind), LEARN=int(learn), MOMENTUM=momentum_code(kind, momentum, eps),
             PREV=prev_slot(kind, learn, momentum, eps),
             NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), WITH_JAC=bool(learn),
-            G_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
+            G_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=aligned,
             SCALED=inv_scale is not None,
             BLOCK=CONFIG["BLOCK"], CHUNK=CONFIG["CHUNK"], num_warps=CONFIG["num_warps"])
     return _finish(part, first, n)
@@ -671,14 +697,13 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
     _check("hyper_update", grads, params, s0, s1, s2, scal, mdt)
     one_pass = scal_jac is not None
     if one_pass:
-        _check("hyper_update", grads, params, s0, s1, s2, scal_jac, mdt)
+        _check_table("hyper_update", scal_jac, n)
     if ok.numel() != 1 or ok.dtype != torch.bool:
         raise ValueError("hyper_update: ok must be a 0-dim bool tensor")
     dev = grads[0].device
     _check_inv_scale("hyper_update", inv_scale, dev)
-    ct, cs, first, numel = _chunk_map(dev, tuple(g.numel() for g in grads))
-    lists = (params, grads, s0, s1, s2)
-    ptrs = _pointer_table(dev, lists, n)
+    ct, cs, first, numel = _chunk_map(dev, tuple(map(Tensor.numel, grads)))
+    ptrs, aligned = _pointer_table(dev, (params, grads, s0, s1, s2), n)
     chunks = ct.numel()
     part = torch.empty(chunks if one_pass else 1, ROW_COLS, dtype=torch.float64, device=dev)
     # which state list holds the previous gradient (written where column COL_VALID of the table says so)
@@ -688,7 +713,7 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
             ok.reshape(()).view(torch.uint8), epst if inv_scale is None else inv_scale, part, n,
             KIND=int(kind), LEARN=int(learn), MOMENTUM=momentum_code(kind, momentum, eps),
             NS0=bool(s0), NS1=bool(s1), NS2=bool(s2), PREV=prev, ONE_PASS=one_pass,
-            X_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=_aligned(lists),
+            X_DT=_TL_DTYPE[grads[0].dtype], M_DT=_TL_DTYPE[mdt], ALIGNED=aligned,
             SCALED=inv_scale is not None,
             BLOCK=CONFIG["BLOCK"], CHUNK=CONFIG["CHUNK"], num_warps=CONFIG["num_warps"])
     if not one_pass:
