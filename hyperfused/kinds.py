@@ -48,6 +48,13 @@ def learn_bit(column: int) -> int:
     return 1 << column
 
 
+#: a decoupled weight decay learned at level 0 (AdamW, Lion, Adam with decoupled_weight_decay): not a column of the
+#: kernels (the level-0 passes take lr * weight_decay in the table's COL_DECAY), but an entry of the flat vector
+#: the level above optimizes, after the kind's names; its bit in the towers' learned mask, and its name
+LEARN_DECAY = 8
+DECAY = "weight_decay"
+
+
 @dataclass(frozen=True)
 class Slot:
     """One element-wise state array: its state-dict key, when it exists (``when(cfg, learned)``), the cfg key
@@ -95,7 +102,7 @@ class Kind:
         return self.step or (self.step_when is not None and self.step_when(cfg))
 
     def learn_mask(self, learned: Sequence[str]) -> int:
-        return sum(learn_bit(self.column(n)) for n in learned)
+        return sum(LEARN_DECAY if n == DECAY else learn_bit(self.column(n)) for n in learned)
 
     def names_of(self, mask: int) -> Tuple[str, ...]:
         """The hyperparameter names of a learned mask."""

@@ -44,7 +44,8 @@ def test_header_widths_match_the_table():
             "kColLr": kinds.COL_LR, "kColH1": kinds.COL_H1, "kColH2": kinds.COL_H2, "kColRawLr": kinds.COL_RAW_LR,
             "kColDsig1": kinds.COL_DSIG1, "kColDsig2": kinds.COL_DSIG2, "kColStep": kinds.COL_STEP,
             "kColValid": kinds.COL_VALID, "kColDecay": kinds.COL_DECAY, "kLearnLr": kinds.learn_bit(0),
-            "kLearnH1": kinds.learn_bit(1), "kLearnH2": kinds.learn_bit(2), "kParamIdentity": kinds.IDENTITY,
+            "kLearnH1": kinds.learn_bit(1), "kLearnH2": kinds.learn_bit(2), "kLearnDecay": kinds.LEARN_DECAY,
+            "kParamIdentity": kinds.IDENTITY,
             "kParamSigma": kinds.SIGMA, "kParamSquare": kinds.SQUARE}
     assert {k: consts.get(k) for k in want} == want
 

@@ -493,6 +493,46 @@ def test_learned_weight_decay_matches_autograd_simulation(case, one_pass, backen
         torch.testing.assert_close(a.detach(), b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", [b for b in _backends() if b != "reference"])
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_learned_weight_decay_runs_the_levels_above_in_the_tower_ops(backend, one_pass, monkeypatch):
+    """A learned decoupled decay is an entry of the vector the level above optimizes: the C++ / Triton tower
+    (plan and commit) runs the levels above, not the Python tower, and gives the Python tower's values (a tower of
+    two levels above, so that level 1's own hyperparameters move too)."""
+    if backend == "cpu":
+        from hyperfused.ops import tower
+    else:
+        from hyperfused.ops.triton import tower
+    from hyperfused.ops import reference
+    calls = []
+    real = tower.plan
+    monkeypatch.setattr(tower, "plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(b):
+        ps = [x.clone().requires_grad_(True) for x in _x0()]
+        opt = hf.AdamW(ps, lr=1e-2, weight_decay=0.1, learn=("lr", "weight_decay"), backend=b, one_pass=one_pass,
+                       hyper=hf.SGD(lr=1e-3, momentum=0.5, hyper=hf.SGD(lr=1e-6)))
+        for t in range(6):
+            for p, g in zip(ps, _loss_grad([p.detach() for p in ps], t)):
+                p.grad = g
+            opt.step()
+        return opt, ps
+
+    python_tower = []
+    real_py = reference.tower_plan
+    monkeypatch.setattr(reference, "tower_plan", lambda *a, **k: python_tower.append(1) or real_py(*a, **k))
+    mine, pm = run(backend)
+    assert len(calls) == 6 and not python_tower
+    want, pw = run("reference")
+    for a, b in zip(mine.levels, want.levels):
+        ha, hb = a.hyperparameters(), b.hyperparameters()
+        for n in hb:
+            assert abs(ha[n] - hb[n]) <= 1e-12 * max(1.0, abs(hb[n])), (n, ha[n], hb[n])
+    assert abs(want.hyperparameters()["weight_decay"] - 0.1) > 1e-6 and want.levels[1].hyperparameters()["lr"] != 1e-3
+    for a, b in zip(pm, pw):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-14)
+
+
 def test_weight_decay_is_learned_for_a_decoupled_decay_only():
     p = [torch.nn.Parameter(torch.zeros(3))]
     with pytest.raises(ValueError, match="decoupled decay only"):

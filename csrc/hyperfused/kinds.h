@@ -29,8 +29,10 @@ constexpr int kColLr = 0, kColH1 = 1, kColH2 = 2, kColRawLr = 3, kColDsig1 = 4, 
 // Column of a row that counts non-finite gradient elements
 constexpr int kRowNonfinite = 3;
 
-// Bits of the "learned" mask: one per hyperparameter column.
-enum LearnBit : int { kLearnLr = 1, kLearnH1 = 2, kLearnH2 = 4 };
+// Bits of the "learned" mask: one per hyperparameter column, and in the towers level 0's learned decoupled weight
+// decay (not a kernel column: the level-0 passes take lr * weight_decay in kColDecay; an entry of the flat vector
+// level 1 optimizes, after the columns' entries).
+enum LearnBit : int { kLearnLr = 1, kLearnH1 = 2, kLearnH2 = 4, kLearnDecay = 8 };
 
 // Parametrisations of a learned hyperparameter (raw r -> value): r, (tanh r + 1) / 2, r^2.
 constexpr int kParamIdentity = 0, kParamSigma = 1, kParamSquare = 2;

@@ -32,6 +32,7 @@ struct TowerLevel {
   T* lr = nullptr;
   T* h1 = nullptr;          // momentum / alpha / beta1 (none for Adagrad)
   T* h2 = nullptr;          // beta2
+  T* decay = nullptr;       // level 0 only: its learned decoupled weight decay (kLearnDecay)
   T* s[kStateSlots] = {nullptr, nullptr, nullptr};
   T* step = nullptr;        // the step count, where the level keeps one (Adam; SGD with dampening, whose first
                             // step takes g whole); t = 0 where none
@@ -117,7 +118,7 @@ HF_HOST_DEVICE Scalars<T> tower_scalars(const TowerLevel<T>& L, T lr, T h1, T h2
   return make_scalars<T>(v[0], v[1], v[2], L.eps, L.eps_root, raw_lr, ds[1], ds[2], t);
 }
 
-// Level k - 1's learned raw hyperparameters as one flat vector (lr first, then h1, h2) into x.
+// Level k - 1's learned raw hyperparameters as one flat vector (lr first, then h1, h2, then level 0's decay) into x.
 template <typename T>
 HF_HOST_DEVICE int64_t tower_flat_x(const TowerLevel<T>& L, T* x) {
   int64_t pos = 0;
@@ -131,6 +132,7 @@ HF_HOST_DEVICE int64_t tower_flat_x(const TowerLevel<T>& L, T* x) {
   }
   if (L.learn & kLearnH1) x[pos++] = L.h1[0];
   if (L.learn & kLearnH2) x[pos++] = L.h2[0];
+  if (L.learn & kLearnDecay) x[pos++] = L.decay[0];
   return pos;
 }
 
@@ -237,7 +239,8 @@ HF_HOST_DEVICE void tower_commit(const TowerDesc<T>& d, const T* scr, bool ok) {
       }
     }
     if (below.learn & kLearnH1) below.h1[0] = xn[pos++];
-    if (below.learn & kLearnH2) below.h2[0] = xn[pos];
+    if (below.learn & kLearnH2) below.h2[0] = xn[pos++];
+    if (below.learn & kLearnDecay) below.decay[0] = xn[pos];
     const TowerLevel<T>& L = d.lv[k];
     const T* st = scr + (2 * K + (kStateSlots + 1) * (k - 1)) * B;
     for (int j = 0; j < L.nstate && j < kStateSlots; ++j)

@@ -2,7 +2,8 @@
 // (needs ATen: not for .cu files).
 //   desc:  [K, block, top_units] then per level k = 0..K: [kind, learn, momentum, per, nstate, nlr, units]
 //   eps:   per level kEpsPerLevel values, [eps, eps_root] (hyper_math.h's D(s) = sqrt(s + eps_root) + eps)
-//   slots: 8 per level: lr, h1, h2, s0, s1, s2, step, valid (an empty tensor where the level has none; a level
+//   slots: 8 per level: lr, h1, h2, s0, s1, s2, step, valid (an empty tensor where the level has none; level 0
+//          keeps no state here, and its slot 3 holds its learned decoupled decay where it learns one; a level
 //          above 0 keeps a step count where its configuration counts steps: kinds.py counts_steps)
 #pragma once
 
@@ -66,7 +67,11 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
     L.lr = ptr(0, L.per ? L.nlr : 1);
     L.h1 = ptr(1, 1);
     L.h2 = ptr(2, 1);
-    for (int j = 0; j < kStateSlots; ++j) L.s[j] = ptr(3 + j, k == 0 ? 0 : L.units);
+    if (k == 0) {
+      if (L.learn & kLearnDecay) L.decay = ptr(3, 1);     // level 0 keeps no state here: slot 3 is its decay
+    } else {
+      for (int j = 0; j < kStateSlots; ++j) L.s[j] = ptr(3 + j, L.units);
+    }
     L.step = ptr(6, 1);
     const at::Tensor& v = slots[kTowerSlots * k + 7];
     if (v.numel() > 0) {
@@ -80,6 +85,8 @@ TowerDesc<T> tower_desc(const char* op, at::IntArrayRef desc, at::ArrayRef<doubl
                 " is of a kind that counts steps and has no step count");
     HF_CHECK(!(L.learn & kLearnH1) || L.h1 != nullptr, op, ": level ", k, " learns h1 but has none");
     HF_CHECK(!(L.learn & kLearnH2) || L.h2 != nullptr, op, ": level ", k, " learns beta2 but has none");
+    HF_CHECK(!(L.learn & kLearnDecay) || (k == 0 && L.decay != nullptr), op, ": level ", k,
+                " learns a decoupled weight decay (level 0 only, its tensor in slot 3)");
   }
   return d;
 }

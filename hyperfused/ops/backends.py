@@ -225,10 +225,9 @@ class TritonBackend(CompiledBackend):
 
     def tower_plan(self, levels, specs, d0_flat, finite):
         from .triton import tower
-        from .tower_shape import compiled_covers
         # (under torch.compile the levels above run as the Python tower: the Triton tower's launcher builds its
         # tables on the host, which a trace cannot follow; the same arithmetic, to round-off)
-        if not compiled_covers(specs) or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
             return Backend.tower_plan(self, levels, specs, d0_flat, finite)
         scr, ok = tower.plan(levels, specs, d0_flat, finite)
         return (lambda ok_: tower.commit(levels, specs, scr, ok_)), ok

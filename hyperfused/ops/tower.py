@@ -9,9 +9,9 @@ from typing import List, Tuple
 import torch
 
 from ..kinds import MAX_TOWER_LEVELS as MAX_LEVELS
-from ..kinds import STATE_SLOTS
+from ..kinds import DECAY, STATE_SLOTS
 from .reference import inplace
-from .tower_shape import _nlr, _state_keys, compiled_covers, eps_pair, level_hp, shape_of, units_of
+from .tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
 
 Tensor = torch.Tensor
 
@@ -19,7 +19,7 @@ Tensor = torch.Tensor
 def supported(levels, specs) -> bool:
     """The compiled tower ops cover this tower: built for its device, at most MAX_LEVELS levels, one dtype."""
     from . import _ext
-    if not 2 <= len(specs) <= MAX_LEVELS or not compiled_covers(specs):
+    if not 2 <= len(specs) <= MAX_LEVELS:
         return False
     dev = levels[0]["hp"]["lr"].device
     if dev.type == "cpu":
@@ -84,7 +84,9 @@ def _build_args(levels, specs, device, dtype) -> Tuple[List[int], List[float], L
         # (the ops write the tensors they are given: a 0-dim one goes as a one-element view, see inplace)
         slots += [none if t is None else inplace(t) for t in level_hp(lv.kind, rec["hp"])]
         st = rec.get("state", {}) if k else {}
-        arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
+        # level 0 keeps no state here: its slot 3 holds its learned decoupled decay, if any (tower_desc.h)
+        arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else (
+            [inplace(hp[DECAY])] if DECAY in learned else [])
         slots += arrays + [none] * (STATE_SLOTS - len(arrays))
         slots += [inplace(st["step"]) if "step" in st else none, inplace(st["valid"]) if "valid" in st else none]
     eps = [e for lv, *_, cfg in specs for e in eps_pair(lv.kind, cfg)]
@@ -103,10 +105,11 @@ def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
 def fusable(levels, specs, grads, per_tensor_lr: bool, n_group: int) -> bool:
     """Pass A (one-pass mode: pass B) and the tower can run as the one op ``hyper_reduce_tower``
     (``hyper_update_tower``): the compiled tower covers it, the gradients share one dtype, level 0 learns
-    something, and a per-tensor lr has a gradient for every tensor of the group (the op's rows are then the
+    something and not a decoupled decay (whose hypergradient is built in Python from a dot product, not in the
+    op's rows), and a per-tensor lr has a gradient for every tensor of the group (the op's rows are then the
     group's vector)."""
     learned0 = specs[0][2]
-    return (bool(grads) and bool(learned0) and supported(levels, specs)
+    return (bool(grads) and bool(learned0) and DECAY not in learned0 and supported(levels, specs)
             and all(g.dtype == grads[0].dtype for g in grads)
             and not (per_tensor_lr and "lr" in learned0 and len(grads) != n_group))
 

@@ -47,13 +47,6 @@ def shape_of(specs) -> Dict[str, tuple]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def compiled_covers(specs) -> bool:
-    """The compiled and Triton towers run these levels: all but a learned decoupled weight decay at level 0 (not a
-    column of the kinds table, whose levels have at most three hyperparameters). A tower learning it runs the
-    Python tower, on the device all the same."""
-    return "weight_decay" not in specs[0][2]
-
-
 def momentum_code(kind: int, momentum: bool, consts: Sequence[float]) -> int:
     """The kernels' MOMENTUM: 0 none, 1 plain, 2 dampened, 3 Nesterov's (SGD's constants [dampening, nesterov])."""
     if not momentum:

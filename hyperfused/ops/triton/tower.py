@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...kinds import SCRATCH_ROWS_PER_LEVEL, STATE_SLOTS
+from ...kinds import DECAY, SCRATCH_ROWS_PER_LEVEL, STATE_SLOTS
 from ..tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
 from .hyper import _TL_DTYPE, _bias, _device_table, _jac, _launch, _step
 
@@ -122,8 +122,8 @@ def _state(tab, k, r, m, NS: tl.constexpr, BLOCK: tl.constexpr, DT: tl.constexpr
 @triton.jit
 def _flat_x(tab, k, r, LEARN: tl.constexpr, PER: tl.constexpr, U: tl.constexpr, BLOCK: tl.constexpr,
             DT: tl.constexpr):
-    """The flat vector of level k's learned raw hyperparameters (lr first, then h1, h2); U: the length of its
-    lr vector when per-tensor."""
+    """The flat vector of level k's learned raw hyperparameters (lr first, then h1, h2, then level 0's learned
+    decoupled decay, LEARN bit 8, whose pointer is in its slot 3); U: the length of its lr vector when per-tensor."""
     x = tl.zeros([BLOCK], dtype=DT)
     pos = 0
     if LEARN & 1:
@@ -139,6 +139,9 @@ def _flat_x(tab, k, r, LEARN: tl.constexpr, PER: tl.constexpr, U: tl.constexpr, 
         pos += 1
     if LEARN & 4:
         x = tl.where(r == pos, tl.load(tl.load(tab + k * 8 + 2).to(tl.pointer_type(DT))), x)
+        pos += 1
+    if LEARN & 8:
+        x = tl.where(r == pos, tl.load(tl.load(tab + k * 8 + 3).to(tl.pointer_type(DT))), x)
     return x
 
 
@@ -256,6 +259,10 @@ def _tower_commit(tab, scr, ok_ptr, K: tl.constexpr, KINDS: tl.constexpr, LEARN:
         if LEARN[k - 1] & 4:
             hp = tl.load(tab + (k - 1) * 8 + 2).to(tl.pointer_type(DT))
             tl.store(hp + (r - pos), xn, mask=(r == pos) & ok)
+            pos += 1
+        if LEARN[k - 1] & 8:            # level 0's learned decoupled decay (its slot 3)
+            hp = tl.load(tab + (k - 1) * 8 + 3).to(tl.pointer_type(DT))
+            tl.store(hp + (r - pos), xn, mask=(r == pos) & ok)
         # level k's state, step and valid flag
         base = scr + (2 * K + (_STATE_SLOTS + 1) * (k - 1)) * BLOCK
         if NSTATE[k] >= 1:
@@ -282,7 +289,9 @@ def _table(levels, specs, device) -> Tensor:
         hp = rec["hp"]
         row = [0 if t is None else t.data_ptr() for t in level_hp(lv.kind, hp)]
         st = rec.get("state", {})
-        arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else []
+        # level 0 keeps no state here: its slot 3 holds its learned decoupled decay, if any
+        arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else (
+            [hp[DECAY]] if DECAY in learned else [])
         row += [a.data_ptr() for a in arrays] + [0] * (STATE_SLOTS - len(arrays))
         row += [st["step"].data_ptr() if "step" in st else 0, st["valid"].data_ptr() if "valid" in st else 0]
         ptrs.append(row)
