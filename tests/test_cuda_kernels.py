@@ -8,6 +8,7 @@ import torch
 import hyperfused as hf
 from hyperfused import ops
 from hyperfused.ops import agd as agd_ops
+from optim_infos import NESTEROV_DAMPENED_TOWERS, assert_tower_states_equal
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and ops.cuda_extension_available()),
                                 reason="needs a CUDA device and the CUDA extension (hyperfused._C_cuda)")
@@ -64,6 +65,25 @@ def test_cuda_matches_reference(name, dtype, one_pass):
     p_cu, o_cu = _run(MAKERS[name], dtype, "cuda", SIZES, one_pass=one_pass)
     assert o_cu._group_backend(o_cu.param_groups[0]) == "cuda"
     _assert_same_run(p_cu, o_cu, p_ref, o_ref, TOL[dtype], max(TOL[dtype], 1e-6))
+
+
+TOWER_VARIANTS = dict(NESTEROV_DAMPENED_TOWERS)
+TOWER_VARIANTS["adamw[lr,wd]/sgd(m)/sgd"] = lambda p, b, o: hf.AdamW(
+    p, lr=1e-2, weight_decay=0.1, learn=("lr", "weight_decay"), hyper=hf.SGD(lr=1e-7, momentum=0.5, hyper=hf.SGD(
+        lr=1e-12)), backend=b, one_pass=o)
+
+
+@pytest.mark.parametrize("name", list(TOWER_VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_cuda_tower_of_nesterov_dampened_and_learned_decay_levels(name, dtype, one_pass):
+    """Nesterov's and dampened SGD above level 0 and a learned decoupled decay run in the CUDA tower kernels, as on
+    the CPU (tests/test_cpu_kernels.py, test_torch_keywords.py hold those to the reference)."""
+    p_ref, o_ref = _run(TOWER_VARIANTS[name], dtype, "reference", SIZES, one_pass=one_pass)
+    p_cu, o_cu = _run(TOWER_VARIANTS[name], dtype, "cuda", SIZES, one_pass=one_pass)
+    _assert_same_run(p_cu, o_cu, p_ref, o_ref, TOL[dtype], max(TOL[dtype], 1e-6))
+    if dtype == torch.float64:
+        assert_tower_states_equal(o_cu, o_ref, 5)
 
 
 def test_many_tensors_in_one_call():
