@@ -23,9 +23,50 @@ __global__ void __launch_bounds__(1) tower_commit_kernel(TowerDesc<T> d, const T
 }
 
 // Pass A's finishing step and the levels above in one launch: one block; its threads add the partial sums of
-// the tensors (each tensor's in block order, as finish_kernel), then thread 0 turns the rows into level 0's flat
-// hypergradient and runs the tower's plan on it.
-constexpr int kFinishThreads = 256;
+// the tensors (each tensor's in block order, as finish_kernel), then turn the rows into level 0's flat hypergradient
+// together (d0_from_rows_block), and thread 0 runs the tower's plan on it.
+constexpr int kFinishThreads = 256;   // a power of two (the trees below halve it)
+
+// tower_d0_from_rows (tower.h) by the whole block: each learned column's sum over the n tensors as per-thread sums
+// of the rows threadIdx.x, + blockDim.x, ... in order, then a tree over the threads in a fixed order (the result
+// depends on n only, not on scheduling; it rounds differently from the serial sum of the C++ op, as the partial
+// sums before it do); a per-tensor lr column copied by all threads; the non-finite counts alike. Before, thread 0
+// did it alone, O(n) serial loads per column at the end of every step.
+template <typename T>
+__device__ bool d0_from_rows_block(const double* rows, int n, const D0Map& m, T* d0) {
+  __shared__ T red[kFinishThreads];
+  __shared__ int bad[kFinishThreads];
+  const int tid = threadIdx.x;
+  int nb = 0;
+  for (int i = tid; i < n; i += blockDim.x) nb += rows[int64_t(i) * kRowCols + kRowNonfinite] != 0.0;
+  bad[tid] = nb;
+  int64_t pos = 0;
+  for (int c = 0; c < m.ncols; ++c) {
+    const int col = m.col[c];
+    if (col == 0 && m.per_lr) {
+      for (int i = tid; i < n; i += blockDim.x) d0[pos + i] = static_cast<T>(rows[int64_t(i) * kRowCols + kColLr]);
+      pos += n;
+      continue;
+    }
+    T acc = T(0);
+    for (int i = tid; i < n; i += blockDim.x) acc += static_cast<T>(rows[int64_t(i) * kRowCols + col]);
+    red[tid] = acc;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+      if (tid < half) red[tid] += red[tid + half];
+      __syncthreads();
+    }
+    if (tid == 0) d0[pos] = red[0];
+    __syncthreads();                 // (red is reused by the next column)
+    ++pos;
+  }
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+    if (tid < half) bad[tid] += bad[tid + half];
+    __syncthreads();
+  }
+  return bad[0] == 0;                // (every thread reads the same total; d0 is visible to all after the barrier)
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kFinishThreads) finish_tower_kernel(const double* partials, const int* block_ids,
@@ -34,10 +75,8 @@ __global__ void __launch_bounds__(kFinishThreads) finish_tower_kernel(const doub
                                                                       bool* ok) {
   for (int t = threadIdx.x; t < n; t += blockDim.x) finish_row(partials, block_ids, total_blocks, rows, t);
   __syncthreads();
-  if (threadIdx.x == 0) {
-    const bool finite = tower_d0_from_rows<T>(rows, n, m, d0);
-    *ok = tower_plan<T>(d, d0, finite, scr);
-  }
+  const bool finite = d0_from_rows_block<T>(rows, n, m, d0);
+  if (threadIdx.x == 0) *ok = tower_plan<T>(d, d0, finite, scr);
 }
 
 template <typename T>
