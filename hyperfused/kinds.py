@@ -82,6 +82,9 @@ class Kind:
     #: denominators sqrt(s + eps_root) + eps; Adam's eps and v's initial value (its beta2 Jacobian at the first
     #: step is exactly 0 when v starts at 0); SGD's dampening and Nesterov flag (0 or 1)
     consts: Tuple[str, str] = ("eps", "eps_root")
+    #: cfg keys fixed once the optimizer exists (they decide the state's shape or formulas: SGD's nesterov and
+    #: dampening); a level above level 0 records them in the checkpoint, which a load then checks
+    fixed: Tuple[str, ...] = ()
 
     @property
     def learnable_names(self) -> Tuple[str, ...]:
@@ -134,7 +137,7 @@ KINDS: Dict[str, Kind] = {k.name: k for k in (
                      prev=True),
                 Slot("prev_grad", _sgd_prev_grad, prev=True)),
          step_when=lambda cfg: _momentum(cfg, ()) and float(cfg.get("dampening", 0.0)) != 0.0,
-         consts=("dampening", "nesterov")),
+         consts=("dampening", "nesterov"), fixed=("nesterov", "dampening")),
     Kind("adagrad", 1, "Adagrad", ("lr",),
          slots=(Slot("sum", init="initial_accumulator_value"),
                 Slot("prev_grad", lambda cfg, learned: bool(learned), prev=True))),

@@ -295,6 +295,38 @@ def test_a_checkpoint_that_does_not_fit_is_refused_and_changes_nothing(source, b
     assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
 
 
+UPPER_SGD = {"plain": {}, "nesterov": dict(nesterov=True), "dampening 0.3": dict(dampening=0.3),
+             "dampening 0.6": dict(dampening=0.6)}
+
+
+def _upper(kw, backend="reference"):
+    return lambda ps: hf.Adam(ps, lr=0.01, hyper=hf.SGD(lr=1e-4, momentum=0.5, learn=("momentum",),
+                                                         hyper=hf.SGD(lr=1e-6), **kw), backend=backend)
+
+
+@BACKENDS
+@pytest.mark.parametrize("saved,mine", [("nesterov", "plain"), ("plain", "nesterov"), ("dampening 0.3", "plain"),
+                                        ("dampening 0.3", "dampening 0.6"), ("dampening 0.6", "nesterov")])
+def test_a_checkpoint_of_a_level_with_other_fixed_options_is_refused_naming_them(saved, mine, backend):
+    """A level above level 0 records SGD's nesterov and dampening (fixed once the optimizer exists) in the
+    checkpoint; a load into a tower whose level differs is refused naming the option, and changes nothing.
+    (These towers have the same state keys, so nothing else would tell them apart.)"""
+    sd = _trained(_upper(UPPER_SGD[saved]))[1].state_dict()
+    params, opt = _trained(_upper(UPPER_SGD[mine], backend), seed=1)
+    before = _state_of(opt)
+    key = "nesterov" if "nesterov" in (saved, mine) else "dampening"      # (the first that differs)
+    with pytest.raises(ValueError, match=f"level 1: the checkpoint has {key}="):
+        opt.load_state_dict(sd)
+    assert _same(_state_of(opt), before)
+    # the same options load and resume; a checkpoint written before levels recorded them loads unchecked
+    params2, again = _trained(_upper(UPPER_SGD[saved], backend), seed=1)
+    again.load_state_dict(sd)
+    old = copy.deepcopy(sd)
+    del old["state"][0]["hyperfused"]["groups"][0]["levels"][1]["fixed"]
+    _trained(_upper(UPPER_SGD[saved], backend), seed=1)[1].load_state_dict(old)
+    assert "fixed" in again.state_dict()["state"][0]["hyperfused"]["groups"][0]["levels"][1]
+
+
 @BACKENDS
 def test_an_lr_edited_in_a_checkpoint_is_used_as_torch_uses_it(backend):
     out = []

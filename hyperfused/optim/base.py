@@ -309,6 +309,10 @@ class HyperOptimizer(torch.optim.Optimizer):
                 x0 = torch.zeros(units, dtype=dt, device=dev)
                 rec["state"] = ref.KINDS[lv.kind][0](x0, cfg, learned)
                 rec["state"]["valid"] = torch.zeros((), dtype=torch.bool, device=dev)
+                fixed = kinds.KINDS[lv.kind].fixed
+                if fixed:     # (level 0's are in param_groups) what the checkpoint must agree on (_check_loaded)
+                    rec["fixed"] = {key: torch.tensor(float(cfg.get(key, 0.0)), dtype=torch.float64, device=dev)
+                                    for key in fixed}
             levels.append(rec)
             units = sum(hp[name].numel() for name in learned)
         gt = {"levels": levels}
@@ -532,6 +536,9 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         head = f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self._values_from(self._level_values).items())}"
+        for key in kinds.KINDS[self.kind].fixed:          # (SGD's nesterov, dampening) where set
+            if self._level_values.get(key):
+                head += f", {key}={self._level_values[key]}"
         if getattr(self, "_learn_request", None):
             head += f", learn={self._learn_request}"
         head += ")"
@@ -1108,6 +1115,16 @@ class HyperOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{name}.load_state_dict: param group {gi}: the checkpoint's tower has {n} levels, "
                                  f"this optimizer {len(want['levels'])} (height {len(want['levels']) - 1})")
             for k, (h, w) in enumerate(zip(have, want["levels"])):
+                if "fixed" in w and isinstance(h, dict):
+                    if "fixed" not in h:       # a checkpoint written before levels recorded them: cannot be checked
+                        h["fixed"] = {key: t.clone() for key, t in w["fixed"].items()}
+                    for key, t in w["fixed"].items():
+                        v = h["fixed"].get(key) if isinstance(h["fixed"], dict) else None
+                        if not isinstance(v, Tensor) or v.numel() != 1 or float(v) != float(t):
+                            shown = float(v) if isinstance(v, Tensor) and v.numel() == 1 else v
+                            raise ValueError(f"{name}.load_state_dict: param group {gi}, level {k}: the checkpoint "
+                                             f"has {key}={shown!r}, this optimizer {key}={float(t)!r} (fixed once the "
+                                             f"optimizer exists: it decides the level's state and formulas)")
                 if k == 0 and isinstance(h, dict) and "used" in h:     # the last update's values
                     _match_tree(h["used"], w["hp"], f"param group {gi}, level 0, 'used'", name)
                     h = {key: v for key, v in h.items() if key != "used"}
