@@ -54,6 +54,24 @@ def test_triton_benchmark_runs_and_says_when_no_gpu_numbers_were_taken(capsys):
     assert counts["exact, 240 tensors"]["triton_launches"] == 5      # A, its finish, the tower (2), B
 
 
+def test_triton_host_benchmark_runs_with_the_launches_stubbed(capsys):
+    import bench_triton_host
+    from hyperfused.ops.triton import hyper, tower
+    from hyperfused.ops.triton import agd
+    saved = hyper._launch, tower._launch, agd._launch
+    try:
+        res = bench_triton_host.main(["--tensors", "3", "7", "--reps", "1", "--warmup", "1"])
+    finally:
+        hyper._launch, tower._launch, agd._launch = saved
+    for n in ("3", "7"):
+        rows = res[n]
+        assert set(rows) == set(bench_triton_host.CONFIGS)
+        assert all(r["median_us"] > 0 for r in rows.values())
+        # the launches per step do not grow with the tensor count
+        assert rows["hf Adam/SGD exact [triton]"]["launches"] == res["3"]["hf Adam/SGD exact [triton]"]["launches"]
+    assert "launches stubbed" in capsys.readouterr().out
+
+
 def test_cpu_ops_benchmark_runs(capsys):
     import bench_cpu_ops
     res = bench_cpu_ops.main(["--elements", "4K"])
