@@ -61,22 +61,28 @@ def _ops_per_step(opt):
     return Count.n, Count.reads
 
 
+def round_robin(opts, reps: int) -> dict:
+    """name -> median seconds of ``opt.step()`` over ``reps`` steps, the optimizers stepped round-robin (each sees
+    the same machine state)."""
+    times = {name: [] for name in opts}
+    for _ in range(reps):
+        for name, opt in opts.items():
+            t = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def run(n_tensors: int, numel: int, reps: int, warmup: int):
     opts = {name: make(_setup(n_tensors, numel, i)) for i, (name, make) in enumerate(configs().items())}
     for opt in opts.values():
         for _ in range(warmup):
             opt.step()
     counts = {name: _ops_per_step(opt) for name, opt in opts.items()}
-    times = {name: [] for name in opts}
-    for _ in range(reps):                      # round-robin: each optimizer sees the same machine state
-        for name, opt in opts.items():
-            t = time.perf_counter()
-            opt.step()
-            times[name].append(time.perf_counter() - t)
-    base = statistics.median(times["torch Adam fused"])
-    return {name: {"median_us": statistics.median(ts) * 1e6, "ratio": statistics.median(ts) / base,
-                   "ops": counts[name][0], "host_reads": counts[name][1]}
-            for name, ts in times.items()}
+    med = round_robin(opts, reps)
+    base = med["torch Adam fused"]
+    return {name: {"median_us": m * 1e6, "ratio": m / base, "ops": counts[name][0], "host_reads": counts[name][1]}
+            for name, m in med.items()}
 
 
 def main(argv=None):

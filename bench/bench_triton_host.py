@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("TRITON_INTERPRET", "1")       # before hyperfused defines its kernels
 
 import torch  # noqa: E402
 
 import hyperfused as hf  # noqa: E402
+from bench_step_overhead import round_robin  # noqa: E402  (the same timing as the cpu backend's host cost)
 
 CONFIGS = {
     "torch Adam fused (CPU kernel)": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
@@ -59,19 +58,13 @@ def run(n_tensors: int, numel: int, reps: int, warmup: int, count) -> dict:
     for opt in opts.values():
         for _ in range(warmup):
             opt.step()
-    times = {name: [] for name in opts}
     launches = {}
     for name, opt in opts.items():
         before = count["launches"]
         opt.step()
         launches[name] = count["launches"] - before
-    for _ in range(reps):
-        for name, opt in opts.items():
-            t = time.perf_counter()
-            opt.step()
-            times[name].append(time.perf_counter() - t)
-    return {name: {"median_us": statistics.median(ts) * 1e6, "launches": launches[name]}
-            for name, ts in times.items()}
+    med = round_robin(opts, reps)
+    return {name: {"median_us": m * 1e6, "launches": launches[name]} for name, m in med.items()}
 
 
 def main(argv=None):

@@ -9,9 +9,9 @@ from typing import List, Tuple
 import torch
 
 from ..kinds import MAX_TOWER_LEVELS as MAX_LEVELS
-from ..kinds import DECAY, STATE_SLOTS
+from ..kinds import DECAY
 from .reference import inplace
-from .tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
+from .tower_shape import _nlr, eps_pair, level_slots, shape_of, units_of
 
 Tensor = torch.Tensor
 
@@ -77,18 +77,11 @@ def _build_args(levels, specs, device, dtype) -> Tuple[List[int], List[float], L
     desc = [K, block, units[K + 1]]
     none = torch.empty(0, dtype=dtype, device=device)
     slots: List[Tensor] = []
-    for k, (rec, (lv, _, learned, _, cfg)) in enumerate(zip(levels, specs)):
+    for k, (rec, spec) in enumerate(zip(levels, specs)):
         desc += [shape["KINDS"][k], shape["LEARN"][k], int(shape["MOM"][k]), int(shape["PER"][k]),
                  shape["NSTATE"][k] if k else 0, nlr[k], units[k] if k else 0]
-        hp = rec["hp"]
         # (the ops write the tensors they are given: a 0-dim one goes as a one-element view, see inplace)
-        slots += [none if t is None else inplace(t) for t in level_hp(lv.kind, rec["hp"])]
-        st = rec.get("state", {}) if k else {}
-        # level 0 keeps no state here: its slot 3 holds its learned decoupled decay, if any (tower_desc.h)
-        arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else (
-            [inplace(hp[DECAY])] if DECAY in learned else [])
-        slots += arrays + [none] * (STATE_SLOTS - len(arrays))
-        slots += [inplace(st["step"]) if "step" in st else none, inplace(st["valid"]) if "valid" in st else none]
+        slots += [none if t is None else inplace(t) for t in level_slots(k, rec, spec)]
     eps = [e for lv, *_, cfg in specs for e in eps_pair(lv.kind, cfg)]
     return desc, eps, slots
 

@@ -25,6 +25,19 @@ def level_hp(kind: str, hp) -> list:
     return [hp.get(names[c]) if c < len(names) else None for c in range(kinds.HP_COLS)]
 
 
+def level_slots(k: int, rec, spec) -> list:
+    """Level k's tensors in the tower ops' slots (kinds.TOWER_SLOTS: lr, h1, h2, s0, s1, s2, step, valid), None
+    where it has none; read by the compiled ops' arguments and the Triton tower's pointer table alike. Level 0
+    keeps no state there: its slot 3 holds its learned decoupled decay, if any (tower_desc.h)."""
+    lv, _, learned, _, cfg = spec
+    hp = rec["hp"]
+    st = rec.get("state", {}) if k else {}
+    arrays = ([st[key] for key in _state_keys(lv.kind, cfg, learned)] if k
+              else [hp[kinds.DECAY]] if kinds.DECAY in learned else [])
+    return level_hp(lv.kind, hp) + arrays + [None] * (kinds.STATE_SLOTS - len(arrays)) + [st.get("step"),
+                                                                                          st.get("valid")]
+
+
 def shape_of(specs) -> Dict[str, tuple]:
     """The tower's compile-time shape: kinds, learned bits, momentum codes (``momentum_code``), per-tensor lrs,
     state arrays, and what the kinds table says of each level's kind: its number of hyperparameters, the

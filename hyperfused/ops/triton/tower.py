@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ...kinds import DECAY, SCRATCH_ROWS_PER_LEVEL, STATE_SLOTS
-from ..tower_shape import _nlr, _state_keys, eps_pair, level_hp, shape_of, units_of
+from ...kinds import SCRATCH_ROWS_PER_LEVEL, STATE_SLOTS
+from ..tower_shape import _nlr, eps_pair, level_slots, shape_of, units_of
 from .hyper import _TL_DTYPE, _bias, _device_table, _jac, _launch, _step
 
 Tensor = torch.Tensor
@@ -285,16 +285,8 @@ _EPS: Dict[tuple, Tensor] = {}
 
 def _table(levels, specs, device) -> Tensor:
     ptrs = []
-    for k, (rec, (lv, _, learned, _, cfg)) in enumerate(zip(levels, specs)):
-        hp = rec["hp"]
-        row = [0 if t is None else t.data_ptr() for t in level_hp(lv.kind, hp)]
-        st = rec.get("state", {})
-        # level 0 keeps no state here: its slot 3 holds its learned decoupled decay, if any
-        arrays = [st[key] for key in _state_keys(lv.kind, cfg, learned)] if k else (
-            [hp[DECAY]] if DECAY in learned else [])
-        row += [a.data_ptr() for a in arrays] + [0] * (STATE_SLOTS - len(arrays))
-        row += [st["step"].data_ptr() if "step" in st else 0, st["valid"].data_ptr() if "valid" in st else 0]
-        ptrs.append(row)
+    for k, (rec, spec) in enumerate(zip(levels, specs)):
+        ptrs.append([0 if t is None else t.data_ptr() for t in level_slots(k, rec, spec)])
     key = (str(device), tuple(map(tuple, ptrs)))
     t = _TABLES.get(key)
     if t is None:
