@@ -105,6 +105,17 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     return out if out.dtype == torch.float64 else out.to(torch.float64)
 
 
+_ONES: Dict[torch.dtype, Tensor] = {}
+
+
+def _one(dtype: torch.dtype) -> Tensor:
+    """A CPU 0-dim 1 of ``dtype``, made once (the step counts' increment, where the step is known to be taken)."""
+    t = _ONES.get(dtype)
+    if t is None:
+        t = _ONES[dtype] = torch.ones((), dtype=dtype)
+    return t
+
+
 _CONSTS: Dict[tuple, Tensor] = {}
 
 
@@ -400,8 +411,11 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         # the list overload: the one taking a single 0-dim tensor reads it on the host (.item()) when it leaves
         # its fast route, a synchronisation (seen on an H200 with torch 2.11); the one taking a Python number runs
         # one op per tensor on CPU (194 us for 64 step counts, against 36 us for the list overload)
-        inc = ok.to(steps[0].dtype)
-        torch._foreach_add_(steps, [inc] * len(steps))
+        if taken is None:
+            inc = ok.to(steps[0].dtype)
+            torch._foreach_add_(steps, [inc] * len(steps))
+        elif taken:                                 # (CPU: the verdict is on the host)
+            torch._foreach_add_(steps, [_one(steps[0].dtype)] * len(steps))
     if jac is None:
         return None
     if tower_args is not None:
@@ -449,11 +463,26 @@ def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
     return out
 
 
+_VERDICTS: Dict[bool, Tensor] = {}
+
+
+def _verdict(flag: bool) -> Tensor:
+    """A CPU 0-dim bool tensor holding ``flag``, made once: a verdict known on the host (the step only reads it)."""
+    t = _VERDICTS.get(flag)
+    if t is None:
+        t = _VERDICTS[flag] = torch.tensor(flag)
+    return t
+
+
 def nonfinite(grads: List[Tensor], kernels=None) -> Tensor:
     """0-dim bool: True when every gradient element is finite (one read of the gradients)."""
+    host = kernels is None and grads[0].device.type == "cpu" and not torch.compiler.is_compiling()
     kernels = kernels or _compiled()
     if _all_contiguous(grads) and _one_dtype(grads):       # the usual case: one op and one comparison
-        return kernels.nonfinite_count(grads).sum() == 0
+        counts = kernels.nonfinite_count(grads)
+        if host:         # the C++ kernel's counts are on the host: a read, not two tensor ops
+            return _verdict(not counts.numpy().any())
+        return counts.sum() == 0
     g = [x if _dense(x) else x.contiguous() for x in grads]
     total = torch.zeros((), dtype=torch.float64, device=g[0].device)
     for d in {t.dtype for t in g}:

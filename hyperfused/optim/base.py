@@ -20,6 +20,7 @@ import collections
 import copy
 import math
 import numbers
+import operator
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -644,8 +645,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             if plan["backend"].name == "cpu" and not torch.compiler.is_compiling():
                 # the C++ kernels' verdict is on the host: one multi-tensor copy when the step was taken (the
                 # device backends never read it, also under the Triton interpreter on CPU tensors)
-                if bool(ok):
-                    _copy_all([ref.inplace(used[name]) for name in hp], [ref.inplace(t) for t in hp.values()])
+                if bool(ok):            # (eager: no view needed for the writes, see ref.inplace)
+                    _copy_all([used[name] for name in hp], list(hp.values()))
                 return
             for name, t in hp.items():
                 ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
@@ -705,8 +706,11 @@ class HyperOptimizer(torch.optim.Optimizer):
         DTensor parameters (FSDP2) contribute their local shards; the kernels see plain tensors."""
         specs = self._level_specs(gi)
         gt = self._group_tower(gi)
-        dt = self._hyper_dtype(group)
         _, _, learned0, per0, cfg0 = specs[0]
+        plan = self._collect_again(gi, group, specs, gt)
+        if plan is not None:
+            return plan
+        dt = self._hyper_dtype(group)
         params, grads, states, idle = [], [], [], []
         index = []                # per-tensor lrs are indexed by position in the group: the tensors with a gradient
         mesh = None
@@ -740,10 +744,41 @@ class HyperOptimizer(torch.optim.Optimizer):
                 grads.append(g)
                 states.append(st)
         self._ensure_used(gt, learned0)
-        return {"gi": gi, "specs": specs, "levels": gt["levels"], "params": params, "grads": grads,
+        plan = {"gi": gi, "specs": specs, "levels": gt["levels"], "params": params, "grads": grads,
                 "states": states, "idle": idle, "index": index, "n": len(group["params"]), "dtype": dt,
                 "device": group["params"][0].device, "backend": self._group_impl(group),
                 "group": None if mesh is None else mesh.get_group()}
+        cache = self.__dict__.setdefault("_collected", {})
+        if mesh is None and len(params) == plan["n"]:
+            # every tensor had a gradient and state: what the next step may take again (``_collect_again``)
+            cache[gi] = (group["params"], tuple(params), self.state, states,
+                         [p.dtype for p in params], plan["device"], dict(plan))   # (before the step adds to it)
+        else:
+            cache.pop(gi, None)
+        return plan
+
+    def _collect_again(self, gi: int, group: Dict[str, Any], specs, gt) -> Optional[Dict[str, Any]]:
+        """``_collect``'s plan for the usual step: the same parameters as last time (same objects, devices and
+        dtypes), each with a dense gradient and the same state dict, the same optimizer state. Only the gradients
+        are new; the lists and what was derived from them are taken again. None: ``_collect`` builds it."""
+        hit = self.__dict__.get("_collected", {}).get(gi)
+        if hit is None:
+            return None
+        ps_list, ps, state_obj, states, dtypes, dev, last = hit
+        params = group["params"]
+        if not (params is ps_list and state_obj is self.state and len(params) == len(ps)
+                and all(map(operator.is_, params, ps))):
+            return None
+        grads = [p.grad for p in ps]
+        get = state_obj.get
+        if not (all(g is not None and not g.is_sparse for g in grads)
+                and all(map(operator.is_, map(get, ps), states))
+                and [p.dtype for p in ps] == dtypes and ps[0].device == dev):
+            return None
+        self._ensure_used(gt, specs[0][2])
+        plan = dict(last)
+        plan.update(specs=specs, levels=gt["levels"], params=list(ps), grads=grads, states=list(states))
+        return plan
 
     @staticmethod
     def _all_reduce(plan, d0: Dict[str, Tensor], finite: Tensor, names: Sequence[str]):

@@ -1,0 +1,122 @@
+"""What a step takes again from the last one (the host-time caches of a small model's step) is taken only while it
+is still true: the same parameters, each with a dense gradient and the same state, on the same device and dtype.
+Each event below changes one of these; the step must then see the change, as torch's own optimizer does."""
+import copy
+
+import pytest
+import torch
+
+import hyperfused as hf
+
+
+def _models(n=4, numel=33):
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn(numel, generator=g, dtype=torch.float64) for _ in range(n)]
+    return [torch.nn.Parameter(t.clone()) for t in base], [torch.nn.Parameter(t.clone()) for t in base]
+
+
+def _grads(ps, qs, g, skip=()):
+    for i, (p, q) in enumerate(zip(ps, qs)):
+        if i in skip:
+            p.grad = q.grad = None
+        else:
+            d = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            p.grad, q.grad = d.clone(), d.clone()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_events_between_steps_are_seen_as_torch_sees_them(backend):
+    """hf.Adam at height 0 with default arguments against torch.optim.Adam, step by step, through: a parameter
+    without a gradient, a parameter replaced in the group's list, a sparse gradient (refused, nothing changes),
+    a checkpoint loaded, a new parameter group."""
+    ps, qs = _models()
+    ours = hf.Adam(ps, backend=backend)
+    theirs = torch.optim.Adam(qs, foreach=False)
+    g = torch.Generator().manual_seed(1)
+
+    def step(skip=()):
+        _grads(ps, qs, g, skip)
+        ours.step()
+        theirs.step()
+        for p, q in zip(ours.param_groups[0]["params"], theirs.param_groups[0]["params"]):
+            torch.testing.assert_close(p.detach(), q.detach(), atol=1e-12, rtol=1e-12)
+
+    for _ in range(3):
+        step()
+    step(skip=(1,))                      # no gradient: left alone, its step count does not move
+    assert ours.state[ps[1]]["step"].item() == theirs.state[qs[1]]["step"].item() == 3
+    step()
+    saved_ours, saved_theirs = copy.deepcopy(ours.state_dict()), copy.deepcopy(theirs.state_dict())
+    new_p, new_q = (torch.nn.Parameter(torch.full((33,), 0.5, dtype=torch.float64)) for _ in range(2))
+    ps[2] = ours.param_groups[0]["params"][2] = new_p        # the same list, one entry replaced: fresh state
+    qs[2] = theirs.param_groups[0]["params"][2] = new_q
+    step()
+    assert ours.state[new_p]["step"].item() == 1
+    x_before = [p.detach().clone() for p in ps]
+    ps[0].grad = torch.randn(33, dtype=torch.float64).to_sparse()
+    with pytest.raises(ValueError, match="sparse"):
+        ours.step()
+    for p, x in zip(ps, x_before):
+        assert torch.equal(p.detach(), x)
+    ours.load_state_dict(saved_ours)     # a new state mapping: its tensors, not the ones of the last step
+    theirs.load_state_dict(saved_theirs)
+    assert ours.state[ps[0]]["step"].item() == 5
+    step()
+    step()
+    r, s = torch.nn.Parameter(torch.ones(5, dtype=torch.float64)), torch.nn.Parameter(torch.ones(5, dtype=torch.float64))
+    ours.add_param_group({"params": [r]})
+    theirs.add_param_group({"params": [s]})
+    ps.append(r)
+    qs.append(s)
+    step()
+    torch.testing.assert_close(r.detach(), s.detach(), atol=1e-12, rtol=1e-12)
+
+
+def _plan_view(plan):
+    out = {}
+    for k, v in plan.items():
+        if isinstance(v, list):
+            out[k] = [id(x) if isinstance(x, (torch.Tensor, dict)) else x for x in v]
+        elif isinstance(v, (torch.Tensor, dict)) or hasattr(v, "name"):
+            out[k] = id(v)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("hyper", [False, True])
+def test_a_plan_taken_again_is_the_plan_built_afresh(hyper):
+    """After each event, the step's collected plan (tensors, gradients, state, dtype, device, backend) is the one
+    built from nothing: the cached plan is dropped whenever it no longer holds."""
+    g = torch.Generator().manual_seed(2)
+    ps = [torch.nn.Parameter(torch.randn(17, generator=g)) for _ in range(3)]
+    opt = hf.Adam(ps, lr=1e-3, backend="cpu", **({"hyper": hf.SGD(lr=1e-6)} if hyper else {}))
+
+    def check():
+        group = opt.param_groups[0]
+        plan = opt._collect(0, group)
+        opt.__dict__.get("_collected", {}).clear()
+        fresh = opt._collect(0, group)
+        assert _plan_view(plan) == _plan_view(fresh)
+
+    def grads():
+        for p in ps:
+            if p.grad is None or p.grad.dtype != p.dtype:
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+
+    grads()
+    opt.step()
+    check()                                  # the usual step: taken again
+    opt.step()
+    ps[1].grad = None                        # a tensor without a gradient
+    check()
+    grads()
+    opt.step()
+    opt.state[ps[0]] = {k: v.clone() for k, v in opt.state[ps[0]].items()}    # a state dict replaced
+    check()
+    opt.step()
+    ps[2].data = ps[2].data.double()         # the same Parameter, another dtype (module.double())
+    grads()
+    check()
+    opt.param_groups[0]["params"][0] = torch.nn.Parameter(torch.zeros(17))   # an entry replaced
+    check()
