@@ -9,6 +9,7 @@ CUDA nothing here reads a device value on the host, so a step can be captured in
 """
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -59,13 +60,14 @@ def _eps(kind: str, cfg: dict) -> List[float]:
 
 def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], raw: Dict[str, Tensor],
             steps: Optional[List[Tensor]], valid: List, device, step_offset: float = 0.0,
-            host: bool = False, decay: Optional[Tensor] = None) -> Tensor:
+            host: bool = False, decay: Optional[Tensor] = None, role: Optional[int] = None) -> Tensor:
     """The float64 [n, TABLE_COLS] table (hyperfused.kinds' COL_*): lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2),
     step, valid, decay (``decay``: an update's lr * weight_decay, one value or one per tensor; 0 if None).
     ``steps``: the tensors' step counts (0-dim tensors, plus ``step_offset``); ``valid``: one 0-dim tensor or
     number per tensor. ``host``: the tensors are on the CPU and the table may be built from host numbers (the
     compiled CPU kernels; the Triton kernels keep the tensor-op path they take on a GPU, also under the
-    interpreter)."""
+    interpreter). ``role`` (with ``host``): a host table is written into a buffer kept for this role and thread
+    (the caller's op reads it before the next table of that role is made)."""
     values, raws, sigs = _table_columns(kind, learned)
     cols: List[Tuple[int, Optional[Tensor]]] = [(j, hp.get(name)) for j, name in values]
     cols += [(j, raw[name]) for j, name in raws]
@@ -73,7 +75,7 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
         cols.append((COL_DECAY, decay))
     sig = [(j, raw[name]) for j, name in sigs]          # the columns of dsigma(raw)
     if host and n <= _HOST_TABLE_MAX and not torch.compiler.is_compiling():   # (a traced step: tensor ops)
-        return _scalars_on_host(n, cols, sig, steps, valid, step_offset)
+        return _scalars_on_host(n, cols, sig, steps, valid, step_offset, role)
     # on the device: the columns (one-element values broadcast as views) stacked by one op, in as few launches as
     # the values allow (a launch costs microseconds of host time on a GPU); the same float64 values as the host
     # path (every conversion to float64 is exact)
@@ -137,11 +139,24 @@ def _const(v: float, device) -> Tensor:
 _HOST_TABLE_MAX = 128
 
 
-def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float) -> Tensor:
+_TABLES = threading.local()
+
+
+def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float, role: Optional[int] = None) -> Tensor:
     """``scalars`` for a few CPU tensors: the table filled through its numpy view from host numbers (the same
-    float64 values; dsigma of a one-element raw value computed in float64), with no tensor op per column."""
-    out = torch.empty((n, TABLE_COLS), dtype=torch.float64)
-    a = out.numpy()
+    float64 values; dsigma of a one-element raw value computed in float64), with no tensor op per column; in the
+    buffer kept for ``role`` (every entry is written) or a new tensor."""
+    kept = None if role is None else _TABLES.__dict__.setdefault("by_role", {})
+    hit = None if kept is None else kept.get((n, role))
+    if hit is None:
+        out = torch.empty((n, TABLE_COLS), dtype=torch.float64)
+        a = out.numpy()
+        if kept is not None:
+            if len(kept) >= 64:
+                kept.clear()
+            kept[(n, role)] = (out, a)
+    else:
+        out, a = hit
     row = [0.0] * TABLE_COLS
     per = []
     for j, v in cols:
@@ -318,7 +333,7 @@ def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw, compiled=Tru
         valid = _check_prev_grads(states, list(valid))
     steps = [st["step"] for st in states] if counts else None
     dev = grads[0].device
-    scal = scalars(kind, learned, n, hp, raw, steps, valid, dev, host=compiled and dev.type == "cpu")
+    scal = scalars(kind, learned, n, hp, raw, steps, valid, dev, host=compiled and dev.type == "cpu", role=0)
     if _all_contiguous(grads) and (not s0 or _all_contiguous(s0)):
         g = grads
     else:
@@ -379,13 +394,14 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     # CPU nothing is kept: a fill, not a copy from host memory (which a CUDA graph capture would refuse)
     store = ([0.0 if k else 1.0 for k in keep] if may_keep else [1.0] * n) if host \
         else torch.ones(n, dtype=torch.float64, device=dev)
-    scal = scalars(kind, learned, n, hp, raw or {}, steps, store, dev, step_offset=1.0, host=host, decay=decay)
+    scal = scalars(kind, learned, n, hp, raw or {}, steps, store, dev, step_offset=1.0, host=host, decay=decay,
+                   role=1)
     scal_jac = None
     if jac is not None:
         jhp, jraw, jvalid = jac
         if "prev_grad" in keys:
             jvalid = _check_prev_grads(states, list(jvalid))
-        scal_jac = scalars(kind, learned, n, jhp, jraw, steps, jvalid, dev, host=host)
+        scal_jac = scalars(kind, learned, n, jhp, jraw, steps, jvalid, dev, host=host, role=2)
     if tower_args is not None:
         if scal_jac is None or not compiled:
             raise ValueError("hyper_update: tower_args needs one-pass mode (jac) and the compiled kernels")

@@ -916,6 +916,22 @@ class HyperOptimizer(torch.optim.Optimizer):
                 out[name] = float(given[name])
         return vals if out is None else out
 
+    def _update_values(self, gi: int, spec0, rows: Dict[str, Tensor]) -> Dict[str, Any]:
+        """The values pass B updates with: ``_exact_fixed(spec0, _values_of(spec0, rows))``. Where no learned value
+        is parametrised, these are the tensors of ``rows`` themselves and the group's numbers: kept while the spec
+        and ``rows`` are the same objects (a level's dict of tensors is made once, its tensors change in place; a
+        loaded checkpoint brings new dicts, an edited param group a new spec)."""
+        lv, learned = spec0[0], spec0[2]
+        if any(kinds.KINDS[lv.kind].parametrisation(n) != kinds.IDENTITY for n in learned if n != WD):
+            return self._exact_fixed(spec0, self._values_of(spec0, rows))
+        kept = self.__dict__.setdefault("_update_vals", {})
+        hit = kept.get(gi)
+        if hit is not None and hit[0] is spec0 and hit[1] is rows:
+            return hit[2]
+        vals = self._exact_fixed(spec0, self._values_of(spec0, rows))
+        kept[gi] = (spec0, rows, vals)
+        return vals
+
     def _decay_amount(self, spec0, vals: Dict[str, Tensor]) -> Optional[Tensor]:
         """lr * weight_decay of the decoupled weight decay (AdamW, Lion), with the values ``vals`` this step's update
         uses (one value, or one per tensor with per-tensor lrs); None without one. Pass B applies it: x is
@@ -952,7 +968,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         result = None
         if plan["params"]:
             rows = self._rows(rec["hp"], plan["index"], per0)
-            vals = self._exact_fixed(spec0, self._values_of(spec0, rows))
+            vals = self._update_values(plan["gi"], spec0, rows)
             decay = self._decay_amount(spec0, vals)
             jac = None
             if self._one_pass:
