@@ -120,3 +120,43 @@ def test_a_plan_taken_again_is_the_plan_built_afresh(hyper):
     check()
     opt.param_groups[0]["params"][0] = torch.nn.Parameter(torch.zeros(17))   # an entry replaced
     check()
+
+
+@pytest.mark.parametrize("one_pass", [False, True])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_a_checkpoint_loaded_into_a_stepped_optimizer_continues_as_into_a_fresh_one(one_pass, backend):
+    """What a step keeps from the last (the last update's values, computed from its raw betas) belongs to the state
+    it was computed from: after a load, the loaded state's values are used, bit for bit as by a new optimizer."""
+    def make(ps):
+        return hf.Adam(ps, lr=1e-2, learn=("lr", "beta1", "beta2"), hyper=hf.SGD(lr=1e-3), one_pass=one_pass,
+                       backend=backend)
+
+    g = torch.Generator().manual_seed(3)
+    ps = [torch.nn.Parameter(torch.randn(9, generator=g)) for _ in range(2)]
+    opt = make(ps)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn(9, generator=g)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    x_saved = [p.detach().clone() for p in ps]
+    for _ in range(2):                       # the optimizer moves on from the checkpoint
+        for p in ps:
+            p.grad = torch.randn(9, generator=g)
+        opt.step()
+    qs = [torch.nn.Parameter(x.clone()) for x in x_saved]
+    fresh = make(qs)
+    fresh.load_state_dict(copy.deepcopy(saved))
+    with torch.no_grad():
+        for p, x in zip(ps, x_saved):
+            p.copy_(x)
+    opt.load_state_dict(saved)
+    for _ in range(3):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(9, generator=g)
+            q.grad = p.grad.clone()
+        opt.step()
+        fresh.step()
+        for p, q in zip(ps, qs):
+            assert torch.equal(p.detach(), q.detach())
+    assert opt.hyperparameters() == fresh.hyperparameters()

@@ -635,10 +635,11 @@ class HyperOptimizer(torch.optim.Optimizer):
         if (self._one_pass or learned0) and "used" not in gt["levels"][0]:
             gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
 
-    @staticmethod
-    def _keep_used(plan, ok: Tensor) -> None:
+    def _keep_used(self, plan, ok: Tensor) -> None:
         """Level 0's values of this step's update (where it was taken): what the next step rebuilds its Jacobian
         with (docs/MATH.md §1.2-1.3)."""
+        pending = self.__dict__.setdefault("_pending_vals", {}).pop(plan["gi"], None)
+        kept = self.__dict__.setdefault("_used_vals", {})
         if plan["specs"][0][2]:
             used = plan["levels"][0]["used"]
             hp = plan["levels"][0]["hp"]
@@ -647,9 +648,28 @@ class HyperOptimizer(torch.optim.Optimizer):
                 # device backends never read it, also under the Triton interpreter on CPU tensors)
                 if bool(ok):            # (eager: no view needed for the writes, see ref.inplace)
                     _copy_all([used[name] for name in hp], list(hp.values()))
+                    if pending is not None and pending[0] is hp:
+                        # the values pass B computed from these raw values are now those of ``used``: a value
+                        # computed by tensor ops (a parametrised one) is kept, one that is the raw tensor itself is
+                        # ``used``'s own tensor
+                        kept[plan["gi"]] = (used, {name: (v if v is not hp[name] else used[name])
+                                                   for name, v in pending[1].items()})
+                    else:
+                        kept.pop(plan["gi"], None)
                 return
+            kept.pop(plan["gi"], None)
             for name, t in hp.items():
                 ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
+
+    def _used_values(self, gi: int, spec0, used: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """``_values_of(spec0, used)``: the values of level 0's last update, which its Jacobian is rebuilt with. Those
+        that are parametrised (sigma of a learned beta: tensor ops) were computed by that update's pass B from the
+        raw values ``_keep_used`` then copied into ``used``: taken from there while ``used`` is the same dict, which
+        nothing else writes in place."""
+        hit = self.__dict__.get("_used_vals", {}).get(gi)
+        if hit is not None and hit[0] is used:
+            return hit[1]
+        return self._values_of(spec0, used)
 
     def _group_impl(self, group: Dict[str, Any]) -> "ops.backends.Backend":
         """The backend object that runs param group ``group`` (see ``_group_backend``)."""
@@ -805,7 +825,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             return {}, self._grads_finite(plan)
         # the Jacobian of the last update, with the values it used (param_groups edits may have changed them)
         hp_rows = self._rows(plan["levels"][0]["used"], plan["index"], per0)
-        vals = self._values_of(spec0, hp_rows)
+        vals = self._used_values(plan["gi"], spec0, hp_rows)
         d0, finite = plan["backend"].reduce(self.kind, cfg0, self._kernel_learned(learned0), per0, plan["grads"],
                                             plan["states"],
                                             [st["moved"] for st in plan["states"]], vals, hp_rows,
@@ -923,7 +943,9 @@ class HyperOptimizer(torch.optim.Optimizer):
         loaded checkpoint brings new dicts, an edited param group a new spec)."""
         lv, learned = spec0[0], spec0[2]
         if any(kinds.KINDS[lv.kind].parametrisation(n) != kinds.IDENTITY for n in learned if n != WD):
-            return self._exact_fixed(spec0, self._values_of(spec0, rows))
+            vals = self._values_of(spec0, rows)
+            self.__dict__.setdefault("_pending_vals", {})[gi] = (rows, vals)     # for ``_keep_used``
+            return self._exact_fixed(spec0, vals)
         kept = self.__dict__.setdefault("_update_vals", {})
         hit = kept.get(gi)
         if hit is not None and hit[0] is spec0 and hit[1] is rows:
@@ -951,7 +973,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         hp_rows = plan["levels"][0]["used"]        # every tensor has a gradient where the lr is per tensor
         res = plan["backend"].reduce_tower(self.kind, cfg0, self._kernel_learned(learned0), per0, plan["grads"],
                                            plan["states"],
-                                           [st["moved"] for st in plan["states"]], self._values_of(spec0, hp_rows),
+                                           [st["moved"] for st in plan["states"]],
+                                           self._used_values(plan["gi"], spec0, hp_rows),
                                            hp_rows, plan["levels"], plan["specs"], plan["n"],
                                            inv_scale=plan.get("inv_scale"))
         if res is None:
@@ -973,7 +996,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             jac = None
             if self._one_pass:
                 used = self._rows(rec["used"], plan["index"], per0)
-                jac = (self._values_of(spec0, used), used, [st["moved"] for st in plan["states"]])
+                jac = (self._used_values(plan["gi"], spec0, used), used, [st["moved"] for st in plan["states"]])
                 used_vals = jac[0]
             fused = None
             if jac is not None and self._may_fuse_tower(plan):   # the levels above in the same op (launch)
