@@ -497,7 +497,7 @@ def nonfinite(grads: List[Tensor], kernels=None) -> Tensor:
     if _all_contiguous(grads) and _one_dtype(grads):       # the usual case: one op and one comparison
         counts = kernels.nonfinite_count(grads)
         if host:         # the C++ kernel's counts are on the host: a read, not two tensor ops
-            return _verdict(not counts.numpy().any())
+            return _verdict(not (any(counts.tolist()) if len(grads) <= _HOST_TABLE_MAX else counts.numpy().any()))
         return counts.sum() == 0
     g = [x if _dense(x) else x.contiguous() for x in grads]
     total = torch.zeros((), dtype=torch.float64, device=g[0].device)
