@@ -264,12 +264,23 @@ def _dense_like(g: Tensor, p: Tensor) -> Tensor:
 # gradients accumulated without zeroing, gradient-bucket views under DDP), its version counter says so: that
 # tensor's hypergradient term is dropped for that one step (its Jacobian counts as zero, as for a tensor that
 # did not move), a warning is given once, and from then on it is copied into a buffer of its own.
-_STOLEN: Dict[int, Tuple["weakref.ref[Tensor]", int]] = {}   # id(gradient) -> (weak ref, version when kept)
+class _Kept(weakref.ref):
+    """A weak reference to a gradient kept as a previous gradient, with its id and its version counter then."""
+    __slots__ = ("key", "version")
+
+
+_STOLEN: Dict[int, _Kept] = {}   # id(gradient) -> its _Kept
+
+
+def _forget(r: _Kept) -> None:
+    if _STOLEN.get(r.key) is r:
+        del _STOLEN[r.key]
 
 
 def _keep(t: Tensor) -> None:
-    key = id(t)
-    _STOLEN[key] = (weakref.ref(t, lambda _r, key=key: _STOLEN.pop(key, None)), t._version)
+    r = _Kept(t, _forget)
+    r.key, r.version = id(t), t._version
+    _STOLEN[r.key] = r
 
 
 _warned = [False]
@@ -289,7 +300,7 @@ def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
         if prev is None or st.get("prev_grad_copy"):
             continue
         entry = stolen.get(id(prev))                  # (_kept_version, inline: this runs per tensor and step)
-        if entry is not None and entry[0]() is prev and prev._version != entry[1]:
+        if entry is not None and entry() is prev and prev._version != entry.version:
             out[i] = torch.zeros_like(valid[i])
             st["prev_grad"] = torch.zeros_like(prev)      # our own buffer from now on
             st["prev_grad_copy"] = True
@@ -306,17 +317,18 @@ def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
 
 def _keep_flags(states: List[dict], grads: List[Tensor], work: List[Tensor], laid_out: bool) -> List[bool]:
     """Per tensor, whether the state may keep the gradient tensor itself as its previous gradient: it has one,
-    not its own copy, of the same dtype and device, with the strides of ``work`` (the parameter as the op writes
-    it; ``laid_out``: ``_work_lists`` handed everything over as it is, contiguous, so the strides agree), and not an
-    inference tensor (made under torch.inference_mode: no version counter to watch). Never under torch.compile (a
-    trace cannot watch version counters)."""
+    not its own copy, of the same dtype, on the CPU (as the gradients: only the C++ kernels on CPU tensors keep
+    one), with the strides of ``work`` (the parameter as the op writes it; ``laid_out``: ``_work_lists`` handed
+    everything over as it is, contiguous, so the strides agree), and not an inference tensor (made under
+    torch.inference_mode: no version counter to watch). Never under torch.compile (a trace cannot watch version
+    counters)."""
     if torch.compiler.is_compiling():
         return [False] * len(states)
     out = []
     for st, g, w in zip(states, grads, work):          # (inline: this runs per tensor and step)
         prev = st.get("prev_grad")
         out.append(prev is not None and not st.get("prev_grad_copy", False) and g.dtype == prev.dtype
-                   and (laid_out or g.stride() == w.stride()) and g.device == prev.device and not g.is_inference())
+                   and (laid_out or g.stride() == w.stride()) and prev.is_cpu and not g.is_inference())
     return out
 
 
