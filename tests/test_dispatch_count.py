@@ -115,6 +115,22 @@ def test_moved_flags_update_in_a_fixed_number_of_ops(device_path, value):
     assert counts[0] == counts[2] and counts[1] == counts[3]
 
 
+@pytest.mark.parametrize("value", [True, False])
+def test_moved_flags_on_the_host_route_write_only_what_changes(value):
+    """The C++ kernels' eager step reads the verdict and the flags (CPU tensors): a refused step writes nothing, a
+    taken one writes only the flags that differ from ``value``."""
+    from hyperfused.optim.base import _flags_set_where
+    for verdict in (True, False):
+        start = [bool(i % 3 == 0) for i in range(30)]
+        flags, ok = [torch.tensor(b) for b in start], torch.tensor(verdict)
+        with _Count() as c:
+            _flags_set_where(flags, ok, value, host=True)
+        assert [bool(f) for f in flags] == [(value if verdict else b) for b in start]
+        writes = c.ops["aten.fill_.Scalar"]
+        assert set(c.ops) <= {HOST_READ, "aten.is_nonzero.default", "aten.fill_.Scalar"}, c.ops
+        assert writes == (sum(b != value for b in start) if verdict else 0)
+
+
 def _table_by_columns(kind, learned, n, hp, raw, steps, valid, step_offset):
     """The scalar table as the device path used to build it, one column copy at a time (the oracle)."""
     from hyperfused import kinds
