@@ -3,6 +3,9 @@ import os
 import sys
 
 import pytest
+import torch
+
+import hyperfused as hf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 
@@ -93,6 +96,21 @@ def test_step_overhead_benchmark_runs(capsys):
     assert "hf Adam/SGD exact" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench_step_overhead.main(["--tensors", "0"])
+
+
+def test_step_overhead_benchmark_refuses_to_time_skipped_steps(monkeypatch):
+    """A step the optimizer skips (here: a non-finite gradient) does less work than a step; the benchmark says so
+    instead of reporting its time."""
+    import bench_step_overhead
+
+    def skipping(ps):
+        ps[0].grad[0] = float("nan")
+        return hf.SGD(ps, lr=1e-3, hyper=hf.SGD(lr=1e-9))
+
+    monkeypatch.setattr(bench_step_overhead, "configs", lambda: {
+        "torch Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), "hf SGD/SGD exact": skipping})
+    with pytest.raises(SystemExit, match="skipped"):
+        bench_step_overhead.main(["--tensors", "3", "--numel", "10", "--reps", "2", "--warmup", "2"])
 
 
 def test_gpu_proof_dry_run(tmp_path):
