@@ -350,6 +350,38 @@ def test_launch_checks_take_whole_lists_and_still_name_the_offending_tensor():
     hyper._check("op", t, t, [], [], [], scal, torch.float32)
 
 
+def test_launch_checks_of_unchanged_parameters_and_state_are_kept_but_see_every_change():
+    """Parameters and state found to fit are not checked again while they are the same tensors at the same
+    addresses; a tensor given new storage in place (``p.data = ...``, as ``module.double()`` does), one replaced in
+    its list, or gradients of other sizes are checked again, and refused when they do not fit."""
+    from hyperfused.ops.triton import hyper
+    n = 4
+    gs = [torch.randn(6) for _ in range(n)]
+    ps = [torch.nn.Parameter(torch.randn(6)) for _ in range(n)]
+    s0 = [torch.zeros(6) for _ in range(n)]
+    scal = torch.zeros(n, hyper.TABLE_COLS, dtype=torch.float64)
+    hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    gs = [torch.randn(6) for _ in range(n)]                 # the next step's gradients: the rest is kept
+    assert hyper._lists_fit(gs, ps, s0, [], [], torch.float32)
+    ps[1].data = ps[1].data.double()                        # the same Parameter, new storage of another dtype
+    with pytest.raises(ValueError, match="parameter 1 must have the gradient's"):
+        hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    ps[1].data = ps[1].data.float()
+    hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    s0[2] = torch.zeros(7)                                  # a state tensor replaced in its list
+    with pytest.raises(ValueError, match="state tensor 2 must have"):
+        hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    s0[2] = torch.zeros(6)
+    hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    kept = s0[3]
+    s0[3] = kept.view(torch.int32)                          # another tensor at the same address
+    with pytest.raises(ValueError, match="state tensor 3 must have"):
+        hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    s0[3] = kept
+    with pytest.raises(ValueError, match="parameter 0 must have"):   # gradients of another size
+        hyper._check("op", [torch.randn(5) for _ in range(n)], ps, s0, [], [], scal, torch.float32)
+
+
 def test_bfloat16_rounding_keeps_nan_a_nan_and_matches_torch():
     """_to_storage rounds float32 to bfloat16 on the bits (nearest even): every NaN payload stores as torch's NaN
     (0x7FC0; adding the rounding bias to some payloads carried into the sign, giving -0.0, or wrapped to +0.0), and
