@@ -514,10 +514,12 @@ def _chunk_map(device, sizes: Tuple[int, ...]):
     return out
 
 
-def _pointer_table(device, lists: Sequence[Sequence[Tensor]], n: int) -> Tuple[Tensor, bool]:
+def _pointer_table(device, lists: Sequence[Sequence[Tensor]], n: int,
+                   known: Optional[Dict[int, tuple]] = None) -> Tuple[Tensor, bool]:
     """The launch's pointer table on the device (cached per address set) and whether every address is 16-byte
-    aligned (the kernels' vector accesses)."""
-    addrs = tuple(tuple(map(Tensor.data_ptr, lst)) if lst else (0,) * n for lst in lists)
+    aligned (the kernels' vector accesses). ``known``: addresses already read, by the id of their list."""
+    known = known or {}
+    addrs = tuple(known.get(id(lst)) or tuple(map(Tensor.data_ptr, lst)) if lst else (0,) * n for lst in lists)
     key = (str(device), addrs)
     hit = _PTRS.get(key)
     if hit is not None:
@@ -567,12 +569,13 @@ def _same_tensors(refs, lst) -> bool:
     return len(refs) == len(lst) and all(map(operator.is_, map(_DEREF, refs), lst))
 
 
-def _lists_fit(grads, params, s0, s1, s2, math_dt) -> bool:
+def _lists_fit(grads, params, s0, s1, s2, math_dt, known: Optional[Dict[int, tuple]] = None) -> bool:
     """Whether the tensors fit the kernels, checked a property at a time over each whole list (maps of C methods:
     about 1 us per tensor instead of the 4 of a Python loop over the tensors, which costs milliseconds a step at
     1000 tensors); parameters and state already found to fit, at the same addresses, are not checked again
     (``_FITTED``). False sends the call to ``_check``'s loop, which names the offending tensor (or accepts
-    non-contiguous dense gradients, which this path leaves to it)."""
+    non-contiguous dense gradients, which this path leaves to it). ``known`` gets the addresses read here, by the
+    id of their list."""
     dt, dev = grads[0].dtype, grads[0].device
     if dt not in _TL_DTYPE or set(map(_DTYPE, grads)) != {dt} or set(map(_DEVICE, grads)) != {dev} \
             or not all(map(Tensor.is_contiguous, grads)):
@@ -582,6 +585,8 @@ def _lists_fit(grads, params, s0, s1, s2, math_dt) -> bool:
     key = (dt, dev, math_dt) + tuple(id(lst[0]) if lst else 0 for lst in lists)
     hit = _FITTED.get(key)
     addrs = [tuple(map(Tensor.data_ptr, lst)) for lst in lists]
+    if known is not None:                   # (for the pointer table)
+        known.update((id(lst), a) for lst, a in zip(lists, addrs) if lst)
     if hit is not None and hit[0] == sizes and hit[2] == addrs and all(map(_same_tensors, hit[1], lists)):
         return True
     strides = list(map(Tensor.stride, grads))
@@ -595,7 +600,9 @@ def _lists_fit(grads, params, s0, s1, s2, math_dt) -> bool:
     return True
 
 
-def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
+def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> Dict[int, tuple]:
+    """Refuses, naming the tensor and the problem, what the kernels cannot take. Returns the addresses it read, by
+    the id of their list (for ``_pointer_table``)."""
     n = len(grads)
     if params and len(params) != n:
         raise ValueError(f"{op}: {len(params)} params for {n} grads")
@@ -607,8 +614,9 @@ def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
     if dev.type == "cpu" and not INTERPRET:
         raise RuntimeError(f"{op}: the Triton kernels run on CUDA tensors; CPU tensors need the Triton "
                            f"interpreter (set TRITON_INTERPRET=1 before importing hyperfused)")
-    if _lists_fit(grads, params, s0, s1, s2, math_dt):
-        return
+    known: Dict[int, tuple] = {}
+    if _lists_fit(grads, params, s0, s1, s2, math_dt, known):
+        return known
     for i, g in enumerate(grads):
         if g.dtype not in _TL_DTYPE:
             raise TypeError(f"{op}: gradient {i} has dtype {g.dtype}; the kernels take float32, float64, "
@@ -625,6 +633,7 @@ def _check(op: str, grads, params, s0, s1, s2, scal, math_dt) -> None:
                         or lst[i].device != dev):
                 raise ValueError(f"{op}: state tensor {i} must have the gradient's shape, strides and device and "
                                  f"dtype {math_dt} (got {lst[i].dtype} on {lst[i].device})")
+    return {}
 
 
 def _math_dtype(dt: torch.dtype) -> torch.dtype:
@@ -686,11 +695,11 @@ def hyper_reduce(kind: int, learn: int, momentum: bool, eps: Sequence[float], gr
     if n == 0:
         return torch.zeros(0, ROW_COLS, dtype=torch.float64, device=scal.device)
     mdt = _math_dtype(grads[0].dtype)
-    _check("hyper_reduce", grads, [], s0, s1, s2, scal, mdt)
+    known = _check("hyper_reduce", grads, [], s0, s1, s2, scal, mdt)
     dev = grads[0].device
     _check_inv_scale("hyper_reduce", inv_scale, dev)
     ct, cs, first, numel = _chunk_map(dev, tuple(map(Tensor.numel, grads)))
-    ptrs, aligned = _pointer_table(dev, ([], grads, s0, s1, s2), n)
+    ptrs, aligned = _pointer_table(dev, ([], grads, s0, s1, s2), n, known)
     chunks = ct.numel()
     part = torch.empty(chunks, ROW_COLS, dtype=torch.float64, device=dev)
     epst = _eps_tensor(eps, dev)
@@ -719,7 +728,7 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
     if not params:
         raise ValueError("hyper_update: params are required")
     mdt = _math_dtype(grads[0].dtype)
-    _check("hyper_update", grads, params, s0, s1, s2, scal, mdt)
+    known = _check("hyper_update", grads, params, s0, s1, s2, scal, mdt)
     one_pass = scal_jac is not None
     if one_pass:
         _check_table("hyper_update", scal_jac, n)
@@ -728,7 +737,7 @@ def hyper_update(kind: int, learn: int, momentum: bool, eps: Sequence[float], pa
     dev = grads[0].device
     _check_inv_scale("hyper_update", inv_scale, dev)
     ct, cs, first, numel = _chunk_map(dev, tuple(map(Tensor.numel, grads)))
-    ptrs, aligned = _pointer_table(dev, (params, grads, s0, s1, s2), n)
+    ptrs, aligned = _pointer_table(dev, (params, grads, s0, s1, s2), n, known)
     chunks = ct.numel()
     part = torch.empty(chunks if one_pass else 1, ROW_COLS, dtype=torch.float64, device=dev)
     # which state list holds the previous gradient (written where column COL_VALID of the table says so)
