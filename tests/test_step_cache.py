@@ -160,3 +160,23 @@ def test_a_checkpoint_loaded_into_a_stepped_optimizer_continues_as_into_a_fresh_
         for p, q in zip(ps, qs):
             assert torch.equal(p.detach(), q.detach())
     assert opt.hyperparameters() == fresh.hyperparameters()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_what_a_step_keeps_does_not_keep_the_gradients_alive(backend):
+    """After a step and zero_grad() the step's gradients are freed (nothing of the optimizer's keeps them: at
+    height 0 no previous gradient is needed), as with torch's optimizers: a model's worth of memory otherwise."""
+    import gc
+    import weakref
+    ps = [torch.nn.Parameter(torch.randn(8)) for _ in range(3)]
+    opt = hf.Adam(ps, backend=backend)
+    refs = []
+    for _ in range(3):
+        opt.zero_grad()
+        for p in ps:
+            p.grad = torch.randn(8)
+            refs.append(weakref.ref(p.grad))
+        opt.step()
+    opt.zero_grad()
+    gc.collect()
+    assert all(r() is None for r in refs)

@@ -771,8 +771,9 @@ class HyperOptimizer(torch.optim.Optimizer):
         cache = self.__dict__.setdefault("_collected", {})
         if mesh is None and len(params) == plan["n"]:
             # every tensor had a gradient and state: what the next step may take again (``_collect_again``)
+            # (a copy before the step adds to it, without the gradients: the cache must not keep them alive)
             cache[gi] = (group["params"], tuple(params), self.state, states,
-                         [p.dtype for p in params], plan["device"], dict(plan))   # (before the step adds to it)
+                         [p.dtype for p in params], plan["device"], dict(plan, grads=None))
         else:
             cache.pop(gi, None)
         return plan
