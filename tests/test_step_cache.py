@@ -58,6 +58,9 @@ def test_events_between_steps_are_seen_as_torch_sees_them(backend):
         ours.step()
     for p, x in zip(ps, x_before):
         assert torch.equal(p.detach(), x)
+    ours.state[ps[3]].clear()            # a state emptied in place: made again, as torch does
+    theirs.state[qs[3]].clear()
+    step()
     ours.load_state_dict(saved_ours)     # a new state mapping: its tensors, not the ones of the last step
     theirs.load_state_dict(saved_theirs)
     assert ours.state[ps[0]]["step"].item() == 5
@@ -180,3 +183,39 @@ def test_what_a_step_keeps_does_not_keep_the_gradients_alive(backend):
     opt.zero_grad()
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_the_verdict_a_caller_gets_is_its_own():
+    """The skip decision's tensor handed out by hf.ops.grads_finite is the caller's to change: the next steps do
+    not see it."""
+    ps = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
+    opt = hf.Adam(ps, backend="cpu")
+    for p in ps:
+        p.grad = torch.randn(5)
+    ok = hf.ops.grads_finite("cpu", [p.grad for p in ps])
+    assert bool(ok)
+    ok &= torch.tensor(False)
+    x = [p.detach().clone() for p in ps]
+    opt.step()
+    assert bool(hf.ops.grads_finite("cpu", [p.grad for p in ps]))
+    assert opt.skipped_steps == 0 and not any(torch.equal(p.detach(), y) for p, y in zip(ps, x))
+
+
+def test_eager_steps_after_a_compiled_step_see_what_it_wrote():
+    """A compiled step writes the last update's values (level 0's 'used') without the eager step's bookkeeping: the
+    eager steps after it rebuild their Jacobian from what it wrote. Eager, compiled (aot_eager, bitwise as eager),
+    eager again: bit for bit the all-eager trajectory."""
+    def run(compiled_at):
+        g = torch.Generator().manual_seed(4)
+        ps = [torch.nn.Parameter(torch.randn(6, generator=g)) for _ in range(2)]
+        opt = hf.Adam(ps, lr=1e-2, learn=("lr", "beta1", "beta2"), hyper=hf.SGD(lr=1e-3), backend="cpu")
+        step_c = torch.compile(opt.step, backend="aot_eager")
+        for t in range(5):
+            for p in ps:
+                p.grad = torch.randn(6, generator=g)
+            (step_c if t in compiled_at else opt.step)()
+        return [p.detach().clone() for p in ps], opt.hyperparameters()
+
+    want = run(())
+    got = run((2,))
+    assert all(torch.equal(a, b) for a, b in zip(want[0], got[0])) and want[1] == got[1]

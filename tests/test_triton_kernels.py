@@ -378,6 +378,11 @@ def test_launch_checks_of_unchanged_parameters_and_state_are_kept_but_see_every_
     with pytest.raises(ValueError, match="state tensor 3 must have"):
         hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
     s0[3] = kept
+    hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    s0[0].unsqueeze_(0)                                     # the layout changed in place (same object and address)
+    with pytest.raises(ValueError, match="state tensor 0 must have"):
+        hyper._check("op", gs, ps, s0, [], [], scal, torch.float32)
+    s0[0].squeeze_(0)
     with pytest.raises(ValueError, match="parameter 0 must have"):   # gradients of another size
         hyper._check("op", [torch.randn(5) for _ in range(n)], ps, s0, [], [], scal, torch.float32)
 

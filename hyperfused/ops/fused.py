@@ -491,17 +491,6 @@ def _by_dtype(grads: List[Tensor], call, n: int) -> Tensor:
     return out
 
 
-_VERDICTS: Dict[bool, Tensor] = {}
-
-
-def _verdict(flag: bool) -> Tensor:
-    """A CPU 0-dim bool tensor holding ``flag``, made once: a verdict known on the host (the step only reads it)."""
-    t = _VERDICTS.get(flag)
-    if t is None:
-        t = _VERDICTS[flag] = torch.tensor(flag)
-    return t
-
-
 def nonfinite(grads: List[Tensor], kernels=None) -> Tensor:
     """0-dim bool: True when every gradient element is finite (one read of the gradients)."""
     host = kernels is None and grads[0].device.type == "cpu" and not torch.compiler.is_compiling()
@@ -509,7 +498,8 @@ def nonfinite(grads: List[Tensor], kernels=None) -> Tensor:
     if _all_contiguous(grads) and _one_dtype(grads):       # the usual case: one op and one comparison
         counts = kernels.nonfinite_count(grads)
         if host:         # the C++ kernel's counts are on the host: a read, not two tensor ops
-            return _verdict(not (any(counts.tolist()) if len(grads) <= _HOST_TABLE_MAX else counts.numpy().any()))
+            # (a new tensor: the caller owns it, and may change it in place)
+            return torch.tensor(not (any(counts.tolist()) if len(grads) <= _HOST_TABLE_MAX else counts.numpy().any()))
         return counts.sum() == 0
     g = [x if _dense(x) else x.contiguous() for x in grads]
     total = torch.zeros((), dtype=torch.float64, device=g[0].device)

@@ -638,6 +638,12 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _keep_used(self, plan, ok: Tensor) -> None:
         """Level 0's values of this step's update (where it was taken): what the next step rebuilds its Jacobian
         with (docs/MATH.md §1.2-1.3)."""
+        if torch.compiler.is_compiling():       # (the traced path: no host reads, nothing kept)
+            if plan["specs"][0][2]:
+                used, hp = plan["levels"][0]["used"], plan["levels"][0]["hp"]
+                for name, t in hp.items():
+                    ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
+            return
         pending = self.__dict__.setdefault("_pending_vals", {}).pop(plan["gi"], None)
         kept = self.__dict__.setdefault("_used_vals", {})
         if plan["specs"][0][2]:
@@ -653,21 +659,24 @@ class HyperOptimizer(torch.optim.Optimizer):
                         # computed by tensor ops (a parametrised one) is kept, one that is the raw tensor itself is
                         # ``used``'s own tensor
                         kept[plan["gi"]] = (used, {name: (v if v is not hp[name] else used[name])
-                                                   for name, v in pending[1].items()})
+                                                   for name, v in pending[1].items()},
+                                            tuple(t._version for t in used.values()))
                     else:
                         kept.pop(plan["gi"], None)
                 return
             kept.pop(plan["gi"], None)
             for name, t in hp.items():
                 ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
+        else:
+            kept.pop(plan["gi"], None)
 
     def _used_values(self, gi: int, spec0, used: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """``_values_of(spec0, used)``: the values of level 0's last update, which its Jacobian is rebuilt with. Those
         that are parametrised (sigma of a learned beta: tensor ops) were computed by that update's pass B from the
-        raw values ``_keep_used`` then copied into ``used``: taken from there while ``used`` is the same dict, which
-        nothing else writes in place."""
-        hit = self.__dict__.get("_used_vals", {}).get(gi)
-        if hit is not None and hit[0] is used:
+        raw values ``_keep_used`` then copied into ``used``: taken from there while ``used`` is the same dict and its
+        tensors have not been written since (their version counters: a traced step's write moves them too)."""
+        hit = None if torch.compiler.is_compiling() else self.__dict__.get("_used_vals", {}).get(gi)
+        if hit is not None and hit[0] is used and hit[2] == tuple(t._version for t in used.values()):
             return hit[1]
         return self._values_of(spec0, used)
 
@@ -783,7 +792,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         dtypes), each with a dense gradient and the same state dict, the same optimizer state. Only the gradients
         are new; the lists and what was derived from them are taken again. None: ``_collect`` builds it."""
         hit = self.__dict__.get("_collected", {}).get(gi)
-        if hit is None:
+        if hit is None or torch.compiler.is_compiling():     # (a trace builds its plan afresh)
             return None
         ps_list, ps, state_obj, states, dtypes, dev, last = hit
         params = group["params"]
@@ -793,7 +802,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         grads = [p.grad for p in ps]
         get = state_obj.get
         if not (all(g is not None and not g.is_sparse for g in grads)
-                and all(map(operator.is_, map(get, ps), states))
+                and all(map(operator.is_, map(get, ps), states)) and all(states)   # (one emptied: made again)
                 and [p.dtype for p in ps] == dtypes and ps[0].device == dev):
             return None
         self._ensure_used(gt, specs[0][2])
@@ -943,6 +952,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         and ``rows`` are the same objects (a level's dict of tensors is made once, its tensors change in place; a
         loaded checkpoint brings new dicts, an edited param group a new spec)."""
         lv, learned = spec0[0], spec0[2]
+        if torch.compiler.is_compiling():       # (a trace computes them: nothing kept across traced steps)
+            return self._exact_fixed(spec0, self._values_of(spec0, rows))
         if any(kinds.KINDS[lv.kind].parametrisation(n) != kinds.IDENTITY for n in learned if n != WD):
             vals = self._values_of(spec0, rows)
             self.__dict__.setdefault("_pending_vals", {})[gi] = (rows, vals)     # for ``_keep_used``

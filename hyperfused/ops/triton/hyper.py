@@ -558,11 +558,14 @@ def _check_table(op: str, scal: Tensor, n: int) -> None:
 
 
 # Lists of parameters and state that fitted gradients of given sizes, per (dtypes, device, first tensors): weak
-# references to every tensor and their addresses then. The same tensor objects at the same addresses keep their
-# sizes, strides, dtype and device (a new storage, as ``p.data = ...`` or ``.to()`` give, has a new address): the
-# step's parameters and state are checked once, the gradients (new tensors each step) every call.
+# references to every tensor, their addresses and version counters then. The same tensor objects at the same
+# addresses with the same versions keep their sizes, strides, dtype and device (a new storage, as ``p.data = ...``
+# or ``.to()`` give, has a new address; an in-place change of the layout, t_(), resize_(), set_(), moves the
+# version; the kernels' own writes do not): the step's parameters and state are checked once, the gradients (new
+# tensors each step) every call.
 _FITTED: Dict[tuple, tuple] = {}
 _DEREF = weakref.ref.__call__
+_VERSION = attrgetter("_version")
 
 
 def _same_tensors(refs, lst) -> bool:
@@ -587,7 +590,8 @@ def _lists_fit(grads, params, s0, s1, s2, math_dt, known: Optional[Dict[int, tup
     addrs = [tuple(map(Tensor.data_ptr, lst)) for lst in lists]
     if known is not None:                   # (for the pointer table)
         known.update((id(lst), a) for lst, a in zip(lists, addrs) if lst)
-    if hit is not None and hit[0] == sizes and hit[2] == addrs and all(map(_same_tensors, hit[1], lists)):
+    if hit is not None and hit[0] == sizes and hit[2] == addrs and all(map(_same_tensors, hit[1], lists)) \
+            and hit[3] == [tuple(map(_VERSION, lst)) for lst in lists]:
         return True
     strides = list(map(Tensor.stride, grads))
     for lst, want in ((params, dt), (s0, math_dt), (s1, math_dt), (s2, math_dt)):
@@ -596,7 +600,8 @@ def _lists_fit(grads, params, s0, s1, s2, math_dt, known: Optional[Dict[int, tup
             return False
     if len(_FITTED) >= _CACHE_MAX:
         _FITTED.clear()
-    _FITTED[key] = (sizes, [list(map(weakref.ref, lst)) for lst in lists], addrs)
+    _FITTED[key] = (sizes, [list(map(weakref.ref, lst)) for lst in lists], addrs,
+                    [tuple(map(_VERSION, lst)) for lst in lists])
     return True
 
 
