@@ -638,37 +638,30 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _keep_used(self, plan, ok: Tensor) -> None:
         """Level 0's values of this step's update (where it was taken): what the next step rebuilds its Jacobian
         with (docs/MATH.md §1.2-1.3)."""
-        if torch.compiler.is_compiling():       # (the traced path: no host reads, nothing kept)
-            if plan["specs"][0][2]:
-                used, hp = plan["levels"][0]["used"], plan["levels"][0]["hp"]
-                for name, t in hp.items():
-                    ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
+        gi, tracing = plan["gi"], torch.compiler.is_compiling()     # (a traced step keeps nothing on the host)
+        pending = None if tracing else self.__dict__.setdefault("_pending_vals", {}).pop(gi, None)
+        kept = {} if tracing else self.__dict__.setdefault("_used_vals", {})
+        if not plan["specs"][0][2]:
+            kept.pop(gi, None)
             return
-        pending = self.__dict__.setdefault("_pending_vals", {}).pop(plan["gi"], None)
-        kept = self.__dict__.setdefault("_used_vals", {})
-        if plan["specs"][0][2]:
-            used = plan["levels"][0]["used"]
-            hp = plan["levels"][0]["hp"]
-            if plan["backend"].name == "cpu" and not torch.compiler.is_compiling():
-                # the C++ kernels' verdict is on the host: one multi-tensor copy when the step was taken (the
-                # device backends never read it, also under the Triton interpreter on CPU tensors)
-                if bool(ok):            # (eager: no view needed for the writes, see ref.inplace)
-                    _copy_all([used[name] for name in hp], list(hp.values()))
-                    if pending is not None and pending[0] is hp:
-                        # the values pass B computed from these raw values are now those of ``used``: a value
-                        # computed by tensor ops (a parametrised one) is kept, one that is the raw tensor itself is
-                        # ``used``'s own tensor
-                        kept[plan["gi"]] = (used, {name: (v if v is not hp[name] else used[name])
-                                                   for name, v in pending[1].items()},
-                                            tuple(t._version for t in used.values()))
-                    else:
-                        kept.pop(plan["gi"], None)
-                return
-            kept.pop(plan["gi"], None)
-            for name, t in hp.items():
-                ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
-        else:
-            kept.pop(plan["gi"], None)
+        used = plan["levels"][0]["used"]
+        hp = plan["levels"][0]["hp"]
+        if plan["backend"].name == "cpu" and not tracing:
+            # the C++ kernels' verdict is on the host: one multi-tensor copy when the step was taken (the
+            # device backends never read it, also under the Triton interpreter on CPU tensors)
+            if bool(ok):            # (eager: no view needed for the writes, see ref.inplace)
+                _copy_all([used[name] for name in hp], list(hp.values()))
+                if pending is not None and pending[0] is hp:
+                    # the values pass B computed from these raw values are now those of ``used``: a value computed
+                    # by tensor ops (a parametrised one) is kept, one that is the raw tensor itself is ``used``'s
+                    vals = {name: (v if v is not hp[name] else used[name]) for name, v in pending[1].items()}
+                    kept[gi] = (used, vals, tuple(t._version for t in used.values()))
+                else:
+                    kept.pop(gi, None)
+            return
+        kept.pop(gi, None)
+        for name, t in hp.items():
+            ref.inplace(used[name]).copy_(torch.where(ok, t, used[name]))
 
     def _used_values(self, gi: int, spec0, used: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """``_values_of(spec0, used)``: the values of level 0's last update, which its Jacobian is rebuilt with. Those
