@@ -219,3 +219,29 @@ def test_eager_steps_after_a_compiled_step_see_what_it_wrote():
     want = run(())
     got = run((2,))
     assert all(torch.equal(a, b) for a, b in zip(want[0], got[0])) and want[1] == got[1]
+
+
+def test_copies_carry_no_step_caches_and_continue_bitwise():
+    """copy.deepcopy and pickle leave out what a step keeps from the last (rebuilt at the copy's first step); the
+    copy continues bit for bit as the original."""
+    import pickle
+    g = torch.Generator().manual_seed(5)
+    ps = [torch.nn.Parameter(torch.randn(7, generator=g)) for _ in range(2)]
+    opt = hf.Adam(ps, lr=1e-2, learn=("lr", "beta1", "beta2"), hyper=hf.SGD(lr=1e-3), backend="cpu")
+    grads = [[torch.randn(7, generator=g) for _ in ps] for _ in range(5)]
+    for t in range(2):
+        for p, d in zip(ps, grads[t]):
+            p.grad = d.clone()
+        opt.step()
+    caches = set(type(opt)._STEP_CACHES)
+    assert caches & set(opt.__dict__)
+    twins = [copy.deepcopy((ps, opt)), pickle.loads(pickle.dumps((ps, opt)))]
+    assert not any(caches & set(twin[1].__dict__) for twin in twins)
+    for t in range(2, 5):
+        for params, o in [(ps, opt)] + twins:
+            for p, d in zip(params, grads[t]):
+                p.grad = d.clone()
+            o.step()
+    for params, o in twins:
+        assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(params, ps))
+        assert o.hyperparameters() == opt.hyperparameters()

@@ -1260,10 +1260,13 @@ class HyperOptimizer(torch.optim.Optimizer):
             self._seen[gi] = self._snapshot(group)
 
     # ---------------------------------------------------------------- copies
+    # what a step keeps from the last one to save host time (rebuilt by the next step): not part of a copy
+    _STEP_CACHES = ("_collected", "_update_vals", "_used_vals", "_pending_vals")
+
     def __getstate__(self) -> Dict[str, Any]:
-        """Everything (torch's keeps defaults, state and param_groups only): copy.deepcopy and pickle give an
-        optimizer that continues bitwise as the original does."""
-        return self.__dict__.copy()
+        """Everything but the step caches (torch's keeps defaults, state and param_groups only): copy.deepcopy and
+        pickle give an optimizer that continues bitwise as the original does."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._STEP_CACHES}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
