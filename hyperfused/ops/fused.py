@@ -107,29 +107,19 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     return out if out.dtype == torch.float64 else out.to(torch.float64)
 
 
-_ONES: Dict[torch.dtype, Tensor] = {}
-
-
-def _one(dtype: torch.dtype) -> Tensor:
-    """A CPU 0-dim 1 of ``dtype``, made once (the step counts' increment, where the step is known to be taken)."""
-    t = _ONES.get(dtype)
-    if t is None:
-        t = _ONES[dtype] = torch.ones((), dtype=dtype)
-    return t
-
-
 _CONSTS: Dict[tuple, Tensor] = {}
 
 
-def _const(v: float, device) -> Tensor:
-    """A 0-dim float64 tensor holding ``v`` on ``device``, made once (a fixed hyperparameter's exact number in a
-    device table: no copy from the host per step; made by a fill, which a CUDA graph capture allows)."""
-    key = (v, str(device))
+def _const(v: float, device, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A 0-dim tensor holding ``v`` on ``device``, made once (a fixed hyperparameter's exact number in a device
+    table: no copy from the host per step; made by a fill, which a CUDA graph capture allows; the step counts'
+    increment where the step is known taken). Read only."""
+    key = (v, str(device), dtype)
     t = _CONSTS.get(key)
     if t is None:
         if len(_CONSTS) >= 1024:
             _CONSTS.clear()
-        t = _CONSTS[key] = torch.full((), v, dtype=torch.float64, device=device)
+        t = _CONSTS[key] = torch.full((), v, dtype=dtype, device=device)
     return t
 
 
@@ -443,7 +433,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
             inc = ok.to(steps[0].dtype)
             torch._foreach_add_(steps, [inc] * len(steps))
         elif taken:                                 # (CPU: the verdict is on the host)
-            torch._foreach_add_(steps, [_one(steps[0].dtype)] * len(steps))
+            torch._foreach_add_(steps, [_const(1.0, "cpu", steps[0].dtype)] * len(steps))
     if jac is None:
         return None
     if tower_args is not None:
