@@ -1,8 +1,9 @@
 """Host work of a step does not grow with the number of tensors: the ops a step dispatches (torch's and
-hyperfused's) are the same in number for a few tensors and for many. The only per-tensor dispatches allowed are
-host reads of CPU tensors (``aten::_local_scalar_dense``: the C++ kernels' scalar table is built from host
-numbers); the device path (Triton here, under the interpreter; the CUDA kernels take the same Python path as the
-Triton ones for their tables) reads nothing on the host at all."""
+hyperfused's) are the same in number for a few tensors and for many, host reads of CPU tensors included
+(``aten::_local_scalar_dense``: the C++ kernels' scalar table is built from host numbers, the per-tensor step
+counts and moved flags read as one vector each, hyperfused.ops.packed); the device path (Triton here, under the
+interpreter; the CUDA kernels take the same Python path as the Triton ones for their tables) reads nothing on the
+host at all."""
 import collections
 
 import pytest
@@ -75,12 +76,10 @@ def test_decoupled_decay_runs_in_the_update_pass(backend, make):
 
 
 @pytest.mark.parametrize("name", list(MAKERS))
-def test_cpu_kernels_dispatch_as_many_ops_for_4_and_40_tensors(name):
+def test_cpu_kernels_dispatch_as_many_ops_and_host_reads_for_4_and_40_tensors(name):
     if not ops.extension_available():
         pytest.skip("the C++ extension is not built")
     few, many = (_dispatches(MAKERS[name]("cpu"), n) for n in (4, 40))
-    few.pop(HOST_READ, None)
-    many.pop(HOST_READ, None)
     assert few == many, f"ops whose count grows with the tensors: " \
                         f"{ {k: (few.get(k), many.get(k)) for k in set(few) | set(many) if few.get(k) != many.get(k)} }"
 
@@ -113,6 +112,24 @@ def test_moved_flags_update_in_a_fixed_number_of_ops(device_path, value):
             assert [bool(f) for f in flags] == want
             counts.append(sum(c.ops.values()))
     assert counts[0] == counts[2] and counts[1] == counts[3]
+
+
+@pytest.mark.parametrize("host", [False, True])
+@pytest.mark.parametrize("value", [True, False])
+def test_packed_moved_flags_update_in_one_op(host, value):
+    """The flags packed into one bool vector (hyperfused.ops.packed): set where the verdict says so, in one op
+    (host route: nothing for a refused step)."""
+    from hyperfused.optim.base import _flags_set_where
+    for n in (3, 30):
+        for verdict in (True, False):
+            start = [bool(i % 3 == 0) for i in range(n)]
+            flags = torch.tensor(start)
+            views, ok = [flags[i] for i in range(n)], torch.tensor(verdict)
+            with _Count() as c:
+                _flags_set_where(flags, ok, value, host=host)
+            assert [bool(f) for f in views] == [(value if verdict else b) for b in start]
+            writes = sum(v for k, v in c.ops.items() if k not in (HOST_READ, "aten.is_nonzero.default"))
+            assert writes == (0 if host and not verdict else 1 + (not value and not host)), c.ops
 
 
 @pytest.mark.parametrize("value", [True, False])

@@ -245,3 +245,86 @@ def test_copies_carry_no_step_caches_and_continue_bitwise():
     for params, o in twins:
         assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(params, ps))
         assert o.hyperparameters() == opt.hyperparameters()
+
+
+def _backends():
+    from hyperfused import ops
+    out = ["cpu", "reference"]
+    if ops.triton_available() and ops._triton.interpreting():
+        out.append("triton")
+    return out
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_step_counts_written_or_replaced_in_the_state_are_the_ones_the_next_step_uses(backend):
+    """A group's step counts are kept as one vector, each state holding the view of its element (one op a step for
+    all of them): a count written in place, or replaced by another tensor (of the vector's dtype, or of another),
+    between two steps is the count the next step's bias correction uses, as with torch.optim.Adam."""
+    ps, qs = _models()
+    ours = hf.Adam(ps, backend=backend)
+    theirs = torch.optim.Adam(qs, foreach=False)
+    g = torch.Generator().manual_seed(1)
+
+    def step():
+        _grads(ps, qs, g)
+        ours.step()
+        theirs.step()
+        for p, q in zip(ps, qs):
+            torch.testing.assert_close(p.detach(), q.detach(), atol=1e-12, rtol=1e-12)
+
+    for _ in range(3):
+        step()
+    ours.state[ps[0]]["step"].fill_(40.0)                                    # in place
+    theirs.state[qs[0]]["step"].fill_(40.0)
+    step()
+    ours.state[ps[1]]["step"] = torch.tensor(7.0, dtype=torch.float64)        # replaced, the same dtype
+    theirs.state[qs[1]]["step"] = torch.tensor(7.0)
+    step()
+    step()
+    ours.state[ps[2]]["step"] = torch.tensor(20.0, dtype=torch.float32)       # replaced, another dtype
+    theirs.state[qs[2]]["step"] = torch.tensor(20.0)
+    step()
+    step()
+    assert [ours.state[p]["step"].item() for p in ps] == [45.0, 11.0, 22.0, 8.0]
+    assert [ours.state[p]["step"].item() for p in ps] == [theirs.state[q]["step"].item() for q in qs]
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_moved_flags_written_or_replaced_in_the_state_are_the_ones_the_next_step_uses(backend, one_pass,
+                                                                                       monkeypatch):
+    """The moved flags (whether a tensor's last update has a Jacobian) are kept as one vector too: a flag cleared
+    in place, or replaced by another tensor, between two steps drops that tensor's hypergradient term at the next
+    step, bit for bit as an optimizer whose flags are separate tensors (hyperfused.ops.packed disabled)."""
+    from hyperfused.ops import packed
+    ps, qs = _models()
+    make = lambda params: hf.Adam(params, lr=1e-2, hyper=hf.SGD(lr=1e-3), backend=backend,  # noqa: E731
+                                  one_pass=one_pass)
+    ours = make(ps)
+    pack = packed.pack
+    monkeypatch.setattr(packed, "pack", lambda states: None)
+    theirs = make(qs)
+    g = torch.Generator().manual_seed(1)
+
+    def step():
+        _grads(ps, qs, g)
+        monkeypatch.setattr(packed, "pack", pack)
+        ours.step()
+        monkeypatch.setattr(packed, "pack", lambda states: None)
+        theirs.step()
+        for p, q in zip(ps, qs):
+            assert torch.equal(p.detach(), q.detach())
+        assert ours.hyperparameters() == theirs.hyperparameters()
+
+    for _ in range(3):
+        step()
+    assert isinstance(ours._collected[0][3], packed.PackedStates) and ours._collected[0][3].steps is not None
+    assert not isinstance(theirs._collected[0][3], packed.PackedStates)
+    ours.state[ps[0]]["moved"].fill_(False)                              # in place
+    theirs.state[qs[0]]["moved"].fill_(False)
+    step()
+    ours.state[ps[2]]["moved"] = torch.tensor(False)                     # replaced
+    theirs.state[qs[2]]["moved"] = torch.tensor(False)
+    step()
+    step()
+    assert ours.hyperparameters() != make([torch.nn.Parameter(torch.zeros(1))]).hyperparameters()   # (it learned)

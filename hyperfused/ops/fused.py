@@ -19,6 +19,7 @@ import torch
 from .. import kinds
 from ..kinds import (COL_DECAY, COL_DSIG1, COL_RAW_LR, COL_STEP, COL_VALID, ROW_COLS, ROW_NONFINITE, SIGMA,
                      SQUARE, STATE_SLOTS, TABLE_COLS)
+from . import packed
 from . import reference as ref
 from .tower_shape import eps_pair
 
@@ -63,8 +64,8 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
             host: bool = False, decay: Optional[Tensor] = None, role: Optional[int] = None) -> Tensor:
     """The float64 [n, TABLE_COLS] table (hyperfused.kinds' COL_*): lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2),
     step, valid, decay (``decay``: an update's lr * weight_decay, one value or one per tensor; 0 if None).
-    ``steps``: the tensors' step counts (0-dim tensors, plus ``step_offset``); ``valid``: one 0-dim tensor or
-    number per tensor. ``host``: the tensors are on the CPU and the table may be built from host numbers (the
+    ``steps``: the tensors' step counts (0-dim tensors, or one vector of them: ``packed``; plus ``step_offset``);
+    ``valid``: one 0-dim tensor or number per tensor, or one vector. ``host``: the tensors are on the CPU and the table may be built from host numbers (the
     compiled CPU kernels; the Triton kernels keep the tensor-op path they take on a GPU, also under the
     interpreter). ``role`` (with ``host``): a host table is written into a buffer kept for this role and thread
     (the caller's op reads it before the next table of that role is made)."""
@@ -85,7 +86,7 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     for j, r in sig:
         parts[j] = ref.dsigma(r.to(torch.float64))     # in float64, as the host path: the same table on every backend
     if steps is not None:
-        st = torch.stack(list(steps))
+        st = steps if isinstance(steps, Tensor) else torch.stack(list(steps))
         parts[COL_STEP] = st + step_offset if step_offset else st
     if isinstance(valid, Tensor):
         parts[COL_VALID] = valid
@@ -166,9 +167,16 @@ def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float, role: 
     a[:] = row
     for j, col in per:
         a[:, j] = col.numpy()
-    if steps is not None:
+    if isinstance(steps, Tensor):          # packed: one vector
+        a[:, COL_STEP] = steps.numpy()
+        if step_offset:
+            a[:, COL_STEP] += step_offset
+    elif steps is not None:
         a[:, COL_STEP] = [t.item() + step_offset for t in steps]
-    a[:, COL_VALID] = [v.item() if isinstance(v, Tensor) else v for v in valid]
+    if isinstance(valid, Tensor):
+        a[:, COL_VALID] = valid.numpy()
+    else:
+        a[:, COL_VALID] = [v.item() if isinstance(v, Tensor) else v for v in valid]
     return out
 
 
@@ -189,6 +197,15 @@ def _meta(kind, cfg, learned) -> tuple:
     out = (spec.state_keys(cfg, learned), _head(kind, cfg, learned), spec.counts_steps(cfg))
     _META[key] = (cfg, out)
     return out
+
+
+def _steps(states, counts: bool):
+    """The step counts of ``states``: their packed vector (``packed``), else a list of 0-dim tensors; None for a
+    kind that counts no steps."""
+    if not counts:
+        return None
+    vec = packed.steps_of(states)
+    return vec if vec is not None else [st["step"] for st in states]
 
 
 def _lists(kind, cfg, learned, states):
@@ -276,8 +293,10 @@ def _keep(t: Tensor) -> None:
 _warned = [False]
 
 
-def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
-    out = list(valid)
+def _check_prev_grads(states: List[dict], valid):
+    """``valid`` (0-dim flags, or one vector of them), with the flag of every tensor whose kept previous gradient
+    was changed in place since cleared (a copy: ``valid`` itself is left as it is)."""
+    out = valid if isinstance(valid, Tensor) else list(valid)
     if torch.compiler.is_compiling():
         # a traced step cannot watch version counters: the state keeps its own copies from here on
         for st in states:
@@ -291,6 +310,8 @@ def _check_prev_grads(states: List[dict], valid: List[Tensor]) -> List[Tensor]:
             continue
         entry = stolen.get(id(prev))                  # (_kept_version, inline: this runs per tensor and step)
         if entry is not None and entry() is prev and prev._version != entry.version:
+            if out is valid:                              # (a vector: cleared in a copy)
+                out = valid.clone()
             out[i] = torch.zeros_like(valid[i])
             st["prev_grad"] = torch.zeros_like(prev)      # our own buffer from now on
             st["prev_grad_copy"] = True
@@ -332,8 +353,8 @@ def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw, compiled=Tru
     s0, s1, s2 = _lists(kind, cfg, learned, states)
     keys, head, counts = _meta(kind, cfg, learned)
     if "prev_grad" in keys:
-        valid = _check_prev_grads(states, list(valid))
-    steps = [st["step"] for st in states] if counts else None
+        valid = _check_prev_grads(states, valid)
+    steps = _steps(states, counts)
     dev = grads[0].device
     scal = scalars(kind, learned, n, hp, raw, steps, valid, dev, host=compiled and dev.type == "cpu", role=0)
     if _all_contiguous(grads) and (not s0 or _all_contiguous(s0)):
@@ -383,7 +404,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     n = len(params)
     s0, s1, s2 = _lists(kind, cfg, learned, states)
     keys, head, counts = _meta(kind, cfg, learned)
-    steps = [st["step"] for st in states] if counts else None
+    steps = _steps(states, counts)
     work, g = _work_lists(params, grads)
     dev = grads[0].device
     # keeping the gradient itself needs to know whether the step was taken: on the host, so only for the C++
@@ -402,7 +423,7 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
     if jac is not None:
         jhp, jraw, jvalid = jac
         if "prev_grad" in keys:
-            jvalid = _check_prev_grads(states, list(jvalid))
+            jvalid = _check_prev_grads(states, jvalid)
         scal_jac = scalars(kind, learned, n, jhp, jraw, steps, jvalid, dev, host=host, role=2)
     if tower_args is not None:
         if scal_jac is None or not compiled:
@@ -429,7 +450,12 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
         # the list overload: the one taking a single 0-dim tensor reads it on the host (.item()) when it leaves
         # its fast route, a synchronisation (seen on an H200 with torch 2.11); the one taking a Python number runs
         # one op per tensor on CPU (194 us for 64 step counts, against 36 us for the list overload)
-        if taken is None:
+        if isinstance(steps, Tensor):               # packed: one op on the vector
+            if taken is None:
+                steps.add_(ok.to(steps.dtype))
+            elif taken:
+                steps.add_(1.0)
+        elif taken is None:
             inc = ok.to(steps[0].dtype)
             torch._foreach_add_(steps, [inc] * len(steps))
         elif taken:                                 # (CPU: the verdict is on the host)

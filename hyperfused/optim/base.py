@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 
 from .. import kinds, ops
+from ..ops import packed
 from ..ops import reference as ref
 from ._checks import check_flag, check_nonneg
 
@@ -771,9 +772,11 @@ class HyperOptimizer(torch.optim.Optimizer):
                 "device": group["params"][0].device, "backend": self._group_impl(group),
                 "group": None if mesh is None else mesh.get_group()}
         cache = self.__dict__.setdefault("_collected", {})
-        if mesh is None and len(params) == plan["n"]:
-            # every tensor had a gradient and state: what the next step may take again (``_collect_again``)
+        if mesh is None and len(params) == plan["n"] and not torch.compiler.is_compiling():
+            # every tensor had a gradient and state: what the next step may take again (``_collect_again``), with
+            # the step counts and moved flags packed into a vector each (one op a step for each, not one a tensor)
             # (a copy before the step adds to it, without the gradients: the cache must not keep them alive)
+            states = plan["states"] = packed.pack(states) or states
             cache[gi] = (group["params"], tuple(params), self.state, states,
                          [p.dtype for p in params], plan["device"], dict(plan, grads=None))
         else:
@@ -796,11 +799,12 @@ class HyperOptimizer(torch.optim.Optimizer):
         get = state_obj.get
         if not (all(g is not None and not g.is_sparse for g in grads)
                 and all(map(operator.is_, map(get, ps), states)) and all(states)   # (one emptied: made again)
-                and [p.dtype for p in ps] == dtypes and ps[0].device == dev):
+                and [p.dtype for p in ps] == dtypes and ps[0].device == dev
+                and (not isinstance(states, packed.PackedStates) or states.intact())):   # (packed again)
             return None
         self._ensure_used(gt, specs[0][2])
         plan = dict(last)
-        plan.update(specs=specs, levels=gt["levels"], params=list(ps), grads=grads, states=list(states))
+        plan.update(specs=specs, levels=gt["levels"], params=list(ps), grads=grads, states=states.copy())
         return plan
 
     @staticmethod
@@ -831,7 +835,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         vals = self._used_values(plan["gi"], spec0, hp_rows)
         d0, finite = plan["backend"].reduce(self.kind, cfg0, self._kernel_learned(learned0), per0, plan["grads"],
                                             plan["states"],
-                                            [st["moved"] for st in plan["states"]], vals, hp_rows,
+                                            packed.moved_of(plan["states"]), vals, hp_rows,
                                             inv_scale=plan.get("inv_scale"))
         d0 = self._decoupled_delta(plan, d0, vals)
         return self._all_reduce(plan, self._scatter(plan, d0, per0), finite, learned0)
@@ -884,8 +888,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         inv = plan.get("inv_scale")
         if inv is not None:
             gx = gx * inv.reshape(()).to(gx.dtype)
-        moved = torch.stack([st["moved"] for st in plan["states"]])
-        return torch.where(moved, gx, torch.zeros_like(gx))
+        moved = packed.moved_of(plan["states"])
+        return torch.where(moved if isinstance(moved, Tensor) else torch.stack(moved), gx, torch.zeros_like(gx))
 
     def _decoupled_delta(self, plan, d0: Dict[str, Tensor], used: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """The decoupled decay's terms (AdamW, Lion; docs/MATH.md §4.6). With x' = x (1 - lr wd) - lr d and the
@@ -978,7 +982,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         hp_rows = plan["levels"][0]["used"]        # every tensor has a gradient where the lr is per tensor
         res = plan["backend"].reduce_tower(self.kind, cfg0, self._kernel_learned(learned0), per0, plan["grads"],
                                            plan["states"],
-                                           [st["moved"] for st in plan["states"]],
+                                           packed.moved_of(plan["states"]),
                                            self._used_values(plan["gi"], spec0, hp_rows),
                                            hp_rows, plan["levels"], plan["specs"], plan["n"],
                                            inv_scale=plan.get("inv_scale"))
@@ -1002,7 +1006,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             jac = None
             if self._one_pass:
                 used = self._rows(rec["used"], plan["index"], per0)
-                jac = (self._used_values(plan["gi"], spec0, used), used, [st["moved"] for st in plan["states"]])
+                jac = (self._used_values(plan["gi"], spec0, used), used, packed.moved_of(plan["states"]))
                 used_vals = jac[0]
             fused = None
             if jac is not None and self._may_fuse_tower(plan):   # the levels above in the same op (launch)
@@ -1020,7 +1024,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                                                 inv_scale=plan.get("inv_scale"), decay=decay)
             # one multi-tensor op each, not one per tensor: the step's launch count must not grow with the model
             if learned0:              # (the flags say whether a tensor's last update has a Jacobian)
-                _flags_set_where([st["moved"] for st in plan["states"]], ok, True, host=host)       # moved |= ok
+                _flags_set_where(packed.moved_of(plan["states"]), ok, True, host=host)       # moved |= ok
         if plan["idle"] and learned0:   # no gradient this step: did not move, so no Jacobian next step
             _flags_set_where([st["moved"] for st in plan["idle"]], ok, False, host=host)        # moved &= ~ok
         if not self._one_pass or "tower_commit" in plan:      # exact mode, or the tower already planned
@@ -1292,7 +1296,7 @@ def _is_dtensor(t) -> bool:
     return DT is not None and isinstance(t, DT)
 
 
-def _flags_set_where(flags: List[Tensor], ok: Tensor, value: bool, device_path: Optional[bool] = None,
+def _flags_set_where(flags: Union[Tensor, List[Tensor]], ok: Tensor, value: bool, device_path: Optional[bool] = None,
                      host: bool = False) -> None:
     """Set the 0-dim bool tensors ``flags`` to ``value`` where the 0-dim bool ``ok`` is true, in a number of ops
     that does not grow with the flags. On CPU one multi-tensor maximum/minimum (a loop in C++). Elsewhere torch's
@@ -1300,7 +1304,14 @@ def _flags_set_where(flags: List[Tensor], ok: Tensor, value: bool, device_path: 
     combined and copied back (three launches). ``device_path`` forces the second route (tests). ``host``: ``ok``
     and the flags are CPU tensors the caller may read (the C++ kernels' eager step): nothing is written unless ``ok``
     is set, then only the flags that differ (usually none: a torch multi-tensor op on 0-dim CPU tensors costs
-    about 0.6 us per tensor, a read 0.2 us)."""
+    about 0.6 us per tensor, a read 0.2 us). ``flags`` may be one bool vector instead (packed: the flags are views of
+    its elements, hyperfused.ops.packed): one op."""
+    if isinstance(flags, Tensor):
+        if not host:
+            flags.logical_or_(ok) if value else flags.logical_and_(~ok)
+        elif bool(ok):
+            flags.fill_(value)
+        return
     if host:
         if bool(ok):
             for f in flags:
