@@ -304,6 +304,8 @@ def _check_prev_grads(states: List[dict], valid):
                 st["prev_grad_copy"] = True
         return out
     stolen = _STOLEN
+    if not stolen:            # no gradient is kept anywhere (the device backends never keep one): nothing to check
+        return out
     for i, st in enumerate(states):
         prev = st.get("prev_grad")
         if prev is None or st.get("prev_grad_copy"):
