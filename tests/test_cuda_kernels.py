@@ -94,6 +94,27 @@ def test_many_tensors_in_one_call():
         assert _rel(a, b) <= 2e-5
 
 
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_a_pass_is_one_launch_whatever_the_tensors_and_its_table_is_kept(one_pass):
+    """The kernels read one table per call from device memory (csrc/cuda/tables.h): 230 small tensors and one of
+    331 chunks (more than the 24 tensors and 320 blocks the by-value tables took) are one launch per pass, equal to
+    the reference; a step at the same addresses uploads no table (its table is kept)."""
+    from torch.profiler import ProfilerActivity, profile
+    sizes = [((i * 37) % 3001 + 1,) for i in range(230)] + [(65536 * 330 + 3,)]
+    p_ref, o_ref = _run(MAKERS["adam/sgd"], torch.float32, "reference", sizes, steps=3, one_pass=one_pass)
+    p_cu, o_cu = _run(MAKERS["adam/sgd"], torch.float32, "cuda", sizes, steps=3, one_pass=one_pass)
+    for a, b in zip(p_cu, p_ref):
+        assert _rel(a.detach(), b.detach()) <= 2e-5
+    o_cu.step()                                    # the same gradients again: the same addresses
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        o_cu.step()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if "hyperfused" in e.name or "_kernel" in e.name]
+    for k in ("reduce_kernel", "update_kernel"):      # (one-pass: reduce_kernel is the finiteness count)
+        assert sum(k in n for n in names) == 1, (k, names)
+    assert not any("upload_kernel" in n for n in names), names
+
+
 def test_step_does_not_synchronise_with_the_host():
     params, opt = _run(MAKERS["adam/sgd"], torch.float32, "cuda", SIZES, steps=2)
     torch.cuda.set_sync_debug_mode("error")

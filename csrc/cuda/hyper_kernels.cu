@@ -1,8 +1,8 @@
 // CUDA kernels of the hypergradient passes (docs/MATH.md §4, §6). No torch headers here (see hyper_cuda.h).
 //
-// Multi-tensor scheme: the host cuts every tensor into chunks of kChunk elements and fills a TensorTable
-// (pointers, sizes, block -> (tensor, chunk)) passed to the kernel by value; one block per chunk, as many
-// launches as the table needs. Reductions: each block reduces its chunk in shared memory in a fixed tree
+// Multi-tensor scheme: the host cuts every tensor into chunks of kChunk elements and describes them in one flat
+// table in device memory (pointers, sizes, block -> (tensor, chunk); hyper_cuda.h FlatTable), kept by the host
+// per pointer set; one block per chunk, one launch a pass. Reductions: each block reduces its chunk in shared memory in a fixed tree
 // order and writes its partial sums (and its tensor's index) to a workspace row; launch_finish then adds the
 // rows of each tensor in block order. No floating-point atomics: results repeat bit for bit. Scalars (per
 // tensor: hyperparameter values, step) and the skip flag are read from device memory, so nothing in a step
@@ -49,8 +49,8 @@ __device__ __forceinline__ Scalars<T> row_scalars(const double* row, const Launc
   return row_scalars_of<T>(row, f.eps, f.eps_root);
 }
 
-template <typename S, typename T>
-__device__ __forceinline__ Arrays<S, T> arrays(const TensorTable& tab, int t) {
+template <typename S, typename T, typename Table>
+__device__ __forceinline__ Arrays<S, T> arrays(const Table& tab, int t) {
   Arrays<S, T> a;
   a.x = static_cast<S*>(tab.x[t]);
   a.g = static_cast<const S*>(tab.g[t]);
@@ -117,10 +117,10 @@ __device__ __forceinline__ Sums chunk_sums(const Arrays<S, T>& a, const LaunchFl
 
 template <typename S, int KIND>
 __global__ void __launch_bounds__(kThreads)
-    reduce_kernel(TensorTable tab, LaunchFlags f, bool with_jac, const double* scal, const double* inv_scale,
-                  double* partials, int* block_ids, int block_offset) {
+    reduce_kernel(FlatTable tab, LaunchFlags f, bool with_jac, const double* scal, const double* inv_scale,
+                  double* partials, int* block_ids) {
   using T = typename Math<S>::T;
-  const int t = tab.block_tensor[blockIdx.x];
+  const int t = static_cast<int>(tab.block_tensor[blockIdx.x]);
   const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
   const int64_t end = min(tab.numel[t], begin + kChunk);
   const double* row = scal + int64_t(tab.global_index[t]) * kTableCols;
@@ -128,15 +128,15 @@ __global__ void __launch_bounds__(kThreads)
   const Scalars<T> c = row_scalars(row, f, T(0));
   const T inv = inv_scale != nullptr ? T(*inv_scale) : T(1);
   const Sums acc = chunk_sums<S, T, KIND>(arrays<S, T>(tab, t), f, valid, c, inv, begin, end);
-  block_sums(acc, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
+  block_sums(acc, partials, block_ids, blockIdx.x, static_cast<int>(tab.global_index[t]));
 }
 
 template <typename S, int KIND>
 __global__ void __launch_bounds__(kThreads)
-    update_kernel(TensorTable tab, LaunchFlags f, const double* scal, const double* scal_jac,
-                  const double* inv_scale, const bool* ok, double* partials, int* block_ids, int block_offset) {
+    update_kernel(FlatTable tab, LaunchFlags f, const double* scal, const double* scal_jac,
+                  const double* inv_scale, const bool* ok, double* partials, int* block_ids) {
   using T = typename Math<S>::T;
-  const int t = tab.block_tensor[blockIdx.x];
+  const int t = static_cast<int>(tab.block_tensor[blockIdx.x]);
   const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
   const int64_t end = min(tab.numel[t], begin + kChunk);
   const Arrays<S, T> a = arrays<S, T>(tab, t);
@@ -163,8 +163,8 @@ __global__ void __launch_bounds__(kThreads)
       element_sums<S, T>(KIND, f, valid, a, i, cj, g, s0, s1, s2, bad);
       if (go) element_update<S, T>(KIND, f.learn, f.momentum, a, i, c, g);
     }
-    block_sums(Sums{{double(s0), double(s1), double(s2), double(bad)}}, partials, block_ids,
-               block_offset + blockIdx.x, tab.global_index[t]);
+    block_sums(Sums{{double(s0), double(s1), double(s2), double(bad)}}, partials, block_ids, blockIdx.x,
+               static_cast<int>(tab.global_index[t]));
     return;
   }
   if (!go) return;
@@ -182,8 +182,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename S>
 __global__ void __launch_bounds__(kThreads)
-    dot_kernel(TensorTable tab, double* partials, int* block_ids, int block_offset) {
-  const int t = tab.block_tensor[blockIdx.x];
+    dot_kernel(FlatTable tab, double* partials, int* block_ids) {
+  const int t = static_cast<int>(tab.block_tensor[blockIdx.x]);
   const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
   const int64_t end = min(tab.numel[t], begin + kChunk);
   const S* x = static_cast<const S*>(tab.g[t]);
@@ -191,20 +191,20 @@ __global__ void __launch_bounds__(kThreads)
   double acc = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
     acc += double(Convert<float, S>::run(x[i])) * double(Convert<float, S>::run(y[i]));
-  block_sums(Sums{{acc, 0, 0, 0}}, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
+  block_sums(Sums{{acc, 0, 0, 0}}, partials, block_ids, blockIdx.x, static_cast<int>(tab.global_index[t]));
 }
 
 template <>
 __global__ void __launch_bounds__(kThreads)
-    dot_kernel<double>(TensorTable tab, double* partials, int* block_ids, int block_offset) {
-  const int t = tab.block_tensor[blockIdx.x];
+    dot_kernel<double>(FlatTable tab, double* partials, int* block_ids) {
+  const int t = static_cast<int>(tab.block_tensor[blockIdx.x]);
   const int64_t begin = int64_t(tab.block_chunk[blockIdx.x]) * kChunk;
   const int64_t end = min(tab.numel[t], begin + kChunk);
   const double* x = static_cast<const double*>(tab.g[t]);
   const double* y = static_cast<const double*>(tab.s[0][t]);
   double acc = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) acc += x[i] * y[i];
-  block_sums(Sums{{acc, 0, 0, 0}}, partials, block_ids, block_offset + blockIdx.x, tab.global_index[t]);
+  block_sums(Sums{{acc, 0, 0, 0}}, partials, block_ids, blockIdx.x, static_cast<int>(tab.global_index[t]));
 }
 
 // One thread per tensor adds that tensor's rows in block order.
@@ -237,38 +237,56 @@ void by_kind(DType dtype, int kind, Args&&... args) {
 
 template <typename S, int KIND>
 struct ReduceLaunch {
-  static void run(const TensorTable& tab, const LaunchFlags& f, bool with_jac, const double* scal,
-                  const double* inv_scale, double* partials, int* block_ids, int block_offset, cudaStream_t stream) {
+  static void run(const FlatTable& tab, const LaunchFlags& f, bool with_jac, const double* scal,
+                  const double* inv_scale, double* partials, int* block_ids, cudaStream_t stream) {
     reduce_kernel<S, KIND><<<tab.n_blocks, kThreads, 0, stream>>>(tab, f, with_jac, scal, inv_scale, partials,
-                                                                  block_ids, block_offset);
+                                                                  block_ids);
   }
 };
 
 template <typename S, int KIND>
 struct UpdateLaunch {
-  static void run(const TensorTable& tab, const LaunchFlags& f, const double* scal, const double* scal_jac,
-                  const double* inv_scale, const bool* ok, double* partials, int* block_ids, int block_offset,
-                  cudaStream_t stream) {
+  static void run(const FlatTable& tab, const LaunchFlags& f, const double* scal, const double* scal_jac,
+                  const double* inv_scale, const bool* ok, double* partials, int* block_ids, cudaStream_t stream) {
     update_kernel<S, KIND><<<tab.n_blocks, kThreads, 0, stream>>>(tab, f, scal, scal_jac, inv_scale, ok,
-                                                                  partials, block_ids, block_offset);
+                                                                  partials, block_ids);
   }
 };
 
+// launch_upload's piece: the values travel as the kernel's argument (4 KB is every architecture's limit).
+constexpr int kUploadLen = 500;
+struct UploadPiece {
+  int64_t v[kUploadLen];
+};
+
+__global__ void upload_kernel(UploadPiece piece, int len, int64_t* dst) {
+  for (int i = threadIdx.x; i < len; i += blockDim.x) dst[i] = piece.v[i];
+}
+
 }  // namespace
 
-void launch_reduce(DType dtype, const TensorTable& table, const LaunchFlags& f, bool with_jac, const double* scal,
-                   const double* inv_scale, double* partials, int* block_ids, int block_offset, void* stream) {
+void launch_reduce(DType dtype, const FlatTable& table, const LaunchFlags& f, bool with_jac, const double* scal,
+                   const double* inv_scale, double* partials, int* block_ids, void* stream) {
   if (table.n_blocks == 0) return;
-  by_kind<ReduceLaunch>(dtype, f.kind, table, f, with_jac, scal, inv_scale, partials, block_ids, block_offset,
+  by_kind<ReduceLaunch>(dtype, f.kind, table, f, with_jac, scal, inv_scale, partials, block_ids,
                         static_cast<cudaStream_t>(stream));
 }
 
-void launch_update(DType dtype, const TensorTable& table, const LaunchFlags& f, const double* scal,
+void launch_update(DType dtype, const FlatTable& table, const LaunchFlags& f, const double* scal,
                    const double* scal_jac, const double* inv_scale, const bool* ok, double* partials,
-                   int* block_ids, int block_offset, void* stream) {
+                   int* block_ids, void* stream) {
   if (table.n_blocks == 0) return;
-  by_kind<UpdateLaunch>(dtype, f.kind, table, f, scal, scal_jac, inv_scale, ok, partials, block_ids, block_offset,
+  by_kind<UpdateLaunch>(dtype, f.kind, table, f, scal, scal_jac, inv_scale, ok, partials, block_ids,
                         static_cast<cudaStream_t>(stream));
+}
+
+void launch_upload(const int64_t* values, int64_t len, int64_t* dst, void* stream) {
+  for (int64_t at = 0; at < len; at += kUploadLen) {
+    const int k = static_cast<int>(len - at < kUploadLen ? len - at : kUploadLen);
+    UploadPiece piece;
+    for (int i = 0; i < k; ++i) piece.v[i] = values[at + i];
+    upload_kernel<<<1, 128, 0, static_cast<cudaStream_t>(stream)>>>(piece, k, dst + at);
+  }
 }
 
 void launch_finish(const double* partials, const int* block_ids, int total_blocks, double* out, int n_tensors,
@@ -279,15 +297,14 @@ void launch_finish(const double* partials, const int* block_ids, int total_block
       partials, block_ids, total_blocks, out, n_tensors);
 }
 
-void launch_dot(DType dtype, const TensorTable& table, double* partials, int* block_ids, int block_offset,
-                void* stream) {
+void launch_dot(DType dtype, const FlatTable& table, double* partials, int* block_ids, void* stream) {
   if (table.n_blocks == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
-    case DType::kFloat: dot_kernel<float><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids, block_offset); break;
-    case DType::kDouble: dot_kernel<double><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids, block_offset); break;
-    case DType::kHalf: dot_kernel<__half><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids, block_offset); break;
-    default: dot_kernel<__nv_bfloat16><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids, block_offset); break;
+    case DType::kFloat: dot_kernel<float><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids); break;
+    case DType::kDouble: dot_kernel<double><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids); break;
+    case DType::kHalf: dot_kernel<__half><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids); break;
+    default: dot_kernel<__nv_bfloat16><<<table.n_blocks, kThreads, 0, s>>>(table, partials, block_ids); break;
   }
 }
 

@@ -1,9 +1,11 @@
-// Walking tensors into the TensorTables of the multi-tensor CUDA kernels (hyper_cuda.h). Plain C++ with no torch
-// or CUDA headers, so the CPU extension compiles it too and tests it on CPU (op hyperfused::_cuda_table_plan).
+// The tables of the multi-tensor CUDA kernels: the flat table of the hypergradient passes and the dot product
+// (hyper_cuda.h), and the walk of tensors into bounded by-value tables (AGD, agd_cuda.h). Plain C++ with no torch or CUDA headers, so
+// the CPU extension compiles it too and tests it on CPU (op hyperfused::_cuda_table_plan).
 #pragma once
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "hyper_cuda.h"
 
@@ -45,18 +47,41 @@ void walk(int64_t n, Size&& size, Fill&& fill, Launch&& launch) {
   flush();
 }
 
-// The hypergradient kernels' walk: chunks of kChunk elements into TensorTables; `fill` writes the pointers, the
-// walk the size and the tensor's index in the call.
-template <typename Numel, typename Fill, typename Launch>
-void walk_tables(int64_t n, Numel&& numel, Fill&& fill, Launch&& launch) {
-  walk<TensorTable, kMaxTensors, kMaxBlocks>(
-      n, [&](int64_t i) { return std::pair<int64_t, int64_t>(numel(i), kChunk); },
-      [&](TensorTable& tab, int slot, int64_t i) {
-        fill(tab, slot, i);
-        tab.numel[slot] = numel(i);
-        tab.global_index[slot] = static_cast<int>(i);
-      },
-      launch);
+// The flat table (hyper_cuda.h FlatTable) of n tensors and `blocks` blocks: where each section starts in the int64
+// array, and its length.
+struct FlatLayout {
+  int64_t n = 0, blocks = 0;
+  int64_t ptr(int list) const { return list * n; }       // list 0 x, 1 g, 2..4 s0..s2: element pointers
+  int64_t numel() const { return 5 * n; }
+  int64_t index() const { return 6 * n; }
+  int64_t block_tensor() const { return 7 * n; }
+  int64_t block_chunk() const { return 7 * n + blocks; }
+  int64_t size() const { return 7 * n + 2 * blocks; }
+};
+
+// The flat table's values for tensors 0..n-1: `numel(i)` their sizes, `ptr(list, i)` the element pointer of tensor i
+// in list 0..4 (0 where the list is empty); one block per chunk of kChunk elements, in tensor order, chunk by chunk
+// (so blocks of one tensor are contiguous and their workspace rows are in tensor order, which the finish's binary
+// search needs); an empty tensor gets no block.
+template <typename Numel, typename Ptr>
+std::vector<int64_t> flat_table(int64_t n, Numel&& numel, Ptr&& ptr, FlatLayout* layout) {
+  FlatLayout L;
+  L.n = n;
+  for (int64_t i = 0; i < n; ++i) L.blocks += (numel(i) + kChunk - 1) / kChunk;
+  std::vector<int64_t> v(static_cast<size_t>(L.size()), 0);
+  int64_t b = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int list = 0; list < 5; ++list) v[L.ptr(list) + i] = static_cast<int64_t>(ptr(list, i));
+    const int64_t m = numel(i);
+    v[L.numel() + i] = m;
+    v[L.index() + i] = i;
+    for (int64_t c = 0; c * kChunk < m; ++c, ++b) {
+      v[L.block_tensor() + b] = i;
+      v[L.block_chunk() + b] = c;
+    }
+  }
+  *layout = L;
+  return v;
 }
 
 }  // namespace cuda
