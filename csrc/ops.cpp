@@ -4,10 +4,14 @@
 #include <torch/library.h>
 
 #include <string>
+#include <tuple>
 
 namespace hyperfused {
 std::string cpu_isa();
 at::Tensor cuda_table_plan(c10::IntArrayRef numels);
+std::tuple<at::Tensor, at::Tensor> tower_plan_threads(at::IntArrayRef desc, at::ArrayRef<double> eps,
+                                                      at::TensorList slots, const at::Tensor& d0,
+                                                      const at::Tensor& finite, int64_t threads);
 }
 
 TORCH_LIBRARY(hyperfused, m) {
@@ -66,10 +70,15 @@ TORCH_LIBRARY(hyperfused, m) {
   // registered under CompositeExplicitAutograd (below), not as m.def's default CompositeImplicitAutograd, so that
   // its fake implementation (hyperfused/ops/_fake.py) is the one a trace uses
   m.def("_cuda_table_plan(int[] numels) -> Tensor");
+  // hyper_tower_plan run by `threads` host threads sharing the vectors' entries as the CUDA block does
+  // (csrc/hyperfused/tower.h's parallel policy, emulated with a barrier; tests), CompositeExplicitAutograd as above
+  m.def("_tower_plan_threads(int[] desc, float[] eps, Tensor[] slots, Tensor d0, Tensor finite, int threads) -> "
+        "(Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hyperfused, CompositeExplicitAutograd, m) {
   m.impl("_cuda_table_plan", &hyperfused::cuda_table_plan);
+  m.impl("_tower_plan_threads", &hyperfused::tower_plan_threads);
 }
 
 // A Python module so that `import hyperfused._C` loads the library and runs the registrations above.

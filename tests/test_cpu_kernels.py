@@ -493,3 +493,75 @@ def test_compiled_tower_runs_nesterov_and_dampened_levels(make, one_pass, monkey
     assert len(calls) == 6 and tower.supported(*_tower_of(make))
     _, o_ref = _run(make, torch.float64, "reference", 6, one_pass)
     assert_tower_states_equal(o_cpu, o_ref, 6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p, b, o: hf.SGD(p, lr=0.05, per_tensor=True, hyper=hf.Adam(lr=1e-3, per_tensor=True,
+                                                                       hyper=hf.SGD(lr=1e-4)), backend=b, one_pass=o),
+    lambda p, b, o: hf.Adam(p, lr=0.01, hyper=hf.Adam(lr=1e-3, hyper=hf.SGD(lr=1e-5, momentum=0.5)), backend=b,
+                            one_pass=o),
+    lambda p, b, o: hf.RMSprop(p, lr=0.01, per_tensor=True,
+                               hyper=hf.Adam(lr=1e-4, learn=("lr", "beta1"), hyper=hf.SGD(lr=1e-6)), backend=b,
+                               one_pass=o),
+    lambda p, b, o: hf.AdamW(p, lr=0.01, learn=("lr", "weight_decay"), hyper=hf.SGD(lr=1e-5, momentum=0.9,
+                                                                                      nesterov=True), backend=b,
+                             one_pass=o),
+], ids=["per-tensor levels 0 and 1", "adam/adam/sgd(m)", "rmsprop per-tensor/adam[lr,beta1]/sgd",
+        "adamw[lr,wd]/sgd(nesterov)"])
+def test_tower_plan_shared_among_threads_as_on_cuda_equals_the_serial_plan(make, monkeypatch):
+    """The CUDA kernels run the levels above in one block whose threads share the vectors' entries
+    (csrc/hyperfused/tower.h's parallel policy). _tower_plan_threads runs that schedule on host threads (the same
+    barriers, sums in thread order): with 1 thread it is the serial plan bit for bit; with 2, 3, 7 and 64 threads
+    (more threads than entries included) the same scratch to float64 round-off and the same verdict, at every step of
+    a run on 37 tensors, and a run whose tower is planned by 7 threads stays with the serial one."""
+    from hyperfused.ops import tower
+    calls = []
+    real_plan = tower.plan
+
+    def compare(levels, specs, d0_flat, finite):
+        # (here, before the step commits: the ops read the optimizer's own tensors)
+        out = real_plan(levels, specs, d0_flat, finite)
+        dt = levels[0]["hp"]["lr"].dtype
+        args = tower._args(levels, specs, d0_flat.device, dt)
+        scr, ok = out[0][0], out[1]
+        for threads in (1, 2, 3, 7, 64):
+            s2, ok2 = torch.ops.hyperfused._tower_plan_threads(*args, d0_flat.to(dt).contiguous(), finite.reshape(()),
+                                                               threads)
+            if threads == 1:
+                assert torch.equal(s2, scr)
+            torch.testing.assert_close(s2, scr, rtol=1e-12, atol=1e-15)
+            assert bool(ok2) == bool(ok)
+        calls.append(threads)
+        return out
+
+    def threads_plan(levels, specs, d0_flat, finite, threads=7):
+        dt = levels[0]["hp"]["lr"].dtype
+        args = tower._args(levels, specs, d0_flat.device, dt)
+        scr, ok = torch.ops.hyperfused._tower_plan_threads(*args, d0_flat.to(dt).contiguous(), finite.reshape(()),
+                                                           threads)
+        return (scr, args), ok
+
+    monkeypatch.setattr(tower, "fusable", lambda *a, **k: False)    # the tower as its own op (tower.plan)
+    shapes = [((i * 7) % 11 + 1,) for i in range(37)]
+
+    def run():
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i), dtype=torch.float64))
+                  for i, s in enumerate(shapes)]
+        opt = make(params, "cpu", False)
+        for t in range(4):
+            gg = torch.Generator().manual_seed(50 + t)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gg, dtype=torch.float64) * 0.3 + 0.1 * p.detach()
+            opt.step()
+        return params, opt
+
+    monkeypatch.setattr(tower, "plan", compare)
+    params, opt = run()
+    assert len(calls) == 4
+    monkeypatch.setattr(tower, "plan", threads_plan)
+    params7, opt7 = run()
+    for a, b in zip(params7, params):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-10, atol=1e-14)
+    for la, lb in zip(opt7.levels, opt.levels):
+        for k, v in lb.hyperparameters().items():
+            assert la.hyperparameters()[k] == pytest.approx(v, rel=1e-10, abs=1e-14), k

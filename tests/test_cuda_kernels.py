@@ -115,6 +115,16 @@ def test_a_pass_is_one_launch_whatever_the_tensors_and_its_table_is_kept(one_pas
     assert not any("upload_kernel" in n for n in names), names
 
 
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
+def test_per_tensor_lrs_of_more_tensors_than_the_towers_threads(one_pass):
+    """The levels above run in one block of 256 threads sharing the vectors' entries (csrc/hyperfused/tower.h):
+    per-tensor lrs of 600 tensors (each thread several entries) equal the reference."""
+    sizes = [((i * 13) % 97 + 1,) for i in range(600)]
+    p_ref, o_ref = _run(MAKERS["sgd per-tensor/sgd"], torch.float64, "reference", sizes, one_pass=one_pass)
+    p_cu, o_cu = _run(MAKERS["sgd per-tensor/sgd"], torch.float64, "cuda", sizes, one_pass=one_pass)
+    _assert_same_run(p_cu, o_cu, p_ref, o_ref, 1e-12, 1e-10)
+
+
 def test_step_does_not_synchronise_with_the_host():
     params, opt = _run(MAKERS["adam/sgd"], torch.float32, "cuda", SIZES, steps=2)
     torch.cuda.set_sync_debug_mode("error")

@@ -1,6 +1,6 @@
-// The levels above level 0 of a tower on the device: csrc/hyperfused/tower.h in a one-thread kernel (the
-// vectors are a handful of hyperparameters, or one per tensor with per-tensor lrs), so a step needs no host
-// round trip and can be captured in a CUDA graph. No torch headers here.
+// The levels above level 0 of a tower on the device: csrc/hyperfused/tower.h in one block whose threads share the
+// entries of the vectors (a handful of hyperparameters, or one per tensor with per-tensor lrs), so a step needs no
+// host round trip and can be captured in a CUDA graph. No torch headers here.
 #include <cuda_runtime.h>
 
 #include "../hyperfused/tower.h"
@@ -11,10 +11,65 @@ namespace hyperfused {
 namespace cuda {
 namespace {
 
+// Threads of the kernels that run the tower (a power of two: the trees below halve it).
+constexpr int kFinishThreads = 256;
+
+// tower_plan's policy for one block (tower.h SerialPar): entry r to thread r % blockDim.x, barriers, sums added in
+// thread order by thread 0 (fixed: the result does not depend on scheduling).
+struct BlockPar {
+  __host__ __device__ int tid() const {
+#ifdef __CUDA_ARCH__
+    return threadIdx.x;
+#else
+    return 0;
+#endif
+  }
+  __host__ __device__ int nt() const {
+#ifdef __CUDA_ARCH__
+    return blockDim.x;
+#else
+    return 1;
+#endif
+  }
+  __host__ __device__ void sync() const {
+#ifdef __CUDA_ARCH__
+    __syncthreads();
+#endif
+  }
+  template <typename T>
+  __host__ __device__ T sum(T v) const {
+#ifdef __CUDA_ARCH__
+    __shared__ double part[kFinishThreads];
+    __shared__ double total;
+    part[threadIdx.x] = static_cast<double>(v);      // (exact for float; summed in T below)
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      T acc = T(0);
+      for (int i = 0; i < static_cast<int>(blockDim.x); ++i) acc += static_cast<T>(part[i]);
+      total = static_cast<double>(acc);
+    }
+    __syncthreads();
+    const T out = static_cast<T>(total);
+    __syncthreads();                                  // (part and total are free again)
+    return out;
+#else
+    return v;
+#endif
+  }
+  __host__ __device__ bool all(bool b) const {
+#ifdef __CUDA_ARCH__
+    return __syncthreads_and(b) != 0;
+#else
+    return b;
+#endif
+  }
+};
+
 template <typename T>
-__global__ void __launch_bounds__(1) tower_plan_kernel(TowerDesc<T> d, const T* d0, const bool* finite, T* scr,
-                                                       bool* ok) {
-  *ok = tower_plan<T>(d, d0, *finite, scr);
+__global__ void __launch_bounds__(kFinishThreads) tower_plan_kernel(TowerDesc<T> d, const T* d0, const bool* finite,
+                                                                    T* scr, bool* ok) {
+  const bool res = tower_plan<T>(d, d0, *finite, scr, BlockPar{});
+  if (threadIdx.x == 0) *ok = res;
 }
 
 template <typename T>
@@ -24,8 +79,7 @@ __global__ void __launch_bounds__(1) tower_commit_kernel(TowerDesc<T> d, const T
 
 // Pass A's finishing step and the levels above in one launch: one block; its threads add the partial sums of
 // the tensors (each tensor's in block order, as finish_kernel), then turn the rows into level 0's flat hypergradient
-// together (d0_from_rows_block), and thread 0 runs the tower's plan on it.
-constexpr int kFinishThreads = 256;   // a power of two (the trees below halve it)
+// together (d0_from_rows_block), and run the tower's plan on it together (BlockPar).
 
 // tower_d0_from_rows (tower.h) by the whole block: each learned column's sum over the n tensors as per-thread sums
 // of the rows threadIdx.x, + blockDim.x, ... in order, then a tree over the threads in a fixed order (the result
@@ -76,7 +130,8 @@ __global__ void __launch_bounds__(kFinishThreads) finish_tower_kernel(const doub
   for (int t = threadIdx.x; t < n; t += blockDim.x) finish_row(partials, block_ids, total_blocks, rows, t);
   __syncthreads();
   const bool finite = d0_from_rows_block<T>(rows, n, m, d0);
-  if (threadIdx.x == 0) *ok = tower_plan<T>(d, d0, finite, scr);
+  const bool res = tower_plan<T>(d, d0, finite, scr, BlockPar{});
+  if (threadIdx.x == 0) *ok = res;
 }
 
 template <typename T>
@@ -100,11 +155,11 @@ void launch_finish_tower(const double* partials, const int* block_ids, int total
 
 void launch_tower_plan(const TowerDesc<float>& d, const float* d0, const bool* finite, float* scr, bool* ok,
                        void* stream) {
-  tower_plan_kernel<float><<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(d, d0, finite, scr, ok);
+  tower_plan_kernel<float><<<1, kFinishThreads, 0, static_cast<cudaStream_t>(stream)>>>(d, d0, finite, scr, ok);
 }
 void launch_tower_plan(const TowerDesc<double>& d, const double* d0, const bool* finite, double* scr, bool* ok,
                        void* stream) {
-  tower_plan_kernel<double><<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(d, d0, finite, scr, ok);
+  tower_plan_kernel<double><<<1, kFinishThreads, 0, static_cast<cudaStream_t>(stream)>>>(d, d0, finite, scr, ok);
 }
 void launch_tower_commit(const TowerDesc<float>& d, const float* scr, const bool* ok, void* stream) {
   tower_commit_kernel<float><<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(d, scr, ok);

@@ -1,6 +1,7 @@
 // The levels above level 0 of a hypergradient tower (docs/MATH.md §1.2 steps 2-4, §5), on the small vectors of raw
-// hyperparameters, as one sequential routine: the CPU op runs it on the host, the CUDA op in a one-thread
-// kernel (so a step needs no host round trip), with the same code. It mirrors the Triton tower kernels
+// hyperparameters, as one routine: the CPU op runs it on the host in one thread, the CUDA op in one block of
+// threads sharing the entries of the vectors (so a step needs no host round trip, and per-tensor lrs of a
+// thousand tensors are not a thousand serial iterations), with the same code. It mirrors the Triton tower kernels
 // (hyperfused/ops/triton/tower.py) and the Python tower of hyperfused/optim/base.py, the oracle:
 //
 //   plan    bottom-up hypergradients delta_k = sum(delta_{k-1} * J_k) (per entry for per-tensor lrs), then
@@ -118,43 +119,43 @@ HF_HOST_DEVICE Scalars<T> tower_scalars(const TowerLevel<T>& L, T lr, T h1, T h2
   return make_scalars<T>(v[0], v[1], v[2], L.eps, L.eps_root, raw_lr, ds[1], ds[2], t);
 }
 
-// Level k - 1's learned raw hyperparameters as one flat vector (lr first, then h1, h2, then level 0's decay) into x.
-template <typename T>
-HF_HOST_DEVICE int64_t tower_flat_x(const TowerLevel<T>& L, T* x) {
-  int64_t pos = 0;
-  if (L.learn & kLearnLr) {
-    if (L.per) {
-      for (int64_t r = 0; r < L.nlr; ++r) x[r] = L.lr[r];
-      pos = L.nlr;
-    } else {
-      x[pos++] = L.lr[0];
-    }
-  }
-  if (L.learn & kLearnH1) x[pos++] = L.h1[0];
-  if (L.learn & kLearnH2) x[pos++] = L.h2[0];
-  if (L.learn & kLearnDecay) x[pos++] = L.decay[0];
-  return pos;
-}
+// How tower_plan's loops are shared among threads. SerialPar: one thread does everything (the CPU op, and the
+// reference order). A parallel policy (the CUDA finishing kernel's block, csrc/cuda/tower_kernels.cu; the CPU
+// test op _tower_plan_threads, csrc/cpu/tower_ops.cpp) runs the same routine in every thread: entry r of a vector
+// belongs to thread r % nt, `sync` is a barrier, `sum` adds one value of every thread in thread order (fixed, so
+// the result does not depend on scheduling) and gives the total to all, `all` is the AND of every thread's flag.
+// With one thread every loop runs in the serial order: SerialPar's results are the routine's serial ones.
+struct SerialPar {
+  HF_HOST_DEVICE int tid() const { return 0; }
+  HF_HOST_DEVICE int nt() const { return 1; }
+  HF_HOST_DEVICE void sync() const {}
+  template <typename T>
+  HF_HOST_DEVICE T sum(T v) const { return v; }
+  HF_HOST_DEVICE bool all(bool b) const { return b; }
+};
 
-// The tentative step; returns ok. d0: level 0's flat hypergradients (desc.lv[1].units of them); finite:
-// whether pass A saw only finite gradients.
-template <typename T>
-HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, T* scr) {
+// The tentative step; returns ok (in every thread). d0: level 0's flat hypergradients (desc.lv[1].units of them);
+// finite: whether pass A saw only finite gradients. With per-tensor lrs a level's vectors have one entry per
+// tensor: the loops over entries are what the threads share.
+template <typename T, typename Par>
+HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, T* scr, const Par& par) {
   const int K = d.K;
   const int64_t B = d.block;
+  const int tid = par.tid(), nt = par.nt();
   bool ok = finite;
-  for (int64_t r = 0; r < B; ++r) scr[r] = r < d.lv[1].units ? d0[r] : T(0);
-  for (int64_t r = 0; r < d.lv[1].units; ++r) ok = ok && tower_finite(scr[r]);
+  for (int64_t r = tid; r < B; r += nt) scr[r] = r < d.lv[1].units ? d0[r] : T(0);
+  for (int64_t r = tid; r < d.lv[1].units; r += nt) ok = ok && tower_finite(scr[r]);
   // 1. bottom-up: delta_k of every level below the top
   for (int k = 1; k < K; ++k) {
+    par.sync();                                    // (row k - 1 is complete)
     const TowerLevel<T>& L = d.lv[k];
     const T* g = scr + (k - 1) * B;
     T* out = scr + k * B;
     const T t = L.step != nullptr ? L.step[0] : T(0);
     T zero[1] = {T(0)};
     T sum0 = 0, sum1 = 0, sum2 = 0;
-    for (int64_t r = 0; r < B; ++r) out[r] = T(0);
-    for (int64_t r = 0; r < L.units; ++r) {
+    for (int64_t r = tid; r < B; r += nt) out[r] = T(0);
+    for (int64_t r = tid; r < L.units; r += nt) {
       T lr, h1, h2;
       tower_raw<T>(L, nullptr, r, lr, h1, h2);
       const Scalars<T> c = tower_scalars<T>(L, lr, h1, h2, t);
@@ -169,38 +170,56 @@ HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, 
       sum1 += g[r] * j1;
       sum2 += g[r] * j2;
     }
-    int64_t pos = 0;
-    if (L.learn & kLearnLr) {
-      if (L.per) {
-        pos = L.units;
-      } else {
-        out[0] = sum0;
-        pos = 1;
+    sum0 = par.sum(sum0);
+    sum1 = par.sum(sum1);
+    sum2 = par.sum(sum2);
+    par.sync();                                    // (every entry zeroed before the sums are written)
+    if (tid == 0) {
+      int64_t pos = 0;
+      if (L.learn & kLearnLr) {
+        if (L.per) {
+          pos = L.units;
+        } else {
+          out[0] = sum0;
+          pos = 1;
+        }
       }
+      if (L.learn & kLearnH1) out[pos++] = sum1;
+      if (L.learn & kLearnH2) out[pos] = sum2;
     }
-    if (L.learn & kLearnH1) out[pos++] = sum1;
-    if (L.learn & kLearnH2) out[pos] = sum2;
+    par.sync();
     const bool valid = L.valid != nullptr && L.valid[0];
     const int64_t n_out = k + 1 <= K ? d.lv[k + 1].units : d.top_units;
-    for (int64_t r = 0; r < B; ++r) {
+    for (int64_t r = tid; r < B; r += nt) {
       if (!valid) out[r] = T(0);
       if (r < n_out) ok = ok && tower_finite(out[r]);
     }
   }
   // 2. top-down: level k updates level k - 1's learned raw hyperparameters with its (new) values
   for (int k = K; k >= 1; --k) {
+    par.sync();                                    // (rows k - 1 and K + k are complete)
     const TowerLevel<T>& L = d.lv[k];
+    const TowerLevel<T>& below = d.lv[k - 1];
     const T* g = scr + (k - 1) * B;
     T* xn = scr + (K + k - 1) * B;
-    for (int64_t r = 0; r < B; ++r) xn[r] = T(0);
-    tower_flat_x<T>(d.lv[k - 1], xn);
+    // level k - 1's learned raw hyperparameters as one flat vector: lr first, then h1, h2, level 0's decay
+    const int64_t n_lr = (below.learn & kLearnLr) ? (below.per ? below.nlr : 1) : 0;
+    for (int64_t r = tid; r < B; r += nt) xn[r] = r < n_lr ? (below.per ? below.lr[r] : below.lr[0]) : T(0);
+    par.sync();
+    if (tid == 0) {
+      int64_t pos = n_lr;
+      if (below.learn & kLearnH1) xn[pos++] = below.h1[0];
+      if (below.learn & kLearnH2) xn[pos++] = below.h2[0];
+      if (below.learn & kLearnDecay) xn[pos++] = below.decay[0];
+    }
     const T* fresh = k < K ? scr + (K + k) * B : nullptr;
     const T t = L.step != nullptr ? L.step[0] + T(1) : T(0);
     T* st = scr + (2 * K + (kStateSlots + 1) * (k - 1)) * B;
     for (int j = 0; j < kStateSlots; ++j)
-      for (int64_t r = 0; r < B; ++r) st[j * B + r] = (j < L.nstate && r < L.units) ? L.s[j][r] : T(0);
-    for (int64_t r = 0; r < B; ++r) st[kStateSlots * B + r] = t;
-    for (int64_t r = 0; r < L.units; ++r) {
+      for (int64_t r = tid; r < B; r += nt) st[j * B + r] = (j < L.nstate && r < L.units) ? L.s[j][r] : T(0);
+    for (int64_t r = tid; r < B; r += nt) st[kStateSlots * B + r] = t;
+    par.sync();                                    // (xn is complete)
+    for (int64_t r = tid; r < L.units; r += nt) {
       T lr, h1, h2;
       tower_raw<T>(L, fresh, r, lr, h1, h2);
       const Scalars<T> c = tower_scalars<T>(L, lr, h1, h2, t);
@@ -217,7 +236,12 @@ HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, 
       ok = ok && tower_finite(xn[r]);
     }
   }
-  return ok;
+  return par.all(ok);
+}
+
+template <typename T>
+HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, T* scr) {
+  return tower_plan<T>(d, d0, finite, scr, SerialPar{});
 }
 
 // Writes the tentative step back (only called, or only acting, when ok).

@@ -244,6 +244,13 @@ def cuda_table_plan(numels: List[int]) -> Tensor:
     return torch.empty((blocks, 6), dtype=torch.int64, device=_CPU)
 
 
+def tower_plan_threads(desc: List[int], eps: List[float], slots: List[Tensor], d0: Tensor, finite: Tensor,
+                       threads: int):
+    """_tower_plan_threads: hyper_tower_plan's outputs (tests: the CUDA block's schedule on host threads)."""
+    torch._check(1 <= threads <= 1024, lambda: f"_tower_plan_threads: threads must be in [1, 1024], got {threads}")
+    return hyper_tower_plan(desc, eps, slots, d0, finite)
+
+
 #: op name -> fake implementation
 FAKES = {
     "multi_tensor_dot": multi_tensor_dot,
@@ -260,6 +267,7 @@ FAKES = {
     "agd_gtu": agd_gtu,
     "agd_normalize_rows": agd_normalize_rows,
     "_cuda_table_plan": cuda_table_plan,
+    "_tower_plan_threads": tower_plan_threads,
 }
 
 #: the ops of csrc/ops.cpp that get no fake implementation, and why
