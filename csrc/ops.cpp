@@ -5,6 +5,7 @@
 
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace hyperfused {
 std::string cpu_isa();
@@ -12,6 +13,8 @@ at::Tensor cuda_table_plan(c10::IntArrayRef numels);
 std::tuple<at::Tensor, at::Tensor> tower_plan_threads(at::IntArrayRef desc, at::ArrayRef<double> eps,
                                                       at::TensorList slots, const at::Tensor& d0,
                                                       const at::Tensor& finite, int64_t threads);
+std::vector<at::Tensor> tower_commit_threads(at::IntArrayRef desc, at::ArrayRef<double> eps, at::TensorList slots,
+                                             const at::Tensor& scratch, const at::Tensor& ok, int64_t threads);
 }
 
 TORCH_LIBRARY(hyperfused, m) {
@@ -74,11 +77,16 @@ TORCH_LIBRARY(hyperfused, m) {
   // (csrc/hyperfused/tower.h's parallel policy, emulated with a barrier; tests), CompositeExplicitAutograd as above
   m.def("_tower_plan_threads(int[] desc, float[] eps, Tensor[] slots, Tensor d0, Tensor finite, int threads) -> "
         "(Tensor, Tensor)");
+  // hyper_tower_commit by `threads` host threads, as the CUDA block runs it, into copies of the slots (returned;
+  // the slots are left as they are)
+  m.def("_tower_commit_threads(int[] desc, float[] eps, Tensor[] slots, Tensor scratch, Tensor ok, int threads) -> "
+        "Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(hyperfused, CompositeExplicitAutograd, m) {
   m.impl("_cuda_table_plan", &hyperfused::cuda_table_plan);
   m.impl("_tower_plan_threads", &hyperfused::tower_plan_threads);
+  m.impl("_tower_commit_threads", &hyperfused::tower_commit_threads);
 }
 
 // A Python module so that `import hyperfused._C` loads the library and runs the registrations above.

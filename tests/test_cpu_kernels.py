@@ -513,7 +513,8 @@ def test_tower_plan_shared_among_threads_as_on_cuda_equals_the_serial_plan(make,
     (csrc/hyperfused/tower.h's parallel policy). _tower_plan_threads runs that schedule on host threads (the same
     barriers, sums in thread order): with 1 thread it is the serial plan bit for bit; with 2, 3, 7 and 64 threads
     (more threads than entries included) the same scratch to float64 round-off and the same verdict, at every step of
-    a run on 37 tensors, and a run whose tower is planned by 7 threads stays with the serial one."""
+    a run on 37 tensors, and a run whose tower is planned by 7 threads stays with the serial one. The commit by
+    threads (_tower_commit_threads, into copies) writes what the serial one writes, bit for bit."""
     from hyperfused.ops import tower
     calls = []
     real_plan = tower.plan
@@ -531,6 +532,14 @@ def test_tower_plan_shared_among_threads_as_on_cuda_equals_the_serial_plan(make,
                 assert torch.equal(s2, scr)
             torch.testing.assert_close(s2, scr, rtol=1e-12, atol=1e-15)
             assert bool(ok2) == bool(ok)
+        # the commit, serial into copies of the slots (the op writes the tensors it is given) and by threads
+        desc, eps, slots = args
+        for verdict in (ok, ~ok):
+            want = [t.clone() for t in slots]
+            torch.ops.hyperfused.hyper_tower_commit(desc, eps, want, scr, verdict)
+            for threads in (1, 3, 64):
+                got = torch.ops.hyperfused._tower_commit_threads(desc, eps, slots, scr, verdict, threads)
+                assert all(torch.equal(a, b) for a, b in zip(got, want))
         calls.append(threads)
         return out
 

@@ -99,6 +99,30 @@ std::tuple<at::Tensor, at::Tensor> tower_plan_threads(at::IntArrayRef desc, at::
   return {scr, ok};
 }
 
+std::vector<at::Tensor> tower_commit_threads(at::IntArrayRef desc, at::ArrayRef<double> eps, at::TensorList slots,
+                                             const at::Tensor& scratch, const at::Tensor& ok, int64_t threads) {
+  HF_CHECK(threads >= 1 && threads <= 1024, "_tower_commit_threads: threads must be in [1, 1024], got ", threads);
+  HF_CHECK(ok.scalar_type() == at::kBool && ok.numel() == 1, "_tower_commit_threads: ok must be bool");
+  std::vector<at::Tensor> out;
+  for (const auto& t : slots) out.push_back(t.clone());
+  AT_DISPATCH_FLOATING_TYPES(scratch.scalar_type(), "_tower_commit_threads", [&] {
+    const auto d = tower_desc<scalar_t>("_tower_commit_threads", desc, eps, out, scratch.scalar_type());
+    HF_CHECK(scratch.is_contiguous() && scratch.is_cpu() && scratch.numel() == kScratchRowsPerLevel * d.K * d.block,
+             "_tower_commit_threads: scratch does not match the tower");
+    const int n = static_cast<int>(threads);
+    std::barrier<> bar(n);
+    std::vector<double> part(n);
+    double total = 0;
+    const scalar_t* sp = scratch.const_data_ptr<scalar_t>();
+    const bool go = ok.item<bool>();
+    std::vector<std::thread> pool;
+    for (int i = 0; i < n; ++i)
+      pool.emplace_back([&, i] { tower_commit<scalar_t>(d, sp, go, ThreadsPar{i, n, &bar, &part, &total}); });
+    for (auto& th : pool) th.join();
+  });
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(hyperfused, CPU, m) {
   m.impl("hyper_tower_plan", &hyper_tower_plan_cpu);
   m.impl("hyper_tower_commit", &hyper_tower_commit_cpu);

@@ -66,16 +66,17 @@ struct BlockPar {
 };
 
 template <typename T>
+__global__ void __launch_bounds__(kFinishThreads) tower_commit_kernel(TowerDesc<T> d, const T* scr, const bool* ok) {
+  tower_commit<T>(d, scr, *ok, BlockPar{});
+}
+
+template <typename T>
 __global__ void __launch_bounds__(kFinishThreads) tower_plan_kernel(TowerDesc<T> d, const T* d0, const bool* finite,
                                                                     T* scr, bool* ok) {
   const bool res = tower_plan<T>(d, d0, *finite, scr, BlockPar{});
   if (threadIdx.x == 0) *ok = res;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(1) tower_commit_kernel(TowerDesc<T> d, const T* scr, const bool* ok) {
-  tower_commit<T>(d, scr, *ok);
-}
 
 // Pass A's finishing step and the levels above in one launch: one block; its threads add the partial sums of
 // the tensors (each tensor's in block order, as finish_kernel), then turn the rows into level 0's flat hypergradient
@@ -162,10 +163,10 @@ void launch_tower_plan(const TowerDesc<double>& d, const double* d0, const bool*
   tower_plan_kernel<double><<<1, kFinishThreads, 0, static_cast<cudaStream_t>(stream)>>>(d, d0, finite, scr, ok);
 }
 void launch_tower_commit(const TowerDesc<float>& d, const float* scr, const bool* ok, void* stream) {
-  tower_commit_kernel<float><<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(d, scr, ok);
+  tower_commit_kernel<float><<<1, kFinishThreads, 0, static_cast<cudaStream_t>(stream)>>>(d, scr, ok);
 }
 void launch_tower_commit(const TowerDesc<double>& d, const double* scr, const bool* ok, void* stream) {
-  tower_commit_kernel<double><<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(d, scr, ok);
+  tower_commit_kernel<double><<<1, kFinishThreads, 0, static_cast<cudaStream_t>(stream)>>>(d, scr, ok);
 }
 
 }  // namespace cuda

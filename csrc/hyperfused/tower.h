@@ -244,34 +244,46 @@ HF_HOST_DEVICE bool tower_plan(const TowerDesc<T>& d, const T* d0, bool finite, 
   return tower_plan<T>(d, d0, finite, scr, SerialPar{});
 }
 
-// Writes the tentative step back (only called, or only acting, when ok).
-template <typename T>
-HF_HOST_DEVICE void tower_commit(const TowerDesc<T>& d, const T* scr, bool ok) {
+// Writes the tentative step back (only called, or only acting, when ok), with the threads of `par` sharing the
+// entries (each written once, from the scratch only: no barrier needed).
+template <typename T, typename Par>
+HF_HOST_DEVICE void tower_commit(const TowerDesc<T>& d, const T* scr, bool ok, const Par& par) {
   if (!ok) return;
   const int K = d.K;
   const int64_t B = d.block;
+  const int tid = par.tid(), nt = par.nt();
   for (int k = 1; k <= K; ++k) {
     const TowerLevel<T>& below = d.lv[k - 1];
     const T* xn = scr + (K + k - 1) * B;
     int64_t pos = 0;
     if (below.learn & kLearnLr) {
       if (below.per) {
-        for (int64_t r = 0; r < below.nlr; ++r) below.lr[r] = xn[r];
+        for (int64_t r = tid; r < below.nlr; r += nt) below.lr[r] = xn[r];
         pos = below.nlr;
       } else {
-        below.lr[0] = xn[pos++];
+        if (tid == 0) below.lr[0] = xn[pos];
+        ++pos;
       }
     }
-    if (below.learn & kLearnH1) below.h1[0] = xn[pos++];
-    if (below.learn & kLearnH2) below.h2[0] = xn[pos++];
-    if (below.learn & kLearnDecay) below.decay[0] = xn[pos];
+    if (tid == 0) {
+      if (below.learn & kLearnH1) below.h1[0] = xn[pos++];
+      if (below.learn & kLearnH2) below.h2[0] = xn[pos++];
+      if (below.learn & kLearnDecay) below.decay[0] = xn[pos];
+    }
     const TowerLevel<T>& L = d.lv[k];
     const T* st = scr + (2 * K + (kStateSlots + 1) * (k - 1)) * B;
     for (int j = 0; j < L.nstate && j < kStateSlots; ++j)
-      for (int64_t r = 0; r < L.units; ++r) L.s[j][r] = st[j * B + r];
-    if (L.step != nullptr) L.step[0] = st[kStateSlots * B];
-    if (L.valid != nullptr) L.valid[0] = true;
+      for (int64_t r = tid; r < L.units; r += nt) L.s[j][r] = st[j * B + r];
+    if (tid == 0) {
+      if (L.step != nullptr) L.step[0] = st[kStateSlots * B];
+      if (L.valid != nullptr) L.valid[0] = true;
+    }
   }
+}
+
+template <typename T>
+HF_HOST_DEVICE void tower_commit(const TowerDesc<T>& d, const T* scr, bool ok) {
+  tower_commit<T>(d, scr, ok, SerialPar{});
 }
 
 }  // namespace hyperfused

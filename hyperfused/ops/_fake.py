@@ -251,6 +251,13 @@ def tower_plan_threads(desc: List[int], eps: List[float], slots: List[Tensor], d
     return hyper_tower_plan(desc, eps, slots, d0, finite)
 
 
+def tower_commit_threads(desc: List[int], eps: List[float], slots: List[Tensor], scratch: Tensor, ok: Tensor,
+                         threads: int) -> List[Tensor]:
+    """_tower_commit_threads: copies of the slots (tests: the CUDA block's commit on host threads)."""
+    torch._check(1 <= threads <= 1024, lambda: f"_tower_commit_threads: threads must be in [1, 1024], got {threads}")
+    return [torch.empty_like(t) for t in slots]
+
+
 #: op name -> fake implementation
 FAKES = {
     "multi_tensor_dot": multi_tensor_dot,
@@ -268,6 +275,7 @@ FAKES = {
     "agd_normalize_rows": agd_normalize_rows,
     "_cuda_table_plan": cuda_table_plan,
     "_tower_plan_threads": tower_plan_threads,
+    "_tower_commit_threads": tower_commit_threads,
 }
 
 #: the ops of csrc/ops.cpp that get no fake implementation, and why
