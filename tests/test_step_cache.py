@@ -328,3 +328,37 @@ def test_moved_flags_written_or_replaced_in_the_state_are_the_ones_the_next_step
     step()
     step()
     assert ours.hyperparameters() != make([torch.nn.Parameter(torch.zeros(1))]).hyperparameters()   # (it learned)
+
+
+@pytest.mark.parametrize("learn", [("lr",), ("lr", "beta1", "beta2")])
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_per_tensor_lrs_take_the_values_again_and_step_as_without_caches(one_pass, learn):
+    """With per-tensor lrs the step's values are the level's own dict while every tensor has a gradient, so pass B's
+    values and the Jacobian's are taken again from the last step (they were made anew every step); the trajectory
+    is bit for bit the one of an optimizer whose caches are cleared before every step, through a step that a tensor
+    sits out."""
+    from hyperfused.optim.base import HyperOptimizer
+
+    def run(clear):
+        g = torch.Generator().manual_seed(5)
+        ps = [torch.nn.Parameter(torch.randn(9, generator=g, dtype=torch.float64)) for _ in range(4)]
+        opt = hf.Adam(ps, lr=1e-2, per_tensor=True, learn=learn, hyper=hf.SGD(lr=1e-4), backend="cpu",
+                      one_pass=one_pass)
+        for t in range(6):
+            for i, p in enumerate(ps):
+                p.grad = None if (t == 3 and i == 1) else torch.randn(9, generator=g, dtype=torch.float64)
+            if clear:
+                for name in HyperOptimizer._STEP_CACHES:
+                    opt.__dict__.pop(name, None)
+            opt.step()
+        return ps, opt
+
+    ps, opt = run(False)
+    qs, ref_opt = run(True)
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+    assert opt.hyperparameters() == ref_opt.hyperparameters()
+    level = opt._group_tower(0)["levels"][0]
+    if learn == ("lr",):
+        assert opt._update_vals[0][1] is level["hp"]    # pass B's values, keyed on the level's own dict
+    else:                                               # sigma(betas) of the last update, kept for the Jacobian
+        assert opt._used_vals[0][0] is level["used"]

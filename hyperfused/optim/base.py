@@ -1075,11 +1075,13 @@ class HyperOptimizer(torch.optim.Optimizer):
     # ---------------------------------------------------------------- small helpers
     @staticmethod
     def _rows(hp: Dict[str, Tensor], index: List[int], per_tensor: bool) -> Dict[str, Tensor]:
-        if not per_tensor or "lr" not in hp:
+        """A level-0 dict of values for the tensors ``index`` of this step: ``hp`` itself, unless per-tensor lrs are
+        picked for a step that some tensors sit out (the same dict from step to step is what the value caches key
+        on: ``_update_values``, ``_used_values``)."""
+        if not per_tensor or "lr" not in hp or len(index) == hp["lr"].numel():
             return hp
         out = dict(hp)
-        if len(index) != hp["lr"].numel():
-            out["lr"] = hp["lr"][index]
+        out["lr"] = hp["lr"][index]
         return out
 
     def zero_grad(self, set_to_none: bool = True) -> None:
