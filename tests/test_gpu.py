@@ -266,6 +266,51 @@ def test_captured_step_replays_the_eager_trajectory_bitwise(name, backend):
     assert [lv.hyperparameters() for lv in o_graph.levels] == [lv.hyperparameters() for lv in o_eager.levels]
 
 
+def test_a_second_capture_of_the_same_step_replays_without_the_first():
+    """A capture records the upload of its CUDA tables, which runs only when that graph replays: a second capture of
+    the same step (torch.cuda.graph's shared capture stream, the same tensors) must not take the first one's table,
+    or its replays read a table that was never written. Two graphs captured, only the second replayed: the eager
+    trajectory bit for bit."""
+    def build():
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.5).cuda()) for s in [(7,), (4097,), (3, 5)]]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        return params, TOWERS["adam/sgd/adam"](params, "cuda", False)
+
+    def grads(t, params):
+        gg = torch.Generator().manual_seed(100 + t)
+        return [(torch.randn(p.shape, generator=gg).cuda() + 0.3 * p.detach()) * 0.1 for p in params]
+
+    p_eager, o_eager = build()
+    p_graph, o_graph = build()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for t in range(3):
+            for opt, params in ((o_eager, p_eager), (o_graph, p_graph)):
+                for p, gr in zip(params, grads(t, params)):
+                    p.grad.copy_(gr)
+                opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    first, second = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    with torch.cuda.graph(first):
+        o_graph.step()
+    with torch.cuda.graph(second):
+        o_graph.step()
+    for t in range(3, 7):
+        for p, gr in zip(p_eager, grads(t, p_eager)):
+            p.grad.copy_(gr)
+        o_eager.step()
+        for p, gr in zip(p_graph, grads(t, p_graph)):
+            p.grad.copy_(gr)
+        second.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(p_graph, p_eager):
+        assert torch.equal(a, b)
+    assert [lv.hyperparameters() for lv in o_graph.levels] == [lv.hyperparameters() for lv in o_eager.levels]
+
+
 # ------------------------------------------------------------------------------------------- AGD
 @pytest.mark.parametrize("backend", ["auto"] + BACKENDS)
 @pytest.mark.parametrize("net", ["fcn", "cnn"])

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <iterator>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -50,58 +49,65 @@ int64_t total_blocks(at::TensorList grads) {
 // The flat tables of the hypergradient passes (hyper_cuda.h FlatTable), kept in device memory per (device, stream,
 // pointers, sizes): a step that sees the same tensors at the same addresses as an earlier one (the caching
 // allocator's steady state) uploads nothing and launches each pass once. A new pointer set uploads its table
-// through kernel arguments (launch_upload), which a CUDA graph capture records like any launch. A table used while
-// a graph was captured is kept for good (the graph's launches read it at every replay); the others are dropped
-// when the cache fills.
+// through kernel arguments (launch_upload), so no host memory is read by the launches.
+//
+// While a CUDA graph is captured, tables are made for that capture alone (its id is part of the key): the upload is
+// recorded, not run, so the table holds its values only once the graph replays, and no eager call or other capture
+// may take it. Those tables are kept for the life of the process (the graph's launches read them at every replay,
+// and nothing says when a graph is gone): 8 bytes per tensor and list plus 16 per 64K-element chunk, per captured
+// pointer set. The eager tables are dropped when 64 of them are kept.
 struct TableEntry {
   at::Tensor dev;        // int64 [layout.size()]
   FlatLayout layout;
-  bool captured = false;
 };
 
 std::mutex g_tables_mu;
-std::unordered_map<std::string, TableEntry> g_tables;
+std::unordered_map<std::string, TableEntry> g_tables;      // eager
+std::unordered_map<std::string, TableEntry> g_captured;    // made during a capture: kept
 constexpr size_t kMaxTables = 64;
 
-FlatTable flat_table_on_device(at::TensorList params, at::TensorList grads, at::TensorList s0, at::TensorList s1,
-                               at::TensorList s2, cudaStream_t stream) {
+// The table of a call, and the tensor holding it: the caller keeps that tensor until its launch is enqueued (a
+// table dropped from the cache by another thread in between is then freed only after, and its memory, reused on
+// this stream, only after the launch in stream order).
+std::pair<FlatTable, at::Tensor> flat_table_on_device(at::TensorList params, at::TensorList grads, at::TensorList s0,
+                                                      at::TensorList s1, at::TensorList s2, cudaStream_t stream) {
   const int64_t n = grads.size();
   auto ptr = [&](int list, int64_t i) -> uintptr_t {
     const at::TensorList* lists[5] = {&params, &grads, &s0, &s1, &s2};
     const at::TensorList& l = *lists[list];
     return l.empty() ? 0 : reinterpret_cast<uintptr_t>(l[i].data_ptr());
   };
-  // the key: device, stream, then every pointer and size (what the table is made of)
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  unsigned long long capture_id = 0;
+  C10_CUDA_CHECK(cudaStreamGetCaptureInfo(stream, &capture, &capture_id));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  // the key: device, stream, capture (0: none), then every pointer and size (what the table is made of)
   std::vector<int64_t> key;
-  key.reserve(static_cast<size_t>(6 * n + 2));
+  key.reserve(static_cast<size_t>(6 * n + 3));
   key.push_back(grads[0].get_device());
   key.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(stream)));
+  key.push_back(capturing ? static_cast<int64_t>(capture_id) : 0);
   for (int64_t i = 0; i < n; ++i) {
     for (int list = 0; list < 5; ++list) key.push_back(static_cast<int64_t>(ptr(list, i)));
     key.push_back(grads[i].numel());
   }
   std::string k(reinterpret_cast<const char*>(key.data()), key.size() * sizeof(int64_t));
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  const bool capturing = capture != cudaStreamCaptureStatusNone;
   std::lock_guard<std::mutex> lock(g_tables_mu);
-  auto it = g_tables.find(k);
-  if (it == g_tables.end()) {
+  auto& cache = capturing ? g_captured : g_tables;
+  auto it = cache.find(k);
+  if (it == cache.end()) {
     FlatLayout layout;
     const std::vector<int64_t> host = flat_table(
         n, [&](int64_t i) { return grads[i].numel(); }, ptr, &layout);
-    if (g_tables.size() >= kMaxTables) {
-      for (auto e = g_tables.begin(); e != g_tables.end();) e = e->second.captured ? std::next(e) : g_tables.erase(e);
-    }
+    if (!capturing && cache.size() >= kMaxTables) cache.clear();
     TableEntry entry;
     entry.layout = layout;
     entry.dev = at::empty({std::max<int64_t>(layout.size(), 1)}, grads[0].options().dtype(at::kLong));
     launch_upload(host.data(), layout.size(), entry.dev.data_ptr<int64_t>(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    it = g_tables.emplace(std::move(k), std::move(entry)).first;
+    it = cache.emplace(std::move(k), std::move(entry)).first;
   }
-  TableEntry& e = it->second;
-  e.captured = e.captured || capturing;
+  const TableEntry& e = it->second;
   const FlatLayout& L = e.layout;
   const int64_t* base = e.dev.data_ptr<int64_t>();
   FlatTable t;
@@ -114,7 +120,7 @@ FlatTable flat_table_on_device(at::TensorList params, at::TensorList grads, at::
   t.block_chunk = base + L.block_chunk();
   t.n_tensors = static_cast<int>(n);
   t.n_blocks = static_cast<int>(L.blocks);
-  return t;
+  return {t, e.dev};
 }
 
 void check(const char* op, at::TensorList grads, at::TensorList params, at::TensorList s0, at::TensorList s1,
@@ -184,8 +190,9 @@ std::tuple<at::Tensor, at::Tensor> reduce_partials(const char* op, int64_t kind,
                       vec_aligned({grads, s0, s1, s2})};
   const DType dt = dtype_of(grads[0]);
   const double* inv = inv_scale_ptr(op, inv_scale, grads[0]);
-  launch_reduce(dt, flat_table_on_device({}, grads, s0, s1, s2, stream), f, /*with_jac=*/true,
-                scal.data_ptr<double>(), inv, partials.data_ptr<double>(), ids.data_ptr<int>(), stream);
+  const auto [tab, keep] = flat_table_on_device({}, grads, s0, s1, s2, stream);
+  launch_reduce(dt, tab, f, /*with_jac=*/true, scal.data_ptr<double>(), inv, partials.data_ptr<double>(),
+                ids.data_ptr<int>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {partials, ids};
 }
@@ -282,7 +289,8 @@ std::tuple<at::Tensor, at::Tensor> update_partials(const char* op, int64_t kind,
   const DType dt = dtype_of(grads[0]);
   const double* inv = inv_scale_ptr(op, inv_scale, grads[0]);
   // (without one-pass mode no block writes its partial sums: the workspace is one unused row)
-  launch_update(dt, flat_table_on_device(params, grads, s0, s1, s2, stream), f, scal.data_ptr<double>(),
+  const auto [tab, keep] = flat_table_on_device(params, grads, s0, s1, s2, stream);
+  launch_update(dt, tab, f, scal.data_ptr<double>(),
                 one_pass ? scal_jac->data_ptr<double>() : nullptr, inv, ok.data_ptr<bool>(),
                 partials.data_ptr<double>(), ids.data_ptr<int>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -329,8 +337,9 @@ at::Tensor nonfinite_count_cuda(at::TensorList grads) {
   auto ids = at::full({blocks}, -1, opts.dtype(at::kInt));
   const LaunchFlags f{kSGD, 0, false, 0.0, 0.0, vec_aligned({grads})};
   const DType dt = dtype_of(grads[0]);
-  launch_reduce(dt, flat_table_on_device({}, grads, {}, {}, {}, stream.stream()), f, /*with_jac=*/false,
-                scal.data_ptr<double>(), nullptr, partials.data_ptr<double>(), ids.data_ptr<int>(), stream.stream());
+  const auto [tab, keep] = flat_table_on_device({}, grads, {}, {}, {}, stream.stream());
+  launch_reduce(dt, tab, f, /*with_jac=*/false, scal.data_ptr<double>(), nullptr, partials.data_ptr<double>(),
+                ids.data_ptr<int>(), stream.stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return finish(partials, ids, n, stream.stream()).select(1, kOutCols - 1).contiguous();
 }
@@ -354,8 +363,8 @@ at::Tensor multi_tensor_dot_cuda(at::TensorList a, at::TensorList b) {
   auto partials = at::zeros({blocks, kOutCols}, opts);
   auto ids = at::full({blocks}, -1, opts.dtype(at::kInt));
   const DType dt = dtype_of(ac[0]);
-  launch_dot(dt, flat_table_on_device({}, ac, bc, {}, {}, stream.stream()), partials.data_ptr<double>(),
-             ids.data_ptr<int>(), stream.stream());
+  const auto [tab, keep] = flat_table_on_device({}, ac, bc, {}, {}, stream.stream());
+  launch_dot(dt, tab, partials.data_ptr<double>(), ids.data_ptr<int>(), stream.stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return finish(partials, ids, n, stream.stream()).select(1, 0).contiguous();
 }
