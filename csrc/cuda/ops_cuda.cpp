@@ -182,8 +182,9 @@ std::tuple<at::Tensor, at::Tensor> reduce_partials(const char* op, int64_t kind,
                                                    at::TensorList s1, at::TensorList s2, const at::Tensor& scal,
                                                    const c10::optional<at::Tensor>& inv_scale, cudaStream_t stream) {
   const int64_t blocks = total_blocks(grads);
-  auto partials = at::zeros({blocks, kOutCols}, scal.options());
-  auto ids = at::full({blocks}, -1, scal.options().dtype(at::kInt));
+  // (every block writes its own row and id: no fill needed, which would be two more launches a pass)
+  auto partials = at::empty({blocks, kOutCols}, scal.options());
+  auto ids = at::empty({blocks}, scal.options().dtype(at::kInt));
   check_eps(op, eps);
   check_kind(op, kind);
   const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps[0], eps[1],
@@ -280,8 +281,8 @@ std::tuple<at::Tensor, at::Tensor> update_partials(const char* op, int64_t kind,
                                                    cudaStream_t stream) {
   const bool one_pass = scal_jac.has_value();
   const int64_t blocks = total_blocks(grads);
-  auto partials = at::zeros({one_pass ? blocks : 1, kOutCols}, scal.options());
-  auto ids = at::full({one_pass ? blocks : 1}, -1, scal.options().dtype(at::kInt));
+  auto partials = at::empty({one_pass ? blocks : 1, kOutCols}, scal.options());   // (as in reduce_partials)
+  auto ids = at::empty({one_pass ? blocks : 1}, scal.options().dtype(at::kInt));
   check_eps(op, eps);
   check_kind(op, kind);
   const LaunchFlags f{static_cast<int>(kind), static_cast<int>(learn), momentum, eps[0], eps[1],
@@ -333,8 +334,8 @@ at::Tensor nonfinite_count_cuda(at::TensorList grads) {
   check("nonfinite_count", grads, {}, {}, {}, {}, scal);
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t blocks = total_blocks(grads);
-  auto partials = at::zeros({blocks, kOutCols}, opts);
-  auto ids = at::full({blocks}, -1, opts.dtype(at::kInt));
+  auto partials = at::empty({blocks, kOutCols}, opts);      // (every block writes its row, as in reduce_partials)
+  auto ids = at::empty({blocks}, opts.dtype(at::kInt));
   const LaunchFlags f{kSGD, 0, false, 0.0, 0.0, vec_aligned({grads})};
   const DType dt = dtype_of(grads[0]);
   const auto [tab, keep] = flat_table_on_device({}, grads, {}, {}, {}, stream.stream());
@@ -360,8 +361,8 @@ at::Tensor multi_tensor_dot_cuda(at::TensorList a, at::TensorList b) {
   auto opts = a[0].options().dtype(at::kDouble);
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t blocks = total_blocks(ac);
-  auto partials = at::zeros({blocks, kOutCols}, opts);
-  auto ids = at::full({blocks}, -1, opts.dtype(at::kInt));
+  auto partials = at::empty({blocks, kOutCols}, opts);      // (every block writes its row, as in reduce_partials)
+  auto ids = at::empty({blocks}, opts.dtype(at::kInt));
   const DType dt = dtype_of(ac[0]);
   const auto [tab, keep] = flat_table_on_device({}, ac, bc, {}, {}, stream.stream());
   launch_dot(dt, tab, partials.data_ptr<double>(), ids.data_ptr<int>(), stream.stream());
