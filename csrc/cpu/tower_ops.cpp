@@ -67,6 +67,17 @@ struct ThreadsPar {
   bool all(bool b) const { return sum<double>(b ? 0.0 : 1.0) == 0.0; }
 };
 
+// Runs body(par) on n host threads sharing one barrier and one buffer of sums (a CUDA block's stand-in).
+template <typename Body>
+void on_threads(int n, Body&& body) {
+  std::barrier<> bar(n);
+  std::vector<double> part(n);
+  double total = 0;
+  std::vector<std::thread> pool;
+  for (int i = 0; i < n; ++i) pool.emplace_back([&, i] { body(ThreadsPar{i, n, &bar, &part, &total}); });
+  for (auto& th : pool) th.join();
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> tower_plan_threads(at::IntArrayRef desc, at::ArrayRef<double> eps,
@@ -82,17 +93,11 @@ std::tuple<at::Tensor, at::Tensor> tower_plan_threads(at::IntArrayRef desc, at::
              d.lv[1].units);
     scr = at::zeros({kScratchRowsPerLevel * d.K * d.block}, d0.options());
     const int n = static_cast<int>(threads);
-    std::barrier<> bar(n);
-    std::vector<double> part(n);
-    double total = 0;
     std::vector<char> res(n);
     const scalar_t* dp = d0.const_data_ptr<scalar_t>();
     scalar_t* sp = scr.data_ptr<scalar_t>();
     const bool fin = finite.item<bool>();
-    std::vector<std::thread> pool;
-    for (int i = 0; i < n; ++i)
-      pool.emplace_back([&, i] { res[i] = tower_plan<scalar_t>(d, dp, fin, sp, ThreadsPar{i, n, &bar, &part, &total}); });
-    for (auto& th : pool) th.join();
+    on_threads(n, [&](const ThreadsPar& par) { res[par.id] = tower_plan<scalar_t>(d, dp, fin, sp, par); });
     for (int i = 1; i < n; ++i) HF_CHECK(res[i] == res[0], "_tower_plan_threads: the threads' verdicts differ");
     ok.fill_(static_cast<bool>(res[0]));
   });
@@ -109,16 +114,9 @@ std::vector<at::Tensor> tower_commit_threads(at::IntArrayRef desc, at::ArrayRef<
     const auto d = tower_desc<scalar_t>("_tower_commit_threads", desc, eps, out, scratch.scalar_type());
     HF_CHECK(scratch.is_contiguous() && scratch.is_cpu() && scratch.numel() == kScratchRowsPerLevel * d.K * d.block,
              "_tower_commit_threads: scratch does not match the tower");
-    const int n = static_cast<int>(threads);
-    std::barrier<> bar(n);
-    std::vector<double> part(n);
-    double total = 0;
     const scalar_t* sp = scratch.const_data_ptr<scalar_t>();
     const bool go = ok.item<bool>();
-    std::vector<std::thread> pool;
-    for (int i = 0; i < n; ++i)
-      pool.emplace_back([&, i] { tower_commit<scalar_t>(d, sp, go, ThreadsPar{i, n, &bar, &part, &total}); });
-    for (auto& th : pool) th.join();
+    on_threads(static_cast<int>(threads), [&](const ThreadsPar& par) { tower_commit<scalar_t>(d, sp, go, par); });
   });
   return out;
 }
