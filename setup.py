@@ -28,7 +28,7 @@ if os.environ.get("HYPERFUSED_BUILD_EXT", "1") != "0":
     cpu = sorted(os.path.relpath(p, here) for p in glob.glob(os.path.join(here, "csrc/cpu/*.cpp")))
     # ISA-specific loop files last: the linker keeps the first copy of an inline function, the default-ISA one
     isa_last = [s for s in cpu if s.endswith(("_avx2.cpp", "_avx512.cpp"))]
-    sources = ["csrc/ops.cpp"] + [s for s in cpu if s not in isa_last] + isa_last
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + [s for s in cpu if s not in isa_last] + isa_last
     ext_modules.append(
         CppExtension(
             name="hyperfused._C",

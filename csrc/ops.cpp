@@ -1,7 +1,9 @@
 // Schemas of the hyperfused torch ops (namespace `hyperfused`). Backends register their kernels for these
 // schemas under their dispatch keys (cpu/ here, cuda/ in the CUDA extension).
-#include <Python.h>
+#include <torch/extension.h>
 #include <torch/library.h>
+
+#include "hyperfused/op_sigs.h"
 
 #include <string>
 #include <tuple>
@@ -89,6 +91,63 @@ TORCH_LIBRARY_IMPL(hyperfused, CompositeExplicitAutograd, m) {
   m.impl("_tower_commit_threads", &hyperfused::tower_commit_threads);
 }
 
-// A Python module so that `import hyperfused._C` loads the library and runs the registrations above.
-static struct PyModuleDef hyperfused_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&hyperfused_module); }
+// The Python module `hyperfused._C`: importing it loads the library and runs the registrations above. It also
+// holds direct bindings of the passes' ops for eager steps (hyperfused/ops/fused.py): each calls its op through
+// torch's dispatcher with a typed handle, so every dispatch key, mode and kernel is the one torch.ops reaches, but
+// without torch.ops' Python argument parsing against the schema (a few microseconds of a small model's pass).
+namespace hyperfused {
+namespace {
+
+// What a Python argument of each C++ type of the signatures is converted to first.
+template <typename A>
+struct PyArg {
+  using type = A;
+};
+template <>
+struct PyArg<at::TensorList> {
+  using type = std::vector<at::Tensor>;
+};
+template <>
+struct PyArg<at::ArrayRef<double>> {
+  using type = std::vector<double>;
+};
+template <>
+struct PyArg<at::IntArrayRef> {
+  using type = std::vector<int64_t>;
+};
+template <>
+struct PyArg<const at::Tensor&> {
+  using type = at::Tensor;
+};
+template <>
+struct PyArg<const c10::optional<at::Tensor>&> {
+  using type = c10::optional<at::Tensor>;
+};
+
+template <typename Sig>
+struct Direct;
+template <typename Ret, typename... Args>
+struct Direct<Ret(Args...)> {
+  template <const char* Name>
+  static Ret call(typename PyArg<Args>::type... args) {
+    return sig::handle<Ret(Args...), Name>().call(args...);
+  }
+};
+
+}  // namespace
+}  // namespace hyperfused
+
+PYBIND11_MODULE(_C, m) {
+  using namespace hyperfused;
+  using namespace hyperfused::sig;
+  namespace py = pybind11;
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("multi_tensor_dot", &Direct<SigDot>::call<k_multi_tensor_dot>, nogil);
+  m.def("hyper_reduce", &Direct<SigReduce>::call<k_hyper_reduce>, nogil);
+  m.def("hyper_update", &Direct<SigUpdate>::call<k_hyper_update>, nogil);
+  m.def("nonfinite_count", &Direct<SigNonfinite>::call<k_nonfinite_count>, nogil);
+  m.def("hyper_tower_plan", &Direct<SigTowerPlan>::call<k_hyper_tower_plan>, nogil);
+  m.def("hyper_reduce_tower", &Direct<SigReduceTower>::call<k_hyper_reduce_tower>, nogil);
+  m.def("hyper_update_tower", &Direct<SigUpdateTower>::call<k_hyper_update_tower>, nogil);
+  m.def("hyper_tower_commit", &Direct<SigTowerCommit>::call<k_hyper_tower_commit>, nogil);
+}

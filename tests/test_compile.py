@@ -39,25 +39,21 @@ def _clone(tree):
 
 @contextlib.contextmanager
 def _capturing():
-    """Every call of a hyperfused op made inside: {op: [(args, kwargs), ...]}, the tensors cloned before the call
-    (the mutating ops write their arguments). The callers look the ops up on torch.ops.hyperfused at each call."""
+    """Every call of a hyperfused op made inside, as torch's dispatcher receives it (whichever binding made it:
+    torch.ops.hyperfused, or in eager steps the direct bindings of hyperfused._C): {op: [(args, kwargs), ...]},
+    every argument given, the tensors cloned before the call (the mutating ops write their arguments)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
     calls = {}
-    ns = torch.ops.hyperfused
-    saved = {name: getattr(ns, name) for name in OPS}
 
-    def wrap(name, op):
-        def f(*args, **kwargs):
-            calls.setdefault(name, []).append(_clone((args, kwargs)))
-            return op(*args, **kwargs)
-        return f
+    class Capture(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.namespace == "hyperfused" and func._opname in OPS:
+                calls.setdefault(func._opname, []).append(_clone((args, kwargs)))
+            return func(*args, **kwargs)
 
-    try:
-        for name, op in saved.items():
-            setattr(ns, name, wrap(name, op))
+    with Capture():
         yield calls
-    finally:
-        for name, op in saved.items():
-            setattr(ns, name, op)
 
 
 class MLP(torch.nn.Module):
@@ -160,7 +156,11 @@ def captured():
     inv = torch.tensor([0.5], dtype=torch.float64)
     for (case, name), (args, kwargs) in list(out.items()):
         if name in SCALED and case in ("adam_sgd", "adam_sgd_one_pass", "adam", "adam_sgd_mixed_dtype"):
-            out[(case + "_inv_scale", name)] = (args, dict(kwargs, inv_scale=inv))
+            at = [a.name for a in _overload(name)._schema.arguments].index("inv_scale")
+            if at < len(args):                    # (given positionally, None: the captured call's)
+                out[(case + "_inv_scale", name)] = (tuple(args[:at]) + (inv,) + tuple(args[at + 1:]), kwargs)
+            else:
+                out[(case + "_inv_scale", name)] = (args, dict(kwargs, inv_scale=inv))
     return out
 
 

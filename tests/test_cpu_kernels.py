@@ -4,6 +4,7 @@ Every optimizer kind, every learned subset, per-tensor learning rates, towers of
 sizes (1, 7, 278011 elements), float64 to 1e-12 and reduced precision to per-dtype tolerances; plus the
 deterministic reductions and the skipped-step contract on this backend.
 """
+import contextlib
 import copy
 import math
 import itertools
@@ -318,31 +319,49 @@ def test_gradient_changed_in_place_behind_the_optimizer_is_detected():
     assert math.isfinite(opt.hyperparameters()["lr"])
 
 
-def test_levels_above_run_as_the_compiled_tower_ops(monkeypatch):
+@contextlib.contextmanager
+def _op_calls():
+    """How many times each hyperfused op is called inside, as torch's dispatcher sees the calls (whichever binding
+    makes them)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    calls = Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "hyperfused":
+                calls[func._opname] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        yield calls
+
+
+def test_levels_above_run_as_the_compiled_tower_ops():
     """On the cpu backend the levels above level 0 are the C++ tower ops (the comparisons above hold them to
-    the reference); a tower taller than they take falls back to the Python tower, with the same results."""
+    the reference): pass A (one-pass mode: pass B) and the tower in one op each step, as the dispatcher sees the
+    calls; a tower taller than they take falls back to the Python tower, with the same results."""
     from hyperfused.ops import tower
-    calls = []
-    # reduce_plan / update_plan: pass A (one-pass mode: pass B) and the tower in one op
-    for name in ("plan", "reduce_plan", "update_plan"):
-        real_fn = getattr(tower, name)
-        monkeypatch.setattr(tower, name, lambda *a, _f=real_fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
-    _compare(_maker("adam", {}, 3), torch.float64, False, steps=3)
-    assert calls == ["reduce_plan"] * 3
-    calls.clear()
-    _compare(_maker("adam", {}, 3), torch.float64, True, steps=3)
-    assert calls == ["update_plan"] * 3
-    real = tower.plan
+    with _op_calls() as calls:
+        _compare(_maker("adam", {}, 3), torch.float64, False, steps=3)
+    assert calls["hyper_reduce_tower"] == 3 and calls["hyper_tower_commit"] == 3, calls
+    assert not (calls["hyper_tower_plan"] or calls["hyper_update_tower"] or calls["hyper_reduce"]), calls
+    with _op_calls() as calls:
+        _compare(_maker("adam", {}, 3), torch.float64, True, steps=3)
+    assert calls["hyper_update_tower"] == 3 and calls["hyper_tower_commit"] == 3, calls
+    assert not (calls["hyper_tower_plan"] or calls["hyper_reduce_tower"]), calls
 
     def tall(params, backend, one_pass):
         hyper = hf.SGD(lr=1e-9)
         for _ in range(tower.MAX_LEVELS - 1):
             hyper = hf.SGD(lr=1e-7, hyper=hyper)
         return hf.SGD(params, lr=0.05, hyper=hyper, backend=backend, one_pass=one_pass)
-    calls.clear()
-    _compare(tall, torch.float64, False, steps=3)
-    assert not calls and not tower.supported(*_tower_of(tall))
-    del real      # 9 levels: the Python tower
+    with _op_calls() as calls:
+        _compare(tall, torch.float64, False, steps=3)
+    assert calls["hyper_reduce"] == 3 and not any(k.startswith("hyper_tower") or k.endswith("_tower")
+                                                  for k in calls), calls
+    assert not tower.supported(*_tower_of(tall))
 
 
 def _tower_of(make):
@@ -373,20 +392,17 @@ def _fusion_run(make, fused, monkeypatch, steps=5, drop=None, one_pass=False):
     """Train with pass A (one-pass: pass B) and the tower as one op, hyper_reduce_tower / hyper_update_tower
     (fused=True), or as two (then hyper_tower_plan); ``drop``: a parameter that gets no gradient at odd steps."""
     from hyperfused.ops import tower
-    used = []
-    name = "update_plan" if one_pass else "reduce_plan"
-    real = getattr(tower, name)
-    monkeypatch.setattr(tower, name, lambda *a, **k: used.append(1) or real(*a, **k))
     if not fused:
         monkeypatch.setattr(tower, "fusable", lambda *a, **k: False)
     params = _params(torch.float64)
     opt = make(params, "cpu", one_pass)
-    for t in range(steps):
-        for i, (p, g) in enumerate(zip(params, _grads(params, t))):
-            p.grad = None if (drop == i and t % 2) else g
-        opt.step()
+    with _op_calls() as calls:
+        for t in range(steps):
+            for i, (p, g) in enumerate(zip(params, _grads(params, t))):
+                p.grad = None if (drop == i and t % 2) else g
+            opt.step()
     monkeypatch.undo()
-    return params, opt, len(used)
+    return params, opt, calls["hyper_update_tower" if one_pass else "hyper_reduce_tower"]
 
 
 @pytest.mark.parametrize("make", [
@@ -467,7 +483,7 @@ def test_update_tower_op_checks_its_tower_arguments_before_writing():
     monkey = fused._d0_map
     try:
         fused._d0_map = lambda *a: [0, 0, 1]           # two entries; level 1 optimizes three
-        with pytest.raises(RuntimeError, match="level 1 optimizes 3"):
+        with pytest.raises(RuntimeError, match="level 1 optimizes 3"), torch.no_grad():     # (as a step calls it)
             fused.hyper_update("adam", specs[0][4], specs[0][2], False, params, [p.grad for p in params], states,
                                vals, ok, raw=hp, jac=jac, tower_args=args)
     finally:
@@ -480,17 +496,15 @@ def test_update_tower_op_checks_its_tower_arguments_before_writing():
 
 @pytest.mark.parametrize("make", list(NESTEROV_DAMPENED_TOWERS.values()), ids=list(NESTEROV_DAMPENED_TOWERS))
 @pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one-pass"])
-def test_compiled_tower_runs_nesterov_and_dampened_levels(make, one_pass, monkeypatch):
+def test_compiled_tower_runs_nesterov_and_dampened_levels(make, one_pass):
     """SGD with Nesterov's momentum or dampening as a level above level 0 runs in the C++ tower ops (not the Python
     tower), and its trajectory, hyperparameters and state (buffers, kept gradients, step counts) are the
     reference's."""
     from hyperfused.ops import tower
-    calls = []
-    for name in ("plan", "reduce_plan", "update_plan"):
-        real_fn = getattr(tower, name)
-        monkeypatch.setattr(tower, name, lambda *a, _f=real_fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
-    o_cpu = _compare(make, torch.float64, one_pass, steps=6)
-    assert len(calls) == 6 and tower.supported(*_tower_of(make))
+    with _op_calls() as calls:
+        o_cpu = _compare(make, torch.float64, one_pass, steps=6)
+    tower_ops = ("hyper_tower_plan", "hyper_reduce_tower", "hyper_update_tower")
+    assert sum(calls[name] for name in tower_ops) == 6 and tower.supported(*_tower_of(make)), calls
     _, o_ref = _run(make, torch.float64, "reference", 6, one_pass)
     assert_tower_states_equal(o_cpu, o_ref, 6)
 

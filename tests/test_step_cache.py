@@ -332,12 +332,14 @@ def test_moved_flags_written_or_replaced_in_the_state_are_the_ones_the_next_step
 
 @pytest.mark.parametrize("learn", [("lr",), ("lr", "beta1", "beta2")])
 @pytest.mark.parametrize("one_pass", [False, True])
-def test_per_tensor_lrs_take_the_values_again_and_step_as_without_caches(one_pass, learn):
+def test_per_tensor_lrs_take_the_values_again_and_step_as_without_caches(one_pass, learn, monkeypatch):
     """With per-tensor lrs the step's values are the level's own dict while every tensor has a gradient, so pass B's
     values and the Jacobian's are taken again from the last step (they were made anew every step); the trajectory
     is bit for bit the one of an optimizer whose caches are cleared before every step, through a step that a tensor
-    sits out."""
+    sits out. (The general path's caches: step programs, which keep their own, are off; test_program.py.)"""
+    from hyperfused.optim import base
     from hyperfused.optim.base import HyperOptimizer
+    monkeypatch.setattr(base, "_PROGRAMS", False)
 
     def run(clear):
         g = torch.Generator().manual_seed(5)

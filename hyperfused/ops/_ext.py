@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 
 _state = {"tried": False, "ok": False, "error": None, "fake_error": None}
 BUILD_INFO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_build_info.json")
@@ -97,6 +98,12 @@ def fake_error():
 
 def extension_available() -> bool:
     return load_extension()
+
+
+def direct_ops():
+    """``hyperfused._C``: besides registering the ops, it binds the passes' ops directly (csrc/ops.cpp), for eager
+    calls. None when the extension did not load."""
+    return sys.modules["hyperfused._C"] if load_extension() else None
 
 
 def extension_error():

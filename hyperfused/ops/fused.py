@@ -19,7 +19,7 @@ import torch
 from .. import kinds
 from ..kinds import (COL_DECAY, COL_DSIG1, COL_RAW_LR, COL_STEP, COL_VALID, ROW_COLS, ROW_NONFINITE, SIGMA,
                      SQUARE, STATE_SLOTS, TABLE_COLS)
-from . import packed
+from . import _ext, packed
 from . import reference as ref
 from .tower_shape import eps_pair
 
@@ -160,7 +160,9 @@ def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float, role: 
         else:
             per.append((j, v.reshape(-1)))
     for j, r in sig:
-        if r.numel() == 1:
+        if not isinstance(r, Tensor):           # a raw value given as its number
+            row[j] = ref.dsigma(r)
+        elif r.numel() == 1:
             row[j] = ref.dsigma(r.item())
         else:
             per.append((j, ref.dsigma(r).reshape(-1)))
@@ -346,7 +348,12 @@ def _keep_flags(states: List[dict], grads: List[Tensor], work: List[Tensor], lai
 
 
 def _compiled():
-    return torch.ops.hyperfused
+    """The compiled ops: in eager steps their direct bindings (``hyperfused._C``, csrc/ops.cpp: the same ops through
+    torch's dispatcher, every key and mode as torch.ops reaches them, without torch.ops' Python parsing of the
+    arguments against the schema); under a trace, ``torch.ops.hyperfused``."""
+    if torch.compiler.is_compiling():
+        return torch.ops.hyperfused
+    return _ext.direct_ops()
 
 
 def _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw, compiled=True):
@@ -375,7 +382,7 @@ def hyper_reduce(kind, cfg, learned, per_tensor_lr, grads, states, valid, hp, ra
     kernels = kernels or _compiled()
     rows = _by_dtype(g, lambda idx: kernels.hyper_reduce(
         *head, _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx), _pick(scal, idx),
-        **_scaled(inv_scale)), len(g))
+        inv_scale), len(g))
     finite = rows[:, ROW_NONFINITE].sum() == 0
     return _deltas(kind, learned, per_tensor_lr, rows, hp["lr"].dtype), finite
 
@@ -387,7 +394,7 @@ def hyper_reduce_tower(kind, cfg, learned, per_tensor_lr, grads, states, valid, 
     (scratch, ok), as ``tower.plan`` does after ``hyper_reduce``."""
     head, g, s0, s1, s2, scal = _reduce_args(kind, cfg, learned, grads, states, valid, hp, raw)
     _, scr, ok = _compiled().hyper_reduce_tower(*head, g, s0, s1, s2, scal, _d0_map(kind, learned, per_tensor_lr),
-                                                *tower_args, **_scaled(inv_scale))
+                                                *tower_args, inv_scale)
     return scr, ok
 
 
@@ -432,17 +439,30 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
             raise ValueError("hyper_update: tower_args needs one-pass mode (jac) and the compiled kernels")
         tower_out = kernels.hyper_update_tower(*head, work, g, s0, s1, s2, scal, scal_jac, ok,
                                                _d0_map(kind, learned, per_tensor_lr), *tower_args,
-                                               **_scaled(inv_scale))[1:]
+                                               inv_scale)[1:]
     else:
         rows = _by_dtype(g, lambda idx: kernels.hyper_update(
             *head, _pick(work, idx), _pick(g, idx), _pick(s0, idx), _pick(s1, idx), _pick(s2, idx),
-            _pick(scal, idx), _pick(scal_jac, idx), ok, **_scaled(inv_scale)), n)
+            _pick(scal, idx), _pick(scal_jac, idx), ok, inv_scale), n)
     if work is not params:
         for p, w in zip(params, work):
             if w is not p and w.data_ptr() != p.data_ptr():   # a contiguous copy of a non-dense parameter
                 p.detach().copy_(w)
     # the C++ kernels' verdict, read on the host (CPU tensors: no synchronisation), decides what follows in Python
     taken = bool(ok) if host and not torch.compiler.is_compiling() else None
+    _after_update(states, g, keep, steps, ok, taken)
+    if jac is None:
+        return None
+    if tower_args is not None:
+        return tower_out
+    return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, ROW_NONFINITE].sum() == 0
+
+
+def _after_update(states: List[dict], g: List[Tensor], keep: Optional[List[bool]], steps, ok: Tensor,
+                  taken: Optional[bool]) -> None:
+    """What follows pass B's op: the gradients kept as previous gradients (``keep``: ``_keep_flags``) and the step
+    counts (``steps``: ``_steps``), where the step was taken (``taken``: the verdict read on the host; None: only
+    the device knows, ``ok``)."""
     if keep is not None and taken and any(keep):            # only CPU tensors are kept
         for st, gi, k in zip(states, g, keep):
             if k:
@@ -462,11 +482,6 @@ def hyper_update(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, o
             torch._foreach_add_(steps, [inc] * len(steps))
         elif taken:                                 # (CPU: the verdict is on the host)
             torch._foreach_add_(steps, [_const(1.0, "cpu", steps[0].dtype)] * len(steps))
-    if jac is None:
-        return None
-    if tower_args is not None:
-        return tower_out
-    return _deltas(kind, learned, per_tensor_lr, rows, dt), rows[:, ROW_NONFINITE].sum() == 0
 
 
 def _head(kind, cfg, learned) -> tuple:
@@ -477,10 +492,6 @@ def _head(kind, cfg, learned) -> tuple:
 def _d0_map(kind, learned, per_tensor_lr) -> List[int]:
     """The tower ops' d0_map: [per_lr, the rows' column of each learned name, in order]."""
     return [int(per_tensor_lr)] + [kinds.KINDS[kind].column(name) for name in learned]
-
-
-def _scaled(inv_scale) -> dict:
-    return {} if inv_scale is None else {"inv_scale": inv_scale}
 
 
 def _pick(items, idx: Optional[List[int]]):

@@ -35,6 +35,18 @@ def inplace(t: Tensor) -> Tensor:
     ``t`` itself otherwise. Under torch.compile (AOTAutograd; torch 2.13) a write straight into a 0-dim float64
     graph input is lost (tests/test_compile.py reproduces it without hyperfused); through a view it is kept."""
     return t.view(1) if t.dim() == 0 else t
+
+
+def copy_all(dst: List[Tensor], src: List[Tensor]) -> None:
+    """dst[i].copy_(src[i]) for every i: one multi-tensor op (a loop of copies in torch before 2.1)."""
+    copy = getattr(torch, "_foreach_copy_", None)
+    if copy is not None:
+        copy(dst, src)
+    else:
+        for d, s in zip(dst, src):
+            d.copy_(s)
+
+
 State = Dict[str, Tensor]
 
 
@@ -45,7 +57,7 @@ def sigma(r: Tensor) -> Tensor:
     """(tanh r + 1) / 2: the package's ``clamp`` for betas and RMSprop's gamma."""
     if r.device.type == "cpu" and not r.requires_grad and not torch.compiler.is_compiling():
         one, two = _one_two(r.dtype)       # the same values as the Python numbers, without wrapping them per call
-        return (r.tanh() + one) / two
+        return r.tanh().add_(one).div_(two)    # (in place on tanh's new tensor: the same arithmetic, fewer allocations)
     return (r.tanh() + 1.0) / 2.0
 
 

@@ -16,6 +16,11 @@ from .tower_shape import _nlr, eps_pair, level_slots, shape_of, units_of
 Tensor = torch.Tensor
 
 
+def _ops():
+    from .fused import _compiled
+    return _compiled()
+
+
 def supported(levels, specs) -> bool:
     """The compiled tower ops cover this tower: built for its device, at most MAX_LEVELS levels, one dtype."""
     from . import _ext
@@ -91,7 +96,7 @@ def plan(levels, specs, d0_flat: Tensor, finite: Tensor):
     also carries the op's argument lists, which ``commit`` of the same step reuses."""
     dt = levels[0]["hp"]["lr"].dtype
     args = _args(levels, specs, d0_flat.device, dt)
-    scr, ok = torch.ops.hyperfused.hyper_tower_plan(*args, d0_flat.to(dt).contiguous(), finite.reshape(()))
+    scr, ok = _ops().hyper_tower_plan(*args, d0_flat.to(dt).contiguous(), finite.reshape(()))
     return (scr, args), ok
 
 
@@ -129,4 +134,4 @@ def update_plan(kind, cfg, learned, per_tensor_lr, params, grads, states, hp, ok
 def commit(levels, specs, scratch, ok: Tensor) -> None:
     """Write the tentative step where ``ok`` (0-dim bool on the device) is set."""
     scr, args = scratch
-    torch.ops.hyperfused.hyper_tower_commit(*args, scr, ok.reshape(()))
+    _ops().hyper_tower_commit(*args, scr, ok.reshape(()))

@@ -29,12 +29,14 @@ from .. import kinds, ops
 from ..ops import packed
 from ..ops import reference as ref
 from ._checks import check_flag, check_nonneg
+from .program import StepProgram
 
 Tensor = torch.Tensor
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 
 WD = "weight_decay"           # a decoupled decay, learnable at level 0 besides the kind's hyperparameters
 _TOWER_KEY = "hyperfused"     # the key of the tower's state in ``self.state`` (a string: not a parameter)
+_PROGRAMS = True              # the usual step runs as a StepProgram (program.py) where one covers it (tests: off)
 
 
 class HyperOptimizer(torch.optim.Optimizer):
@@ -563,21 +565,30 @@ class HyperOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plans, lr_oks = [], []
+        # torch.amp.GradScaler's protocol for optimizers that handle scaling themselves
+        # (_step_supports_amp_scaling): it sets `grad_scale` (the gradients are still scaled) and `found_inf`
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        programs = (self.__dict__.get("_programs") if grad_scale is None and found_inf is None
+                    and not torch.compiler.is_compiling() else None)      # (a trace takes the general path)
         for gi, group in enumerate(self.param_groups):
             if group["params"]:
                 lr_ok = self._sync_group(gi)
                 if lr_ok is not None:
                     lr_oks.append(lr_ok)
-                plans.append(self._collect(gi, group))
+                # the usual step of this group, where a program covers it (program.py); else the general plan
+                prog = programs.get(gi) if programs else None
+                grads = None if prog is None else prog.take(self, gi, group)
+                plans.append(self._collect(gi, group) if grads is None else
+                             {"gi": gi, "program": prog, "grads": grads, "specs": prog.specs,
+                              "backend": prog.backend})
                 plans[-1]["lr_adopted"] = lr_ok is not None
         if not plans:
             return loss
-        # torch.amp.GradScaler's protocol for optimizers that handle scaling themselves
-        # (_step_supports_amp_scaling): it sets `grad_scale` (the gradients are still scaled) and `found_inf`
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
         for plan in plans:
             plan["inv_scale"] = None
+            if "program" in plan:       # (no scale, no transform: what a program covers)
+                continue
             if grad_scale is not None and plan["grads"]:
                 if plan["backend"].unscales:
                     # the GPU kernels unscale as they read (the gradients stay scaled, as with torch's fused
@@ -594,11 +605,16 @@ class HyperOptimizer(torch.optim.Optimizer):
         if not self._one_pass:
             # exact: pass A, the tower on scalars, then pass B with the new hyperparameters
             for plan in plans:
-                if not self._pass_a_and_tower(plan):
+                if "program" in plan:
+                    plan["ok"], plan["scratch"] = plan["program"].reduce(self, plan["grads"])
+                elif not self._pass_a_and_tower(plan):
                     d0, finite = self._pass_a(plan)
                     self._plan_tower(plan, d0, finite)
             ok = _all([plan["ok"] for plan in plans] + extra_ok)
             for plan in plans:
+                if "program" in plan:
+                    plan["program"].finish(self, plan["grads"], plan["scratch"], ok)
+                    continue
                 self._commit_tower(plan, ok)
                 self._pass_b(plan, ok)
                 self._keep_used(plan, ok)
@@ -637,21 +653,26 @@ class HyperOptimizer(torch.optim.Optimizer):
             gt["levels"][0]["used"] = {k: v.clone() for k, v in gt["levels"][0]["hp"].items()}
 
     def _keep_used(self, plan, ok: Tensor) -> None:
+        self._keep_used_of(plan["gi"], plan["specs"][0][2], plan["levels"][0], plan["backend"].name == "cpu", ok)
+
+    def _keep_used_of(self, gi: int, learned0: Sequence[str], rec0: Dict[str, Any], on_host: bool,
+                      ok: Tensor) -> None:
         """Level 0's values of this step's update (where it was taken): what the next step rebuilds its Jacobian
-        with (docs/MATH.md §1.2-1.3)."""
-        gi, tracing = plan["gi"], torch.compiler.is_compiling()     # (a traced step keeps nothing on the host)
+        with (docs/MATH.md §1.2-1.3). ``rec0``: level 0's record; ``on_host``: the verdict ``ok`` is the C++
+        kernels', on the host."""
+        tracing = torch.compiler.is_compiling()     # (a traced step keeps nothing on the host)
         pending = None if tracing else self.__dict__.setdefault("_pending_vals", {}).pop(gi, None)
         kept = {} if tracing else self.__dict__.setdefault("_used_vals", {})
-        if not plan["specs"][0][2]:
+        if not learned0:
             kept.pop(gi, None)
             return
-        used = plan["levels"][0]["used"]
-        hp = plan["levels"][0]["hp"]
-        if plan["backend"].name == "cpu" and not tracing:
+        used = rec0["used"]
+        hp = rec0["hp"]
+        if on_host and not tracing:
             # the C++ kernels' verdict is on the host: one multi-tensor copy when the step was taken (the
             # device backends never read it, also under the Triton interpreter on CPU tensors)
             if bool(ok):            # (eager: no view needed for the writes, see ref.inplace)
-                _copy_all([used[name] for name in hp], list(hp.values()))
+                ref.copy_all([used[name] for name in hp], list(hp.values()))
                 if pending is not None and pending[0] is hp:
                     # the values pass B computed from these raw values are now those of ``used``: a value computed
                     # by tensor ops (a parametrised one) is kept, one that is the raw tensor itself is ``used``'s
@@ -779,8 +800,14 @@ class HyperOptimizer(torch.optim.Optimizer):
             states = plan["states"] = packed.pack(states) or states
             cache[gi] = (group["params"], tuple(params), self.state, states,
                          [p.dtype for p in params], plan["device"], dict(plan, grads=None))
+            prog = StepProgram.build(self, plan, cache[gi]) if _PROGRAMS else None
+            if prog is not None:
+                self.__dict__.setdefault("_programs", {})[gi] = prog
+            else:
+                self.__dict__.get("_programs", {}).pop(gi, None)
         else:
             cache.pop(gi, None)
+            self.__dict__.get("_programs", {}).pop(gi, None)
         return plan
 
     def _collect_again(self, gi: int, group: Dict[str, Any], specs, gt) -> Optional[Dict[str, Any]]:
@@ -788,9 +815,23 @@ class HyperOptimizer(torch.optim.Optimizer):
         dtypes), each with a dense gradient and the same state dict, the same optimizer state. Only the gradients
         are new; the lists and what was derived from them are taken again. None: ``_collect`` builds it."""
         hit = self.__dict__.get("_collected", {}).get(gi)
-        if hit is None or torch.compiler.is_compiling():     # (a trace builds its plan afresh)
+        grads = None if hit is None else self._grads_again(gi, group, hit)
+        if grads is None:
             return None
-        ps_list, ps, state_obj, states, dtypes, dev, last = hit
+        _, ps, _, states, _, _, last = hit
+        self._ensure_used(gt, specs[0][2])
+        plan = dict(last)
+        plan.update(specs=specs, levels=gt["levels"], params=list(ps), grads=grads, states=states.copy())
+        return plan
+
+    def _grads_again(self, gi: int, group: Dict[str, Any], hit: tuple) -> Optional[List[Tensor]]:
+        """The gradients of this step when it repeats the plan ``hit`` that ``_collect`` kept: the same parameters
+        (same objects, devices and dtypes), each with a dense gradient and the same state dict (still holding its
+        packed views), the same optimizer state. None otherwise, and always under a trace (which builds its plan
+        afresh)."""
+        if torch.compiler.is_compiling():
+            return None
+        ps_list, ps, state_obj, states, dtypes, dev, _ = hit
         params = group["params"]
         if not (params is ps_list and state_obj is self.state and len(params) == len(ps)
                 and all(map(operator.is_, params, ps))):
@@ -802,10 +843,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 and [p.dtype for p in ps] == dtypes and ps[0].device == dev
                 and (not isinstance(states, packed.PackedStates) or states.intact())):   # (packed again)
             return None
-        self._ensure_used(gt, specs[0][2])
-        plan = dict(last)
-        plan.update(specs=specs, levels=gt["levels"], params=list(ps), grads=grads, states=states.copy())
-        return plan
+        return grads
 
     @staticmethod
     def _all_reduce(plan, d0: Dict[str, Tensor], finite: Tensor, names: Sequence[str]):
@@ -1267,7 +1305,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- copies
     # what a step keeps from the last one to save host time (rebuilt by the next step): not part of a copy
-    _STEP_CACHES = ("_collected", "_update_vals", "_used_vals", "_pending_vals")
+    _STEP_CACHES = ("_collected", "_programs", "_update_vals", "_used_vals", "_pending_vals")
 
     def __getstate__(self) -> Dict[str, Any]:
         """Everything but the step caches (torch's keeps defaults, state and param_groups only): copy.deepcopy and
@@ -1330,17 +1368,7 @@ def _flags_set_where(flags: Union[Tensor, List[Tensor]], ok: Tensor, value: bool
         return
     both = torch.stack(flags)
     both = both.logical_or_(ok) if value else both.logical_and_(~ok)
-    _copy_all(flags, list(both.unbind(0)))
-
-
-def _copy_all(dst: List[Tensor], src: List[Tensor]) -> None:
-    """dst[i].copy_(src[i]) for every i: one multi-tensor op (a loop of copies in torch before 2.1)."""
-    copy = getattr(torch, "_foreach_copy_", None)
-    if copy is not None:
-        copy(dst, src)
-    else:
-        for d, s in zip(dst, src):
-            d.copy_(s)
+    ref.copy_all(flags, list(both.unbind(0)))
 
 
 def _all(flags: List[Tensor]) -> Tensor:
