@@ -164,10 +164,8 @@ class StepProgram:
         if not self.host_table:
             opt._keep_used_of(self.gi, self.learned, self.levels[0], True, ok)
             return
-        # the general path's caches of values are not kept up to date here: dropped (a general step makes them)
-        d = opt.__dict__
-        d.get("_pending_vals", {}).pop(self.gi, None)
-        d.get("_used_vals", {}).pop(self.gi, None)
+        # (the general path's cache of the last update's values checks used's version counters: the copy below
+        # moves them, so a general step after this one computes them again)
         if self.learned and taken:
             used = self.used
             ref.copy_all([used[name] for name in hp], list(hp.values()))
