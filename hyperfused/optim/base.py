@@ -390,11 +390,14 @@ class HyperOptimizer(torch.optim.Optimizer):
                             and new.device == lr.device and not new.requires_grad and not new.is_inference()
                             ) else torch.empty_like(lr)
             self._lr_alias[gi] = alias
-        ref.inplace(alias).copy_(lr)
         pub = self._lr_pub.get(gi)
         if pub is None or pub.dtype != alias.dtype or pub.device != alias.device:
             pub = self._lr_pub[gi] = torch.empty_like(alias)
-        ref.inplace(pub).copy_(alias)
+        if torch.compiler.is_compiling():
+            ref.inplace(alias).copy_(lr)
+            ref.inplace(pub).copy_(alias)
+        else:                   # (eager: one op for both; pub has alias's dtype, so it rounds lr as alias does)
+            ref.copy_all([alias, pub], [lr, lr])
         group["lr"] = alias
         self._lr_ver[gi] = alias._version      # an in-place change (a scheduler's fill_) moves the counter
 

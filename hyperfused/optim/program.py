@@ -92,6 +92,13 @@ class StepProgram:
             return None
         return grads
 
+    def _steps(self):
+        """The step counts for a table: the packed vector's numpy view where the table is filled on the host."""
+        states = self.states
+        if self.host_table and self.counts and states.steps is not None:
+            return states.steps_np
+        return fused._steps(states, self.counts)
+
     def _lists(self) -> List[List[Tensor]]:
         return fused._lists(self.kind, self.cfg, self.kernel_learned, self.states)
 
@@ -131,8 +138,10 @@ class StepProgram:
                     vals[name] = raws[name] = t.item() if t.numel() == 1 else t
         else:
             vals, raws = self._values(used)
-        scal = fused.scalars(self.kind, self.kernel_learned, self.n, vals, raws, fused._steps(states, self.counts),
-                             valid, self.device, host=True, role=0)
+        if valid is states.moved and self.host_table:
+            valid = states.moved_np
+        scal = fused.scalars(self.kind, self.kernel_learned, self.n, vals, raws, self._steps(), valid, self.device,
+                             host=True, role=0)
         _, scr, ok = fused._compiled().hyper_reduce_tower(*self.head, grads, *self._lists(), scal, self.d0_map,
                                                           *args, None)
         return ok, (scr, args)
@@ -153,9 +162,9 @@ class StepProgram:
         keep = fused._keep_flags(states, grads, self.params, True) if self.prev else None
         # column 7 of the update's table: write the previous gradient (1) or keep the gradient tensor (0)
         store = [0.0 if k else 1.0 for k in keep] if keep is not None else [1.0] * self.n
-        steps = fused._steps(states, self.counts)
-        scal = fused.scalars(self.kind, self.kernel_learned, self.n, upd, raws, steps, store, self.device,
+        scal = fused.scalars(self.kind, self.kernel_learned, self.n, upd, raws, self._steps(), store, self.device,
                              step_offset=1.0, host=True, role=1)
+        steps = fused._steps(states, self.counts)
         fused._compiled().hyper_update(*self.head, self.params, grads, *self._lists(), scal, None, ok, None)
         taken = bool(ok)                   # (the C++ kernels' verdict is on the host)
         fused._after_update(states, grads, keep, steps, ok, taken)
