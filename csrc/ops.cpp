@@ -136,21 +136,8 @@ struct Direct<Ret(Args...)> {
 
 }  // namespace
 
-// csrc/cpu/program.cpp
-std::tuple<at::Tensor, at::Tensor> program_reduce(int64_t kind, int64_t learn, bool momentum,
-                                                  std::vector<double> eps, std::vector<at::Tensor> grads,
-                                                  std::vector<at::Tensor> s0, std::vector<at::Tensor> s1,
-                                                  std::vector<at::Tensor> s2, std::vector<at::Tensor> used,
-                                                  c10::optional<at::Tensor> steps, at::Tensor valid, at::Tensor table,
-                                                  std::vector<int64_t> d0_map, std::vector<int64_t> desc,
-                                                  std::vector<double> tower_eps, std::vector<at::Tensor> slots);
-bool program_update(int64_t kind, int64_t learn, bool momentum, std::vector<double> eps,
-                    std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> s0,
-                    std::vector<at::Tensor> s1, std::vector<at::Tensor> s2, std::vector<at::Tensor> hp,
-                    std::vector<double> exact, std::vector<double> store, c10::optional<at::Tensor> steps,
-                    at::Tensor moved, std::vector<at::Tensor> used, at::Tensor table, std::vector<int64_t> desc,
-                    std::vector<double> tower_eps, std::vector<at::Tensor> slots, c10::optional<at::Tensor> scratch,
-                    at::Tensor ok, bool learned);
+// csrc/cpu/program.cpp: binds a step program's two halves
+void bind_program(pybind11::module_& m);
 }  // namespace hyperfused
 
 PYBIND11_MODULE(_C, m) {
@@ -166,7 +153,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("hyper_reduce_tower", &Direct<SigReduceTower>::call<k_hyper_reduce_tower>, nogil);
   m.def("hyper_update_tower", &Direct<SigUpdateTower>::call<k_hyper_update_tower>, nogil);
   m.def("hyper_tower_commit", &Direct<SigTowerCommit>::call<k_hyper_tower_commit>, nogil);
-  // the two halves of a step program's step on CPU tensors (hyperfused/optim/program.py)
-  m.def("program_reduce", &program_reduce, nogil);
-  m.def("program_update", &program_update, nogil);
+  bind_program(m);      // a step program's two halves on CPU tensors (hyperfused/optim/program.py)
 }

@@ -5,6 +5,7 @@
 // rebuilt with) written here. Python fills the same tables in hyperfused/ops/fused.py (scalars); the program tests
 // hold the two together bit for bit (tests/test_program.py: every configuration run with and without programs).
 #include <ATen/ATen.h>
+#include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
@@ -178,6 +179,12 @@ bool program_update(int64_t kind, int64_t learn, bool momentum, std::vector<doub
     }
   }
   return true;
+}
+
+void bind_program(pybind11::module_& m) {
+  const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("program_reduce", &program_reduce, nogil);
+  m.def("program_update", &program_update, nogil);
 }
 
 }  // namespace hyperfused
