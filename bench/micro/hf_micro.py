@@ -248,9 +248,11 @@ def kernel_entries(backend: str) -> List[Tuple[object, List[str]]]:
     if backend in ("cpu", "cuda"):
         if not (ops.cuda_extension_available() if backend == "cuda" else ops.extension_available()):
             raise RuntimeError(f"backend {backend!r}: its compiled extension is not built here")
-        return [(torch.ops.hyperfused, ["hyper_reduce", "hyper_update", "nonfinite_count", "hyper_reduce_tower",
-                                        "hyper_update_tower", "hyper_tower_plan", "hyper_tower_commit",
-                                        "multi_tensor_dot", "agd_sumsq", "agd_update", "agd_gv", "agd_gtu",
+        # the passes' ops through hyperfused._C's direct bindings (what eager steps call: fused._compiled), the
+        # others through torch.ops
+        return [(ops._ext.direct_ops(), ["hyper_reduce", "hyper_update", "nonfinite_count", "hyper_reduce_tower",
+                                         "hyper_update_tower", "hyper_tower_plan", "hyper_tower_commit"]),
+                (torch.ops.hyperfused, ["multi_tensor_dot", "agd_sumsq", "agd_update", "agd_gv", "agd_gtu",
                                         "agd_normalize_rows"])]
     if backend == "triton":
         import importlib
@@ -336,14 +338,19 @@ def capture(config: str, backend: str, dtype: torch.dtype, size: Size, unfused: 
         grads = [(p.grad, p.grad) for p in params]
     else:
         params, grads = make_params(size.elements, dtype)
-    opt = step.build(params, backend)
-    with unfused_tower(unfused):
-        for i in range(3):
-            set_grads(params, grads, i)
-            opt.step()
-        set_grads(params, grads, 3)
-        with recording(backend) as calls:
-            opt.step()
+    from hyperfused.optim import base
+    programs, base._PROGRAMS = base._PROGRAMS, False      # (a step program's calls are made in C++: the general
+    try:                                                   # path makes the same ones, one entry at a time)
+        opt = step.build(params, backend)
+        with unfused_tower(unfused):
+            for i in range(3):
+                set_grads(params, grads, i)
+                opt.step()
+            set_grads(params, grads, 3)
+            with recording(backend) as calls:
+                opt.step()
+    finally:
+        base._PROGRAMS = programs
     _CACHE[key] = cap = Capture(calls, opt, params, grads, kept_gradient(opt, params))
     return cap
 
@@ -354,8 +361,9 @@ def replay(calls: list, names: Sequence[str]) -> Callable[[], object]:
 
     def fn():
         out = None
-        for f, args, kwargs in picked:
-            out = f(*args, **kwargs)
+        with torch.no_grad():               # (as the step made them: the ops refuse inputs that require grad)
+            for f, args, kwargs in picked:
+                out = f(*args, **kwargs)
         return out
     return fn
 

@@ -65,8 +65,7 @@ def scalars(kind: str, learned: Sequence[str], n: int, hp: Dict[str, Tensor], ra
     """The float64 [n, TABLE_COLS] table (hyperfused.kinds' COL_*): lr, h1, h2, raw_lr, dsigma(h1), dsigma(h2),
     step, valid, decay (``decay``: an update's lr * weight_decay, one value or one per tensor; 0 if None).
     ``steps``: the tensors' step counts (0-dim tensors, or one vector of them: ``packed``; plus ``step_offset``);
-    ``valid``: one 0-dim tensor or number per tensor, or one vector. (A host table also takes a vector's numpy
-    view, as packed.PackedStates keeps them.) ``host``: the tensors are on the CPU and the table may be built from host numbers (the
+    ``valid``: one 0-dim tensor or number per tensor, or one vector. ``host``: the tensors are on the CPU and the table may be built from host numbers (the
     compiled CPU kernels; the Triton kernels keep the tensor-op path they take on a GPU, also under the
     interpreter). ``role`` (with ``host``): a host table is written into a buffer kept for this role and thread
     (the caller's op reads it before the next table of that role is made)."""
@@ -138,57 +137,44 @@ def _scalars_on_host(n: int, cols, sig, steps, valid, step_offset: float, role: 
     """``scalars`` for a few CPU tensors: the table filled through its numpy view from host numbers (the same
     float64 values; dsigma of a one-element raw value computed in float64), with no tensor op per column; in the
     buffer kept for ``role`` (every entry is written) or a new tensor."""
-    hit = None
-    if role is not None:
-        kept = getattr(_TABLES, "by_role", None)
-        if kept is None:
-            kept = _TABLES.by_role = {}
-        hit = kept.get((n, role))
+    kept = None if role is None else _TABLES.__dict__.setdefault("by_role", {})
+    hit = None if kept is None else kept.get((n, role))
     if hit is None:
         out = torch.empty((n, TABLE_COLS), dtype=torch.float64)
         a = out.numpy()
-        if role is not None:
+        if kept is not None:
             if len(kept) >= 64:
                 kept.clear()
             kept[(n, role)] = (out, a)
     else:
         out, a = hit
     row = [0.0] * TABLE_COLS
-    per = None
+    per = []
     for j, v in cols:
         if v is None:
             continue
-        if not isinstance(v, Tensor):           # a number: a fixed hyperparameter's exact one, or a value read
+        if not isinstance(v, Tensor):           # a fixed hyperparameter's exact number
             row[j] = float(v)
         elif v.numel() == 1:
             row[j] = v.item()
         else:
-            per = (per or []) + [(j, v.reshape(-1))]
+            per.append((j, v.reshape(-1)))
     for j, r in sig:
-        if not isinstance(r, Tensor):           # a raw value given as its number
-            row[j] = ref.dsigma(r)
-        elif r.numel() == 1:
+        if r.numel() == 1:
             row[j] = ref.dsigma(r.item())
         else:
-            per = (per or []) + [(j, ref.dsigma(r).reshape(-1))]
+            per.append((j, ref.dsigma(r).reshape(-1)))
     a[:] = row
-    if per:
-        for j, col in per:
-            a[:, j] = col.numpy()
-    if isinstance(steps, Tensor):          # packed: one vector (or its numpy view, packed.PackedStates')
-        steps = steps.numpy()
-    if steps is None:
-        pass
-    elif not isinstance(steps, (list, tuple)):
-        a[:, COL_STEP] = steps
+    for j, col in per:
+        a[:, j] = col.numpy()
+    if isinstance(steps, Tensor):          # packed: one vector
+        a[:, COL_STEP] = steps.numpy()
         if step_offset:
             a[:, COL_STEP] += step_offset
-    else:
+    elif steps is not None:
         a[:, COL_STEP] = [t.item() + step_offset for t in steps]
     if isinstance(valid, Tensor):
         a[:, COL_VALID] = valid.numpy()
-    elif not isinstance(valid, (list, tuple)):      # a numpy view
-        a[:, COL_VALID] = valid
     else:
         a[:, COL_VALID] = [v.item() if isinstance(v, Tensor) else v for v in valid]
     return out

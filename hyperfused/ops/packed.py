@@ -28,7 +28,7 @@ class PackedStates(list):
     """A list of state dicts whose ``"step"`` tensors are the elements of ``steps`` (None where they could not be
     packed: a kind that counts no steps, or step counts of two dtypes) and whose ``"moved"`` flags are the elements
     of ``moved``."""
-    __slots__ = ("steps", "moved", "_step_views", "_moved_views", "steps_np", "moved_np")
+    __slots__ = ("steps", "moved", "_step_views", "_moved_views")
 
     def intact(self) -> bool:
         """Every state still holds the views ``pack`` put there (the same tensor objects)."""
@@ -43,7 +43,6 @@ class PackedStates(list):
         out = PackedStates(self)
         out.steps, out.moved, out._step_views, out._moved_views = (self.steps, self.moved, self._step_views,
                                                                    self._moved_views)
-        out.steps_np, out.moved_np = self.steps_np, self.moved_np
         return out
 
 
@@ -74,10 +73,6 @@ def pack(states: List[dict]) -> Optional[PackedStates]:
     out.moved, out._moved_views = moved
     steps = _gather(states, "step")
     out.steps, out._step_views = steps if steps is not None else (None, None)
-    # on the CPU, the vectors' numpy views, made once (host tables read them: fused._scalars_on_host)
-    host = out.moved.device.type == "cpu"
-    out.moved_np = out.moved.numpy() if host else None
-    out.steps_np = out.steps.numpy() if host and out.steps is not None else None
     return out
 
 
