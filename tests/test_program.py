@@ -125,7 +125,7 @@ def test_what_a_program_does_not_cover_takes_the_general_path(make, monkeypatch)
         for p, d in zip(ps, _grads(ps, g)):
             p.grad = d
         opt.step()
-    assert not counted.runs and not opt.__dict__.get("_programs")
+    assert not counted.runs and not any(entry[3] for entry in opt.__dict__.get("_programs", {}).values())
 
 
 TOWERS = {
@@ -152,7 +152,9 @@ def test_interruptions_leave_both_paths_equal(name, dtype, monkeypatch):
     sched = [torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5) for o in (opt, ref)]
     g = torch.Generator().manual_seed(4)
     saved = None
+    general = []              # the steps opt took on the general path
     for t in range(24):
+        ran = counted.runs.get(id(opt), 0)
         grads = _grads(ps, g)
         if t == 3:
             grads[1] = None                                   # a tensor sits out
@@ -188,7 +190,12 @@ def test_interruptions_leave_both_paths_equal(name, dtype, monkeypatch):
         for s in sched:
             s.step()
         _assert_same(ps, opt, qs, ref)
-    assert counted.runs[id(opt)] >= 12
+        if counted.runs.get(id(opt), 0) == ran:
+            general.append(t)
+    # the general path: the first step (it makes the program), the step a tensor sits out and the next (the kept
+    # plan was dropped), the step that adopts the new betas (new specs) and the one after the checkpoint is loaded;
+    # a program runs every other step, the skipped one included
+    assert general == [0, 3, 4] + ([9] if "betas" in opt.param_groups[0] else []) + [17]
 
 
 def test_two_groups_one_covered_one_not(monkeypatch):

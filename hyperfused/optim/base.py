@@ -581,6 +581,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                     lr_oks.append(lr_ok)
                 # the usual step of this group, where a program covers it (program.py); else the general plan
                 prog = programs.get(gi) if programs else None
+                prog = None if prog is None else prog[3]
                 grads = None if prog is None else prog.take(self, gi, group)
                 plans.append(self._collect(gi, group) if grads is None else
                              {"gi": gi, "program": prog, "grads": grads, "specs": prog.specs,
@@ -803,15 +804,22 @@ class HyperOptimizer(torch.optim.Optimizer):
             states = plan["states"] = packed.pack(states) or states
             cache[gi] = (group["params"], tuple(params), self.state, states,
                          [p.dtype for p in params], plan["device"], dict(plan, grads=None))
-            prog = StepProgram.build(self, plan, cache[gi]) if _PROGRAMS else None
-            if prog is not None:
-                self.__dict__.setdefault("_programs", {})[gi] = prog
-            else:
-                self.__dict__.get("_programs", {}).pop(gi, None)
+            self._program_for(gi, plan, cache[gi])
         else:
             cache.pop(gi, None)
             self.__dict__.get("_programs", {}).pop(gi, None)
         return plan
+
+    def _program_for(self, gi: int, plan: Dict[str, Any], hit: tuple) -> None:
+        """The step program (program.py) of group ``gi`` for the kept plan ``hit`` with this step's specs and levels:
+        made once for them (None where no program covers the group), so the steps after a general one, which a
+        program handed back (a param_groups edit makes new specs), run as a program again."""
+        progs = self.__dict__.setdefault("_programs", {})
+        cur = progs.get(gi)
+        if cur is not None and cur[0] is hit and cur[1] is plan["specs"] and cur[2] is plan["levels"]:
+            return
+        progs[gi] = (hit, plan["specs"], plan["levels"],
+                     StepProgram.build(self, plan, hit) if _PROGRAMS else None)
 
     def _collect_again(self, gi: int, group: Dict[str, Any], specs, gt) -> Optional[Dict[str, Any]]:
         """``_collect``'s plan for the usual step: the same parameters as last time (same objects, devices and
@@ -825,6 +833,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         self._ensure_used(gt, specs[0][2])
         plan = dict(last)
         plan.update(specs=specs, levels=gt["levels"], params=list(ps), grads=grads, states=states.copy())
+        self._program_for(gi, plan, hit)
         return plan
 
     def _grads_again(self, gi: int, group: Dict[str, Any], hit: tuple) -> Optional[List[Tensor]]:
